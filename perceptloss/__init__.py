@@ -1,0 +1,49 @@
+"""perceptloss: perceptual (deep-feature) losses with a fused C++/CUDA distance operator.
+
+>>> from perceptloss import FeatureLoss
+>>> loss = FeatureLoss("vgg19", ["relu1_1", "relu2_1", "relu3_1"])   # the DFC-VAE paper's VAE-123 loss
+>>> value = loss(x, y)        # x, y: (N, 3, H, W) RGB in [0, 1]
+"""
+from ._ops import HAS_EXT, has_kernel
+from .functional import feature_distance, feature_distance_reference
+from .loss import FeatureLoss
+from .preprocessing import CAFFE, IDENTITY, IMAGENET, Normalization
+from .registry import (
+    PRESETS,
+    BackboneSpec,
+    create_backbone,
+    get_backbone,
+    list_backbones,
+    list_layers,
+    list_weights,
+    register_backbone,
+    resolve_layers,
+)
+from .weights import WeightEntry, WeightsChecksumError, WeightsNotFoundError, weights_home
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HAS_EXT",
+    "has_kernel",
+    "FeatureLoss",
+    "feature_distance",
+    "feature_distance_reference",
+    "Normalization",
+    "CAFFE",
+    "IMAGENET",
+    "IDENTITY",
+    "PRESETS",
+    "BackboneSpec",
+    "create_backbone",
+    "get_backbone",
+    "list_backbones",
+    "list_layers",
+    "list_weights",
+    "register_backbone",
+    "resolve_layers",
+    "WeightEntry",
+    "WeightsChecksumError",
+    "WeightsNotFoundError",
+    "weights_home",
+]

@@ -1,0 +1,85 @@
+"""Loads the compiled operator (perceptloss._C) and registers its fake and autograd implementations.
+
+``torch.ops.perceptloss.feature_distance`` is defined in C++ (csrc/ops/feature_distance.cpp); here it gets a
+fake kernel (shape/dtype propagation for torch.compile and FakeTensor) and a backward that calls the fused
+``feature_distance_backward`` once for the inputs and the targets.
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.perceptloss.*)
+
+    HAS_EXT = True
+    _IMPORT_ERROR: Exception | None = None
+except ImportError as e:  # pure-PyTorch installation
+    HAS_EXT = False
+    _IMPORT_ERROR = e
+
+
+def _registered_kernels() -> frozenset[str]:
+    if not HAS_EXT:
+        return frozenset()
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    return frozenset(t for t, key in (("cpu", "CPU"), ("cuda", "CUDA")) if has("perceptloss::feature_distance", key))
+
+
+_KERNELS = _registered_kernels()  # looked up once: torch.compile cannot trace the dispatcher query
+
+
+def has_kernel(device_type: str) -> bool:
+    """True when the fused operator has a kernel for ``device_type`` ('cpu' or 'cuda')."""
+    return device_type in _KERNELS
+
+
+def supports(device: torch.device) -> bool:
+    return has_kernel(torch.device(device).type)
+
+
+def unavailable_reason(device: torch.device) -> str:
+    if not HAS_EXT:
+        return (
+            f"the fused operator is not built ({_IMPORT_ERROR}); reinstall with a C++ compiler: "
+            "pip install --no-build-isolation -e . (set FORCE_CUDA=1 CUDA_HOME=... for CUDA)"
+        )
+    return f"the fused operator was built without a kernel for {torch.device(device).type}; rebuild with FORCE_CUDA=1"
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+if HAS_EXT:
+
+    @torch.library.register_fake("perceptloss::feature_distance")
+    def _feature_distance_fake(inputs, targets, weights):
+        torch._check(len(inputs) > 0, lambda: "feature_distance needs at least one layer")
+        return inputs[0].new_empty((inputs[0].shape[0], len(inputs)), dtype=_acc_dtype(inputs[0].dtype))
+
+    @torch.library.register_fake("perceptloss::feature_distance_backward")
+    def _feature_distance_backward_fake(grad, inputs, targets, weights, input_grad, target_grad):
+        grads_a = [torch.empty_like(a) for a in inputs] if input_grad else []
+        grads_b = [torch.empty_like(a) for a in inputs] if target_grad else []
+        return grads_a, grads_b
+
+    def _setup_context(ctx, inputs, output):
+        features_a, features_b, weights = inputs
+        ctx.save_for_backward(*features_a, *features_b)
+        ctx.num_layers = len(features_a)
+        ctx.weights = list(weights)
+
+    def _backward(ctx, grad):
+        saved = ctx.saved_tensors
+        a, b = list(saved[: ctx.num_layers]), list(saved[ctx.num_layers :])
+        need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        input_grad, target_grad = any(need_a), any(need_b)
+        grads_a, grads_b = torch.ops.perceptloss.feature_distance_backward(
+            grad, a, b, ctx.weights, input_grad, target_grad
+        )
+        none = [None] * ctx.num_layers  # the structure of the inputs must be kept even where no grad is needed
+        out_a = [g if n else None for g, n in zip(grads_a, need_a)] if input_grad else none
+        out_b = [g if n else None for g, n in zip(grads_b, need_b)] if target_grad else none
+        return out_a, out_b, None
+
+    torch.library.register_autograd("perceptloss::feature_distance", _backward, setup_context=_setup_context)

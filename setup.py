@@ -1,0 +1,96 @@
+"""Build perceptloss: the pure-Python package, plus the fused operator from csrc/ when it can be compiled.
+
+- The C++ CPU kernels are built whenever a C++ compiler works.
+- The CUDA kernels are added when FORCE_CUDA=1, or when a GPU is visible and CUDA_HOME is set.
+- If the build fails, a pure-PyTorch package is installed (perceptloss.HAS_EXT is False) unless
+  PERCEPTLOSS_REQUIRE_EXT=1, in which case the build error is raised (CI sets it).
+Useful: MAX_JOBS (parallel compile jobs), TORCH_CUDA_ARCH_LIST (e.g. "9.0"), PERCEPTLOSS_NO_EXT=1 (skip).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0") not in ("", "0", "false", "False")
+
+
+def extension_modules():
+    if _flag("PERCEPTLOSS_NO_EXT"):
+        return [], {}
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:
+        print("perceptloss: torch is not importable at build time; installing the pure-PyTorch package", file=sys.stderr)
+        return [], {}
+    sources = sorted(glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/ops/cpu/*.cpp")) + ["csrc/module.cpp"]
+    cuda_sources = sorted(glob.glob("csrc/ops/cuda/*.cu"))
+    use_cuda = _flag("FORCE_CUDA") or (torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None)
+    cxx = ["-O3"]  # the C++ standard is chosen by torch.utils.cpp_extension to match the headers
+    macros = []
+    if use_cuda:
+        extra = [f for d in _missing_cuda_header_dirs(cpp_extension.CUDA_HOME) for f in ("-isystem", d)]
+        ext = cpp_extension.CUDAExtension(
+            "perceptloss._C",
+            sources + cuda_sources,
+            extra_compile_args={"cxx": cxx + extra, "nvcc": ["-O3", "-lineinfo"] + extra},
+            define_macros=macros + [("PERCEPTLOSS_WITH_CUDA", None)],
+        )
+    else:
+        ext = cpp_extension.CppExtension("perceptloss._C", sources, extra_compile_args={"cxx": cxx}, define_macros=macros)
+    build_ext = cpp_extension.BuildExtension.with_options(use_ninja=_flag("USE_NINJA") or _has_ninja())
+
+    class OptionalBuildExt(build_ext):
+        """Fall back to the pure-PyTorch package if compiling fails, unless PERCEPTLOSS_REQUIRE_EXT=1."""
+
+        def run(self):
+            try:
+                super().run()
+            except Exception as e:  # noqa: BLE001 - any compiler failure
+                if _flag("PERCEPTLOSS_REQUIRE_EXT"):
+                    raise
+                print(f"perceptloss: building the fused operator failed ({e}); the pure-PyTorch path will be used",
+                      file=sys.stderr)
+
+    return [ext], {"build_ext": OptionalBuildExt}
+
+
+def _missing_cuda_header_dirs(cuda_home: str | None) -> list[str]:
+    """Header folders of pip's nvidia-* wheels, for toolkits that ship nvcc without the math libraries' headers.
+
+    torch's CUDA headers include cusparse.h / cublas_v2.h; a minimal toolkit (nvcc + cudart only) lacks them,
+    while the nvidia wheels torch depends on carry them. They are added with -isystem, so the toolkit's own
+    headers still win.
+    """
+    if cuda_home and os.path.isfile(os.path.join(cuda_home, "include", "cusparse.h")):
+        return []
+    try:
+        import nvidia  # namespace package of the nvidia-* wheels
+    except ImportError:
+        return []
+    found = []
+    for root in list(nvidia.__path__):
+        for inc in sorted(glob.glob(os.path.join(root, "*", "include"))):
+            if glob.glob(os.path.join(inc, "cusparse*.h")) or glob.glob(os.path.join(inc, "cublas*.h")):
+                found.append(inc)
+    return found
+
+
+def _has_ninja() -> bool:
+    try:
+        from torch.utils.cpp_extension import is_ninja_available
+
+        return is_ninja_available()
+    except Exception:
+        return False
+
+
+ext_modules, cmdclass = extension_modules()
+setup(packages=find_packages(include=["perceptloss", "perceptloss.*"]), ext_modules=ext_modules, cmdclass=cmdclass)
