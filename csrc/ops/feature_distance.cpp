@@ -1,0 +1,83 @@
+// Schema of the perceptloss operators and the argument preparation shared by the CPU and CUDA kernels.
+#include "feature_distance.h"
+
+#include <torch/library.h>
+
+namespace perceptloss {
+namespace ops {
+
+bool is_batch_outer_dense(const at::Tensor& t) {
+  if (!t.is_non_overlapping_and_dense()) {
+    return false;
+  }
+  const int64_t n = t.size(0);
+  return n <= 1 || t.stride(0) == t.numel() / n;
+}
+
+at::ScalarType accumulate_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+std::vector<PreparedLayer> prepare_layers(
+    at::TensorList inputs,
+    at::TensorList targets,
+    at::ArrayRef<double> weights,
+    c10::DeviceType device_type) {
+  TORCH_CHECK(!inputs.empty(), "feature_distance: needs at least one layer, got empty lists");
+  TORCH_CHECK(
+      inputs.size() == targets.size() && inputs.size() == weights.size(),
+      "feature_distance: got ", inputs.size(), " inputs, ", targets.size(), " targets and ", weights.size(),
+      " weights; give one of each per layer");
+  const auto dtype = inputs[0].scalar_type();
+  const auto device = inputs[0].device();
+  const int64_t n = inputs[0].dim() > 0 ? inputs[0].size(0) : -1;
+  std::vector<PreparedLayer> layers;
+  layers.reserve(inputs.size());
+  for (size_t l = 0; l < inputs.size(); ++l) {
+    const auto& a = inputs[l];
+    const auto& b = targets[l];
+    TORCH_CHECK(a.dim() >= 2, "feature_distance: layer ", l, " features must be (N, ...), got ", a.sizes());
+    TORCH_CHECK(a.sizes() == b.sizes(), "feature_distance: layer ", l, " input ", a.sizes(), " and target ",
+                b.sizes(), " shapes differ");
+    TORCH_CHECK(a.size(0) == n, "feature_distance: layer ", l, " has batch ", a.size(0), ", layer 0 has ", n);
+    TORCH_CHECK(a.scalar_type() == dtype && b.scalar_type() == dtype, "feature_distance: layer ", l,
+                " dtypes (", a.scalar_type(), ", ", b.scalar_type(), ") differ from layer 0's ", dtype);
+    TORCH_CHECK(a.device() == device && b.device() == device, "feature_distance: layer ", l, " devices (",
+                a.device(), ", ", b.device(), ") differ from layer 0's ", device);
+    TORCH_CHECK(a.device().type() == device_type, "feature_distance: kernel for ", device_type,
+                " called with tensors on ", a.device());
+    TORCH_CHECK(at::isFloatingType(dtype), "feature_distance: features must be floating point, got ", dtype);
+    int64_t per_sample = 1;
+    for (int64_t d = 1; d < a.dim(); ++d) {
+      per_sample *= a.size(d);
+    }
+    TORCH_CHECK(per_sample > 0, "feature_distance: layer ", l, " has empty samples ", a.sizes(),
+                " (images too small for this layer?)");
+    at::Tensor aw = is_batch_outer_dense(a) ? a : a.contiguous();
+    at::Tensor bw = b;
+    if (!(is_batch_outer_dense(b) && b.strides() == aw.strides())) {
+      bw = at::empty_like(aw);  // aw is dense, so empty_like keeps its strides
+      bw.copy_(b);
+    }
+    layers.push_back({aw, bw, per_sample, weights[l] / static_cast<double>(per_sample)});
+  }
+  return layers;
+}
+
+GradBuffer make_grad_buffer(const at::Tensor& like, const at::Tensor& work_layout) {
+  at::Tensor out = at::empty_like(like);
+  if (out.strides() == work_layout.strides()) {
+    return {out, out};
+  }
+  return {out, at::empty_like(work_layout)};
+}
+
+}  // namespace ops
+}  // namespace perceptloss
+
+TORCH_LIBRARY(perceptloss, m) {
+  m.def("feature_distance(Tensor[] inputs, Tensor[] targets, float[] weights) -> Tensor");
+  m.def(
+      "feature_distance_backward(Tensor grad, Tensor[] inputs, Tensor[] targets, float[] weights, "
+      "bool input_grad, bool target_grad) -> (Tensor[], Tensor[])");
+}

@@ -1,0 +1,49 @@
+// perceptloss::feature_distance — multi-layer normalised squared feature distance, fused.
+//
+// For layer l with activations a_l, b_l of shape (N, ...) and weight w_l:
+//   out[n, l] = w_l / numel(a_l[n]) * sum((a_l[n] - b_l[n])^2)
+// The output is float32 (float64 for float64 inputs). The backward writes
+//   grad_a = 2 w_l / numel(a_l[n]) * (a - b) * grad_out[n, l],   grad_b = -grad_a
+// in one pass over a and b.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+#include <vector>
+
+namespace perceptloss {
+namespace ops {
+
+// One layer, ready for flat per-sample indexing: `a` and `b` share one layout in which sample n occupies the
+// contiguous memory block [n * per_sample, (n + 1) * per_sample) (NCHW-contiguous and channels_last both are).
+struct PreparedLayer {
+  at::Tensor a;
+  at::Tensor b;
+  int64_t per_sample;  // C * H * W
+  double scale;        // w_l / per_sample
+};
+
+// True when every sample of `t` is one contiguous block of memory and samples follow each other.
+bool is_batch_outer_dense(const at::Tensor& t);
+
+// Checks the arguments (same count, shapes, dtype, device, non-empty samples) and brings each layer to a
+// layout fit for flat indexing, copying only what is not already fit.
+std::vector<PreparedLayer> prepare_layers(
+    at::TensorList inputs,
+    at::TensorList targets,
+    at::ArrayRef<double> weights,
+    c10::DeviceType device_type);
+
+// Gradient buffers for a layer: the returned tensor has `like`'s strides (what the fake kernel promises);
+// `work` is where the kernel writes (the same tensor unless `like` is unfit for flat indexing).
+struct GradBuffer {
+  at::Tensor out;
+  at::Tensor work;
+};
+GradBuffer make_grad_buffer(const at::Tensor& like, const at::Tensor& work_layout);
+
+at::ScalarType accumulate_type(at::ScalarType t);
+
+}  // namespace ops
+}  // namespace perceptloss
