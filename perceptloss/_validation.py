@@ -24,8 +24,14 @@ def unknown_name_error(kind: str, name: str, valid: Sequence[str]) -> KeyError:
     )
 
 
-def check_image_pair(input: torch.Tensor, target: torch.Tensor, channels: int = 3) -> None:
-    """Shape, dtype and device checks for a pair of image batches of shape (N, C, H, W)."""
+def check_image_pair(
+    input: torch.Tensor, target: torch.Tensor, channels: int = 3, allow_dtype_mismatch: bool = False
+) -> None:
+    """Shape, dtype and device checks for a pair of image batches of shape (N, C, H, W).
+
+    ``allow_dtype_mismatch``: under autocast a bf16 model output next to a float32 target is expected (the
+    network casts both); otherwise differing dtypes are an error.
+    """
     for role, t in (("input", input), ("target", target)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{role} must be a torch.Tensor, got {type(t).__name__}")
@@ -45,9 +51,10 @@ def check_image_pair(input: torch.Tensor, target: torch.Tensor, channels: int = 
         raise ValueError(
             f"input is on {input.device} but target is on {target.device}; move both to the same device"
         )
-    if input.dtype != target.dtype:
+    if input.dtype != target.dtype and not allow_dtype_mismatch:
         raise TypeError(
-            f"input is {input.dtype} but target is {target.dtype}; cast one of them (e.g. target.to(input.dtype))"
+            f"input is {input.dtype} but target is {target.dtype}; cast one of them (e.g. target.to(input.dtype)) "
+            f"or run under torch.autocast"
         )
 
 

@@ -16,6 +16,13 @@ from .registry import create_backbone
 Reduction = Literal["mean", "sum", "none"]
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no argument (CUDA autocast only)
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
 class FeatureLoss(nn.Module):
     r"""Weighted sum over layers of the mean squared difference of two images' activations.
 
@@ -111,7 +118,7 @@ class FeatureLoss(nn.Module):
     def per_layer(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-sample, per-layer weighted terms, shape (N, L) in float32 (columns follow ``self.layers``)."""
         if self.check_inputs:
-            check_image_pair(input, target)
+            check_image_pair(input, target, allow_dtype_mismatch=_autocast_enabled(input.device.type))
             check_values({"input": input, "target": target}, self.input_range, self.check_range)
         feats_in = self.features(input)
         if target.requires_grad:

@@ -201,3 +201,13 @@ def test_ddp_two_process_gloo_step():
     mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2, join=True)
     assert set(results.keys()) == {0, 1}
     torch.testing.assert_close(results[0], results[1])  # gradients were averaged: identical updates
+
+
+def test_autocast_accepts_a_low_precision_input_next_to_a_float_target(tiny_net):
+    loss = tiny_loss(tiny_net)
+    x, y = torch.rand(2, 3, 8, 8).bfloat16(), torch.rand(2, 3, 8, 8)
+    with pytest.raises(TypeError, match="autocast"):
+        loss(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = loss.per_layer(x, y)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()

@@ -1,0 +1,22 @@
+# The two set-up commands of the README, and helpers.
+.PHONY: test demo bench build-cuda clean
+
+# Runs the tests in .venv-test (created and installed on first use; CUDA kernels compiled when nvcc exists).
+test:
+	bash scripts/test.sh
+
+# Trains a short VAE-123 run on ../shared/data/celeba on the CPU, in .venv-demo; see README.
+demo:
+	bash scripts/demo.sh
+
+# Benchmarks of the fused operator and the loss (writes benchmarks/results/).
+bench:
+	bash scripts/setup_venv.sh .venv-test pytest-benchmark
+	.venv-test/bin/python benchmarks/run.py
+
+# C++ side build against libtorch with CMake (CUDA optional).
+build-cuda:
+	cmake -S . -B build -DCMAKE_PREFIX_PATH=$$(.venv-test/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)') && cmake --build build -j2
+
+clean:
+	rm -rf build perceptloss/_C*.so *.egg-info

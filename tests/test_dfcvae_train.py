@@ -1,0 +1,145 @@
+"""DFC-VAE model, objective and training program: shapes, loss terms, learning, checkpoints, resume, DDP."""
+import os
+import socket
+
+import pytest
+import torch
+
+from tests.dfcvae_helpers import make_celeba
+
+import tests.dfcvae_helpers  # noqa: F401  (puts examples/dfcvae on sys.path)
+import objective
+import train
+import vae
+
+
+def test_model_shapes_and_parameter_count():
+    model = vae.VAE()
+    x = torch.rand(2, 3, 64, 64)
+    recon, mean, logvar = model(x)
+    assert recon.shape == (2, 3, 64, 64) and mean.shape == logvar.shape == (2, 100)
+    conv = lambda cin, cout, k: cin * cout * k * k + cout  # noqa: E731
+    bn = lambda c: 2 * c  # noqa: E731
+    encoder = sum(conv(a, b, 4) + bn(b) for a, b in [(3, 32), (32, 64), (64, 128), (128, 256)]) + 2 * (4096 * 100 + 100)
+    decoder = (100 * 4096 + 4096) + sum(conv(a, b, 3) + bn(b) for a, b in [(256, 128), (128, 64), (64, 32)]) + conv(32, 3, 3)
+    assert sum(p.numel() for p in model.encoder.parameters()) == encoder
+    assert sum(p.numel() for p in model.decoder.parameters()) == decoder
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 7 and all(m.eps == 1e-3 for m in bns)
+    last = model.decoder.body[-1]
+    assert isinstance(last[-1], torch.nn.Conv2d)  # the output layer is linear: no BN, no activation
+    assert abs(model.encoder.features[0][0].weight.std().item() - 0.02) < 0.005
+    assert model.sample(3).shape == (3, 3, 64, 64)
+
+
+def test_loss_terms_against_hand_computation(caffe_weights):
+    torch.manual_seed(0)
+    x, recon = torch.rand(3, 3, 64, 64), torch.rand(3, 3, 64, 64)
+    mean, logvar = torch.randn(3, 100), torch.randn(3, 100) * 0.3
+    q = torch.distributions.Normal(mean, (0.5 * logvar).exp())
+    kl = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum(1)  # (3,)
+    pixel = ((recon - x) * 255).pow(2).mean(dim=(1, 2, 3))
+    pv = objective.DFCObjective("pvae")(recon, x, mean, logvar)
+    torch.testing.assert_close(pv.total, 1.0 * kl.sum() + 0.5 * pixel.mean())
+    pv = objective.DFCObjective("pvae", balance="per-sample")(recon, x, mean, logvar)
+    torch.testing.assert_close(pv.total, kl.mean() + 0.5 * pixel.mean())
+    from perceptloss import FeatureLoss
+
+    feat = FeatureLoss("vgg19", ["relu3_1", "relu4_1", "relu5_1"], reduction="none")(recon, x)
+    v345 = objective.DFCObjective("vae345", alpha=2.0, beta=0.25)(recon, x, mean, logvar)
+    torch.testing.assert_close(v345.total, 2.0 * kl.sum() + 0.25 * feat.mean(), rtol=1e-5, atol=1e-2)
+    torch.testing.assert_close(v345.kl, kl.mean())
+    with pytest.raises(ValueError, match="vae123"):
+        objective.DFCObjective("vae124")
+
+
+def test_a_few_steps_lower_the_loss(caffe_weights):
+    torch.manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(8, 3, 4, 4), size=64, mode="bilinear")
+    model, obj = vae.VAE(), objective.DFCObjective("vae123")
+    opt = torch.optim.Adam(model.parameters(), lr=5e-4, betas=(0.5, 0.999))
+    losses = []
+    for _ in range(12):
+        recon, mean, logvar = model(x)
+        terms = obj(recon, x, mean, logvar)
+        opt.zero_grad()
+        terms.total.backward()
+        opt.step()
+        losses.append(terms.rec.item())
+    assert sum(losses[-3:]) < 0.8 * sum(losses[:3])
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return make_celeba(tmp_path / "celeba", n_images=40, listed=40)
+
+
+def run(data_dir, out, *extra):
+    return train.main(["--preset", "pvae", "--data", str(data_dir), "--out", str(out), "--batch-size", "8",
+                       "--cache-dir", str(data_dir.parent / "cache"), "--workers", "1", "--no-progress",
+                       "--log-every", "1", *extra])
+
+
+def test_resume_is_bit_for_bit(data_dir, tmp_path):
+    # 40 images, batch 8: 5 steps per epoch; 8 steps cross an epoch boundary (and a learning-rate halving)
+    assert run(data_dir, tmp_path / "a", "--epochs", "2", "--max-steps", "8") == 0
+    assert run(data_dir, tmp_path / "b", "--epochs", "2", "--max-steps", "3") == 0
+    assert run(data_dir, tmp_path / "b", "--epochs", "2", "--max-steps", "8", "--resume") == 0
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 8
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 1
+    assert (tmp_path / "a" / "grids" / "recon_e01.png").is_file() and (tmp_path / "a" / "grids" / "samples_e01.png").is_file()
+    rows = (tmp_path / "b" / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and len(rows) == 1 + 8
+    assert not list((tmp_path / "a").glob("*.tmp"))
+
+
+def test_resume_with_another_config_is_refused(data_dir, tmp_path, capsys):
+    assert run(data_dir, tmp_path / "a", "--max-steps", "1") == 0
+    assert run(data_dir, tmp_path / "a", "--max-steps", "2", "--batch-size", "4", "--resume") == 2
+    assert "batch_size" in capsys.readouterr().err
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    assert run(tmp_path / "missing", tmp_path / "o") == 2
+    assert "--data" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main(["--preset", "vae999"])
+    assert run(make_celeba(tmp_path / "c", n_images=4, listed=4), tmp_path / "o") == 2
+    assert "fewer than one batch" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_a_checkpoint(data_dir, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_step = torch.optim.Adam.step
+
+    def step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    assert run(data_dir, tmp_path / "i", "--max-steps", "6") == 130
+    assert torch.load(tmp_path / "i" / "checkpoint.pt", weights_only=False)["step"] == 2
+
+
+def _ddp_train(rank, world, port, data_dir, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    assert run(data_dir, out, "--max-steps", "2", "--batch-size", "4", "--device", "cpu") == 0
+
+
+def test_ddp_smoke_two_gloo_processes(data_dir, tmp_path):
+    import torch.multiprocessing as mp
+
+    run(data_dir, tmp_path / "warm", "--max-steps", "1")  # build the cache once beforehand
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_train, args=(2, port, data_dir, tmp_path / "ddp"), nprocs=2, join=True)
+    state = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 2 and state["config"]["world_size"] == 2
