@@ -1,0 +1,93 @@
+"""Figures of the report (matplotlib, Agg backend): labelled image rows, side-by-side panels, correlation
+circles, and the t-SNE face grid."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+
+def _to_hwc(grid: torch.Tensor) -> np.ndarray:
+    return grid.permute(1, 2, 0).clamp(0, 1).numpy()
+
+
+def image_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], path: Path, title: str = "",
+               col_labels: Sequence[str] | None = None) -> Path:
+    """One labelled row per (k, 3, H, W) tensor (rows of equal length)."""
+    k = rows[0].shape[0]
+    grid = make_grid(torch.cat(list(rows)), nrow=k, padding=1, pad_value=1.0)
+    h = rows[0].shape[-2] + 1
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.75 * k + 1.5), 0.75 * len(rows) + (0.6 if title else 0.3)), dpi=100)
+    ax.imshow(_to_hwc(grid))
+    ax.set_yticks([h * i + h / 2 for i in range(len(rows))], labels, fontsize=8)
+    if col_labels is not None:
+        w = rows[0].shape[-1] + 1
+        ax.set_xticks([w * i + w / 2 for i in range(k)], col_labels, fontsize=7)
+    else:
+        ax.set_xticks([])
+    ax.tick_params(length=0)
+    for s in ax.spines.values():
+        s.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def panels(images: Sequence[torch.Tensor], titles: Sequence[str], path: Path, nrow: int = 6, suptitle: str = "") -> Path:
+    """Side-by-side grids, one per (k, 3, H, W) tensor, each with its title (Figure 3 style)."""
+    fig, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.5), dpi=100)
+    axes = np.atleast_1d(axes)
+    for ax, imgs, t in zip(axes, images, titles):
+        ax.imshow(_to_hwc(make_grid(imgs, nrow=nrow, padding=1, pad_value=1.0)))
+        ax.set_title(t, fontsize=10)
+        ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def correlation_circles(corr: np.ndarray, names: Sequence[str], path: Path, title: str = "") -> Path:
+    """Figure 7: a circle per pair, its size and colour by the correlation (blue positive, red negative)."""
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(7, 6.2), dpi=100)
+    ii, jj = np.meshgrid(np.arange(n), np.arange(n))
+    sc = ax.scatter(ii.ravel(), jj.ravel(), s=np.abs(corr).ravel() * 420, c=corr.ravel(), cmap="RdBu",
+                    vmin=-1, vmax=1, edgecolors="grey", linewidths=0.3)
+    ax.set_xticks(range(n), names, rotation=90, fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_ylim(n - 0.4, -0.6)
+    ax.set_aspect("equal")
+    ax.grid(True, color="#eeeeee", linewidth=0.5)
+    ax.set_axisbelow(True)
+    fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.04, label="Pearson correlation")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def face_grid(faces: torch.Tensor, cells: np.ndarray, side: int, path: Path, thumb: int = 16) -> Path:
+    """Faces (side*side, 3, H, W) placed at their grid cells, downscaled to ``thumb`` px, as one PNG."""
+    from torchvision.utils import save_image
+
+    small = torch.nn.functional.interpolate(faces, size=thumb, mode="area")
+    ordered = torch.empty_like(small)
+    ordered[torch.from_numpy(cells)] = small
+    save_image(make_grid(ordered, nrow=side, padding=0), path)
+    return path

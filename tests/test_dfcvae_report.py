@@ -1,0 +1,80 @@
+"""The experiments of the report on tiny random models and a handful of images."""
+import numpy as np
+import pytest
+import torch
+
+from tests.dfcvae_helpers import make_celeba
+
+import latent  # noqa: E402  (examples/dfcvae, on sys.path through dfcvae_helpers)
+import metrics  # noqa: E402
+import report  # noqa: E402
+import vae  # noqa: E402
+
+
+def test_svm_accuracy_on_a_separable_case():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5))
+    y = np.stack([x[:, 0] > 0, x[:, 1] + x[:, 2] > 0.3, np.ones(200, dtype=bool)], axis=1)
+    acc = metrics.svm_attribute_accuracy(x[:150], y[:150], x[150:], y[150:])
+    assert acc.shape == (3,) and acc[0] > 0.95 and acc[1] > 0.95 and acc[2] == 1.0
+    assert np.allclose(metrics.majority_accuracy(y[:150], y[150:])[2], 1.0)
+
+
+def test_grid_assignment_is_a_permutation_that_keeps_neighbours():
+    rng = np.random.default_rng(0)
+    side = 6
+    pts = rng.normal(size=(side * side, 2))
+    cells = metrics.grid_assignment(pts, side)
+    assert sorted(cells.tolist()) == list(range(side * side))
+    left = pts[:, 0].argmin()
+    assert cells[left] % side == 0  # the leftmost point lands in the leftmost column
+    with pytest.raises(ValueError, match="exactly"):
+        metrics.grid_assignment(pts[:-1], side)
+
+
+def test_quality_metrics():
+    x = torch.rand(4, 3, 32, 32)
+    assert metrics.mse(x, x) == 0 and abs(metrics.ssim(x, x) - 1) < 1e-6
+    blurred = torch.nn.functional.avg_pool2d(x, 3, 1, 1)
+    assert metrics.ssim(blurred, x) < 0.99
+    assert (metrics.laplacian_variance(blurred) < metrics.laplacian_variance(x)).all()
+    a = np.random.default_rng(0).normal(size=(300, 4))
+    assert abs(metrics.frechet_distance(a, a)) < 1e-6
+    assert metrics.frechet_distance(a, a + 3) == pytest.approx(36, rel=1e-3)
+
+
+def test_attribute_vector():
+    codes = torch.cat([torch.ones(5, 3), torch.zeros(5, 3)])
+    has = torch.tensor([True] * 5 + [False] * 5)
+    assert torch.equal(latent.attribute_vector(codes, has), torch.ones(3))
+    with pytest.raises(ValueError, match="with and without"):
+        latent.attribute_vector(codes, torch.ones(10, dtype=torch.bool))
+
+
+def test_full_report_on_tiny_models(tmp_path, caffe_weights):
+    data = make_celeba(tmp_path / "celeba", n_images=50, listed=50, splits=[0] * 30 + [2] * 20)
+    ckpts = {}
+    for i, key in enumerate(("pvae", "vae123")):
+        torch.manual_seed(i)
+        path = tmp_path / key / "checkpoint.pt"
+        path.parent.mkdir()
+        torch.save({"model": vae.VAE().state_dict(), "step": 3,
+                    "config": {"latent": 100, "crop": "released", "images": 30, "epochs": 1, "steps_per_epoch": 3,
+                               "batch_size": 8, "balance": "released", "amp": "off", "device": "cpu"}}, path)
+        ckpts[key] = path
+    out = tmp_path / "report"
+    rc = report.main(["--pvae", str(ckpts["pvae"]), "--vae123", str(ckpts["vae123"]), "--data", str(data),
+                      "--out", str(out), "--svm-train", "0", "--tsne-side", "4", "--quality-images", "12",
+                      "--attribute-images", "10"])
+    assert rc == 0
+    text = (out / "report.md").read_text()
+    for png in ("samples_t1.png", "samples_t0.4.png", "reconstructions.png", "interpolation.png", "manipulation.png",
+                "attribute_correlation.png", "tsne_grid.png"):
+        assert (out / png).is_file() and f"]({png})" in text, png
+    assert "| Eyeglasses |" in text and "**average**" in text and "ours VGG conv5 (pooled)" in text
+    assert "FD samples" in text and "| PVAE |" in text
+    from PIL import Image
+
+    assert Image.open(out / "tsne_grid.png").size == (64, 64)  # 4x4 faces of 16 px
+    with pytest.raises(SystemExit):
+        report.main(["--out", str(out)])  # no checkpoint given
