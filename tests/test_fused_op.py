@@ -153,3 +153,32 @@ def test_feature_loss_uses_the_fused_op_with_identical_results(caffe_weights):
     fused = perceptloss.FeatureLoss("vgg19", "style", fused=True)
     eager = perceptloss.FeatureLoss("vgg19", "style", fused=False)
     torch.testing.assert_close(fused.per_layer(x, y), eager.per_layer(x, y), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture_and_replay():
+    a, b, w = make(4, [(64, 32, 32), (128, 16, 16), (3, 5, 7)], torch.float32, "cuda")
+    static_a = [t.clone() for t in a]
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        op(static_a, b, w)  # warm-up on the side stream
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = op(static_a, b, w)
+    for seed in (1, 2):
+        fresh, _, _ = make(4, [(64, 32, 32), (128, 16, 16), (3, 5, 7)], torch.float32, "cuda", seed=seed)
+        for s, f in zip(static_a, fresh):
+            s.copy_(f)
+        graph.replay()
+        torch.testing.assert_close(static_out, op(fresh, b, w), rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_matches_cpu_kernel(dtype):
+    a, b, w = make(3, [(64, 17, 19), (32, 8, 8)], dtype, "cpu")
+    cpu = op(a, b, w)
+    gpu = op([t.cuda() for t in a], [t.cuda() for t in b], w).cpu()
+    torch.testing.assert_close(gpu, cpu, **TOL[dtype])
