@@ -64,12 +64,28 @@ std::vector<PreparedLayer> prepare_layers(
   return layers;
 }
 
-GradBuffer make_grad_buffer(const at::Tensor& like, const at::Tensor& work_layout) {
-  at::Tensor out = at::empty_like(like);
-  if (out.strides() == work_layout.strides()) {
-    return {out, out};
+GradBuffers::GradBuffers(at::TensorList inputs, const std::vector<PreparedLayer>& layers, bool needed) {
+  if (!needed) {
+    return;
   }
-  return {out, at::empty_like(work_layout)};
+  for (size_t l = 0; l < layers.size(); ++l) {
+    at::Tensor o = at::empty_like(inputs[l]);
+    out.push_back(o);
+    work.push_back(o.strides() == layers[l].a.strides() ? o : at::empty_like(layers[l].a));
+  }
+}
+
+void* GradBuffers::data(size_t layer) {
+  return work.empty() ? nullptr : work[layer].mutable_data_ptr();
+}
+
+std::vector<at::Tensor> GradBuffers::finish() {
+  for (size_t l = 0; l < out.size(); ++l) {
+    if (!work[l].is_same(out[l])) {
+      out[l].copy_(work[l]);
+    }
+  }
+  return out;
 }
 
 }  // namespace ops

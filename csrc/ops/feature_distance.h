@@ -35,13 +35,20 @@ std::vector<PreparedLayer> prepare_layers(
     at::ArrayRef<double> weights,
     c10::DeviceType device_type);
 
-// Gradient buffers for a layer: the returned tensor has `like`'s strides (what the fake kernel promises);
-// `work` is where the kernel writes (the same tensor unless `like` is unfit for flat indexing).
-struct GradBuffer {
-  at::Tensor out;
-  at::Tensor work;
+// The gradient tensors of the backward for one side (inputs or targets). For each layer, `out[l]` has the
+// strides of the layer's input features (what the fake kernel promises) and `work[l]` is where the kernel
+// writes: the same tensor, unless the input's layout is unfit for flat indexing (then `finish` copies).
+struct GradBuffers {
+  std::vector<at::Tensor> out;
+  std::vector<at::Tensor> work;
+
+  // Empty when `needed` is false.
+  GradBuffers(at::TensorList inputs, const std::vector<PreparedLayer>& layers, bool needed);
+  // Raw pointers the kernels write to (nullptr per layer when not needed).
+  void* data(size_t layer);
+  // Copies work buffers into their outputs where they differ; returns the outputs.
+  std::vector<at::Tensor> finish();
 };
-GradBuffer make_grad_buffer(const at::Tensor& like, const at::Tensor& work_layout);
 
 at::ScalarType accumulate_type(at::ScalarType t);
 

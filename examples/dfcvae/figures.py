@@ -18,6 +18,15 @@ def _to_hwc(grid: torch.Tensor) -> np.ndarray:
     return grid.permute(1, 2, 0).clamp(0, 1).numpy()
 
 
+def _save(fig, path: Path, suptitle: str = "") -> Path:
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def image_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], path: Path, title: str = "",
                col_labels: Sequence[str] | None = None) -> Path:
     """One labelled row per (k, 3, H, W) tensor (rows of equal length)."""
@@ -37,10 +46,7 @@ def image_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], path: Path, 
         s.set_visible(False)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def panels(images: Sequence[torch.Tensor], titles: Sequence[str], path: Path, nrow: int = 6, suptitle: str = "") -> Path:
@@ -51,12 +57,7 @@ def panels(images: Sequence[torch.Tensor], titles: Sequence[str], path: Path, nr
         ax.imshow(_to_hwc(make_grid(imgs, nrow=nrow, padding=1, pad_value=1.0)))
         ax.set_title(t, fontsize=10)
         ax.axis("off")
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path, suptitle=suptitle)
 
 
 def correlation_circles(corr: np.ndarray, names: Sequence[str], path: Path, title: str = "") -> Path:
@@ -76,10 +77,7 @@ def correlation_circles(corr: np.ndarray, names: Sequence[str], path: Path, titl
     fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.04, label="Pearson correlation")
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def face_grid(faces: torch.Tensor, cells: np.ndarray, side: int, path: Path, thumb: int = 16) -> Path:

@@ -149,12 +149,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> feature_distance_ba
   const auto dtype = inputs[0].scalar_type();
   const at::Tensor g = grad.to(at::kDouble).contiguous();  // (N, L), tiny
   const double* gp = g.const_data_ptr<double>();
-  std::vector<at::Tensor> grad_inputs, grad_targets;
-  std::vector<GradBuffer> ga(layers.size()), gb(layers.size());
-  for (size_t l = 0; l < layers.size(); ++l) {
-    if (input_grad) ga[l] = make_grad_buffer(inputs[l], layers[l].a);
-    if (target_grad) gb[l] = make_grad_buffer(inputs[l], layers[l].a);
-  }
+  GradBuffers ga(inputs, layers, input_grad), gb(inputs, layers, target_grad);
   if (input_grad || target_grad) {
     const auto items = make_work(layers, n);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "feature_distance_backward_cpu", [&] {
@@ -165,22 +160,17 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> feature_distance_ba
           const PreparedLayer& L = layers[w.layer];
           const int64_t offset = w.sample * L.per_sample + w.begin;
           const acc_t s = static_cast<acc_t>(2.0 * L.scale * gp[w.sample * num_layers + w.layer]);
-          scalar_t* pa = input_grad ? ga[w.layer].work.mutable_data_ptr<scalar_t>() + offset : nullptr;
-          scalar_t* pb = target_grad ? gb[w.layer].work.mutable_data_ptr<scalar_t>() + offset : nullptr;
+          auto* pa = static_cast<scalar_t*>(ga.data(w.layer));
+          auto* pb = static_cast<scalar_t*>(gb.data(w.layer));
+          pa = pa ? pa + offset : nullptr;
+          pb = pb ? pb + offset : nullptr;
           scaled_diff<scalar_t>(L.a.const_data_ptr<scalar_t>() + offset, L.b.const_data_ptr<scalar_t>() + offset,
                                 pa, pb, s, w.end - w.begin);
         }
       });
     });
   }
-  for (size_t l = 0; l < layers.size(); ++l) {
-    for (auto* buf : {input_grad ? &ga[l] : nullptr, target_grad ? &gb[l] : nullptr}) {
-      if (buf && !buf->work.is_same(buf->out)) buf->out.copy_(buf->work);
-    }
-    if (input_grad) grad_inputs.push_back(ga[l].out);
-    if (target_grad) grad_targets.push_back(gb[l].out);
-  }
-  return {grad_inputs, grad_targets};
+  return {ga.finish(), gb.finish()};
 }
 
 }  // namespace

@@ -48,10 +48,21 @@ struct alignas(16) Pack {
   scalar_t v[kSize];
 };
 
-__device__ __forceinline__ int find_layer(const Batch& batch, int64_t item) {
+// Where a work item lies: its layer, sample, and element range [begin, begin + len) inside the sample.
+struct Item {
+  int layer;
+  int64_t sample;
+  int64_t begin;
+  int64_t len;
+};
+
+__device__ __forceinline__ Item locate(const Batch& batch, int64_t item) {
   int l = 0;
   while (l + 1 < batch.num_layers && item >= batch.layer[l + 1].item_begin) ++l;
-  return l;
+  const LayerDesc& d = batch.layer[l];
+  const int64_t local = item - d.item_begin;
+  const int64_t begin = (local % d.chunks) * kChunk;
+  return {l, local / d.chunks, begin, min(kChunk, d.per_sample - begin)};
 }
 
 // Elements before the first 16-byte boundary shared by a and b; -1 when a and b are differently aligned.
@@ -83,14 +94,11 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) forward_kernel(Batch batch, acc_t* __restrict__ partials) {
   __shared__ acc_t shared[kThreads / 32];
   for (int64_t item = blockIdx.x; item < batch.num_items; item += gridDim.x) {
-    const int l = find_layer(batch, item);
-    const LayerDesc& d = batch.layer[l];
-    const int64_t local = item - d.item_begin;
-    const int64_t sample = local / d.chunks;
-    const int64_t begin = (local % d.chunks) * kChunk;
-    const int64_t len = min(kChunk, d.per_sample - begin);
-    const scalar_t* a = static_cast<const scalar_t*>(d.a) + sample * d.per_sample + begin;
-    const scalar_t* b = static_cast<const scalar_t*>(d.b) + sample * d.per_sample + begin;
+    const Item it = locate(batch, item);
+    const LayerDesc& d = batch.layer[it.layer];
+    const int64_t len = it.len;
+    const scalar_t* a = static_cast<const scalar_t*>(d.a) + it.sample * d.per_sample + it.begin;
+    const scalar_t* b = static_cast<const scalar_t*>(d.b) + it.sample * d.per_sample + it.begin;
     acc_t sum = 0;
     int64_t head = aligned_head<scalar_t>(a, b, len);
     if (head < 0) head = len;  // differently aligned: scalar loop only
@@ -138,18 +146,15 @@ template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) backward_kernel(Batch batch, const acc_t* __restrict__ grad,
                                                             int64_t grad_cols, int64_t col0) {
   for (int64_t item = blockIdx.x; item < batch.num_items; item += gridDim.x) {
-    const int l = find_layer(batch, item);
-    const LayerDesc& d = batch.layer[l];
-    const int64_t local = item - d.item_begin;
-    const int64_t sample = local / d.chunks;
-    const int64_t begin = (local % d.chunks) * kChunk;
-    const int64_t len = min(kChunk, d.per_sample - begin);
-    const int64_t offset = sample * d.per_sample + begin;
+    const Item it = locate(batch, item);
+    const LayerDesc& d = batch.layer[it.layer];
+    const int64_t len = it.len;
+    const int64_t offset = it.sample * d.per_sample + it.begin;
     const scalar_t* a = static_cast<const scalar_t*>(d.a) + offset;
     const scalar_t* b = static_cast<const scalar_t*>(d.b) + offset;
     scalar_t* ga = d.ga ? static_cast<scalar_t*>(d.ga) + offset : nullptr;
     scalar_t* gb = d.gb ? static_cast<scalar_t*>(d.gb) + offset : nullptr;
-    const acc_t s = static_cast<acc_t>(2.0 * d.scale) * grad[sample * grad_cols + col0 + l];
+    const acc_t s = static_cast<acc_t>(2.0 * d.scale) * grad[it.sample * grad_cols + col0 + it.layer];
     // Vectorize only when every pointer shares a's alignment (outputs are allocated like a: they do).
     int64_t head = aligned_head<scalar_t>(a, b, len);
     if (head >= 0 && ga && aligned_head<scalar_t>(a, ga, len) != head) head = -1;
@@ -188,8 +193,8 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(Batch batch, const a
 }
 
 // Splits the layers into launch groups of at most kMaxLayers and fills their descriptors.
-std::vector<Batch> make_batches(const std::vector<PreparedLayer>& layers, int64_t n,
-                                const std::vector<void*>& ga = {}, const std::vector<void*>& gb = {}) {
+std::vector<Batch> make_batches(const std::vector<PreparedLayer>& layers, int64_t n, GradBuffers* ga = nullptr,
+                                GradBuffers* gb = nullptr) {
   std::vector<Batch> batches;
   for (size_t first = 0; first < layers.size(); first += kMaxLayers) {
     Batch batch{};
@@ -200,8 +205,8 @@ std::vector<Batch> make_batches(const std::vector<PreparedLayer>& layers, int64_
       LayerDesc& d = batch.layer[i];
       d.a = L.a.const_data_ptr();
       d.b = L.b.const_data_ptr();
-      d.ga = ga.empty() ? nullptr : ga[first + i];
-      d.gb = gb.empty() ? nullptr : gb[first + i];
+      d.ga = ga ? ga->data(first + i) : nullptr;
+      d.gb = gb ? gb->data(first + i) : nullptr;
       d.per_sample = L.per_sample;
       d.chunks = (L.per_sample + kChunk - 1) / kChunk;
       d.item_begin = items;
@@ -259,22 +264,11 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> feature_distance_ba
               "feature_distance_backward: grad must be (", n, ", ", num_layers, "), got ", grad.sizes());
   TORCH_CHECK(grad.device() == inputs[0].device(), "feature_distance_backward: grad is on ", grad.device());
   const auto dtype = inputs[0].scalar_type();
-  std::vector<GradBuffer> ga(layers.size()), gb(layers.size());
-  std::vector<void*> pa, pb;
-  for (size_t l = 0; l < layers.size(); ++l) {
-    if (input_grad) {
-      ga[l] = make_grad_buffer(inputs[l], layers[l].a);
-      pa.push_back(ga[l].work.mutable_data_ptr());
-    }
-    if (target_grad) {
-      gb[l] = make_grad_buffer(inputs[l], layers[l].a);
-      pb.push_back(gb[l].work.mutable_data_ptr());
-    }
-  }
+  GradBuffers ga(inputs, layers, input_grad), gb(inputs, layers, target_grad);
   if ((input_grad || target_grad) && n > 0) {
     const at::Tensor g = grad.to(accumulate_type(dtype)).contiguous();
     const auto stream = at::cuda::getCurrentCUDAStream();
-    const auto batches = make_batches(layers, n, pa, pb);
+    const auto batches = make_batches(layers, n, &ga, &gb);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "feature_distance_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       int64_t col0 = 0;
@@ -286,15 +280,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> feature_distance_ba
       }
     });
   }
-  std::vector<at::Tensor> grad_inputs, grad_targets;
-  for (size_t l = 0; l < layers.size(); ++l) {
-    for (auto* buf : {input_grad ? &ga[l] : nullptr, target_grad ? &gb[l] : nullptr}) {
-      if (buf && !buf->work.is_same(buf->out)) buf->out.copy_(buf->work);
-    }
-    if (input_grad) grad_inputs.push_back(ga[l].out);
-    if (target_grad) grad_targets.push_back(gb[l].out);
-  }
-  return {grad_inputs, grad_targets};
+  return {ga.finish(), gb.finish()};
 }
 
 }  // namespace
