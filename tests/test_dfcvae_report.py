@@ -69,12 +69,12 @@ def test_full_report_on_tiny_models(tmp_path, caffe_weights):
     assert rc == 0
     text = (out / "report.md").read_text()
     for png in ("samples_t1.png", "samples_t0.4.png", "reconstructions.png", "interpolation.png", "manipulation.png",
-                "attribute_correlation.png", "tsne_grid.png"):
+                "attribute_correlation.png", "tsne_grid.jpg"):
         assert (out / png).is_file() and f"]({png})" in text, png
     assert "| Eyeglasses |" in text and "**average**" in text and "ours VGG conv5 (pooled)" in text
     assert "FD samples" in text and "| PVAE |" in text
     from PIL import Image
 
-    assert Image.open(out / "tsne_grid.png").size == (64, 64)  # 4x4 faces of 16 px
+    assert Image.open(out / "tsne_grid.jpg").size == (64, 64)  # 4x4 faces of 16 px
     with pytest.raises(SystemExit):
         report.main(["--out", str(out)])  # no checkpoint given

@@ -63,7 +63,7 @@ def panels(images: Sequence[torch.Tensor], titles: Sequence[str], path: Path, nr
 def correlation_circles(corr: np.ndarray, names: Sequence[str], path: Path, title: str = "") -> Path:
     """Figure 7: a circle per pair, its size and colour by the correlation (blue positive, red negative)."""
     n = len(names)
-    fig, ax = plt.subplots(figsize=(7, 6.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(7.6, 6.4), dpi=100)
     ii, jj = np.meshgrid(np.arange(n), np.arange(n))
     sc = ax.scatter(ii.ravel(), jj.ravel(), s=np.abs(corr).ravel() * 420, c=corr.ravel(), cmap="RdBu",
                     vmin=-1, vmax=1, edgecolors="grey", linewidths=0.3)
@@ -81,11 +81,14 @@ def correlation_circles(corr: np.ndarray, names: Sequence[str], path: Path, titl
 
 
 def face_grid(faces: torch.Tensor, cells: np.ndarray, side: int, path: Path, thumb: int = 16) -> Path:
-    """Faces (side*side, 3, H, W) placed at their grid cells, downscaled to ``thumb`` px, as one PNG."""
-    from torchvision.utils import save_image
+    """Faces (side*side, 3, H, W) placed at their grid cells, downscaled to ``thumb`` px, as one image
+    (JPEG when ``path`` ends in .jpg: a 40x40 grid of faces is photographic and large as PNG)."""
+    from PIL import Image
 
     small = torch.nn.functional.interpolate(faces, size=thumb, mode="area")
     ordered = torch.empty_like(small)
     ordered[torch.from_numpy(cells)] = small
-    save_image(make_grid(ordered, nrow=side, padding=0), path)
+    grid = make_grid(ordered, nrow=side, padding=0)
+    pixels = (grid.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+    Image.fromarray(pixels).save(path, **({"quality": 90} if path.suffix.lower() in (".jpg", ".jpeg") else {}))
     return path

@@ -209,7 +209,7 @@ def main(argv=None) -> int:
         sel = torch.randperm(len(test_codes), generator=g)[: side * side].numpy()
         emb = TSNE(n_components=2, init="pca", random_state=args.seed, perplexity=min(30, side * side // 4)).fit_transform(test_codes[sel].numpy())
         cells = metrics.grid_assignment(emb, side)
-        rep.figure(figures.face_grid(to_float(torch.from_numpy(test_faces[sel])), cells, side, out / "tsne_grid.png"),
+        rep.figure(figures.face_grid(to_float(torch.from_numpy(test_faces[sel])), cells, side, out / "tsne_grid.jpg"),
                    "t-SNE face grid")
         rep.add("Embedding points are assigned to grid cells by `scipy.optimize.linear_sum_assignment`.", "")
 
