@@ -114,3 +114,20 @@ def test_cli_lists_fetches_and_verifies(home, caffe_weights, capsys):
     assert cli(["verify"]) == 1
     assert cli(["layers", "vgg91"]) == 2
     assert "Did you mean" in capsys.readouterr().err
+
+
+def test_torchvision_entry_found_in_torch_hub_cache(home, tmp_path, monkeypatch):
+    """A torchvision checkpoint in torch's hub cache is converted (features only) and used, offline."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    trunk = perceptloss.create_backbone("vgg16", ["relu1_2"], weights=None)[0]
+    # a torchvision-style checkpoint: features.* plus classifier.*
+    state = {k: torch.full_like(v, 0.5) for k, v in trunk.state_dict().items()}  # keys: features.N.*
+    state["classifier.0.weight"] = torch.zeros(2, 2)
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    torch.save(state, hub / "vgg16-397923af.pth")
+    loss = FeatureLoss("vgg16", ["relu1_2"], weights="torchvision")
+    assert torch.all(loss.net.features[0].weight == 0.5)
+    assert loss.preprocess.norm is perceptloss.IMAGENET
+    cached = load_checked(home / "vgg16-torchvision.safetensors")
+    assert not any(k.startswith("classifier") for k in cached)
