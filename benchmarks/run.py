@@ -193,7 +193,12 @@ def bench_train_step(device: str, repeats: int, batch: int) -> str:
                 terms.total.backward()
                 opt.step()
 
-            t = bl.median_time(step, device, warmup=3, repeats=repeats)
+            try:
+                t = bl.median_time(step, device, warmup=3, repeats=repeats)
+            except Exception as e:  # report a failing switch instead of hiding the other rows
+                first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+                rows.append([preset, label, "failed", f"{type(e).__name__}: {first}"])
+                continue
             rows.append([preset, label, f"{t * 1e3:.0f}", f"{batch / t:.1f}"])
     return table(["preset", "setting (cumulative)", "ms / step", "images/s"], rows) + \
         f"\n\nBatch {batch} at 64x64, synthetic images, Adam; each row adds one switch to the row above."
