@@ -73,33 +73,42 @@ at::opmath_type<scalar_t> squared_diff_sum(const scalar_t* a, const scalar_t* b,
   return sum;
 }
 
-// ga = s * (a - b) and, when gb is not null, gb = -ga, over len elements.
-template <typename scalar_t>
-void scaled_diff(const scalar_t* a, const scalar_t* b, scalar_t* ga, scalar_t* gb, at::opmath_type<scalar_t> s,
-                 int64_t len) {
+// ga = s * (a - b) (when kA) and gb = -ga (when kB), over len elements. The outputs are compile-time choices so
+// that the loops carry no branches; float/double loops are plain code the compiler vectorizes.
+template <typename scalar_t, bool kA, bool kB>
+void scaled_diff_impl(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, scalar_t* __restrict__ ga,
+                      scalar_t* __restrict__ gb, at::opmath_type<scalar_t> s, int64_t len) {
   using acc_t = at::opmath_type<scalar_t>;
-  using AccVec = at::vec::Vectorized<acc_t>;
-  using Vec = at::vec::Vectorized<scalar_t>;
-  const AccVec sv(s);
   int64_t i = 0;
-  for (; i + Vec::size() <= len; i += Vec::size()) {
-    if constexpr (is_reduced_v<scalar_t>) {
+  if constexpr (is_reduced_v<scalar_t>) {
+    using AccVec = at::vec::Vectorized<acc_t>;
+    using Vec = at::vec::Vectorized<scalar_t>;
+    const AccVec sv(s);
+    for (; i + Vec::size() <= len; i += Vec::size()) {
       auto [a0, a1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(a + i));
       auto [b0, b1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(b + i));
       const AccVec g0 = (a0 - b0) * sv;
       const AccVec g1 = (a1 - b1) * sv;
-      if (ga) at::vec::convert_from_float<scalar_t>(g0, g1).store(ga + i);
-      if (gb) at::vec::convert_from_float<scalar_t>(AccVec(0) - g0, AccVec(0) - g1).store(gb + i);
-    } else {
-      const Vec g = (Vec::loadu(a + i) - Vec::loadu(b + i)) * sv;
-      if (ga) g.store(ga + i);
-      if (gb) (Vec(0) - g).store(gb + i);
+      if constexpr (kA) at::vec::convert_from_float<scalar_t>(g0, g1).store(ga + i);
+      if constexpr (kB) at::vec::convert_from_float<scalar_t>(AccVec(0) - g0, AccVec(0) - g1).store(gb + i);
     }
   }
   for (; i < len; ++i) {
     const acc_t g = (static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i])) * s;
-    if (ga) ga[i] = static_cast<scalar_t>(g);
-    if (gb) gb[i] = static_cast<scalar_t>(-g);
+    if constexpr (kA) ga[i] = static_cast<scalar_t>(g);
+    if constexpr (kB) gb[i] = static_cast<scalar_t>(-g);
+  }
+}
+
+template <typename scalar_t>
+void scaled_diff(const scalar_t* a, const scalar_t* b, scalar_t* ga, scalar_t* gb, at::opmath_type<scalar_t> s,
+                 int64_t len) {
+  if (ga && gb) {
+    scaled_diff_impl<scalar_t, true, true>(a, b, ga, gb, s, len);
+  } else if (ga) {
+    scaled_diff_impl<scalar_t, true, false>(a, b, ga, gb, s, len);
+  } else if (gb) {
+    scaled_diff_impl<scalar_t, false, true>(a, b, ga, gb, s, len);
   }
 }
 
