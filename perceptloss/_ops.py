@@ -2,7 +2,8 @@
 
 ``torch.ops.perceptloss.feature_distance`` is defined in C++ (csrc/ops/feature_distance.cpp); here it gets a
 fake kernel (shape/dtype propagation for torch.compile and FakeTensor) and a backward that calls the fused
-``feature_distance_backward`` once for the inputs and the targets.
+``feature_distance_backward`` once for the inputs and the targets. Both take the norm ``p`` (2: squared
+difference, the default; 1: absolute difference).
 """
 from __future__ import annotations
 
@@ -53,21 +54,22 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 if HAS_EXT:
 
     @torch.library.register_fake("perceptloss::feature_distance")
-    def _feature_distance_fake(inputs, targets, weights):
+    def _feature_distance_fake(inputs, targets, weights, p=2):
         torch._check(len(inputs) > 0, lambda: "feature_distance needs at least one layer")
         return inputs[0].new_empty((inputs[0].shape[0], len(inputs)), dtype=_acc_dtype(inputs[0].dtype))
 
     @torch.library.register_fake("perceptloss::feature_distance_backward")
-    def _feature_distance_backward_fake(grad, inputs, targets, weights, input_grad, target_grad):
+    def _feature_distance_backward_fake(grad, inputs, targets, weights, input_grad, target_grad, p=2):
         grads_a = [torch.empty_like(a) for a in inputs] if input_grad else []
         grads_b = [torch.empty_like(a) for a in inputs] if target_grad else []
         return grads_a, grads_b
 
     def _setup_context(ctx, inputs, output):
-        features_a, features_b, weights = inputs
+        features_a, features_b, weights = inputs[:3]
         ctx.save_for_backward(*features_a, *features_b)
         ctx.num_layers = len(features_a)
         ctx.weights = list(weights)
+        ctx.p = inputs[3] if len(inputs) > 3 else 2
 
     def _backward(ctx, grad):
         saved = ctx.saved_tensors
@@ -75,11 +77,11 @@ if HAS_EXT:
         need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         input_grad, target_grad = any(need_a), any(need_b)
         grads_a, grads_b = torch.ops.perceptloss.feature_distance_backward(
-            grad, a, b, ctx.weights, input_grad, target_grad
+            grad, a, b, ctx.weights, input_grad, target_grad, ctx.p
         )
         none = [None] * ctx.num_layers  # the structure of the inputs must be kept even where no grad is needed
         out_a = [g if n else None for g, n in zip(grads_a, need_a)] if input_grad else none
         out_b = [g if n else None for g, n in zip(grads_b, need_b)] if target_grad else none
-        return out_a, out_b, None
+        return out_a, out_b, None, None
 
     torch.library.register_autograd("perceptloss::feature_distance", _backward, setup_context=_setup_context)

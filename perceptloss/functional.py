@@ -1,8 +1,9 @@
-"""The multi-layer normalised squared feature distance, fused or in plain PyTorch.
+"""The multi-layer normalised squared (or absolute) feature distance, fused or in plain PyTorch.
 
 For layer l with activations a_l, b_l of shape (N, C_l, H_l, W_l) and weight w_l:
 
-    D[n, l] = w_l / (C_l H_l W_l) * sum_{c,h,w} (a_l[n] - b_l[n])**2
+    D[n, l] = w_l / (C_l H_l W_l) * sum_{c,h,w} (a_l[n] - b_l[n])**2      (p=2, the default)
+    D[n, l] = w_l / (C_l H_l W_l) * sum_{c,h,w} |a_l[n] - b_l[n]|         (p=1; gradient sign(a - b), 0 at a = b)
 
 returned as an (N, L) tensor in float32 (float64 for float64 features), whatever the feature dtype.
 """
@@ -44,14 +45,24 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _check_p(p: int) -> int:
+    if p not in (1, 2) or isinstance(p, bool):
+        raise ValueError(f"p must be 1 (mean absolute difference) or 2 (mean squared difference), got {p!r}")
+    return int(p)
+
+
 def feature_distance_reference(
-    inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], weights: Sequence[float]
+    inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], weights: Sequence[float], p: int = 2
 ) -> torch.Tensor:
-    """Pure-PyTorch oracle and fallback: (N, L) distances, differentiable by autograd."""
+    """Pure-PyTorch oracle and fallback: (N, L) distances, differentiable by autograd.
+
+    ``p=1`` uses ``abs``, whose autograd gradient is sign(a - b) with 0 at a = b, like the fused operator.
+    """
     _check_features(inputs, targets, weights)
+    p = _check_p(p)
     acc = accumulation_dtype(inputs[0].dtype)
     cols = [
-        float(w) * (a.to(acc) - b.to(acc)).square().flatten(1).mean(dim=1)
+        float(w) * ((a.to(acc) - b.to(acc)).square() if p == 2 else (a.to(acc) - b.to(acc)).abs()).flatten(1).mean(dim=1)
         for a, b, w in zip(inputs, targets, weights)
     ]
     return torch.stack(cols, dim=1)
@@ -63,18 +74,22 @@ def feature_distance(
     weights: Sequence[float] | None = None,
     *,
     fused: bool | None = None,
+    p: int = 2,
 ) -> torch.Tensor:
     """(N, L) weighted per-sample, per-layer distances between two lists of (N, C, H, W) feature maps.
+
+    ``p``: 2 for the mean squared difference (default), 1 for the mean absolute difference.
 
     ``fused``: None uses the compiled operator when it supports the device, True requires it, False uses the
     pure-PyTorch reference. Both give the same values within floating-point tolerance.
     """
     inputs, targets = list(inputs), list(targets)
+    p = _check_p(p)
     weights = [1.0] * len(inputs) if weights is None else [float(w) for w in weights]
     use = _ops.supports(inputs[0].device) if fused is None and inputs else bool(fused)
     if fused and not _ops.supports(inputs[0].device if inputs else torch.device("cpu")):
         raise RuntimeError(_ops.unavailable_reason(inputs[0].device if inputs else torch.device("cpu")))
     if not use:
-        return feature_distance_reference(inputs, targets, weights)
+        return feature_distance_reference(inputs, targets, weights, p)
     _check_features(inputs, targets, weights)
-    return torch.ops.perceptloss.feature_distance(inputs, targets, weights)
+    return torch.ops.perceptloss.feature_distance(inputs, targets, weights, p)

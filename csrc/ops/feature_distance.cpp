@@ -18,6 +18,11 @@ at::ScalarType accumulate_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+void check_norm(int64_t p) {
+  TORCH_CHECK(p == 1 || p == 2, "feature_distance: p must be 1 (mean absolute difference) or 2 (mean squared "
+              "difference), got ", p);
+}
+
 std::vector<PreparedLayer> prepare_layers(
     at::TensorList inputs,
     at::TensorList targets,
@@ -92,8 +97,10 @@ std::vector<at::Tensor> GradBuffers::finish() {
 }  // namespace perceptloss
 
 TORCH_LIBRARY(perceptloss, m) {
-  m.def("feature_distance(Tensor[] inputs, Tensor[] targets, float[] weights) -> Tensor");
+  // p = 2: mean squared difference (the default, and the only form before p existed); p = 1: mean absolute
+  // difference. A defaulted trailing argument keeps every existing call site and serialized graph valid.
+  m.def("feature_distance(Tensor[] inputs, Tensor[] targets, float[] weights, int p=2) -> Tensor");
   m.def(
       "feature_distance_backward(Tensor grad, Tensor[] inputs, Tensor[] targets, float[] weights, "
-      "bool input_grad, bool target_grad) -> (Tensor[], Tensor[])");
+      "bool input_grad, bool target_grad, int p=2) -> (Tensor[], Tensor[])");
 }

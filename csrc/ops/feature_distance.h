@@ -1,10 +1,13 @@
-// perceptloss::feature_distance — multi-layer normalised squared feature distance, fused.
+// perceptloss::feature_distance — multi-layer normalised squared (p = 2) or absolute (p = 1) feature
+// distance, fused.
 //
 // For layer l with activations a_l, b_l of shape (N, ...) and weight w_l:
-//   out[n, l] = w_l / numel(a_l[n]) * sum((a_l[n] - b_l[n])^2)
-// The output is float32 (float64 for float64 inputs). The backward writes
-//   grad_a = 2 w_l / numel(a_l[n]) * (a - b) * grad_out[n, l],   grad_b = -grad_a
-// in one pass over a and b.
+//   p = 2: out[n, l] = w_l / numel(a_l[n]) * sum((a_l[n] - b_l[n])^2)
+//   p = 1: out[n, l] = w_l / numel(a_l[n]) * sum(|a_l[n] - b_l[n]|)
+// The output is float32 (float64 for float64 inputs). The backward writes, in one pass over a and b,
+//   p = 2: grad_a = 2 w_l / numel(a_l[n]) * (a - b) * grad_out[n, l]
+//   p = 1: grad_a = w_l / numel(a_l[n]) * sign(a - b) * grad_out[n, l]   (sign(0) = 0: the subgradient 0)
+// and grad_b = -grad_a.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -51,6 +54,9 @@ struct GradBuffers {
 };
 
 at::ScalarType accumulate_type(at::ScalarType t);
+
+// Raises unless p is 1 (absolute difference) or 2 (squared difference).
+void check_norm(int64_t p);
 
 }  // namespace ops
 }  // namespace perceptloss

@@ -5,7 +5,8 @@
 // double), a fixed-order block reduction into one partial per item, then a small finalize kernel that adds
 // each (sample, layer)'s partials in chunk order. No atomics, no host synchronisation, no memset: results are
 // bitwise identical run to run and the kernels are safe under CUDA graph capture.
-// Backward: one launch over the same work list writing grad_a = s (a - b) and grad_b = -grad_a once.
+// Backward: one launch over the same work list writing grad_a = s (a - b) (p = 2) or s sign(a - b) (p = 1,
+// sign(0) = 0) and grad_b = -grad_a once. The norm p is a template parameter: no per-element branch.
 // NCHW-contiguous and channels_last layouts are both read in place (see is_batch_outer_dense).
 #include "../feature_distance.h"
 
@@ -16,6 +17,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace perceptloss {
 namespace ops {
@@ -75,6 +77,26 @@ __device__ __forceinline__ int64_t aligned_head(const void* a, const void* b, in
   return head < len ? head : len;
 }
 
+// |d| (P = 1) or d^2 (P = 2).
+template <int P, typename acc_t>
+__device__ __forceinline__ acc_t norm_term(acc_t d) {
+  if constexpr (P == 1) {
+    return d < acc_t(0) ? -d : d;
+  } else {
+    return d * d;
+  }
+}
+
+// The derivative of norm_term up to the constant factor P: d (P = 2) or sign(d) with sign(0) = 0 (P = 1).
+template <int P, typename acc_t>
+__device__ __forceinline__ acc_t grad_term(acc_t d) {
+  if constexpr (P == 1) {
+    return static_cast<acc_t>(d > acc_t(0)) - static_cast<acc_t>(d < acc_t(0));
+  } else {
+    return d;
+  }
+}
+
 template <typename acc_t>
 __device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* shared) {
   for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
@@ -90,7 +112,7 @@ __device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* shared) {
   return total;  // valid in thread 0
 }
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, int P>
 __global__ void __launch_bounds__(kThreads) forward_kernel(Batch batch, acc_t* __restrict__ partials) {
   __shared__ acc_t shared[kThreads / 32];
   for (int64_t item = blockIdx.x; item < batch.num_items; item += gridDim.x) {
@@ -103,8 +125,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Batch batch, acc_t* _
     int64_t head = aligned_head<scalar_t>(a, b, len);
     if (head < 0) head = len;  // differently aligned: scalar loop only
     for (int64_t i = threadIdx.x; i < head; i += kThreads) {
-      const acc_t diff = static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i]);
-      sum += diff * diff;
+      sum += norm_term<P>(static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i]));
     }
     using P = Pack<scalar_t>;
     const int64_t packs = (len - head) / P::kSize;
@@ -115,13 +136,11 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Batch batch, acc_t* _
       const P vb = pb[p];
 #pragma unroll
       for (int j = 0; j < P::kSize; ++j) {
-        const acc_t diff = static_cast<acc_t>(va.v[j]) - static_cast<acc_t>(vb.v[j]);
-        sum += diff * diff;
+        sum += norm_term<P>(static_cast<acc_t>(va.v[j]) - static_cast<acc_t>(vb.v[j]));
       }
     }
     for (int64_t i = head + packs * P::kSize + threadIdx.x; i < len; i += kThreads) {
-      const acc_t diff = static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i]);
-      sum += diff * diff;
+      sum += norm_term<P>(static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i]));
     }
     const acc_t total = block_sum(sum, shared);
     if (threadIdx.x == 0) partials[item] = total;
@@ -142,7 +161,7 @@ __global__ void finalize_kernel(Batch batch, const acc_t* __restrict__ partials,
   out[sample * out_cols + col0 + l] = total * static_cast<acc_t>(d.scale);
 }
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, int P>
 __global__ void __launch_bounds__(kThreads) backward_kernel(Batch batch, const acc_t* __restrict__ grad,
                                                             int64_t grad_cols, int64_t col0) {
   for (int64_t item = blockIdx.x; item < batch.num_items; item += gridDim.x) {
@@ -154,14 +173,14 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(Batch batch, const a
     const scalar_t* b = static_cast<const scalar_t*>(d.b) + offset;
     scalar_t* ga = d.ga ? static_cast<scalar_t*>(d.ga) + offset : nullptr;
     scalar_t* gb = d.gb ? static_cast<scalar_t*>(d.gb) + offset : nullptr;
-    const acc_t s = static_cast<acc_t>(2.0 * d.scale) * grad[it.sample * grad_cols + col0 + it.layer];
+    const acc_t s = static_cast<acc_t>(P * d.scale) * grad[it.sample * grad_cols + col0 + it.layer];
     // Vectorize only when every pointer shares a's alignment (outputs are allocated like a: they do).
     int64_t head = aligned_head<scalar_t>(a, b, len);
     if (head >= 0 && ga && aligned_head<scalar_t>(a, ga, len) != head) head = -1;
     if (head >= 0 && gb && aligned_head<scalar_t>(a, gb, len) != head) head = -1;
     if (head < 0) head = len;
     for (int64_t i = threadIdx.x; i < head; i += kThreads) {
-      const acc_t g = (static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i])) * s;
+      const acc_t g = grad_term<P>(static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i])) * s;
       if (ga) ga[i] = static_cast<scalar_t>(g);
       if (gb) gb[i] = static_cast<scalar_t>(-g);
     }
@@ -177,7 +196,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(Batch batch, const a
       P oa, ob;
 #pragma unroll
       for (int j = 0; j < P::kSize; ++j) {
-        const acc_t g = (static_cast<acc_t>(va.v[j]) - static_cast<acc_t>(vb.v[j])) * s;
+        const acc_t g = grad_term<P>(static_cast<acc_t>(va.v[j]) - static_cast<acc_t>(vb.v[j])) * s;
         oa.v[j] = static_cast<scalar_t>(g);
         ob.v[j] = static_cast<scalar_t>(-g);
       }
@@ -185,7 +204,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(Batch batch, const a
       if (pgb) pgb[p] = ob;
     }
     for (int64_t i = head + packs * P::kSize + threadIdx.x; i < len; i += kThreads) {
-      const acc_t g = (static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i])) * s;
+      const acc_t g = grad_term<P>(static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i])) * s;
       if (ga) ga[i] = static_cast<scalar_t>(g);
       if (gb) gb[i] = static_cast<scalar_t>(-g);
     }
@@ -219,13 +238,25 @@ std::vector<Batch> make_batches(const std::vector<PreparedLayer>& layers, int64_
   return batches;
 }
 
+// Calls f with the norm as a compile-time constant: f(std::integral_constant<int, P>{}).
+template <typename F>
+void dispatch_norm(int64_t p, F&& f) {
+  if (p == 1) {
+    f(std::integral_constant<int, 1>{});
+  } else {
+    f(std::integral_constant<int, 2>{});
+  }
+}
+
 int grid_size(int64_t items) {
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int64_t cap = static_cast<int64_t>(sms) * (2048 / kThreads);
   return static_cast<int>(std::max<int64_t>(1, std::min(items, cap)));
 }
 
-at::Tensor feature_distance_cuda(at::TensorList inputs, at::TensorList targets, at::ArrayRef<double> weights) {
+at::Tensor feature_distance_cuda(at::TensorList inputs, at::TensorList targets, at::ArrayRef<double> weights,
+                                 int64_t p) {
+  check_norm(p);
   const auto layers = prepare_layers(inputs, targets, weights, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(inputs[0].device());
   const int64_t n = inputs[0].size(0);
@@ -240,8 +271,10 @@ at::Tensor feature_distance_cuda(at::TensorList inputs, at::TensorList targets, 
     int64_t col0 = 0;
     for (const Batch& batch : batches) {
       at::Tensor partials = at::empty({batch.num_items}, out.options());
-      forward_kernel<scalar_t, acc_t><<<grid_size(batch.num_items), kThreads, 0, stream>>>(
-          batch, partials.mutable_data_ptr<acc_t>());
+      dispatch_norm(p, [&](auto norm) {
+        forward_kernel<scalar_t, acc_t, decltype(norm)::value><<<grid_size(batch.num_items), kThreads, 0, stream>>>(
+            batch, partials.mutable_data_ptr<acc_t>());
+      });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const int64_t cells = n * batch.num_layers;
       finalize_kernel<acc_t><<<static_cast<unsigned>((cells + 255) / 256), 256, 0, stream>>>(
@@ -255,7 +288,8 @@ at::Tensor feature_distance_cuda(at::TensorList inputs, at::TensorList targets, 
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> feature_distance_backward_cuda(
     const at::Tensor& grad, at::TensorList inputs, at::TensorList targets, at::ArrayRef<double> weights,
-    bool input_grad, bool target_grad) {
+    bool input_grad, bool target_grad, int64_t p) {
+  check_norm(p);
   const auto layers = prepare_layers(inputs, targets, weights, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(inputs[0].device());
   const int64_t n = inputs[0].size(0);
@@ -273,8 +307,10 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> feature_distance_ba
       using acc_t = at::opmath_type<scalar_t>;
       int64_t col0 = 0;
       for (const Batch& batch : batches) {
-        backward_kernel<scalar_t, acc_t><<<grid_size(batch.num_items), kThreads, 0, stream>>>(
-            batch, g.const_data_ptr<acc_t>(), num_layers, col0);
+        dispatch_norm(p, [&](auto norm) {
+          backward_kernel<scalar_t, acc_t, decltype(norm)::value><<<grid_size(batch.num_items), kThreads, 0, stream>>>(
+              batch, g.const_data_ptr<acc_t>(), num_layers, col0);
+        });
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         col0 += batch.num_layers;
       }
