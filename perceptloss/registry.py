@@ -187,6 +187,15 @@ register_backbone(_vgg_spec("vgg19", {"caffe": VGG19_CAFFE, "torchvision": _torc
 register_backbone(_vgg_spec("vgg16", {"torchvision": _torchvision_entry("vgg16")}, "torchvision"))
 
 
+# --------------------------------------------------------------- other torchvision trunks (LPIPS' alex, squeeze)
+
+from .backbones.alexnet import alexnet_spec  # noqa: E402  (their specs use the helpers above)
+from .backbones.squeezenet import squeezenet_spec  # noqa: E402
+
+register_backbone(alexnet_spec())
+register_backbone(squeezenet_spec())
+
+
 # -------------------------------------------------------------------------------------------- timm
 
 

@@ -1,0 +1,53 @@
+"""A ``features`` nn.Sequential trunk with one name per module, truncated after the deepest requested layer.
+
+Shared by the torchvision trunks whose parameters are named ``features.N.*`` (AlexNet, SqueezeNet), so that
+torchvision state dicts load as they are.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .base import FeatureExtractor
+
+
+class SequentialFeatures(FeatureExtractor):
+    """Return the outputs of the modules named ``layers`` of a sequential trunk, in the order asked.
+
+    ``modules`` and ``names`` are the full trunk and one name per module; the trunk is truncated after the
+    deepest requested layer and every top-level ``nn.ReLU`` is made out-of-place, so that a tapped
+    pre-activation is not overwritten. Input (N, 3, H, W) normalised for the weights.
+    """
+
+    def __init__(self, modules: Sequence[nn.Module], names: Sequence[str], layers: tuple[str, ...]) -> None:
+        super().__init__()
+        index = {n: i for i, n in enumerate(names)}
+        self.layers = tuple(layers)
+        self.taps = [index[n] for n in self.layers]
+        self._tapset = frozenset(self.taps)
+        depth = max(self.taps) + 1
+        self.features = nn.Sequential(
+            *[nn.ReLU(inplace=False) if isinstance(m, nn.ReLU) else m for m in list(modules)[:depth]]
+        )
+        self.freeze()
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        found: dict[int, torch.Tensor] = {}
+        for i, module in enumerate(self.features):
+            x = module(x)
+            if i in self._tapset:
+                found[i] = x
+        return [found[i] for i in self.taps]
+
+    def load_trunk_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load ``features.N.*`` tensors (torchvision naming); tensors past the truncation are ignored."""
+        own = self.state_dict()
+        missing = [k for k in own if k not in state_dict]
+        if missing:
+            raise KeyError(f"weights lack {len(missing)} tensors of the trunk, e.g. {missing[:3]}")
+        for k, v in own.items():
+            if tuple(state_dict[k].shape) != tuple(v.shape):
+                raise ValueError(f"weight {k} has shape {tuple(state_dict[k].shape)}, expected {tuple(v.shape)}")
+        self.load_state_dict({k: state_dict[k] for k in own})
