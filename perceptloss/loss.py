@@ -31,6 +31,10 @@ class FeatureLoss(nn.Module):
     .. math:: \mathrm{loss}_n = \sum_l w_l \frac{1}{C_l H_l W_l} \lVert \Phi_l(x_n) - \Phi_l(y_n) \rVert_2^2
 
     then reduced over the batch (``"mean"``, ``"sum"``) or returned per sample (``"none"`` -> (N,)).
+    With ``distance="l1"`` the squared norm is replaced by the L1 norm (mean absolute difference).
+
+    For a fixed target (image optimisation, content loss), ``set_target(y)`` computes its features once and
+    ``loss(x)`` then compares against them.
 
     Args:
         backbone: registered name ("vgg19", "vgg16", "timm:<model>") or an ``nn.Module`` (layers are then
@@ -43,6 +47,8 @@ class FeatureLoss(nn.Module):
         input_range: the range of the images you pass, e.g. (0, 1) or (-1, 1); each weight entry's own
             preprocessing (Caffe BGR 0-255 minus mean, ImageNet mean/std, ...) is applied after it.
         reduction: "mean" | "sum" | "none" over the batch.
+        distance: "l2" (mean squared difference, the paper's) or "l1" (mean absolute difference, BasicSR's
+            default); both run on the fused operator.
         check_range: "raise" | "warn" | "off" for images clearly outside ``input_range``.
         check_inputs: check shapes/dtypes/devices and NaN/Inf (one host synchronisation per call).
         fused: None uses the compiled operator when present for the device, True requires it, False uses
@@ -62,6 +68,7 @@ class FeatureLoss(nn.Module):
         weights: str | Path | None = "default",
         input_range: tuple[float, float] = (0.0, 1.0),
         reduction: Reduction = "mean",
+        distance: Literal["l2", "l1"] = "l2",
         check_range: Literal["raise", "warn", "off"] = "raise",
         check_inputs: bool = True,
         fused: bool | None = None,
@@ -70,6 +77,8 @@ class FeatureLoss(nn.Module):
         super().__init__()
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        if distance not in ("l2", "l1"):
+            raise ValueError(f"distance must be 'l2' (mean squared difference) or 'l1' (mean absolute difference), got {distance!r}")
         if check_range not in ("raise", "warn", "off"):
             raise ValueError(f"check_range must be 'raise', 'warn' or 'off', got {check_range!r}")
         self.net, norm = create_backbone(backbone, layers, weights, normalization)
@@ -83,6 +92,8 @@ class FeatureLoss(nn.Module):
         self.preprocess = Preprocess(norm, input_range)
         self.input_range = (float(input_range[0]), float(input_range[1]))
         self.reduction = reduction
+        self.distance = distance
+        self._target: list[torch.Tensor] | None = None  # set_target's representation, batch 1 or N
         self.check_range = check_range
         self.check_inputs = check_inputs
         if fused and not _ops.HAS_EXT:
@@ -115,8 +126,58 @@ class FeatureLoss(nn.Module):
                     )
         return feats
 
-    def per_layer(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-sample, per-layer weighted terms, shape (N, L) in float32 (columns follow ``self.layers``)."""
+    def representation(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """What is compared per layer: the activations themselves (StyleLoss: their Gram matrices)."""
+        return features
+
+    def compare(self, input_repr: list[torch.Tensor], target_repr: list[torch.Tensor]) -> torch.Tensor:
+        """(N, L) weighted per-layer distances between two representations (float32, fp64 for fp64)."""
+        return feature_distance(
+            input_repr, target_repr, self.layer_weights, fused=self.fused, p=1 if self.distance == "l1" else 2
+        )
+
+    @torch.no_grad()
+    def set_target(self, target: torch.Tensor | None) -> "FeatureLoss":
+        """Compute the representation of ``target`` once, so that ``loss(input)`` reuses it (None clears it).
+
+        ``target``: (1 or N, 3, H, W) RGB in ``input_range``; a batch of 1 is compared with every input. No
+        gradient flows to it. Returns self.
+        """
+        if target is None:
+            self._target = None
+            return self
+        if self.check_inputs:
+            check_image_pair(target, target)
+            check_values({"target": target}, self.input_range, self.check_range)
+        self._target = [r.detach() for r in self.representation(self.features(target))]
+        return self
+
+    def _cached_target(self, input_repr: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self._target is None:
+            raise ValueError(
+                "no target: call loss(input, target), or fix a target once with loss.set_target(target)"
+            )
+        out = []
+        for name, r, t in zip(self.layers, input_repr, self._target):
+            if t.shape[1:] != r.shape[1:] or t.shape[0] not in (1, r.shape[0]):
+                raise ValueError(
+                    f"layer {name}: the input gives {tuple(r.shape)} but the target set with set_target gave "
+                    f"{tuple(t.shape)}; use images of the target's size and a target batch of 1 or N"
+                )
+            out.append(t.to(device=r.device, dtype=r.dtype).expand_as(r))
+        return out
+
+    def per_layer(self, input: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample, per-layer weighted terms, shape (N, L) in float32 (columns follow ``self.layers``).
+
+        ``target`` None compares with the target fixed by ``set_target``.
+        """
+        if target is None:
+            if self.check_inputs:
+                check_image_pair(input, input)
+                check_values({"input": input}, self.input_range, self.check_range)
+            input_repr = self.representation(self.features(input))
+            return self.compare(input_repr, self._cached_target(input_repr))
         if self.check_inputs:
             check_image_pair(input, target, allow_dtype_mismatch=_autocast_enabled(input.device.type))
             check_values({"input": input, "target": target}, self.input_range, self.check_range)
@@ -126,15 +187,15 @@ class FeatureLoss(nn.Module):
         else:
             with torch.no_grad():
                 feats_tgt = self.features(target)
-        return feature_distance(feats_in, feats_tgt, self.layer_weights, fused=self.fused)
+        return self.compare(self.representation(feats_in), self.representation(feats_tgt))
 
-    def per_layer_dict(self, input: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def per_layer_dict(self, input: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``per_layer`` as {layer name: (N,) tensor}, for logging."""
         terms = self.per_layer(input, target)
         return {name: terms[:, i] for i, name in enumerate(self.layers)}
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The loss: a scalar for "mean"/"sum", an (N,) tensor for "none"."""
+    def forward(self, input: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss: a scalar for "mean"/"sum", an (N,) tensor for "none" (target None: ``set_target``'s)."""
         per_sample = self.per_layer(input, target).sum(dim=1)
         if self.reduction == "mean":
             return per_sample.mean()
@@ -145,5 +206,6 @@ class FeatureLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"layers={list(self.layers)}, layer_weights={self.layer_weights}, reduction={self.reduction!r}, "
+            f"distance={self.distance!r}, "
             f"fused={'auto' if self.fused is None else self.fused}"
         )
