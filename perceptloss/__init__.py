@@ -7,6 +7,8 @@
 from ._ops import HAS_EXT, has_kernel
 from .functional import feature_distance, feature_distance_reference
 from .loss import FeatureLoss
+from .lpips import LPIPS
+from .style import StyleLoss, gram_matrix
 from .preprocessing import CAFFE, IDENTITY, IMAGENET, Normalization
 from .registry import (
     PRESETS,
@@ -27,6 +29,9 @@ __all__ = [
     "HAS_EXT",
     "has_kernel",
     "FeatureLoss",
+    "LPIPS",
+    "StyleLoss",
+    "gram_matrix",
     "feature_distance",
     "feature_distance_reference",
     "Normalization",

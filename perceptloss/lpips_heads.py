@@ -1,0 +1,95 @@
+"""LPIPS' learned linear heads (Zhang et al. 2018, v0.1): found offline, checksummed, cached as safetensors.
+
+The heads are one non-negative weight per channel of each tapped layer. They ship (BSD-2) inside the ``lpips``
+wheel as ``lpips/weights/v0.1/{alex,vgg,squeeze}.pth``, and byte-identical inside the ``torchmetrics`` wheel as
+``torchmetrics/functional/image/lpips_models/*.pth``. The files are located through ``importlib.metadata``
+(neither package's code is imported), checked against their known sha256, converted to ``{"head{k}": (C_k,)}``
+and cached like the backbone weights (``perceptloss.weights``).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .preprocessing import Normalization
+from .weights import StateDict, WeightEntry, load_state_dict_file, resolve
+
+#: LPIPS' ScalingLayer, (x - shift) / scale on [-1, 1] images, written for [0, 1] images:
+#: mean = (1 + shift) / 2, std = scale / 2 (which is the ImageNet mean/std to three decimals).
+_SHIFT = (-0.030, -0.088, -0.188)
+_SCALE = (0.458, 0.448, 0.450)
+LPIPS_NORMALIZATION = Normalization(
+    mean=tuple((1.0 + s) / 2.0 for s in _SHIFT),  # type: ignore[arg-type]
+    std=tuple(c / 2.0 for c in _SCALE),  # type: ignore[arg-type]
+    name="lpips",
+)
+
+#: sha256 of the v0.1 head files (lpips 0.1.4; torchmetrics ships the same bytes).
+HEAD_SHA256 = {
+    "alex": "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
+    "vgg": "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
+    "squeeze": "4a5350f23600cb79923ce65bb07cbf57dca461329894153e05a1346bd531cf76",
+}
+
+
+def _package_file(package: str, relative: str) -> Callable[[], Path | None]:
+    def find() -> Path | None:
+        try:
+            dist = importlib.metadata.distribution(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        return Path(str(dist.locate_file(relative)))
+
+    return find
+
+
+def convert_lpips_heads(path: Path) -> StateDict:
+    """``lin{k}.model.1.weight`` (1, C, 1, 1) tensors of an lpips head file -> ``head{k}`` (C,) float32 tensors."""
+    state = load_state_dict_file(path)
+    heads = {}
+    for key, value in state.items():
+        if key.startswith("lin") and key.endswith(".weight"):
+            heads[f"head{int(key[3:].split('.')[0])}"] = value.detach().float().reshape(-1).contiguous()
+    if not heads:
+        raise ValueError(f"{path} holds no LPIPS heads (expected keys like 'lin0.model.1.weight')")
+    return heads
+
+
+def head_entry(net: str) -> WeightEntry:
+    """The weight entry of LPIPS v0.1's heads for ``net`` ("alex", "vgg" or "squeeze")."""
+    return WeightEntry(
+        backbone=f"lpips-{net}",
+        name="v0.1",
+        description=f"LPIPS v0.1 linear heads for {net} (Zhang et al. 2018, BSD-2)",
+        normalization=LPIPS_NORMALIZATION,
+        filename=f"lpips-v0.1-{net}.safetensors",
+        convert=convert_lpips_heads,
+        finders=(
+            _package_file("lpips", f"lpips/weights/v0.1/{net}.pth"),
+            _package_file("torchmetrics", f"torchmetrics/functional/image/lpips_models/{net}.pth"),
+        ),
+        source_sha256=HEAD_SHA256[net],
+        hint=f"pip install lpips --no-deps (its wheel ships the heads as lpips/weights/v0.1/{net}.pth)",
+    )
+
+
+def load_heads(net: str, heads: str | Path, channels: list[int]) -> list[torch.Tensor]:
+    """The (C_k,) head of each layer: ``heads`` is "default" (the v0.1 entry) or a file (lpips .pth or ours)."""
+    if str(heads) == "default":
+        state = resolve(head_entry(net))
+    else:
+        path = Path(heads)
+        state = load_state_dict_file(path)
+        if not any(k.startswith("head") for k in state):
+            state = convert_lpips_heads(path)
+    out = []
+    for k, c in enumerate(channels):
+        w = state.get(f"head{k}")
+        if w is None or w.numel() != c:
+            found = None if w is None else tuple(w.shape)
+            raise ValueError(f"LPIPS heads for {net}: head{k} should have {c} weights, found {found}")
+        out.append(w.float().reshape(c))
+    return out
