@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv-test}
-bash scripts/setup_venv.sh "$venv" pytest timm pillow tqdm matplotlib scikit-learn scipy
+bash scripts/setup_venv.sh "$venv" pytest timm pillow tqdm matplotlib scikit-learn scipy lpips
 set +e
 "$venv/bin/python" -m pytest -p no:cacheprovider -q "$@"
 rc=$?
