@@ -5,7 +5,7 @@ import socket
 import pytest
 import torch
 
-from tests.dfcvae_helpers import make_celeba
+from tests.dfcvae_helpers import make_celeba, train_tiny
 
 import tests.dfcvae_helpers  # noqa: F401  (puts examples/dfcvae on sys.path)
 import objective
@@ -38,17 +38,27 @@ def test_loss_terms_against_hand_computation(caffe_weights):
     mean, logvar = torch.randn(3, 100), torch.randn(3, 100) * 0.3
     q = torch.distributions.Normal(mean, (0.5 * logvar).exp())
     kl = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum(1)  # (3,)
-    pixel = ((recon - x) * 255).pow(2).mean(dim=(1, 2, 3))
+    # the released main_cvae.lua: per-sample sum of squared errors in [0, 1], weight 1, both terms summed
+    sse = sum(float((recon[i, c, h, w] - x[i, c, h, w]) ** 2) for i in range(3) for c in range(3)
+              for h in (0, 17, 63) for w in (0, 5, 40, 63))  # hand-computed on a few pixels first
+    small = objective.pixel_sse(recon[:, :, [0, 17, 63]][..., [0, 5, 40, 63]], x[:, :, [0, 17, 63]][..., [0, 5, 40, 63]])
+    assert abs(small.sum().item() - sse) < 1e-4
+    pixel = (recon - x).pow(2).sum(dim=(1, 2, 3))
     pv = objective.DFCObjective("pvae")(recon, x, mean, logvar)
-    torch.testing.assert_close(pv.total, 1.0 * kl.sum() + 0.5 * pixel.mean())
+    assert objective.DFCObjective("pvae").beta == 1.0
+    torch.testing.assert_close(pv.total, kl.sum() + pixel.sum())
+    torch.testing.assert_close(pv.rec, pixel.mean())
     pv = objective.DFCObjective("pvae", balance="per-sample")(recon, x, mean, logvar)
-    torch.testing.assert_close(pv.total, kl.mean() + 0.5 * pixel.mean())
+    torch.testing.assert_close(pv.total, kl.mean() + pixel.mean())
     from perceptloss import FeatureLoss
 
     feat = FeatureLoss("vgg19", ["relu3_1", "relu4_1", "relu5_1"], reduction="none")(recon, x)
     v345 = objective.DFCObjective("vae345", alpha=2.0, beta=0.25)(recon, x, mean, logvar)
     torch.testing.assert_close(v345.total, 2.0 * kl.sum() + 0.25 * feat.mean(), rtol=1e-5, atol=1e-2)
     torch.testing.assert_close(v345.kl, kl.mean())
+    # per-sample: the paper's Eq. 4-5 literally, 1/(2CHW) per layer times beta = 0.5 -> 0.25 per layer
+    lit = objective.DFCObjective("vae345", balance="per-sample")(recon, x, mean, logvar)
+    torch.testing.assert_close(lit.total, kl.mean() + 0.25 * feat.mean(), rtol=1e-5, atol=1e-2)
     with pytest.raises(ValueError, match="vae123"):
         objective.DFCObjective("vae124")
 
@@ -74,10 +84,7 @@ def data_dir(tmp_path):
     return make_celeba(tmp_path / "celeba", n_images=40, listed=40)
 
 
-def run(data_dir, out, *extra):
-    return train.main(["--preset", "pvae", "--data", str(data_dir), "--out", str(out), "--batch-size", "8",
-                       "--cache-dir", str(data_dir.parent / "cache"), "--workers", "1", "--no-progress",
-                       "--log-every", "1", *extra])
+run = train_tiny
 
 
 def test_resume_is_bit_for_bit(data_dir, tmp_path):

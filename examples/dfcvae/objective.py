@@ -1,14 +1,23 @@
 """The DFC-VAE objective: alpha * KL + beta * reconstruction, with the paper's presets.
 
 Presets: ``vae123`` (VGG19 relu1_1, relu2_1, relu3_1), ``vae345`` (relu3_1, relu4_1, relu5_1) and ``pvae``
-(plain VAE: pixel-wise squared error). Each reconstruction term is a mean over C*H*W per sample. The pixel
-loss is measured in the same 0-255 units the VGG layers see (images in [0, 1] times 255), i.e. as the
-loss network's input "layer", so that alpha/beta mean the same for all three presets.
+(plain VAE: pixel-wise squared error). KL is KL(q(z|x) || N(0, I)) summed over the latent dimensions.
 
-Balance (how KL and reconstruction are combined over a batch):
-- ``released`` (default): as the authors' Torch code: KL summed over latent dims and over the batch, the
-  reconstruction averaged over the batch.
-- ``per-sample``: the paper's equation read per sample: both averaged over the batch.
+Balance (how the terms are scaled and combined over a batch of B images):
+- ``released`` (default): exactly the authors' released Torch code.
+  * ``vae123``/``vae345`` (``main_dfc.lua``): KL summed over the batch + beta (0.5) times, per layer,
+    ``nn.MSECriterion`` (the mean over B*C*H*W of the squared feature difference; Caffe VGG19 fed BGR 0-255
+    minus the mean pixel), i.e. ``alpha * sum_b KL_b + beta * mean_b sum_l mean_CHW (phi_l(x) - phi_l(x^))^2``.
+  * ``pvae`` (``main_cvae.lua``): ``nn.MSECriterion`` with ``sizeAverage = false`` on images in [0, 1] plus KL,
+    both summed over the batch, weight 1: ``alpha * sum_b KL_b + beta * sum_b sum_pixels (x - x^)^2`` with
+    beta = 1 by default.
+- ``per-sample``: the paper's Eq. 4-5 read literally per sample and averaged over the batch:
+  ``mean_b [alpha * KL_b + beta * sum_l 1/(2 C_l H_l W_l) sum (phi_l(x) - phi_l(x^))^2]``, i.e. with
+  alpha = 1, beta = 0.5 a weight of 0.25 on each layer's mean squared difference. For ``pvae`` it is the
+  released objective divided by B (already a per-sample sum).
+
+``Terms.kl`` and ``Terms.rec`` report the per-sample averages of KL and of the *unweighted* reconstruction
+(the sum over layers of the mean squared feature difference, or the pixel sum for ``pvae``), for logging.
 """
 from __future__ import annotations
 
@@ -21,11 +30,18 @@ from perceptloss import FeatureLoss
 
 PRESETS = {"vae123": "dfc123", "vae345": "dfc345", "pvae": None}
 BALANCES = ("released", "per-sample")
+#: The reconstruction weight beta of each preset when none is given (the released code's).
+DEFAULT_BETA = {"vae123": 0.5, "vae345": 0.5, "pvae": 1.0}
 
 
 def kl_per_sample(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, exp(logvar)) || N(0, I)) summed over latent dims: (N,)."""
     return -0.5 * torch.sum(1 + logvar - mean.square() - logvar.exp(), dim=1)
+
+
+def pixel_sse(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """(N,) sum over C*H*W of the squared error of images in [0, 1] (fp32)."""
+    return (recon.float() - images.float()).square().flatten(1).sum(1)
 
 
 @dataclass
@@ -36,16 +52,21 @@ class Terms:
 
 
 class DFCObjective(nn.Module):
-    """alpha * KL + beta * reconstruction for one preset; images are RGB in [0, 1], (N, 3, 64, 64)."""
+    """alpha * KL + beta * reconstruction for one preset; images are RGB in [0, 1], (N, 3, 64, 64).
 
-    def __init__(self, preset: str = "vae123", alpha: float = 1.0, beta: float = 0.5, balance: str = "released",
-                 weights: str | None = "default", fused: bool | None = None) -> None:
+    ``beta=None`` takes the preset's released weight (:data:`DEFAULT_BETA`). ``forward`` returns
+    :class:`Terms` with ``total`` the scalar to minimise.
+    """
+
+    def __init__(self, preset: str = "vae123", alpha: float = 1.0, beta: float | None = None,
+                 balance: str = "released", weights: str | None = "default", fused: bool | None = None) -> None:
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
         if balance not in BALANCES:
             raise ValueError(f"unknown balance {balance!r}; choose from {', '.join(BALANCES)}")
-        self.preset, self.alpha, self.beta, self.balance = preset, alpha, beta, balance
+        self.preset, self.alpha, self.balance = preset, alpha, balance
+        self.beta = DEFAULT_BETA[preset] if beta is None else beta
         self.feature_loss = None
         if PRESETS[preset] is not None:
             # Reconstructions are unbounded (linear decoder), so only shapes/NaN are checked, not the range.
@@ -53,14 +74,19 @@ class DFCObjective(nn.Module):
                                             check_range="off", fused=fused)
 
     def reconstruction(self, recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """(N,) per-sample reconstruction loss."""
+        """(N,) unweighted per-sample reconstruction: pixel SSE for pvae, sum of per-layer feature MSEs else."""
         if self.feature_loss is None:
-            return (255.0 * (recon.float() - images.float())).square().flatten(1).mean(1)
+            return pixel_sse(recon, images)
         return self.feature_loss(recon, images)
 
     def forward(self, recon: torch.Tensor, images: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> Terms:
         kl = kl_per_sample(mean.float(), logvar.float())
         rec = self.reconstruction(recon, images)
-        kl_term = kl.sum() if self.balance == "released" else kl.mean()
-        rec_term = rec.mean()
-        return Terms(self.alpha * kl_term + self.beta * rec_term, kl.mean().detach(), rec_term.detach())
+        if self.balance == "per-sample":
+            half = 0.5 if self.feature_loss is not None else 1.0  # Eq. 4's 1/(2 C H W)
+            total = self.alpha * kl.mean() + self.beta * half * rec.mean()
+        elif self.feature_loss is None:  # released PVAE: both summed over the batch
+            total = self.alpha * kl.sum() + self.beta * rec.sum()
+        else:  # released DFC: KL summed over the batch, MSECriterion averaged over it
+            total = self.alpha * kl.sum() + self.beta * rec.mean()
+        return Terms(total, kl.mean().detach(), rec.mean().detach())
