@@ -2,7 +2,8 @@
 
 Only images that exist are indexed (a subset or a full download work the same); crops are fractions of the
 image size, so half-resolution copies and the full data give the same faces. Decoding happens once, into a
-memory-mapped ``.npy`` (N, S, S, 3) uint8 cache keyed by image list + crop + size; unreadable images are
+memory-mapped ``.npy`` (N, S, S, 3) uint8 cache keyed by the data folder, every image's name, size and mtime,
+crop and size (so repaired images and other copies of the data are decoded afresh); unreadable images are
 counted, listed and skipped.
 """
 from __future__ import annotations
@@ -84,11 +85,40 @@ class CelebA:
         return len(self.files)
 
 
-def _read_table(path: Path, skip: int) -> tuple[list[str], list[list[str]]]:
-    with open(path) as f:
-        lines = f.read().splitlines()
-    rows = [line.split() for line in lines[skip:] if line.strip()]
-    return [r[0] for r in rows], [r[1:] for r in rows]
+def _read_table(path: Path, skip: int, columns: int) -> tuple[list[str], list[list[str]]]:
+    """Rows of a whitespace-separated annotation file: (first column, the other ``columns`` values)."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        raise CelebAError(f"{path} is not a text annotation file; restore the official file") from None
+    ids, rows = [], []
+    for number, line in enumerate(lines[skip:], start=skip + 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != columns + 1:
+            raise CelebAError(f"{path}, line {number}: expected an image name and {columns} values, found "
+                              f"{len(parts) - 1} ({line[:60]!r}); the file is cut or garbled: restore the official file")
+        ids.append(parts[0])
+        rows.append(parts[1:])
+    return ids, rows
+
+
+def read_attribute_names(root: str | Path) -> list[str]:
+    """The 40 attribute names from the header of ``root/list_attr_celeba.txt`` (cheap: reads two lines)."""
+    path = Path(root) / "list_attr_celeba.txt"
+    if not path.is_file():
+        raise CelebAError(f"{path} is missing; pass --data /path/to/celeba with the official annotation files")
+    try:
+        with open(path) as f:
+            f.readline()
+            names = f.readline().split()
+    except UnicodeDecodeError:
+        names = []
+    if not names or any(not n.replace("_", "").replace("5", "").isalnum() for n in names):
+        raise CelebAError(f"{path} has no attribute-name header on its second line; restore the official file")
+    return names
 
 
 def load_celeba(root: str | Path, verbose: bool = True) -> CelebA:
@@ -105,20 +135,23 @@ def load_celeba(root: str | Path, verbose: bool = True) -> CelebA:
     present = {e.name for e in os.scandir(images) if e.name.endswith(".jpg")}
     if not present:
         raise CelebAError(f"{images} holds no .jpg images")
-    with open(root / "list_attr_celeba.txt") as f:
-        f.readline()
-        names = f.readline().split()
-    ids, attr_rows = _read_table(root / "list_attr_celeba.txt", 2)
-    part_ids, part_rows = _read_table(root / "list_eval_partition.txt", 0)
-    partition = dict(zip(part_ids, (int(r[0]) for r in part_rows)))
+    names = read_attribute_names(root)
+    ids, attr_rows = _read_table(root / "list_attr_celeba.txt", 2, len(names))
+    part_ids, part_rows = _read_table(root / "list_eval_partition.txt", 0, 1)
+    partition = dict(zip(part_ids, (_int(r[0], root / "list_eval_partition.txt") for r in part_rows)))
     identity = None
     if (root / "identity_CelebA.txt").is_file():
-        id_ids, id_rows = _read_table(root / "identity_CelebA.txt", 0)
-        identity = dict(zip(id_ids, (int(r[0]) for r in id_rows)))
+        id_ids, id_rows = _read_table(root / "identity_CelebA.txt", 0, 1)
+        identity = dict(zip(id_ids, (_int(r[0], root / "identity_CelebA.txt") for r in id_rows)))
     keep = [i for i, name in enumerate(ids) if name in present]
     files = [ids[i] for i in keep]
     unlisted = len(present) - len(files)
-    attrs = torch.from_numpy(np.array([[v == "1" for v in attr_rows[i]] for i in keep], dtype=bool).reshape(-1, len(names)))
+    values = np.array([attr_rows[i] for i in keep], dtype=object).reshape(-1, len(names))
+    if not np.isin(values, ("1", "-1")).all():
+        bad = values[~np.isin(values, ("1", "-1"))][0]
+        raise CelebAError(f"{root / 'list_attr_celeba.txt'} holds {bad!r} where 1 or -1 belongs; the file is garbled: "
+                          "restore the official file")
+    attrs = torch.from_numpy(values == "1")
     try:
         part = np.array([partition[f] for f in files], dtype=np.int8)
     except KeyError as e:
@@ -130,6 +163,13 @@ def load_celeba(root: str | Path, verbose: bool = True) -> CelebA:
         print(f"CelebA: found {len(files)} of the {len(ids)} listed images in {images}{extra}; "
               f"train {counts['train']}, val {counts['val']}, test {counts['test']}", file=sys.stderr)
     return CelebA(root, files, part, attrs, names, ident, len(ids))
+
+
+def _int(value: str, path: Path) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise CelebAError(f"{path}: {value!r} is not an integer; the file is garbled: restore the official file") from None
 
 
 def crop_box(size: tuple[int, int], crop: str) -> tuple[int, int, int, int]:
@@ -162,10 +202,34 @@ def _decode_many(args: tuple[list[str], str, int]) -> list[np.ndarray | None]:
 
 
 def cache_key(files: Sequence[str], crop: str, size: int) -> str:
+    """Which images, crop and size a run uses (stored in a run's config to refuse resuming on other data)."""
     h = hashlib.sha1()
     h.update(f"v1|{crop}|{CROPS[crop]}|{size}|".encode())
     h.update("\n".join(files).encode())
     return h.hexdigest()[:16]
+
+
+def content_key(data: "CelebA", crop: str, size: int) -> str:
+    """Key of a decoded cache: the data folder's real path and every image's name, size and mtime, plus crop and
+    size. A repaired or replaced image, or another copy of the data, gets a fresh cache."""
+    folder = (data.root / "img_align_celeba").resolve()
+    h = hashlib.sha1()
+    h.update(f"v2|{folder}|{crop}|{CROPS[crop]}|{size}|".encode())
+    for name in data.files:
+        try:
+            st = os.stat(folder / name)
+            h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{name}:missing\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _publish(tmp: str | Path, path: Path) -> None:
+    """Give a finished temp file the usual permissions (mkstemp makes it 0600) and rename it into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -178,21 +242,36 @@ class FaceCache:
     path: Path
 
 
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=folder).close()
+        return True
+    except OSError:
+        return False
+
+
 def build_cache(data: CelebA, crop: str = "released", size: int = 64, cache_dir: str | Path | None = None,
                 workers: int | None = None, progress: bool = True) -> FaceCache:
     """Decode every image of ``data`` once into a memory-mapped cache (reused when it already exists)."""
-    cache_dir = Path(cache_dir) if cache_dir else data.root.resolve() / ".." / ".perceptloss-cache"
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=cache_dir)
-        probe.close()
-    except OSError:  # read-only data folder: fall back to the user cache
-        cache_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "perceptloss" / "celeba"
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    key = cache_key(data.files, crop, size)
+    if cache_dir is not None:  # the user's choice: it must be writable
+        cache_dir = Path(cache_dir)
+        if not _writable(cache_dir):
+            raise CelebAError(f"cannot write the decoded-image cache to --cache-dir {cache_dir}; choose a writable "
+                              "folder, or leave --cache-dir out")
+    else:
+        cache_dir = data.root.resolve() / ".." / ".perceptloss-cache"
+        if not _writable(cache_dir):  # read-only data folder: fall back to the user cache
+            cache_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "perceptloss" / "celeba"
+            if not _writable(cache_dir):
+                raise CelebAError(f"cannot write the decoded-image cache next to the data nor to {cache_dir}; "
+                                  "pass --cache-dir with a writable folder")
+    key = content_key(data, crop, size)
     npy, meta = cache_dir / f"faces-{key}.npy", cache_dir / f"faces-{key}.json"
     if npy.is_file() and meta.is_file():
         info = json.loads(meta.read_text())
+        if progress:
+            print(f"reusing {info['count']} decoded faces from {npy}", file=sys.stderr)
         return FaceCache(np.load(npy, mmap_mode="r"), np.asarray(info["rows"], dtype=np.int64), info["bad"], npy)
     paths = [str(data.root / "img_align_celeba" / f) for f in data.files]
     workers = workers or min(8, os.cpu_count() or 1)
@@ -234,10 +313,11 @@ def build_cache(data: CelebA, crop: str = "released", size: int = 64, cache_dir:
             os.replace(tmp2, tmp)
         else:
             del full
-        os.replace(tmp, npy)
+        _publish(tmp, npy)
         meta_tmp = meta.with_suffix(".json.tmp")
-        meta_tmp.write_text(json.dumps({"rows": good, "bad": bad, "crop": crop, "size": size, "count": len(good)}))
-        os.replace(meta_tmp, meta)
+        meta_tmp.write_text(json.dumps({"rows": good, "bad": bad, "crop": crop, "size": size, "count": len(good),
+                                        "folder": str(data.root.resolve())}))
+        _publish(meta_tmp, meta)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
