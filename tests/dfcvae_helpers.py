@@ -43,3 +43,12 @@ def make_celeba(root: Path, n_images: int = 12, listed: int = 14, corrupt: tuple
     with open(root / "identity_CelebA.txt", "w") as f:
         f.writelines(f"{name} {i // 3 + 1}\n" for i, name in enumerate(names))
     return root
+
+
+def train_tiny(data_dir: Path, out: Path, *extra: str) -> int:
+    """examples/dfcvae/train.py on a tiny CelebA folder: PVAE, batch 8, one log row per step."""
+    import train
+
+    return train.main(["--preset", "pvae", "--data", str(data_dir), "--out", str(out), "--batch-size", "8",
+                       "--cache-dir", str(data_dir.parent / "cache"), "--workers", "1", "--no-progress",
+                       "--log-every", "1", *extra])

@@ -40,6 +40,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class CheckpointError(ValueError):
+    """A file is not a usable training checkpoint (the message says why and what to do)."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A training checkpoint's contents, with a clear :class:`CheckpointError` for a missing, truncated, foreign
+    or config-less file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train one with examples/dfcvae/train.py --out {path.parent}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, pickle garbage, not a torch file at all
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:120]}); it may be "
+                              "truncated or another kind of file: pick another, or start afresh") from None
+    if not isinstance(state, dict) or not {"model", "config", "step"} <= state.keys():
+        raise CheckpointError(f"{path} is not a DFC-VAE training checkpoint (it lacks model/config/step); "
+                              "give a checkpoint.pt written by examples/dfcvae/train.py")
+    return state
+
+
 class CheckpointMismatch(ValueError):
     """A checkpoint was written by a run with another configuration."""
 

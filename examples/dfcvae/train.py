@@ -7,7 +7,8 @@
 
 Writes to --out: config.json, log.csv (and TensorBoard events when tensorboard is installed), per-epoch
 grids/recon_eXX.png (inputs over reconstructions) and grids/samples_eXX.png (prior samples), and
-checkpoint.pt (atomic; --resume continues it exactly). Ctrl-C saves a checkpoint and exits.
+checkpoint.pt (atomic; --resume continues it exactly, --overwrite starts an existing --out afresh). Ctrl-C and
+SIGTERM (kill, timeout, batch schedulers) save a checkpoint and exit (codes 130 and 143).
 """
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ import contextlib
 import csv
 import json
 import os
+import shutil
+import signal
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -27,8 +32,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from celeba import DEFAULT_DATA, CROPS, CelebAError, build_cache, cache_key, load_celeba, to_float  # noqa: E402
-from checkpointing import CheckpointMismatch, check_compatible, rng_state, save_atomic, set_rng_state  # noqa: E402
-from objective import BALANCES, PRESETS, DFCObjective  # noqa: E402
+from checkpointing import (CheckpointError, CheckpointMismatch, check_compatible, read_checkpoint,  # noqa: E402
+                           rng_state, save_atomic, set_rng_state)
+from objective import BALANCES, DEFAULT_BETA, PRESETS, DFCObjective  # noqa: E402
 from vae import VAE  # noqa: E402
 
 
@@ -42,13 +48,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--beta1", type=float, default=0.5)
     p.add_argument("--alpha", type=float, default=1.0, help="KL weight")
-    p.add_argument("--beta", type=float, default=0.5, help="reconstruction weight")
+    p.add_argument("--beta", type=float, default=None,
+                   help="reconstruction weight (default: the released code's, 0.5 for vae123/vae345, 1 for pvae)")
     p.add_argument("--balance", default="released", choices=BALANCES,
-                   help="released: KL summed over the batch (authors' code); per-sample: KL averaged")
+                   help="released: the authors' Torch code; per-sample: the paper's Eq. 4-5 literally (see objective.py)")
     p.add_argument("--latent", type=int, default=100)
     p.add_argument("--crop", default="released", choices=list(CROPS))
     p.add_argument("--subset", type=int, default=0, help="use only the first N training images (0: all)")
-    p.add_argument("--max-steps", type=int, default=0, help="stop (with a checkpoint) after this many steps in all")
+    p.add_argument("--max-steps", type=int, default=0, help="stop (with a checkpoint) after this many steps in all (0: no limit)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast for the VAE and VGG")
     p.add_argument("--channels-last", action="store_true")
@@ -57,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", default=None, nargs="?", const="auto",
                    help="checkpoint to resume (no value: <out>/checkpoint.pt)")
+    p.add_argument("--overwrite", action="store_true", help="delete the run already in --out and start afresh")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--workers", type=int, default=None, help="processes decoding the image cache")
@@ -66,9 +74,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.out is None:
         args.out = str(Path("runs") / args.preset)
-    for name in ("epochs", "batch_size", "log_every", "checkpoint_every"):
+    if args.beta is None:
+        args.beta = DEFAULT_BETA[args.preset]
+    for name in ("epochs", "batch_size", "log_every", "checkpoint_every", "latent"):
         if getattr(args, name) <= 0:
-            p.error(f"--{name.replace('_', '-')} must be positive")
+            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not args.lr > 0:
+        p.error(f"--lr must be positive, got {args.lr}")
+    for name in ("subset", "max_steps"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0 (0: {'all images' if name == 'subset' else 'no limit'}), "
+                    f"got {getattr(args, name)}")
+    if args.workers is not None and args.workers <= 0:
+        p.error(f"--workers must be positive (default: up to 8), got {args.workers}")
+    if not 0 <= args.beta1 < 1:
+        p.error(f"--beta1 must be in [0, 1), got {args.beta1}")
+    if args.alpha < 0 or args.beta < 0:
+        p.error("--alpha and --beta must be >= 0")
+    if args.resume and args.overwrite:
+        p.error("--resume and --overwrite contradict each other: choose one")
+    try:
+        args.device = pick_device(args.device)
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 
@@ -96,12 +124,18 @@ class Distributed:
 
 
 def pick_device(name: str | None) -> torch.device:
+    """The torch device for --device (ValueError with the fix for an unknown or unavailable one)."""
     if name is None:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         return torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown --device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r} is not supported here; use cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is available; use --device cpu")
+        raise ValueError(f"--device {name} but no CUDA device is available; use --device cpu")
     return device
 
 
@@ -122,16 +156,19 @@ def save_grids(model: VAE, fixed: torch.Tensor, z: torch.Tensor, folder: Path, t
 
 
 class Logger:
-    """CSV log (appended across resumes) plus TensorBoard when it is installed."""
+    """CSV log (continued across resumes, first cut back to the checkpoint's step) plus TensorBoard when it is
+    installed."""
 
     FIELDS = ["step", "epoch", "lr", "loss", "kl", "rec", "images_per_s", "elapsed_s"]
 
-    def __init__(self, out: Path, enabled: bool) -> None:
+    def __init__(self, out: Path, enabled: bool, resume_step: int = 0) -> None:
         self.enabled = enabled
         self.tb = None
         if not enabled:
             return
         path = out / "log.csv"
+        if path.exists():
+            truncate_log(path, resume_step)
         new = not path.exists()
         self.file = open(path, "a", newline="")
         self.csv = csv.DictWriter(self.file, fieldnames=self.FIELDS)
@@ -140,7 +177,7 @@ class Logger:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out / "tb"))
+            self.tb = SummaryWriter(str(out / "tb"), purge_step=resume_step + 1 if resume_step else None)
         except Exception:  # tensorboard not installed
             self.tb = None
 
@@ -160,35 +197,123 @@ class Logger:
                 self.tb.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    device = pick_device(args.device)
-    dist = Distributed(device)
+def truncate_log(path: Path, step: int) -> None:
+    """Keep only the rows of ``path`` up to ``step`` (those after the checkpoint are about to be re-run)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = [r for r in rows if (r.get("step") or "").isdigit() and int(r["step"]) <= step]
+    if len(keep) == len(rows):
+        return
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".log.", suffix=".tmp")
+    with os.fdopen(fd, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=Logger.FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(keep)
+    os.replace(tmp, path)
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: stop like Ctrl-C, with a checkpoint."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Turn SIGTERM into :class:`Terminated` in the main thread for the duration (kill, timeout, schedulers)."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def ignore_sigterm() -> None:
+    """Ignore further SIGTERMs (inside :func:`sigterm_as_interrupt`, which restores the handler afterwards)."""
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+
+
+class SetupError(RuntimeError):
+    """A problem found before or outside the training steps (the message says what to do); exit code 2."""
+
+
+# ------------------------------------------------------------------------------------------ the steps
+RUN_FILES = ("checkpoint.pt", "config.json", "log.csv")
+
+
+def prepare_output(args: argparse.Namespace, dist: Distributed) -> Path:
+    """Check --out before any expensive work: writable, and never an existing run unless --resume/--overwrite."""
     out = Path(args.out)
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if existing and not args.resume:
+        if not args.overwrite:
+            raise SetupError(f"{out} already holds a run ({', '.join(existing)}); use --resume to continue it, "
+                             "--overwrite to delete it and start over, or another --out")
+        if dist.main:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+            for sub in ("grids", "tb"):
+                shutil.rmtree(out / sub, ignore_errors=True)
+            print(f"--overwrite: deleted the previous run in {out}", file=sys.stderr)
+    if dist.main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=out).close()
+        except OSError as e:
+            raise SetupError(f"cannot write to --out {out} ({e.strerror}); choose a writable folder") from None
+    return out
+
+
+def load_data(args: argparse.Namespace, dist: Distributed) -> tuple[np.ndarray, dict]:
+    """The decoded training faces (N, 64, 64, 3) uint8 and the data part of the run's config."""
     try:
         data = load_celeba(args.data, verbose=dist.main).split("train")
+        if len(data) == 0:
+            raise CelebAError(f"{args.data} has no images of the official train split")
+        if args.subset:
+            data = data.select(range(min(args.subset, len(data))))
+        if dist.main:
+            cache = build_cache(data, args.crop, 64, args.cache_dir, args.workers, progress=not args.no_progress)
+        dist.barrier()
+        if not dist.main:
+            cache = build_cache(data, args.crop, 64, args.cache_dir, args.workers, progress=False)
     except CelebAError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.subset:
-        data = data.select(range(min(args.subset, len(data))))
-    if dist.main:
-        cache = build_cache(data, args.crop, 64, args.cache_dir, args.workers, progress=not args.no_progress)
-    dist.barrier()
-    if not dist.main:
-        cache = build_cache(data, args.crop, 64, args.cache_dir, args.workers, progress=False)
-    images = cache.images
-    n = len(images)
+        raise SetupError(str(e)) from None
+    n = len(cache.images)
     per_step = args.batch_size * dist.world
-    steps_per_epoch = n // per_step
-    if steps_per_epoch == 0:
-        print(f"error: {n} images are fewer than one batch of {per_step}; lower --batch-size", file=sys.stderr)
-        return 2
-    config = {k: getattr(args, k) for k in ("preset", "balance", "alpha", "beta", "batch_size", "lr", "beta1", "seed",
-                                            "crop", "subset", "latent", "epochs", "amp", "channels_last", "compile")}
-    config.update(data_key=cache_key(data.files, args.crop, 64), world_size=dist.world, images=n,
-                  steps_per_epoch=steps_per_epoch, data=str(args.data), device=str(device))
+    if n // per_step == 0:
+        raise SetupError(f"{n} images are fewer than one batch of {per_step}; lower --batch-size")
+    return cache.images, dict(data_key=cache_key(data.files, args.crop, 64), images=n, steps_per_epoch=n // per_step)
 
+
+@dataclass
+class Training:
+    """Everything the loop updates and a checkpoint holds."""
+
+    model: VAE
+    objective: DFCObjective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    config: dict
+    step: int = 0
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
+                "rng": rng_state(), "config": self.config}
+
+
+def build(args: argparse.Namespace, device: torch.device, config: dict) -> Training:
+    """Model, objective, optimizer, per-epoch lr halving and grad scaler, freshly initialised from --seed."""
     torch.manual_seed(args.seed)
     model = VAE(args.latent).to(device)
     weights = None if args.weights == "none" else args.weights
@@ -201,66 +326,79 @@ def main(argv: list[str] | None = None) -> int:
     # Halve the learning rate at the start of every epoch after the first (per epoch, not per iteration).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.5 ** epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    step = 0
-    ckpt_path = out / "checkpoint.pt"
-    if args.resume:
-        path = ckpt_path if args.resume == "auto" else Path(args.resume)
-        if not path.is_file():
-            print(f"error: no checkpoint at {path}; run without --resume to start", file=sys.stderr)
-            return 2
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        try:
-            check_compatible(state["config"], config, path)
-        except CheckpointMismatch as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        step = state["step"]
-        set_rng_state(state["rng"])
-        if dist.main:
-            print(f"resumed {path} at step {step}", file=sys.stderr)
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config, indent=2))
-    net = model
-    if dist.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    forward = torch.compile(net) if args.compile else net
-    loss_fn = torch.compile(objective) if args.compile else objective
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16)) \
-        if args.amp != "off" else contextlib.nullcontext
+    return Training(model, objective, optimizer, scheduler, scaler, config)
 
+
+def resume(args: argparse.Namespace, run: Training, out: Path, dist: Distributed) -> None:
+    """Load --resume's checkpoint into ``run`` (refusing one from another configuration)."""
+    path = out / "checkpoint.pt" if args.resume == "auto" else Path(args.resume)
+    if not path.is_file():
+        raise SetupError(f"no checkpoint at {path}; run without --resume to start")
+    try:
+        state = read_checkpoint(path)
+        check_compatible(state["config"], run.config, path)
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+    except (CheckpointError, CheckpointMismatch) as e:
+        raise SetupError(str(e)) from None
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise SetupError(f"{path} does not fit this model ({type(e).__name__}: {str(e)[:120]}); "
+                         "start afresh with another --out") from None
+    run.step = state["step"]
+    if dist.main:
+        print(f"resumed {path} at step {run.step}", file=sys.stderr)
+
+
+def save_checkpoint(run: Training, path: Path, dist: Distributed) -> None:
+    """Atomic checkpoint; a failed write (disk full...) raises SetupError and leaves the previous one intact."""
+    if not dist.main:
+        return
+    try:
+        save_atomic(run.state(), path)
+    except OSError as e:
+        raise SetupError(f"could not write {path} ({e.strerror or e}); the previous checkpoint is intact: free space "
+                         "(or choose another --out) and continue with --resume") from None
+
+
+def grid_inputs(run: Training, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed inputs of the per-epoch grids: the first 8 training faces and 64 prior codes (seed 1234)."""
+    device = next(run.model.parameters()).device
     fixed = to_float(torch.from_numpy(np.array(images[:8]))).to(device)
-    z_fixed = torch.randn(64, args.latent, generator=torch.Generator().manual_seed(1234)).to(device)
-    logger = Logger(out, dist.main)
+    return fixed, torch.randn(64, run.model.latent, generator=torch.Generator().manual_seed(1234)).to(device)
+
+
+def train_loop(args: argparse.Namespace, run: Training, images: np.ndarray, device: torch.device, dist: Distributed,
+               out: Path, logger: Logger) -> None:
+    """Train from ``run.step`` to the end (or --max-steps); checkpoints every --checkpoint-every steps and at epoch ends."""
+    n, per_step = len(images), args.batch_size * dist.world
+    steps_per_epoch = run.config["steps_per_epoch"]
     total_steps = steps_per_epoch * args.epochs
     stop_at = min(total_steps, args.max_steps) if args.max_steps else total_steps
-
-    def checkpoint() -> None:
-        if dist.main:
-            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                         "rng": rng_state(), "config": config}, ckpt_path)
-
+    net = run.model
+    if dist.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(net) if args.compile else net
+    loss_fn = torch.compile(run.objective) if args.compile else run.objective
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16)) \
+        if args.amp != "off" else contextlib.nullcontext
+    fixed, z_fixed = grid_inputs(run, images)
     progress = None
     if dist.main and not args.no_progress:
         from tqdm import tqdm
 
-        progress = tqdm(total=stop_at, initial=step, desc=args.preset, unit="step", mininterval=1.0, file=sys.stderr)
-    interrupted = False
+        progress = tqdm(total=stop_at, initial=run.step, desc=args.preset, unit="step", mininterval=1.0, file=sys.stderr)
     t_last, seen = time.perf_counter(), 0
     t_start = time.perf_counter()
     try:
-        while step < stop_at:
-            epoch, it = divmod(step, steps_per_epoch)
+        while run.step < stop_at:
+            epoch, it = divmod(run.step, steps_per_epoch)
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed * 100003 + epoch)).numpy()
-            while it < steps_per_epoch and step < stop_at:
+            while it < steps_per_epoch and run.step < stop_at:
                 lo = it * per_step + dist.rank * args.batch_size
-                idx = np.sort(perm[lo:lo + args.batch_size])
-                batch = torch.from_numpy(images[idx])
+                batch = torch.from_numpy(images[np.sort(perm[lo:lo + args.batch_size])])
                 if device.type == "cuda":
                     batch = batch.pin_memory()
                 x = to_float(batch.to(device, non_blocking=True))
@@ -269,18 +407,18 @@ def main(argv: list[str] | None = None) -> int:
                 with autocast():
                     recon, mean, logvar = forward(x)
                     terms = loss_fn(recon, x, mean, logvar)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(terms.total).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                step, it, seen = step + 1, it + 1, seen + per_step
-                if step % args.log_every == 0 or step == stop_at:
+                run.optimizer.zero_grad(set_to_none=True)
+                run.scaler.scale(terms.total).backward()
+                run.scaler.step(run.optimizer)
+                run.scaler.update()
+                run.step, it, seen = run.step + 1, it + 1, seen + per_step
+                if run.step % args.log_every == 0 or run.step == stop_at:
                     now = time.perf_counter()
-                    row = {"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                    row = {"step": run.step, "epoch": epoch, "lr": run.optimizer.param_groups[0]["lr"],
                            "loss": terms.total.item(), "kl": terms.kl.item(), "rec": terms.rec.item(),
                            "images_per_s": seen / (now - t_last), "elapsed_s": now - t_start}
                     if not np.isfinite(row["loss"]):
-                        raise FloatingPointError(f"loss became {row['loss']} at step {step}; try --amp off or a lower --lr")
+                        raise FloatingPointError(f"loss became {row['loss']} at step {run.step}; try --amp off or a lower --lr")
                     logger.log(row)
                     if progress is not None:
                         progress.set_postfix(loss=f"{row['loss']:.4g}", kl=f"{row['kl']:.3g}", rec=f"{row['rec']:.4g}",
@@ -288,26 +426,62 @@ def main(argv: list[str] | None = None) -> int:
                     t_last, seen = now, 0
                 if progress is not None:
                     progress.update(1)
-                if step % args.checkpoint_every == 0:
-                    checkpoint()
+                if run.step % args.checkpoint_every == 0:
+                    save_checkpoint(run, out / "checkpoint.pt", dist)
             if it == steps_per_epoch:  # epoch finished: halve the lr for the next one, write its grids
-                scheduler.step()
+                run.scheduler.step()
                 if dist.main:
-                    save_grids(model, fixed, z_fixed, out / "grids", f"e{epoch + 1:02d}")
-                checkpoint()
-    except KeyboardInterrupt:
-        interrupted = True
+                    save_grids(run.model, fixed, z_fixed, out / "grids", f"e{epoch + 1:02d}")
+                save_checkpoint(run, out / "checkpoint.pt", dist)
     finally:
         if progress is not None:
             progress.close()
-    checkpoint()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    dist = Distributed(args.device)
+    logger, run, out = None, None, Path(args.out)
+    code, stopped_by = 0, ""
+    try:
+        with sigterm_as_interrupt():
+            try:
+                out = prepare_output(args, dist)
+                images, data_config = load_data(args, dist)
+                config = {k: getattr(args, k) for k in ("preset", "balance", "alpha", "beta", "batch_size", "lr", "beta1",
+                                                        "seed", "crop", "subset", "latent", "epochs", "amp",
+                                                        "channels_last", "compile")}
+                config.update(data_config, world_size=dist.world, data=str(args.data), device=str(args.device))
+                run = build(args, args.device, config)
+                if args.resume:
+                    resume(args, run, out, dist)
+                if dist.main:
+                    (out / "config.json").write_text(json.dumps(config, indent=2))
+                logger = Logger(out, dist.main, run.step)
+                train_loop(args, run, images, args.device, dist, out, logger)
+            except (KeyboardInterrupt, Terminated) as e:
+                stopped_by = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
+                code = 143 if isinstance(e, Terminated) else 130
+                if run is None:
+                    raise SetupError(f"stopped by {stopped_by} before training started; nothing to save") from None
+            ignore_sigterm()  # let the final save finish (it is atomic anyway)
+            save_checkpoint(run, out / "checkpoint.pt", dist)
+            if dist.main:
+                save_grids(run.model, *grid_inputs(run, images), out / "grids", "last")
+    except SetupError as e:
+        if dist.main:
+            print(f"error: {e}", file=sys.stderr)
+        return code or 2
+    finally:
+        if logger is not None:
+            logger.close()
+        dist.close()
     if dist.main:
-        save_grids(model, fixed, z_fixed, out / "grids", "last")
-        print(f"{'interrupted' if interrupted else 'stopped'} at step {step}/{total_steps}; checkpoint {ckpt_path}, "
-              f"grids in {out / 'grids'}, log {out / 'log.csv'}", file=sys.stderr)
-    logger.close()
-    dist.close()
-    return 130 if interrupted else 0
+        total = run.config["steps_per_epoch"] * args.epochs
+        print(f"{'stopped by ' + stopped_by if stopped_by else 'stopped'} at step {run.step}/{total}; checkpoint "
+              f"{out / 'checkpoint.pt'}, grids in {out / 'grids'}, log {out / 'log.csv'}"
+              f"{'; continue with --resume' if run.step < total else ''}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":
