@@ -1,7 +1,9 @@
 """Loading trained models and moving between images and latent codes."""
 from __future__ import annotations
 
+import copy
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,18 +12,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from celeba import to_float  # noqa: E402
+from checkpointing import read_checkpoint  # noqa: E402
 from vae import VAE  # noqa: E402
 
 
 def load_vae(checkpoint: str | Path, device: str = "cpu") -> tuple[VAE, dict]:
-    """The VAE of a training checkpoint in eval mode, and the run's config."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; train one with examples/dfcvae/train.py --out {path.parent}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    """The VAE of a training checkpoint in eval mode, and the run's config (plus its ``step``)."""
+    state = read_checkpoint(checkpoint)
     model = VAE(state["config"].get("latent", 100))
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), state["config"]
+    return model.to(device).eval(), dict(state["config"], step=state["step"])
 
 
 @torch.no_grad()
@@ -39,6 +39,53 @@ def decode(model: VAE, z: torch.Tensor, batch: int = 256, device: str = "cpu") -
     """Images for codes z (N, latent): (N, 3, 64, 64) in [0, 1] (clamped) on the CPU."""
     out = [model.decoder(z[i:i + batch].to(device)).float().clamp(0, 1).cpu() for i in range(0, len(z), batch)]
     return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How prior samples are drawn: z ~ N(0, temperature^2 I), decoded with BatchNorm's saved running statistics
+    (``batch_stats=False``) or with the statistics of each batch of ``batch`` codes (``True``)."""
+
+    name: str
+    label: str
+    temperature: float
+    batch_stats: bool
+    batch: int = 100
+
+
+#: The paper's literal reading (Sec. 3, z ~ N(0, I), the network in inference mode) and the authors' released
+#: generate.lua (z ~ N(0, 0.4^2 I), 100 codes at a time through a decoder left in training mode).
+SAMPLINGS = {
+    "paper": Sampling("paper", "paper: z ~ N(0, I), eval-mode BN", 1.0, False),
+    "released": Sampling("released", "released code: z ~ N(0, 0.4² I), batch-statistics BN over 100 codes", 0.4, True),
+}
+
+
+@torch.no_grad()
+def decode_batch_stats(model: VAE, z: torch.Tensor, batch: int = 100, device: str = "cpu") -> torch.Tensor:
+    """Decode with BatchNorm normalising by each batch's own statistics (training-mode BN), as the released
+    generate.lua does, without touching the model's saved running statistics (a throw-away copy is used):
+    (N, 3, 64, 64) in [0, 1] on the CPU."""
+    decoder = copy.deepcopy(model.decoder).to(device).train()
+    return torch.cat([decoder(z[i:i + batch].to(device)).float().clamp(0, 1).cpu() for i in range(0, len(z), batch)])
+
+
+def sample(model: VAE, z: torch.Tensor, sampling: Sampling, device: str = "cpu") -> torch.Tensor:
+    """Prior samples for standard-normal codes ``z`` (N, latent) under one :class:`Sampling` convention."""
+    z = z * sampling.temperature
+    if sampling.batch_stats:
+        return decode_batch_stats(model, z, sampling.batch, device)
+    return decode(model, z, device=device)
+
+
+def reconstruct(model: VAE, images: np.ndarray, device: str = "cpu") -> torch.Tensor:
+    """Decoded posterior means of (N, S, S, 3) uint8 faces: (N, 3, 64, 64) in [0, 1] on the CPU."""
+    return decode(model, encode(model, images, device=device), device=device)
+
+
+def interpolate(model: VAE, z0: torch.Tensor, z1: torch.Tensor, alphas: torch.Tensor, device: str = "cpu") -> torch.Tensor:
+    """Decoded (1 - a) z0 + a z1 for each a of ``alphas``: (len(alphas), 3, 64, 64) in [0, 1]."""
+    return decode(model, torch.stack([(1 - a) * z0 + a * z1 for a in alphas]), device=device)
 
 
 def attribute_vector(codes: torch.Tensor, has: torch.Tensor, limit: int = 1000, seed: int = 0) -> torch.Tensor:

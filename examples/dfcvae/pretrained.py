@@ -1,0 +1,217 @@
+#!/usr/bin/env python
+"""The trained DFC-VAE models shipped with the example, and the tool that exports them from a training run.
+
+    from pretrained import load_pretrained          # with examples/dfcvae on sys.path
+    model = load_pretrained("vae123")               # VAE on the CPU, eval mode, checksum verified
+    mean, logvar = model.encoder(x)                 # x: (N, 3, 64, 64) RGB in [0, 1] -> two (N, 100)
+    images = model.decoder(mean).clamp(0, 1)        # (N, 100) codes -> (N, 3, 64, 64) RGB, [0, 1] after clamping
+
+Each model is ``pretrained/<name>.safetensors`` (fp16 weights, BatchNorm running statistics included) beside a
+model card ``pretrained/<name>.json`` (preset, data, images, steps, epochs, wall time, hardware, sha256 of the
+weights file, and the report's Table 1 average and quality figures). Command line:
+
+    python examples/dfcvae/pretrained.py export --checkpoint runs/vae123/checkpoint.pt --name vae123
+    python examples/dfcvae/pretrained.py verify            # re-check every shipped file's sha256
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from vae import VAE  # noqa: E402
+
+PRETRAINED_DIR = HERE / "pretrained"
+NAMES = ("pvae", "vae123", "vae345")
+
+
+class PretrainedError(RuntimeError):
+    """A shipped model is missing, damaged or unknown (the message says what to do)."""
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _paths(name: str, folder: Path | None) -> tuple[Path, Path]:
+    if name not in NAMES:
+        raise PretrainedError(f"unknown pretrained model {name!r}; choose from {', '.join(NAMES)}")
+    folder = Path(folder) if folder is not None else PRETRAINED_DIR
+    return folder / f"{name}.safetensors", folder / f"{name}.json"
+
+
+def read_card(name: str, folder: Path | None = None) -> dict[str, Any]:
+    """The model card of ``name`` (a dict; see the module docstring)."""
+    _, card = _paths(name, folder)
+    if not card.is_file():
+        raise PretrainedError(f"no model card {card}; export the model with "
+                              f"`python examples/dfcvae/pretrained.py export --name {name} --checkpoint ...`")
+    try:
+        return json.loads(card.read_text())
+    except json.JSONDecodeError as e:
+        raise PretrainedError(f"model card {card} is not valid JSON ({e}); restore it from git") from None
+
+
+def load_pretrained(name: str, folder: str | Path | None = None, device: str | torch.device = "cpu") -> VAE:
+    """The shipped model ``name`` ('pvae', 'vae123' or 'vae345') as a float32 :class:`VAE` in eval mode.
+
+    The weights file's sha256 is checked against its model card first; a mismatch raises
+    :class:`PretrainedError` naming the file. ``model.encoder(x)`` takes (N, 3, 64, 64) RGB in [0, 1] and returns
+    (mean, logvar), each (N, latent); ``model.decoder(z)`` maps (N, latent) codes to (N, 3, 64, 64) images in
+    the same space (unbounded: clamp to [0, 1] for display).
+    """
+    from safetensors.torch import load_file
+
+    weights, _ = _paths(name, folder)
+    card = read_card(name, folder)
+    if not weights.is_file():
+        raise PretrainedError(f"no weights file {weights}; restore it from git (git checkout -- {weights})")
+    digest = file_sha256(weights)
+    if digest != card.get("sha256"):
+        raise PretrainedError(f"{weights} does not match its model card (sha256 {digest[:12]}… vs "
+                              f"{str(card.get('sha256'))[:12]}…): the file is damaged or was replaced; "
+                              f"restore it from git or re-export it")
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(weights)).items()}
+    model = VAE(int(card.get("latent", 100)))
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------- export
+def _hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def training_time(log_csv: Path) -> dict[str, float]:
+    """Wall time (s, summed over resumed segments), average images/s and the last logged KL and reconstruction
+    terms (means over the last 10 logged rows) from a run's ``log.csv``."""
+    with open(log_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise PretrainedError(f"{log_csv} holds no logged steps")
+    wall, last = 0.0, 0.0
+    for r in rows:
+        t = float(r["elapsed_s"])
+        if t < last:  # a resumed segment starts again from 0
+            wall += last
+        last = t
+    wall += last
+    tail = rows[-10:]
+    mean = lambda k: sum(float(r[k]) for r in tail) / len(tail)  # noqa: E731
+    return {"wall_time_s": round(wall, 1), "final_kl": round(mean("kl"), 3), "final_rec": round(mean("rec"), 3)}
+
+
+def _write_json_atomic(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def export(checkpoint: str | Path, name: str, folder: str | Path | None = None,
+           data_name: str = "CelebA subset (../shared/data/celeba)") -> Path:
+    """Write ``<name>.safetensors`` (fp16) and ``<name>.json`` from a training checkpoint (and its log.csv)."""
+    from safetensors.torch import save_file
+
+    checkpoint = Path(checkpoint)
+    weights, card_path = _paths(name, folder)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    config = state.get("config", {})
+    if config.get("preset") != name:
+        raise PretrainedError(f"{checkpoint} was trained with preset {config.get('preset')!r}, not {name!r}")
+    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sorted(state["model"].items())}
+    fd, tmp = tempfile.mkstemp(dir=weights.parent, prefix=f".{weights.name}.", suffix=".tmp")
+    os.close(fd)
+    save_file(tensors, tmp, metadata={"format": "pt", "model": "DFC-VAE", "preset": name})
+    os.replace(tmp, weights)
+    steps = int(state["step"])
+    card = {
+        "name": name, "preset": name, "latent": config.get("latent", 100), "dtype": "float16",
+        "data": data_name, "images": config.get("images"), "crop": config.get("crop"),
+        "steps": steps, "batch_size": config.get("batch_size"), "world_size": config.get("world_size", 1),
+        "epochs": round(steps / max(1, config.get("steps_per_epoch", 1)), 3),
+        "balance": config.get("balance"), "alpha": config.get("alpha"), "beta": config.get("beta"),
+        "lr": config.get("lr"), "amp": config.get("amp"), "channels_last": config.get("channels_last"),
+        "hardware": _hardware(), "device": config.get("device"), "torch": torch.__version__,
+        "exported": datetime.date.today().isoformat(), "sha256": file_sha256(weights),
+    }
+    log = checkpoint.parent / "log.csv"
+    if log.is_file():
+        card.update(training_time(log))
+        card["images_per_s"] = round(steps * card["batch_size"] * card["world_size"] / card["wall_time_s"], 1)
+    old = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    for key in ("table1_average", "quality"):  # figures from the report survive a re-export only if unchanged
+        if key in old and old.get("sha256") == card["sha256"]:
+            card[key] = old[key]
+    _write_json_atomic(card, card_path)
+    return weights
+
+
+def update_card(name: str, folder: str | Path | None = None, **fields: Any) -> None:
+    """Add or replace fields of a model card (used by report.py for the Table 1 and quality figures)."""
+    _, card_path = _paths(name, folder)
+    card = read_card(name, folder)
+    card.update(fields)
+    _write_json_atomic(card, card_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export", help="write <name>.safetensors + <name>.json from a training checkpoint")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--name", required=True, choices=NAMES)
+    e.add_argument("--folder", default=str(PRETRAINED_DIR))
+    v = sub.add_parser("verify", help="check every shipped model against its card")
+    v.add_argument("--folder", default=str(PRETRAINED_DIR))
+    args = p.parse_args(argv)
+    try:
+        if args.command == "export":
+            if not Path(args.checkpoint).is_file():
+                p.error(f"no checkpoint at {args.checkpoint}")
+            path = export(args.checkpoint, args.name, args.folder)
+            print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {path.with_suffix('.json')}")
+        else:
+            bad = 0
+            for name in NAMES:
+                try:
+                    load_pretrained(name, args.folder)
+                    print(f"{name}: ok")
+                except PretrainedError as err:
+                    bad += 1
+                    print(f"{name}: {err}")
+            return 1 if bad else 0
+    except PretrainedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
