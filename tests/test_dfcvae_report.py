@@ -1,4 +1,6 @@
 """The experiments of the report on tiny random models and a handful of images."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -59,22 +61,47 @@ def test_full_report_on_tiny_models(tmp_path, caffe_weights):
         path = tmp_path / key / "checkpoint.pt"
         path.parent.mkdir()
         torch.save({"model": vae.VAE().state_dict(), "step": 3,
-                    "config": {"latent": 100, "crop": "released", "images": 30, "epochs": 1, "steps_per_epoch": 3,
-                               "batch_size": 8, "balance": "released", "amp": "off", "device": "cpu"}}, path)
+                    "config": {"preset": key, "latent": 100, "crop": "released", "images": 30, "epochs": 1,
+                               "steps_per_epoch": 3, "batch_size": 8, "balance": "released", "amp": "off",
+                               "device": "cpu"}}, path)
         ckpts[key] = path
     out = tmp_path / "report"
     rc = report.main(["--pvae", str(ckpts["pvae"]), "--vae123", str(ckpts["vae123"]), "--data", str(data),
-                      "--out", str(out), "--svm-train", "0", "--tsne-side", "4", "--quality-images", "12",
-                      "--attribute-images", "10"])
+                      "--out", str(out), "--svm-train", "0", "--tsne-side", "4", "--quality-images", "10",
+                      "--attribute-images", "10", "--no-progress"])
     assert rc == 0
     text = (out / "report.md").read_text()
-    for png in ("samples_t1.png", "samples_t0.4.png", "reconstructions.png", "interpolation.png", "manipulation.png",
-                "attribute_correlation.png", "tsne_grid.jpg"):
+    for png in ("samples_paper.png", "samples_released.png", "reconstructions.png", "interpolation.png",
+                "manipulation.png", "attribute_correlation.png", "tsne_grid.jpg"):
         assert (out / png).is_file() and f"]({png})" in text, png
-    assert "| Eyeglasses |" in text and "**average**" in text and "ours VGG conv5 (pooled)" in text
-    assert "FD samples" in text and "| PVAE |" in text
+    assert "| Eyeglasses |" in text and "**average**" in text and f"ours {report.VGG_LABEL}" in text
+    assert "not comparable" in text and "Δ maj." in text
+    assert "FD VGG19" in text and "FD ONet" in text and "| PVAE | samples (released) |" in text
+    assert "| data | other test images |" in text and "## What matches the paper" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"PVAE", "VAE-123", "majority"}
+    assert set(summary["VAE-123"]["quality"]) == {"reconstruction", "samples (paper)", "samples (released)"}
     from PIL import Image
 
     assert Image.open(out / "tsne_grid.jpg").size == (64, 64)  # 4x4 faces of 16 px
     with pytest.raises(SystemExit):
-        report.main(["--out", str(out)])  # no checkpoint given
+        report.main(["--out", str(out)])  # no model given
+
+
+def test_report_is_written_section_by_section(tmp_path, monkeypatch):
+    """An interrupted report leaves a valid report.md with the sections done so far."""
+    data = make_celeba(tmp_path / "celeba", n_images=30, listed=30, splits=[0] * 16 + [2] * 14)
+    path = tmp_path / "m" / "checkpoint.pt"
+    path.parent.mkdir()
+    torch.save({"model": vae.VAE().state_dict(), "step": 1, "config": {"preset": "vae123", "steps_per_epoch": 1}}, path)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "section_table1", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        report.main(["--vae123", str(path), "--data", str(data), "--out", str(tmp_path / "r"), "--tsne-side", "2",
+                     "--attribute-images", "5", "--no-progress"])
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "## Samples from the prior" in text and "## Reconstructions" in text and "(Figure 7)" in text
+    assert "Table 1" not in text

@@ -1,0 +1,135 @@
+"""Shipped models (export, checksum-verified loading), the two prior-sampling conventions, and the demo gallery."""
+import csv
+
+import pytest
+import torch
+
+from tests.dfcvae_helpers import make_celeba
+
+import celeba  # noqa: E402  (examples/dfcvae, on sys.path through dfcvae_helpers)
+import gallery  # noqa: E402
+import latent  # noqa: E402
+import pretrained  # noqa: E402
+import vae  # noqa: E402
+
+
+def _bn_buffers(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+def _randomised_bn(model):
+    """Give every BatchNorm non-trivial running statistics, so eval and batch-statistics decoding differ."""
+    g = torch.Generator().manual_seed(3)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model.eval()
+
+
+def test_batch_statistics_sampling_keeps_the_saved_running_statistics():
+    torch.manual_seed(0)
+    model = _randomised_bn(vae.VAE())
+    before = _bn_buffers(model)
+    z = torch.randn(200, 100)
+    released = latent.sample(model, z, latent.SAMPLINGS["released"])
+    assert released.shape == (200, 3, 64, 64) and 0 <= released.min() and released.max() <= 1
+    after = _bn_buffers(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not model.training and not model.decoder.training
+    # each batch of 100 codes is normalised by its own statistics: the same as a train-mode copy on that batch
+    ref = vae.VAE()
+    ref.load_state_dict(model.state_dict())
+    ref.decoder.train()
+    with torch.no_grad():
+        expected = ref.decoder(z[:100] * 0.4).clamp(0, 1)
+    torch.testing.assert_close(released[:100], expected)
+    paper = latent.sample(model, z, latent.SAMPLINGS["paper"])
+    torch.testing.assert_close(paper, latent.decode(model, z))  # eval-mode BN, temperature 1
+    assert (paper - latent.decode(model, z * 0.4)).abs().max() > 1e-3
+
+
+def _tiny_run(folder, preset="vae123", step=7):
+    torch.manual_seed(1)
+    model = _randomised_bn(vae.VAE())
+    folder.mkdir(parents=True)
+    torch.save({"model": model.state_dict(), "step": step,
+                "config": {"preset": preset, "latent": 100, "crop": "released", "images": 64, "batch_size": 8,
+                           "world_size": 1, "steps_per_epoch": 8, "epochs": 1, "balance": "released", "amp": "bf16"}},
+               folder / "checkpoint.pt")
+    with open(folder / "log.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "epoch", "lr", "loss", "kl", "rec", "images_per_s", "elapsed_s"])
+        w.writerows([[1, 0, 1e-3, 5, 2, 3, 10, 4.0], [2, 0, 1e-3, 4, 2, 2, 10, 6.0],  # killed at 6 s,
+                     [3, 0, 1e-3, 3, 1, 2, 10, 3.0], [7, 0, 1e-3, 2, 1, 1, 10, 5.0]])  # resumed: 5 s more
+    return model, folder / "checkpoint.pt"
+
+
+def test_export_and_load_pretrained_round_trip(tmp_path):
+    model, ckpt = _tiny_run(tmp_path / "run")
+    folder = tmp_path / "pretrained"
+    weights = pretrained.export(ckpt, "vae123", folder)
+    card = pretrained.read_card("vae123", folder)
+    assert card["steps"] == 7 and card["epochs"] == pytest.approx(7 / 8) and card["preset"] == "vae123"
+    assert card["wall_time_s"] == pytest.approx(11.0) and card["sha256"] == pretrained.file_sha256(weights)
+    assert card["final_kl"] == pytest.approx(1.5) and card["images"] == 64
+    loaded = pretrained.load_pretrained("vae123", folder)
+    assert isinstance(loaded, vae.VAE) and not loaded.training
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    for k, v in model.state_dict().items():
+        expected = v.half().float() if v.is_floating_point() else v
+        assert torch.equal(loaded.state_dict()[k], expected), k
+    x = torch.rand(2, 3, 64, 64)
+    mean, logvar = loaded.encoder(x)
+    assert mean.shape == logvar.shape == (2, 100) and loaded.decoder(mean).shape == (2, 3, 64, 64)
+    # report figures written into the card survive a re-export of the same weights
+    pretrained.update_card("vae123", folder, table1_average=88.1)
+    pretrained.export(ckpt, "vae123", folder)
+    assert pretrained.read_card("vae123", folder)["table1_average"] == 88.1
+    assert pretrained.main(["verify", "--folder", str(folder)]) == 1  # pvae and vae345 are missing
+
+
+def test_damaged_or_wrong_pretrained_files_are_refused(tmp_path):
+    _, ckpt = _tiny_run(tmp_path / "run")
+    folder = tmp_path / "pretrained"
+    weights = pretrained.export(ckpt, "vae123", folder)
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(pretrained.PretrainedError, match="does not match its model card"):
+        pretrained.load_pretrained("vae123", folder)
+    with pytest.raises(pretrained.PretrainedError, match="preset 'vae123', not 'vae345'"):
+        pretrained.export(ckpt, "vae345", folder)
+    with pytest.raises(pretrained.PretrainedError, match="unknown pretrained model"):
+        pretrained.load_pretrained("vae999", folder)
+    with pytest.raises(pretrained.PretrainedError, match="no model card"):
+        pretrained.load_pretrained("pvae", folder)
+
+
+def test_shipped_models_match_their_cards():
+    """The models committed in examples/dfcvae/pretrained load, verify and run."""
+    for name in pretrained.NAMES:
+        card = pretrained.read_card(name)
+        assert card["preset"] == name and card["epochs"] >= 1 and card["images"] > 0
+        assert card["sha256"] == pretrained.file_sha256(pretrained.PRETRAINED_DIR / f"{name}.safetensors")
+        model = pretrained.load_pretrained(name)
+        assert (pretrained.PRETRAINED_DIR / f"{name}.safetensors").stat().st_size <= 10 * 1024 * 1024
+        with torch.no_grad():
+            out = model.decoder(model.encoder(torch.rand(2, 3, 64, 64))[0])
+        assert torch.isfinite(out).all()
+
+
+def test_gallery_on_tiny_random_models(tmp_path):
+    splits = [0] * 4 + [1] * 16 + [2] * 10
+    data = celeba.load_celeba(make_celeba(tmp_path / "celeba", n_images=30, listed=30, splits=splits), verbose=False)
+    models = {}
+    for i, name in enumerate(pretrained.NAMES):
+        torch.manual_seed(i)
+        models[name] = vae.VAE().eval()
+    page = gallery.make_gallery(models, data, tmp_path / "gallery", n_faces=4, n_vector=16)
+    text = page.read_text()
+    for png in ("samples_paper.png", "samples_released.png", "reconstructions.png", "interpolation.png", "smiling.png"):
+        assert (tmp_path / "gallery" / png).is_file() and f"]({png})" in text, png
+    with pytest.raises(celeba.CelebAError, match="test split"):
+        no_test = celeba.load_celeba(make_celeba(tmp_path / "c2", n_images=6, listed=6), verbose=False)
+        gallery.make_gallery(models, no_test, tmp_path / "g2")
