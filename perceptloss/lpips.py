@@ -22,7 +22,7 @@ from torch import nn
 from ._validation import check_image_pair, check_values
 from .functional import accumulation_dtype, feature_distance
 from .lpips_heads import LPIPS_NORMALIZATION, load_heads
-from .loss import Reduction, _autocast_enabled
+from .loss import Reduction
 from .preprocessing import Preprocess
 from .registry import create_backbone
 
@@ -124,7 +124,8 @@ class LPIPS(nn.Module):
 
     def _normalized_features(self, input: torch.Tensor, target: torch.Tensor) -> tuple[list, list]:
         if self.check_inputs:
-            check_image_pair(input, target, allow_dtype_mismatch=_autocast_enabled(input.device.type))
+            autocast = torch.is_autocast_enabled(input.device.type)  # a bf16 input next to an fp32 target is fine
+            check_image_pair(input, target, allow_dtype_mismatch=autocast)
             check_values({"input": input, "target": target}, self.input_range, self.check_range)
         try:
             fa = self.net(self.preprocess(input))
