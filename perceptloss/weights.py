@@ -3,15 +3,25 @@
 Resolution order for an entry: explicit path -> cache ($PERCEPTLOSS_HOME/weights) -> other known offline
 sources (an installed package, torch's hub cache) -> download where online -> an error that says exactly
 which file to put where. Every file written to the cache gets a ``.sha256`` sidecar that is checked on load.
+
+Several processes may fill the same cache at once (every rank of a fresh ``torchrun`` job does): the
+conversion writes the same bytes in every process (keys and metadata in a fixed order), both files are
+published by rename from temporary names, the sidecar first, under an exclusive ``fcntl`` lock per file
+(``.<name>.lock``), and a reader that sees a mismatch looks again under that lock before calling a file
+corrupt.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+import re
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 
@@ -67,6 +77,7 @@ def is_offline() -> bool:
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """The hex sha256 of the file at ``path``."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -75,6 +86,7 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` through ``write(tmp)`` on a temporary name in the same folder, then rename it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -87,32 +99,115 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.unlink(tmp)
 
 
-def save_checked(state_dict: StateDict, path: Path, metadata: Mapping[str, str] | None = None) -> str:
-    """Write ``state_dict`` as safetensors plus a ``.sha256`` sidecar, both atomically; returns the hash."""
-    from safetensors.torch import save_file
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=dict(metadata or {})))
-    digest = sha256_file(path)
-    _atomic_write(path.with_name(path.name + ".sha256"), lambda tmp: tmp.write_text(f"{digest}  {path.name}\n"))
+
+def _safetensors_bytes(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    """Serialise ``state_dict`` in the safetensors format, byte-for-byte the same for the same content.
+
+    The ``safetensors`` writer orders the metadata through a hash map, so two processes converting the same
+    weights used to write different files (and different checksums). Here tensors follow their sorted names
+    and the metadata its sorted keys; ``safetensors.torch.load_file`` reads the result.
+    """
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(metadata[k]) for k in sorted(metadata)}
+    blobs: list[bytes] = []
+    offset = 0
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().to("cpu").contiguous()
+        if t.dtype not in _SAFETENSORS_DTYPES:
+            raise TypeError(f"cannot store {name} of dtype {t.dtype} in the weights cache")
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as the reference writer does
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def save_checked(state_dict: StateDict, path: Path, metadata: Mapping[str, str] | None = None) -> str:
+    """Write ``state_dict`` as safetensors plus a ``.sha256`` sidecar; returns the hash.
+
+    Both files are written under temporary names and renamed into place, the sidecar first, so a reader that
+    sees the weights file also sees a sidecar. The bytes depend only on the tensors and the metadata.
+    Concurrent writers of one path should hold ``cache_lock(path)`` (``resolve`` does).
+    """
+    data = _safetensors_bytes(state_dict, metadata)
+    digest = hashlib.sha256(data).hexdigest()
+    _atomic_write(_sidecar(path), lambda tmp: tmp.write_text(f"{digest}  {path.name}\n"))
+    _atomic_write(path, lambda tmp: tmp.write_bytes(data))
     return digest
 
 
-def load_checked(path: Path) -> StateDict:
-    """Load a cached safetensors file after checking it against its ``.sha256`` sidecar."""
-    from safetensors.torch import load_file
+@contextlib.contextmanager
+def cache_lock(path: Path) -> Iterator[bool]:
+    """Hold an exclusive lock for publishing ``path`` (a ``.<name>.lock`` file beside it, via ``fcntl``).
 
-    sidecar = path.with_name(path.name + ".sha256")
-    if not sidecar.is_file():
-        raise WeightsChecksumError(f"{path} has no checksum file {sidecar.name}; delete {path} to rebuild it")
-    expected = sidecar.read_text().split()[0]
-    actual = sha256_file(path)
+    Yields True when locked; False where no lock can be taken (a read-only cache, a system without fcntl):
+    the atomic renames still keep every file whole. Not re-entrant within one thread.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield False
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield False
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def load_checked(path: Path, fix: str | None = None) -> StateDict:
+    """Load a cached safetensors file after checking it against its ``.sha256`` sidecar.
+
+    ``fix``: the command that rebuilds the file, named in the error messages (by default: delete both files).
+    Raises WeightsChecksumError for a missing, empty or garbled sidecar, a mismatch, or an unreadable file.
+    """
+    from safetensors.torch import load as load_bytes
+
+    sidecar = _sidecar(path)
+    remedy = f"delete {path} and {sidecar.name}" + (f", or run `{fix}`" if fix else " and load the weights again to rebuild them")
+    try:
+        recorded = sidecar.read_text(errors="replace")
+    except FileNotFoundError:
+        raise WeightsChecksumError(f"{path} has no checksum file {sidecar.name}; {remedy}") from None
+    fields = recorded.split()
+    expected = fields[0].lower() if fields else ""
+    if not _HEX64.fullmatch(expected):
+        raise WeightsChecksumError(
+            f"the checksum file {sidecar} is {'empty' if not fields else 'garbled'} (expected a 64-digit sha256, "
+            f"got {recorded[:40]!r}); {remedy}"
+        )
+    data = path.read_bytes()  # read once: the hash and the tensors come from the same bytes
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise WeightsChecksumError(
-            f"{path} is corrupt: sha256 {actual[:16]}... does not match the recorded {expected[:16]}...; "
-            f"delete it (and {sidecar.name}) and run `python -m perceptloss fetch` again"
+            f"{path} is corrupt: sha256 {actual[:16]}... does not match the recorded {expected[:16]}...; {remedy}"
         )
-    return load_file(str(path))
+    try:
+        return load_bytes(data)
+    except Exception as e:  # matches its checksum but is not a safetensors file: written by something else
+        raise WeightsChecksumError(f"{path} is not a readable safetensors file ({e}); {remedy}") from e
 
 
 def load_state_dict_file(path: str | Path) -> StateDict:
@@ -133,11 +228,16 @@ def load_state_dict_file(path: str | Path) -> StateDict:
 
 
 def cache_path(entry: WeightEntry) -> Path:
+    """Where ``entry`` is cached: ``weights_home() / entry.filename``."""
     return weights_home() / entry.filename
 
 
-def convert_to_cache(entry: WeightEntry, source: Path) -> Path:
-    """Check ``source`` against the entry's pinned sha256 (if any), convert it and write it to the cache."""
+def fetch_command(entry: WeightEntry) -> str:
+    """The command that rebuilds the cached file of ``entry``."""
+    return f"python -m perceptloss fetch {entry.backbone} --weights {entry.name} --force"
+
+
+def _check_source(entry: WeightEntry, source: Path) -> None:
     if entry.source_sha256 is not None:
         actual = sha256_file(source)
         if actual != entry.source_sha256:
@@ -145,10 +245,34 @@ def convert_to_cache(entry: WeightEntry, source: Path) -> Path:
                 f"{source} does not match the known sha256 of {entry.key} ({entry.source_sha256[:16]}...); "
                 f"it is a different or damaged file"
             )
+
+
+def _convert_unlocked(entry: WeightEntry, source: Path) -> tuple[Path | None, StateDict]:
+    """Convert ``source`` and publish it in the cache: (the cached path or None if unwritable, the state)."""
+    _check_source(entry, source)
     state = entry.convert(source)
     target = cache_path(entry)
-    save_checked(state, target, {"entry": entry.key, "source": source.name, **entry.meta})
-    return target
+    try:
+        save_checked(state, target, {"entry": entry.key, "source": source.name, **entry.meta})
+    except OSError as e:
+        import warnings
+
+        warnings.warn(
+            f"cannot write the converted weights {entry.key} to {target.parent} ({e.strerror or e}); they are "
+            f"used without caching (converted again next time): set PERCEPTLOSS_HOME to a writable folder",
+            stacklevel=3,
+        )
+        return None, state
+    return target, state
+
+
+def convert_to_cache(entry: WeightEntry, source: Path) -> Path:
+    """Check ``source`` against the entry's pinned sha256 (if any), convert it and write it to the cache."""
+    with cache_lock(cache_path(entry)):
+        _check_source(entry, source)
+        target = cache_path(entry)
+        save_checked(entry.convert(source), target, {"entry": entry.key, "source": source.name, **entry.meta})
+        return target
 
 
 def find_source(entry: WeightEntry) -> Path | None:
@@ -160,17 +284,29 @@ def find_source(entry: WeightEntry) -> Path | None:
     return None
 
 
-def resolve(entry: WeightEntry, allow_download: bool | None = None) -> StateDict:
-    """The state dict of ``entry``: from the cache, else converted from an offline source, else downloaded."""
+def resolve(entry: WeightEntry, allow_download: bool | None = None, force: bool = False) -> StateDict:
+    """The state dict of ``entry``: from the cache, else converted from an offline source, else downloaded.
+
+    ``force``: rebuild the cached file even if it exists. Safe to call from several processes at once: one
+    converts while the others wait for it, and a good file is never reported corrupt.
+    """
     target = cache_path(entry)
-    if target.is_file():
-        return load_checked(target)
-    source = find_source(entry)
-    if source is None and entry.url and (allow_download if allow_download is not None else not is_offline()):
-        source = _download(entry)
-    if source is None:
-        raise WeightsNotFoundError(missing_message(entry))
-    return load_checked(convert_to_cache(entry, source))
+    fix = fetch_command(entry)
+    if not force and target.is_file():
+        try:
+            return load_checked(target, fix)
+        except WeightsChecksumError:
+            pass  # perhaps caught between another process's two renames: look again under the lock
+    with cache_lock(target):
+        if not force and target.is_file():
+            return load_checked(target, fix)
+        source = find_source(entry)
+        if source is None and entry.url and (allow_download if allow_download is not None else not is_offline()):
+            source = _download(entry)
+        if source is None:
+            raise WeightsNotFoundError(missing_message(entry))
+        target_written, state = _convert_unlocked(entry, source)
+        return state if target_written is None else load_checked(target_written, fix)
 
 
 def _download(entry: WeightEntry) -> Path | None:
