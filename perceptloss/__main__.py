@@ -10,11 +10,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Iterator, NoReturn
 
 from . import registry, weights
 
 
-def _entries(backbone: str | None):
+class UsageError(Exception):
+    """Misuse of the command line: reported on one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing the usage block and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see python -m {self.prog.split()[0]} --help)")
+
+
+def _entries(backbone: str | None) -> Iterator[tuple[registry.BackboneSpec, weights.WeightEntry]]:
+    """(spec, entry) for every weight entry of ``backbone`` (of every registered backbone when None)."""
     names = [backbone] if backbone else registry.list_backbones()
     for name in names:
         spec = registry.get_backbone(name)
@@ -23,6 +36,7 @@ def _entries(backbone: str | None):
 
 
 def _status(entry: weights.WeightEntry) -> str:
+    """'cached', 'source' or 'missing', with the path or what to do."""
     cached = weights.cache_path(entry)
     if cached.is_file():
         return f"cached   {cached}"
@@ -33,8 +47,9 @@ def _status(entry: weights.WeightEntry) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="perceptloss", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    """Run the command line; returns the exit code (0 ok, 1 corrupt cached files, 2 misuse or missing weights)."""
+    parser = _Parser(prog="perceptloss", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("list", help="registered backbones and layer presets")
     p = sub.add_parser("layers", help="layer names of a backbone")
     p.add_argument("backbone")
@@ -45,9 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default=None, help="entry name (default: the backbone's default)")
     p.add_argument("--force", action="store_true", help="rebuild the cached file")
     sub.add_parser("verify", help="check every cached weights file against its recorded sha256")
-    args = parser.parse_args(argv)
-
     try:
+        args = parser.parse_args(argv)
         if args.command == "list":
             for name in registry.list_backbones():
                 spec = registry.get_backbone(name)
@@ -64,15 +78,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{default} {entry.key:20s} {_status(entry)}\n    {entry.description}")
         elif args.command == "fetch":
             spec = registry.get_backbone(args.backbone)
+            if not spec.weights:
+                raise UsageError(
+                    f"{args.backbone} has no weight entries managed by perceptloss (timm models use timm's own "
+                    f"cache); choose one of {', '.join(b for b in registry.list_backbones() if registry.get_backbone(b).weights)}"
+                )
             name = args.weights or spec.default_weights
             if name not in spec.weights:
-                raise KeyError(f"no weights {name!r} for {args.backbone}; choose from {registry.list_weights(args.backbone)}")
+                raise UsageError(f"no weights {name!r} for {args.backbone}; choose from {', '.join(registry.list_weights(args.backbone))}")
             entry = spec.weights[name]
             target = weights.cache_path(entry)
-            if args.force and target.exists():
-                target.unlink()
-            weights.resolve(entry)
-            print(f"{entry.key}: {target} (sha256 {target.with_name(target.name + '.sha256').read_text().split()[0]})")
+            weights.resolve(entry, force=args.force)
+            print(f"{entry.key}: {target} (sha256 {weights.sha256_file(target)})")
         elif args.command == "verify":
             bad = 0
             for _, entry in _entries(None):
@@ -80,14 +97,21 @@ def main(argv: list[str] | None = None) -> int:
                 if not path.is_file():
                     continue
                 try:
-                    weights.load_checked(path)
+                    try:
+                        weights.load_checked(path, weights.fetch_command(entry))
+                    except weights.WeightsChecksumError:
+                        with weights.cache_lock(path):  # not caught mid-update by another process
+                            weights.load_checked(path, weights.fetch_command(entry))
                     print(f"ok       {path}")
                 except weights.WeightsChecksumError as e:
                     bad += 1
                     print(f"CORRUPT  {e}")
             return 1 if bad else 0
-    except (KeyError, FileNotFoundError, weights.WeightsChecksumError) as e:
-        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+    except (UsageError, KeyError, ValueError, FileNotFoundError, weights.WeightsChecksumError) as e:
+        text = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+        if not isinstance(e, weights.WeightsNotFoundError):  # that one lists the ways to get the weights
+            text = " ".join(text.split())  # one line
+        print(f"perceptloss: error: {text}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,12 +1,51 @@
 """timm models as backbones through ``features_only``: layers are the feature stages' module names."""
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 
 from .base import FeatureExtractor
-from .._validation import unknown_name_error
+from .._validation import suggest, unknown_name_error
+
+
+@contextlib.contextmanager
+def hub_offline_if_requested() -> Iterator[bool]:
+    """While active, make Hugging Face Hub (timm's weight source) offline when PERCEPTLOSS_OFFLINE is set.
+
+    ``huggingface_hub`` reads ``HF_HUB_OFFLINE`` once, at import, so both the variable and the imported
+    constant are set, and restored afterwards. Without this, a missing timm checkpoint costs ~50 s of
+    connection retries before the error. Yields whether offline mode was forced.
+    """
+    from ..weights import is_offline
+
+    if not is_offline():
+        yield False
+        return
+    saved_env = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants: Any = sys.modules.get("huggingface_hub.constants")
+    if constants is None:
+        try:
+            import huggingface_hub.constants as constants  # reads the variable just set
+        except ImportError:
+            constants = None
+    saved_const = getattr(constants, "HF_HUB_OFFLINE", None)
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield True
+    finally:
+        if saved_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved_env
+        if constants is not None and saved_const is not None:
+            constants.HF_HUB_OFFLINE = saved_const
 
 
 def _timm():
@@ -20,7 +59,15 @@ def _timm():
 def timm_stage_names(model_name: str) -> tuple[str, ...]:
     """The feature stage names timm reports for ``model_name`` (e.g. resnet50: act1, layer1 ... layer4)."""
     timm = _timm()
-    model = timm.create_model(model_name, pretrained=False, features_only=True)
+    try:
+        model = timm.create_model(model_name, pretrained=False, features_only=True)
+    except RuntimeError as e:
+        if "Unknown model" not in str(e):
+            raise
+        raise KeyError(
+            f"unknown timm model {model_name!r}.{suggest(model_name, timm.list_models())} "
+            f"List them with timm.list_models('*{model_name[:4]}*')"
+        ) from None
     return tuple(model.feature_info.module_name())
 
 
@@ -48,7 +95,8 @@ class TimmFeatures(FeatureExtractor):
                 raise FileNotFoundError(f"timm weights file {path} does not exist")
             kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
         try:
-            self.body = timm.create_model(model_name, **kwargs)
+            with hub_offline_if_requested():
+                self.body = timm.create_model(model_name, **kwargs)
         except Exception as e:
             if weights is None:
                 raise
