@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from . import _ops
-from ._validation import check_image_pair, check_values
+from ._validation import cast_to_network_dtype, check_image_pair, check_values
 from .functional import feature_distance
 from .preprocessing import Normalization, Preprocess
 from .registry import create_backbone
@@ -101,13 +101,15 @@ class FeatureLoss(nn.Module):
         self.fused = fused
 
     def train(self, mode: bool = True) -> "FeatureLoss":
-        """The loss network stays in eval mode whatever ``mode`` is."""
-        super().train(mode)
-        self.net.eval()
-        return self
+        """The loss stays in eval mode whatever ``mode`` is: every submodule (network, preprocessing) too."""
+        return super().train(False)
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Activations of ``self.layers`` for RGB images in ``input_range``: a list of (N, C_l, H_l, W_l)."""
+        """Activations of ``self.layers`` for RGB images in ``input_range``: a list of (N, C_l, H_l, W_l).
+
+        Images of another floating dtype than the network (fp16/fp64 without autocast) are cast to it.
+        """
+        images = cast_to_network_dtype(images, self.net)
         try:
             feats = self.net(self.preprocess(images))
         except RuntimeError as e:
@@ -179,7 +181,7 @@ class FeatureLoss(nn.Module):
             input_repr = self.representation(self.features(input))
             return self.compare(input_repr, self._cached_target(input_repr))
         if self.check_inputs:
-            check_image_pair(input, target, allow_dtype_mismatch=_autocast_enabled(input.device.type))
+            check_image_pair(input, target)  # a dtype mismatch is allowed under autocast
             check_values({"input": input, "target": target}, self.input_range, self.check_range)
         feats_in = self.features(input)
         if target.requires_grad:
