@@ -148,7 +148,7 @@ def export(checkpoint: str | Path, name: str, folder: str | Path | None = None,
     tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sorted(state["model"].items())}
     fd, tmp = tempfile.mkstemp(dir=weights.parent, prefix=f".{weights.name}.", suffix=".tmp")
     os.close(fd)
-    save_file(tensors, tmp, metadata={"format": "pt", "model": "DFC-VAE", "preset": name})
+    save_file(tensors, tmp)  # no metadata: safetensors orders it through a hash map, so the bytes would vary
     os.replace(tmp, weights)
     steps = int(state["step"])
     card = {
