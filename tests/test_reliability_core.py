@@ -142,6 +142,47 @@ def test_safetensors_bytes_are_deterministic_and_readable(home):
         assert f.metadata() == {"z": "1", "a": "2", "m": "3"}
 
 
+def test_reader_caught_mid_update_looks_again_under_the_lock(home, tmp_path):
+    """A reader that finds a sidecar not matching the weights while another process is publishing (it holds
+    the lock) waits for it and gets the weights, instead of calling the file corrupt."""
+    import threading
+
+    from perceptloss.weights import cache_lock
+
+    source = tmp_path / "source.txt"
+    source.write_text("3")
+    entry = _race_entry(source)
+    path = home / entry.filename
+    expected = _race_convert(source)
+    save_checked(expected, path, {"entry": entry.key})
+    good = (home / (entry.filename + ".sha256")).read_text()
+    result = {}
+    with cache_lock(path):  # "another process" is publishing: new sidecar already there, weights not yet
+        (home / (entry.filename + ".sha256")).write_text("0" * 64 + "  " + entry.filename + "\n")
+        reader = threading.Thread(target=lambda: result.update(state=resolve(entry)))
+        reader.start()
+        reader.join(timeout=0.5)
+        assert reader.is_alive() and not result, "the reader must wait for the lock, not fail"
+        (home / (entry.filename + ".sha256")).write_text(good)  # the publisher finishes
+    reader.join(timeout=60)
+    assert torch.equal(result["state"]["features.0.weight"], expected["features.0.weight"])
+
+
+def test_unwritable_cache_warns_and_uses_the_converted_weights(home, tmp_path, monkeypatch):
+    import perceptloss.weights as w
+
+    source = tmp_path / "source.txt"
+    source.write_text("5")
+
+    def refuse(path, write):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(w, "_atomic_write", refuse)
+    with pytest.warns(UserWarning, match="PERCEPTLOSS_HOME"):
+        state = resolve(_race_entry(source))
+    assert torch.equal(state["features.2.weight"], _race_convert(source)["features.2.weight"])
+
+
 # --------------------------------------------------------------------- damaged or foreign .sha256 sidecars
 
 
