@@ -112,7 +112,7 @@ __device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* shared) {
   return total;  // valid in thread 0
 }
 
-template <typename scalar_t, typename acc_t, int P>
+template <typename scalar_t, typename acc_t, int kNorm>
 __global__ void __launch_bounds__(kThreads) forward_kernel(Batch batch, acc_t* __restrict__ partials) {
   __shared__ acc_t shared[kThreads / 32];
   for (int64_t item = blockIdx.x; item < batch.num_items; item += gridDim.x) {
@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Batch batch, acc_t* _
     int64_t head = aligned_head<scalar_t>(a, b, len);
     if (head < 0) head = len;  // differently aligned: scalar loop only
     for (int64_t i = threadIdx.x; i < head; i += kThreads) {
-      sum += norm_term<P>(static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i]));
+      sum += norm_term<kNorm>(static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i]));
     }
     using P = Pack<scalar_t>;
     const int64_t packs = (len - head) / P::kSize;
@@ -136,11 +136,11 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Batch batch, acc_t* _
       const P vb = pb[p];
 #pragma unroll
       for (int j = 0; j < P::kSize; ++j) {
-        sum += norm_term<P>(static_cast<acc_t>(va.v[j]) - static_cast<acc_t>(vb.v[j]));
+        sum += norm_term<kNorm>(static_cast<acc_t>(va.v[j]) - static_cast<acc_t>(vb.v[j]));
       }
     }
     for (int64_t i = head + packs * P::kSize + threadIdx.x; i < len; i += kThreads) {
-      sum += norm_term<P>(static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i]));
+      sum += norm_term<kNorm>(static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i]));
     }
     const acc_t total = block_sum(sum, shared);
     if (threadIdx.x == 0) partials[item] = total;
@@ -161,7 +161,7 @@ __global__ void finalize_kernel(Batch batch, const acc_t* __restrict__ partials,
   out[sample * out_cols + col0 + l] = total * static_cast<acc_t>(d.scale);
 }
 
-template <typename scalar_t, typename acc_t, int P>
+template <typename scalar_t, typename acc_t, int kNorm>
 __global__ void __launch_bounds__(kThreads) backward_kernel(Batch batch, const acc_t* __restrict__ grad,
                                                             int64_t grad_cols, int64_t col0) {
   for (int64_t item = blockIdx.x; item < batch.num_items; item += gridDim.x) {
@@ -173,14 +173,14 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(Batch batch, const a
     const scalar_t* b = static_cast<const scalar_t*>(d.b) + offset;
     scalar_t* ga = d.ga ? static_cast<scalar_t*>(d.ga) + offset : nullptr;
     scalar_t* gb = d.gb ? static_cast<scalar_t*>(d.gb) + offset : nullptr;
-    const acc_t s = static_cast<acc_t>(P * d.scale) * grad[it.sample * grad_cols + col0 + it.layer];
+    const acc_t s = static_cast<acc_t>(kNorm * d.scale) * grad[it.sample * grad_cols + col0 + it.layer];
     // Vectorize only when every pointer shares a's alignment (outputs are allocated like a: they do).
     int64_t head = aligned_head<scalar_t>(a, b, len);
     if (head >= 0 && ga && aligned_head<scalar_t>(a, ga, len) != head) head = -1;
     if (head >= 0 && gb && aligned_head<scalar_t>(a, gb, len) != head) head = -1;
     if (head < 0) head = len;
     for (int64_t i = threadIdx.x; i < head; i += kThreads) {
-      const acc_t g = grad_term<P>(static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i])) * s;
+      const acc_t g = grad_term<kNorm>(static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i])) * s;
       if (ga) ga[i] = static_cast<scalar_t>(g);
       if (gb) gb[i] = static_cast<scalar_t>(-g);
     }
@@ -196,7 +196,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(Batch batch, const a
       P oa, ob;
 #pragma unroll
       for (int j = 0; j < P::kSize; ++j) {
-        const acc_t g = grad_term<P>(static_cast<acc_t>(va.v[j]) - static_cast<acc_t>(vb.v[j])) * s;
+        const acc_t g = grad_term<kNorm>(static_cast<acc_t>(va.v[j]) - static_cast<acc_t>(vb.v[j])) * s;
         oa.v[j] = static_cast<scalar_t>(g);
         ob.v[j] = static_cast<scalar_t>(-g);
       }
@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(Batch batch, const a
       if (pgb) pgb[p] = ob;
     }
     for (int64_t i = head + packs * P::kSize + threadIdx.x; i < len; i += kThreads) {
-      const acc_t g = grad_term<P>(static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i])) * s;
+      const acc_t g = grad_term<kNorm>(static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i])) * s;
       if (ga) ga[i] = static_cast<scalar_t>(g);
       if (gb) gb[i] = static_cast<scalar_t>(-g);
     }
