@@ -8,7 +8,8 @@ over channels at every position and w_l >= 0 the learned per-channel head,
 
 value-identical to the ``lpips`` package (v0.1) given the same trunk weights. The non-spatial form runs on the
 fused distance operator (the heads folded into the features as sqrt(w)); the unit normalisation has a finite
-gradient where a feature vector is zero (``lpips`` gives NaN there).
+gradient where a feature vector is zero (lpips' ``normalize_tensor`` alone gives NaN there; inside lpips' metric
+the ReLU before every tap happens to mask it).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ LPIPS_NETS: dict[str, tuple[str, tuple[str, ...], tuple[int, ...]]] = {
 def unit_normalize(features: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     """(N, C, H, W) -> float32 (N, C, H, W) divided by (its L2 norm over C + eps) at each position.
 
-    Same values as lpips' ``normalize_tensor``; where a position's norm is 0 the gradient is finite (lpips'
+    Same values as lpips' ``normalize_tensor``; where a position's norm is 0 the gradient is finite (a plain
     sqrt(0) backward gives NaN).
     """
     f = features.to(accumulation_dtype(features.dtype))
