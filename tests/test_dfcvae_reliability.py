@@ -190,3 +190,16 @@ def test_report_checks_its_arguments_before_any_work(tmp_path, capsys, monkeypat
     assert "not a readable checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         report.main(["--vae123", str(v123), "--svm-train", "-1"])
+
+
+def test_a_diverged_run_keeps_its_last_good_checkpoint(data_dir, tmp_path, monkeypatch, capsys):
+    import objective
+
+    out = tmp_path / "nan"
+    assert train_tiny(data_dir, out, "--max-steps", "2") == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    monkeypatch.setattr(objective, "pixel_sse", lambda r, x: torch.full((r.shape[0],), float("nan")))
+    assert train_tiny(data_dir, out, "--max-steps", "4", "--resume") == 1
+    err = capsys.readouterr().err
+    assert "loss became nan" in err and "--amp off or a lower --lr" in err
+    assert (out / "checkpoint.pt").read_bytes() == before

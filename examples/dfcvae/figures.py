@@ -2,6 +2,7 @@
 circles, and the t-SNE face grid."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -19,8 +20,8 @@ def _to_hwc(grid: torch.Tensor) -> np.ndarray:
 
 
 def _save(fig, path: Path, suptitle: str = "") -> Path:
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
+    if suptitle:  # wrapped to the figure's width (about 11 characters per inch at this size)
+        fig.suptitle(textwrap.fill(suptitle, max(30, int(11 * fig.get_figwidth()))), fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

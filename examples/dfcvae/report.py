@@ -119,13 +119,14 @@ def check_out(out: Path) -> None:
         raise ReportError(f"cannot write to --out {out} ({e.strerror}); choose a writable folder") from None
 
 
-def faces(data: CelebA, crop: str, limit: int, seed: int) -> tuple[np.ndarray, CelebA]:
-    """Decoded faces of up to ``limit`` images of ``data`` (a fixed random subset) and their annotations."""
+def faces(data: CelebA, crop: str, limit: int, seed: int, progress: bool = False) -> tuple[np.ndarray, CelebA]:
+    """Decoded faces of up to ``limit`` images of ``data`` (a fixed random subset) and their annotations (decoded
+    once into the face cache, with a progress bar when ``progress``)."""
     rows = np.arange(len(data))
     if limit and limit < len(data):
         rows = np.sort(np.random.default_rng(seed).choice(len(data), size=limit, replace=False))
     sub = data.select(rows)
-    cache = build_cache(sub, crop, 64, progress=False)
+    cache = build_cache(sub, crop, 64, progress=progress)
     return np.asarray(cache.images), sub.select(cache.rows)
 
 
@@ -452,7 +453,7 @@ def run(args) -> int:
     section_samples(rep, models, names, out, g, args.device)
     done("samples")
 
-    test_faces, test_sub = faces(test_data, crop, 0, args.seed)
+    test_faces, test_sub = faces(test_data, crop, 0, args.seed, progress)
     pick = torch.randperm(len(test_faces), generator=g)[:10].sort().values.numpy()
     x = to_float(torch.from_numpy(test_faces[pick]))
     rows = [x] + [reconstruct(m, test_faces[pick], args.device) for m in models.values()]
@@ -460,7 +461,7 @@ def run(args) -> int:
     rep.figure(figures.image_rows(rows, ["input"] + names, out / "reconstructions.png"), "reconstructions")
     done("reconstructions")
 
-    train_faces, train_sub = faces(train_data, crop, args.svm_train, args.seed)
+    train_faces, train_sub = faces(train_data, crop, args.svm_train, args.seed, progress)
     codes = {k: (encode(m, train_faces, device=args.device), encode(m, test_faces, device=args.device))
              for k, m in models.items()}
     lm_key = args.latent_model if args.latent_model in models else next(iter(models))

@@ -472,6 +472,10 @@ def main(argv: list[str] | None = None) -> int:
         if dist.main:
             print(f"error: {e}", file=sys.stderr)
         return code or 2
+    except FloatingPointError as e:  # the last checkpoint (before the divergence) is kept as it is
+        if dist.main:
+            print(f"error: {e}; the last checkpoint in {out} is from before it", file=sys.stderr)
+        return 1
     finally:
         if logger is not None:
             logger.close()
