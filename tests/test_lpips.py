@@ -258,3 +258,11 @@ def test_ddp_two_process_gloo_steps():
     mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2, join=True)
     assert set(results.keys()) == {0, 1}
     torch.testing.assert_close(results[0], results[1])
+
+
+def test_numpy_arrays_get_a_clear_type_error():
+    import numpy as np
+
+    metric = perceptloss.LPIPS("alex", weights=None)
+    with pytest.raises(TypeError, match="torch.from_numpy"):
+        metric(np.zeros((1, 3, 32, 32), np.float32), torch.zeros(1, 3, 32, 32))
