@@ -9,13 +9,14 @@ loss of VAE-123/345, and so favours them).
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from perceptloss.weights import sha256_file
 
 ONET_SHA256 = "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"  # facenet-pytorch 2.6.0
 
@@ -35,7 +36,7 @@ def onet_weights_path() -> Path:
     if not files:
         raise FaceFeaturesUnavailable("facenet-pytorch is installed without data/onet.pt; reinstall it")
     path = Path(dist.locate_file(files[0]))
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_file(path)
     if digest != ONET_SHA256:
         raise FaceFeaturesUnavailable(f"{path} has sha256 {digest[:12]}…, not the known facenet-pytorch 2.6.0 file; "
                                       "pip install --no-deps --force-reinstall facenet-pytorch==2.6.0")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -32,6 +31,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from perceptloss.weights import sha256_file as file_sha256  # noqa: E402  (also used by the tests)
 from vae import VAE  # noqa: E402
 
 PRETRAINED_DIR = HERE / "pretrained"
@@ -40,14 +40,6 @@ NAMES = ("pvae", "vae123", "vae345")
 
 class PretrainedError(RuntimeError):
     """A shipped model is missing, damaged or unknown (the message says what to do)."""
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _paths(name: str, folder: Path | None) -> tuple[Path, Path]:
