@@ -21,6 +21,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from checkpointing import unwritable_reason
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "celeba"
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
@@ -242,28 +244,19 @@ class FaceCache:
     path: Path
 
 
-def _writable(folder: Path) -> bool:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tempfile.NamedTemporaryFile(dir=folder).close()
-        return True
-    except OSError:
-        return False
-
-
 def build_cache(data: CelebA, crop: str = "released", size: int = 64, cache_dir: str | Path | None = None,
                 workers: int | None = None, progress: bool = True) -> FaceCache:
     """Decode every image of ``data`` once into a memory-mapped cache (reused when it already exists)."""
     if cache_dir is not None:  # the user's choice: it must be writable
         cache_dir = Path(cache_dir)
-        if not _writable(cache_dir):
+        if unwritable_reason(cache_dir):
             raise CelebAError(f"cannot write the decoded-image cache to --cache-dir {cache_dir}; choose a writable "
                               "folder, or leave --cache-dir out")
     else:
         cache_dir = data.root.resolve() / ".." / ".perceptloss-cache"
-        if not _writable(cache_dir):  # read-only data folder: fall back to the user cache
+        if unwritable_reason(cache_dir):  # read-only data folder: fall back to the user cache
             cache_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "perceptloss" / "celeba"
-            if not _writable(cache_dir):
+            if unwritable_reason(cache_dir):
                 raise CelebAError(f"cannot write the decoded-image cache next to the data nor to {cache_dir}; "
                                   "pass --cache-dir with a writable folder")
     key = content_key(data, crop, size)

@@ -27,6 +27,16 @@ def save_atomic(obj: Any, path: str | Path) -> None:
             os.unlink(tmp)
 
 
+def unwritable_reason(folder: str | Path) -> str | None:
+    """None when ``folder`` exists (created if needed) and a file can be written in it, else the OS's reason."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+        return None
+    except OSError as e:
+        return e.strerror or str(e)
+
+
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():

@@ -19,7 +19,6 @@ import datetime
 import json
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import torch  # noqa: E402
 import figures  # noqa: E402
 import metrics  # noqa: E402
 from celeba import DEFAULT_DATA, CelebA, CelebAError, build_cache, load_celeba, read_attribute_names, to_float  # noqa: E402
-from checkpointing import CheckpointError  # noqa: E402
+from checkpointing import CheckpointError, unwritable_reason  # noqa: E402
 from latent import (SAMPLINGS, attribute_vector, encode, interpolate, load_vae,  # noqa: E402
                     reconstruct, sample)  # noqa: E402
 from paper_table1 import PAPER_TABLE1  # noqa: E402
@@ -112,11 +111,8 @@ def load_models(args) -> tuple[dict, dict]:
 
 
 def check_out(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as e:
-        raise ReportError(f"cannot write to --out {out} ({e.strerror}); choose a writable folder") from None
+    if reason := unwritable_reason(out):
+        raise ReportError(f"cannot write to --out {out} ({reason}); choose a writable folder")
 
 
 def faces(data: CelebA, crop: str, limit: int, seed: int, progress: bool = False) -> tuple[np.ndarray, CelebA]:

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 from celeba import DEFAULT_DATA, CROPS, CelebAError, build_cache, cache_key, load_celeba, to_float  # noqa: E402
 from checkpointing import (CheckpointError, CheckpointMismatch, check_compatible, read_checkpoint,  # noqa: E402
-                           rng_state, save_atomic, set_rng_state)
+                           rng_state, save_atomic, set_rng_state, unwritable_reason)
 from objective import BALANCES, DEFAULT_BETA, PRESETS, DFCObjective  # noqa: E402
 from vae import VAE  # noqa: E402
 
@@ -263,12 +263,8 @@ def prepare_output(args: argparse.Namespace, dist: Distributed) -> Path:
             for sub in ("grids", "tb"):
                 shutil.rmtree(out / sub, ignore_errors=True)
             print(f"--overwrite: deleted the previous run in {out}", file=sys.stderr)
-    if dist.main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=out).close()
-        except OSError as e:
-            raise SetupError(f"cannot write to --out {out} ({e.strerror}); choose a writable folder") from None
+    if dist.main and (reason := unwritable_reason(out)):
+        raise SetupError(f"cannot write to --out {out} ({reason}); choose a writable folder")
     return out
 
 
