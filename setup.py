@@ -4,12 +4,16 @@
 - The CUDA kernels are added when FORCE_CUDA=1, or when a GPU is visible and CUDA_HOME is set.
 - If the build fails, a pure-PyTorch package is installed (perceptloss.HAS_EXT is False) unless
   PERCEPTLOSS_REQUIRE_EXT=1, in which case the build error is raised (CI sets it).
+- The CPU kernels' inner loops (csrc/ops/cpu/*_kernel.cpp) are compiled once per CPU capability level, as ATen
+  compiles its native/cpu kernels: DEFAULT, AVX2 and AVX512 on x86-64 (DEFAULT elsewhere); the library picks
+  one at run time (csrc/ops/cpu/cpu_dispatch.cpp). PERCEPTLOSS_CPU_LEVELS=DEFAULT,AVX2 builds fewer.
 Useful: MAX_JOBS (parallel compile jobs), TORCH_CUDA_ARCH_LIST (e.g. "9.0"), PERCEPTLOSS_NO_EXT=1 (skip).
 """
 from __future__ import annotations
 
 import glob
 import os
+import platform
 import sys
 
 from setuptools import find_packages, setup
@@ -21,6 +25,28 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "0") not in ("", "0", "false", "False")
 
 
+#: ATen's CPU capability levels on x86-64 and the compiler flags of each (as in ATen's build).
+X86_CPU_LEVELS = {
+    "DEFAULT": [],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"],
+}
+
+
+def cpu_levels() -> dict[str, list[str]]:
+    """The levels to compile the CPU kernels for: all of X86_CPU_LEVELS on x86-64 with GCC/Clang, else DEFAULT."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64") and sys.platform != "win32"
+    levels = X86_CPU_LEVELS if x86 else {"DEFAULT": []}
+    wanted = os.environ.get("PERCEPTLOSS_CPU_LEVELS")
+    if wanted:
+        names = [w.strip().upper() for w in wanted.split(",") if w.strip()]
+        unknown = [w for w in names if w not in levels]
+        if unknown or "DEFAULT" not in names:
+            raise SystemExit(f"PERCEPTLOSS_CPU_LEVELS={wanted!r}: choose among {', '.join(levels)}, DEFAULT included")
+        levels = {k: v for k, v in levels.items() if k in names}
+    return levels
+
+
 def extension_modules():
     if _flag("PERCEPTLOSS_NO_EXT"):
         return [], {}
@@ -30,11 +56,19 @@ def extension_modules():
     except ImportError:
         print("perceptloss: torch is not importable at build time; installing the pure-PyTorch package", file=sys.stderr)
         return [], {}
+    level_sources = sorted(glob.glob("csrc/ops/cpu/*_kernel.cpp"))  # compiled once per CPU level
     sources = sorted(glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/ops/cpu/*.cpp")) + ["csrc/module.cpp"]
+    sources = [s for s in sources if s not in level_sources]
+    levels = cpu_levels()
     cuda_sources = sorted(glob.glob("csrc/ops/cuda/*.cu"))
     use_cuda = _flag("FORCE_CUDA") or (torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None)
     cxx = ["-O3"]  # the C++ standard is chosen by torch.utils.cpp_extension to match the headers
-    macros = []
+    # at::parallel_for runs serially unless the translation unit that instantiates it is compiled with OpenMP
+    # (torch's CPU builds use OpenMP; the extension then shares torch's libgomp, same soname).
+    openmp = ["/openmp"] if sys.platform == "win32" else ["-fopenmp"]
+    link = [] if sys.platform == "win32" else ["-fopenmp"]
+    cxx += openmp
+    macros = [(f"PERCEPTLOSS_HAVE_{level}_KERNELS", None) for level in levels if level != "DEFAULT"]
     if use_cuda:
         extra = [f for d in _missing_cuda_header_dirs(cpp_extension.CUDA_HOME) for f in ("-isystem", d)]
         ext = cpp_extension.CUDAExtension(
@@ -42,13 +76,37 @@ def extension_modules():
             sources + cuda_sources,
             extra_compile_args={"cxx": cxx + extra, "nvcc": ["-O3", "-lineinfo"] + extra},
             define_macros=macros + [("PERCEPTLOSS_WITH_CUDA", None)],
+            extra_link_args=link,
         )
     else:
-        ext = cpp_extension.CppExtension("perceptloss._C", sources, extra_compile_args={"cxx": cxx}, define_macros=macros)
+        ext = cpp_extension.CppExtension("perceptloss._C", sources, extra_compile_args={"cxx": cxx},
+                                         define_macros=macros, extra_link_args=link)
     build_ext = cpp_extension.BuildExtension.with_options(use_ninja=_flag("USE_NINJA") or _has_ninja())
 
     class OptionalBuildExt(build_ext):
-        """Fall back to the pure-PyTorch package if compiling fails, unless PERCEPTLOSS_REQUIRE_EXT=1."""
+        """Fall back to the pure-PyTorch package if compiling fails, unless PERCEPTLOSS_REQUIRE_EXT=1.
+
+        Compiles the per-level CPU kernel sources first (one object folder per level, that level's flags and
+        CPU_CAPABILITY macros) and links them after the other objects, DEFAULT first, so that where the linker
+        merges an inline function emitted by several levels it keeps the one every CPU can run.
+        """
+
+        def build_extension(self, ext):
+            objects = []
+            for level, flags in levels.items():
+                postargs = dict(ext.extra_compile_args)
+                postargs["cxx"] = list(postargs["cxx"]) + flags
+                objects += self.compiler.compile(
+                    level_sources,
+                    output_dir=os.path.join(self.build_temp, "cpu_level_" + level.lower()),
+                    macros=list(ext.define_macros) + [("CPU_CAPABILITY", level), (f"CPU_CAPABILITY_{level}", None)],
+                    include_dirs=list(ext.include_dirs),
+                    debug=self.debug,
+                    extra_postargs=postargs,
+                    depends=ext.depends,
+                )
+            ext.extra_objects = list(ext.extra_objects or []) + objects
+            super().build_extension(ext)
 
         def run(self):
             try:

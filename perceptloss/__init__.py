@@ -5,6 +5,7 @@
 >>> value = loss(x, y)        # x, y: (N, 3, H, W) RGB in [0, 1]
 """
 from ._ops import HAS_EXT, has_kernel
+from .cpu_kernels import cpu_kernel_level, cpu_kernel_levels, empty_cpu_cache, set_cpu_grad_cache
 from .functional import feature_distance, feature_distance_reference
 from .loss import FeatureLoss
 from .lpips import LPIPS
@@ -28,6 +29,10 @@ __version__ = "0.1.0"
 __all__ = [
     "HAS_EXT",
     "has_kernel",
+    "cpu_kernel_level",
+    "cpu_kernel_levels",
+    "empty_cpu_cache",
+    "set_cpu_grad_cache",
     "FeatureLoss",
     "LPIPS",
     "StyleLoss",

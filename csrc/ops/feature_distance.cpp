@@ -1,5 +1,6 @@
 // Schema of the perceptloss operators and the argument preparation shared by the CPU and CUDA kernels.
 #include "feature_distance.h"
+#include "cpu/grad_buffer_cache.h"
 
 #include <torch/library.h>
 
@@ -51,7 +52,8 @@ std::vector<PreparedLayer> prepare_layers(
                 a.device(), ", ", b.device(), ") differ from layer 0's ", device);
     TORCH_CHECK(a.device().type() == device_type, "feature_distance: kernel for ", device_type,
                 " called with tensors on ", a.device());
-    TORCH_CHECK(at::isFloatingType(dtype), "feature_distance: features must be floating point, got ", dtype);
+    TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
+                "feature_distance: features must be float32, float64, float16 or bfloat16, got ", dtype);
     int64_t per_sample = 1;
     for (int64_t d = 1; d < a.dim(); ++d) {
       per_sample *= a.size(d);
@@ -73,10 +75,15 @@ GradBuffers::GradBuffers(at::TensorList inputs, const std::vector<PreparedLayer>
   if (!needed) {
     return;
   }
+  // On the CPU, fresh large buffers page-fault on first touch: take them from the cache of freed gradients
+  // (CUDA's caching allocator already does this for CUDA tensors).
+  const auto empty_like = [](const at::Tensor& t) {
+    return t.is_cpu() && t.is_non_overlapping_and_dense() ? cpu::empty_like_cached(t) : at::empty_like(t);
+  };
   for (size_t l = 0; l < layers.size(); ++l) {
-    at::Tensor o = at::empty_like(inputs[l]);
+    at::Tensor o = empty_like(inputs[l]);
     out.push_back(o);
-    work.push_back(o.strides() == layers[l].a.strides() ? o : at::empty_like(layers[l].a));
+    work.push_back(o.strides() == layers[l].a.strides() ? o : empty_like(layers[l].a));
   }
 }
 

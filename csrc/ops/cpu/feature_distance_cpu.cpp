@@ -1,0 +1,117 @@
+// CPU entry points of perceptloss::feature_distance: parallel over (layer, sample, chunk) work items with
+// at::parallel_for; each item runs the inner loop of the CPU level in use (feature_distance_kernel.cpp, compiled
+// per level, chosen in cpu_dispatch.cpp). Chunk partials are combined in a fixed order, so results do not depend
+// on the thread count. Gradient buffers come from grad_buffer_cache (reused memory, see there).
+#include "../feature_distance.h"
+#include "cpu_dispatch.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+namespace perceptloss {
+namespace ops {
+namespace {
+
+using cpu::KernelTable;
+
+constexpr int64_t kChunk = 1 << 15;  // elements of one sample handled by one work item
+
+struct WorkItem {
+  int32_t layer;
+  int64_t sample;
+  int64_t begin;  // element offset inside the sample
+  int64_t end;
+};
+
+std::vector<WorkItem> make_work(const std::vector<PreparedLayer>& layers, int64_t n) {
+  std::vector<WorkItem> items;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    for (int64_t s = 0; s < n; ++s) {
+      for (int64_t b = 0; b < layers[l].per_sample; b += kChunk) {
+        items.push_back({static_cast<int32_t>(l), s, b, std::min(b + kChunk, layers[l].per_sample)});
+      }
+    }
+  }
+  return items;
+}
+
+at::Tensor feature_distance_cpu(at::TensorList inputs, at::TensorList targets, at::ArrayRef<double> weights,
+                                int64_t p) {
+  check_norm(p);
+  const auto layers = prepare_layers(inputs, targets, weights, c10::DeviceType::CPU);
+  const int64_t n = inputs[0].size(0);
+  const int64_t num_layers = static_cast<int64_t>(layers.size());
+  const auto dtype = inputs[0].scalar_type();
+  at::Tensor out = at::empty({n, num_layers}, inputs[0].options().dtype(accumulate_type(dtype)));
+  const auto items = make_work(layers, n);
+  std::vector<double> partial(items.size());
+  const KernelTable& k = cpu::kernels();
+  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const WorkItem& w = items[i];
+      const PreparedLayer& L = layers[w.layer];
+      const int64_t offset = (w.sample * L.per_sample + w.begin) * L.a.element_size();
+      partial[i] = k.diff_norm_sum(dtype, p, static_cast<const char*>(L.a.const_data_ptr()) + offset,
+                                   static_cast<const char*>(L.b.const_data_ptr()) + offset, w.end - w.begin);
+    }
+  });
+  // Items are ordered layer-major, sample, chunk: reduce each (layer, sample) run in that fixed order.
+  std::vector<double> total(static_cast<size_t>(n * num_layers), 0.0);
+  for (size_t k = 0; k < items.size(); ++k) {
+    total[items[k].sample * num_layers + items[k].layer] += partial[k];
+  }
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "feature_distance_cpu_out", [&] {
+    scalar_t* o = out.data_ptr<scalar_t>();
+    for (int64_t s = 0; s < n; ++s) {
+      for (int64_t l = 0; l < num_layers; ++l) {
+        o[s * num_layers + l] = static_cast<scalar_t>(total[s * num_layers + l] * layers[l].scale);
+      }
+    }
+  });
+  return out;
+}
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> feature_distance_backward_cpu(
+    const at::Tensor& grad, at::TensorList inputs, at::TensorList targets, at::ArrayRef<double> weights,
+    bool input_grad, bool target_grad, int64_t p) {
+  check_norm(p);
+  const auto layers = prepare_layers(inputs, targets, weights, c10::DeviceType::CPU);
+  const int64_t n = inputs[0].size(0);
+  const int64_t num_layers = static_cast<int64_t>(layers.size());
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == n && grad.size(1) == num_layers,
+              "feature_distance_backward: grad must be (", n, ", ", num_layers, "), got ", grad.sizes());
+  const auto dtype = inputs[0].scalar_type();
+  const at::Tensor g = grad.to(at::kDouble).contiguous();  // (N, L), tiny
+  const double* gp = g.const_data_ptr<double>();
+  GradBuffers ga(inputs, layers, input_grad), gb(inputs, layers, target_grad);
+  if (input_grad || target_grad) {
+    const auto items = make_work(layers, n);
+    const KernelTable& k = cpu::kernels();
+    at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const WorkItem& w = items[i];
+        const PreparedLayer& L = layers[w.layer];
+        const int64_t offset = (w.sample * L.per_sample + w.begin) * L.a.element_size();
+        // d/da of |a - b|^p: p (a - b)^(p - 1), i.e. 2 (a - b) for p = 2 and sign(a - b) for p = 1.
+        const double s = static_cast<double>(p) * L.scale * gp[w.sample * num_layers + w.layer];
+        auto* pa = static_cast<char*>(ga.data(w.layer));
+        auto* pb = static_cast<char*>(gb.data(w.layer));
+        k.scaled_diff(dtype, p, static_cast<const char*>(L.a.const_data_ptr()) + offset,
+                      static_cast<const char*>(L.b.const_data_ptr()) + offset, pa ? pa + offset : nullptr,
+                      pb ? pb + offset : nullptr, s, w.end - w.begin);
+      }
+    });
+  }
+  return {ga.finish(), gb.finish()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(perceptloss, CPU, m) {
+  m.impl("feature_distance", &feature_distance_cpu);
+  m.impl("feature_distance_backward", &feature_distance_backward_cpu);
+}
+
+}  // namespace ops
+}  // namespace perceptloss

@@ -1,0 +1,36 @@
+// Reused memory for the CPU backward's gradient tensors.
+//
+// On the CPU, glibc hands every large block (over its mmap threshold, at most 32 MiB) back to the kernel when
+// it is freed, so each backward's fresh gradient buffers page-fault and are zeroed by the kernel, which costs
+// more than the kernel's arithmetic (128 MB: ~34 ms to allocate and first touch vs ~4 ms to fill mapped memory).
+// This cache keeps the blocks of freed gradient tensors and hands them to the next backward.
+//
+// Soundness: a block returns to the cache only from the deleter of its storage, i.e. once no tensor, view,
+// autograd graph or hook refers to it any more; memory that is still referenced is never handed out again.
+// The cache holds at most as many bytes as were ever live at once (so memory between steps stays at one
+// backward's worth); perceptloss.empty_cpu_cache() releases it; PERCEPTLOSS_CPU_GRAD_CACHE=0 (or
+// perceptloss.set_cpu_grad_cache(False)) disables it.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace perceptloss {
+namespace ops {
+namespace cpu {
+
+// An uninitialised CPU tensor with the sizes, strides and dtype of `like` (which is non-overlapping and dense);
+// blocks of at least 1 MiB come from the cache.
+at::Tensor empty_like_cached(const at::Tensor& like);
+
+// Frees the cached blocks; returns the bytes released.
+int64_t empty_cache();
+
+// Bytes held in the cache (not counting blocks in use).
+int64_t cached_bytes();
+
+// Turns the cache on or off (off also empties it); returns the previous setting.
+bool set_cache_enabled(bool enabled);
+
+}  // namespace cpu
+}  // namespace ops
+}  // namespace perceptloss

@@ -1,0 +1,69 @@
+"""The fused operator's CPU side: which vector-instruction level runs, and its cache of gradient memory.
+
+The CPU kernels are compiled once per level (DEFAULT, AVX2, AVX512 on x86-64) and the highest one that ATen
+reports for this CPU is used, so ``ATEN_CPU_CAPABILITY=avx2`` (or ``default``) lowers it like it lowers ATen's.
+
+The backward takes its gradient tensors from a cache of freed gradient memory (on the CPU a fresh large
+allocation page-faults and costs more than the kernel). A block is reused only after its tensor was freed
+(no tensor, view, graph or hook refers to it any more), and the cache holds at most what was ever live at
+once. ``empty_cpu_cache()`` returns that memory to the system; ``set_cpu_grad_cache(False)`` or the environment
+variable ``PERCEPTLOSS_CPU_GRAD_CACHE=0`` turns the cache off.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+from . import _ops
+
+
+def _require() -> None:
+    if not _ops.has_kernel("cpu"):
+        raise RuntimeError(_ops.unavailable_reason(torch.device("cpu")))
+
+
+def cpu_kernel_levels() -> list[str]:
+    """Levels built into the operator that this CPU can run, lowest first, e.g. ['DEFAULT', 'AVX2', 'AVX512']."""
+    _require()
+    return list(torch.ops.perceptloss._cpu_kernel_levels())
+
+
+def cpu_kernel_level() -> str:
+    """The level the CPU kernels run at now."""
+    _require()
+    return torch.ops.perceptloss._cpu_kernel_level()
+
+
+@contextlib.contextmanager
+def forced_cpu_kernel_level(level: str) -> Iterator[None]:
+    """Runs the CPU kernels at ``level`` (one of ``cpu_kernel_levels()``) inside the block, e.g. to compare levels.
+
+    Process-wide, not thread-local: meant for tests and benchmarks.
+    """
+    _require()
+    before = torch.ops.perceptloss._cpu_kernel_level()
+    torch.ops.perceptloss._set_cpu_kernel_level(level)
+    try:
+        yield
+    finally:
+        torch.ops.perceptloss._set_cpu_kernel_level("" if before == cpu_kernel_levels()[-1] else before)
+
+
+def empty_cpu_cache() -> int:
+    """Frees the cached gradient memory of the CPU backward; returns the number of bytes released."""
+    _require()
+    return int(torch.ops.perceptloss._empty_cpu_cache())
+
+
+def cpu_cache_bytes() -> int:
+    """Bytes of freed gradient memory the CPU backward holds for reuse."""
+    _require()
+    return int(torch.ops.perceptloss._cpu_cache_bytes())
+
+
+def set_cpu_grad_cache(enabled: bool) -> bool:
+    """Turns the CPU backward's gradient-memory cache on or off (off empties it); returns the previous setting."""
+    _require()
+    return bool(torch.ops.perceptloss._set_cpu_grad_cache(bool(enabled)))

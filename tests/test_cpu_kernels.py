@@ -1,0 +1,163 @@
+"""The CPU kernels at every built instruction level, the level choice, and the backward's gradient-memory cache."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import perceptloss
+from perceptloss.cpu_kernels import cpu_cache_bytes, cpu_kernel_level, cpu_kernel_levels, forced_cpu_kernel_level
+from perceptloss.functional import feature_distance_reference
+
+from .test_fused_op import SHAPES, TOL, make
+
+pytestmark = pytest.mark.skipif(not perceptloss.has_kernel("cpu"), reason="fused CPU operator not built")
+op = torch.ops.perceptloss.feature_distance if perceptloss.HAS_EXT else None
+LEVELS = cpu_kernel_levels() if perceptloss.has_kernel("cpu") else []
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+def test_levels_are_built_for_this_cpu():
+    assert LEVELS[0] == "DEFAULT"
+    assert cpu_kernel_level() == LEVELS[-1]  # the highest runnable level is the default choice
+    if os.uname().machine == "x86_64" and torch.backends.cpu.get_cpu_capability() == "AVX512":
+        assert LEVELS == ["DEFAULT", "AVX2", "AVX512"]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("p", [1, 2])
+def test_every_level_matches_the_reference(level, dtype, p):
+    # Sizes with vector tails, 1x1 maps, several work chunks per sample, channels_last.
+    for n, shapes in SHAPES[:4] + [(2, [(16, 64, 65)])]:
+        a, b, w = make(n, shapes, dtype, "cpu", requires_grad=True)
+        if len(shapes) > 1:
+            a = [a[0].detach().to(memory_format=torch.channels_last).requires_grad_()] + a[1:]
+            b = [b[0].detach().to(memory_format=torch.channels_last).requires_grad_()] + b[1:]
+        with forced_cpu_kernel_level(level):
+            assert cpu_kernel_level() == level
+            out = op(a, b, w, p)
+            g = torch.rand(out.shape, dtype=out.dtype)
+            grads = torch.autograd.grad(out, a + b, g)
+        a64 = [t.detach().double().requires_grad_() for t in a]
+        b64 = [t.detach().double().requires_grad_() for t in b]
+        ref = feature_distance_reference(a64, b64, w, p)
+        ref_grads = torch.autograd.grad(ref, a64 + b64, g.double())
+        torch.testing.assert_close(out.double(), ref.detach(), **TOL[dtype])
+        for got, exp, src in zip(grads, ref_grads, a + b):
+            assert got.dtype == dtype and got.stride() == src.stride()
+            torch.testing.assert_close(got.double(), exp, **TOL[dtype])
+
+
+def test_levels_agree_closely_in_fp32():
+    a, b, w = make(3, [(64, 32, 32), (128, 16, 15)], torch.float32, "cpu")
+    outs = []
+    for level in LEVELS:
+        with forced_cpu_kernel_level(level):
+            outs.append(op(a, b, w))
+    for o in outs[1:]:
+        torch.testing.assert_close(o, outs[0], rtol=1e-6, atol=0)
+
+
+def test_unknown_level_is_refused_with_the_choices():
+    with pytest.raises(RuntimeError, match="not available here; built and runnable: DEFAULT"):
+        with forced_cpu_kernel_level("SSE9"):
+            pass
+    assert cpu_kernel_level() == LEVELS[-1]
+
+
+@pytest.mark.parametrize("env, expected", [("default", "DEFAULT"), ("avx2", "AVX2")])
+def test_aten_cpu_capability_lowers_the_level(env, expected):
+    if expected not in LEVELS:
+        pytest.skip(f"{expected} kernels are not runnable here")
+    code = "import torch, perceptloss; print(perceptloss.cpu_kernel_level())"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ATEN_CPU_CAPABILITY": env},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == expected
+
+
+# ------------------------------------------------------------------------------------ gradient-memory cache
+
+BIG = [(64, 64, 64), (128, 32, 32)]  # 1 MiB and more per layer in fp32 at N=2: served by the cache
+
+
+def big_features(seed=0):
+    a, b, w = make(2, BIG, torch.float32, "cpu", seed=seed)
+    return [t.requires_grad_() for t in a], b, w
+
+
+def expected_grads(a, b, w):
+    a64 = [t.detach().double().requires_grad_() for t in a]
+    ref = feature_distance_reference(a64, [t.double() for t in b], w)
+    return torch.autograd.grad(ref.sum(), a64)
+
+
+def test_freed_gradient_memory_is_reused_and_bounded():
+    perceptloss.empty_cpu_cache()
+    a, b, w = big_features()
+    grads = torch.autograd.grad(op(a, b, w).sum(), a)
+    ptrs = {t.data_ptr() for t in grads}
+    nbytes = sum(t.numel() * t.element_size() for t in grads)
+    del grads  # freed: back to the cache
+    assert cpu_cache_bytes() >= nbytes
+    again = torch.autograd.grad(op(a, b, w).sum(), a)
+    assert {t.data_ptr() for t in again} == ptrs
+    for got, exp in zip(again, expected_grads(a, b, w)):
+        torch.testing.assert_close(got.double(), exp)
+    del again
+    for _ in range(5):  # steady state: the cache never holds more than one backward's worth
+        torch.autograd.grad(op(a, b, w).sum(), a)
+        assert cpu_cache_bytes() <= 2 * nbytes
+    assert perceptloss.empty_cpu_cache() > 0
+    assert cpu_cache_bytes() == 0
+
+
+def test_held_gradients_are_never_overwritten():
+    """Retained graph, double forward and a hook that keeps the gradient: the next backward gets new memory."""
+    perceptloss.empty_cpu_cache()
+    a, b, w = big_features()
+    kept = []
+    h = a[0].register_hook(lambda g: kept.append(g))
+    out1 = op(a, b, w)
+    out2 = op(a, [t * 0.5 for t in b], w)  # second forward over the same inputs
+    g1 = torch.autograd.grad(out1.sum(), a, retain_graph=True)
+    snap1 = [t.clone() for t in g1]
+    g1b = torch.autograd.grad(out1.sum(), a, retain_graph=True)  # the retained graph again
+    g2 = torch.autograd.grad(out2.sum(), a)
+    h.remove()
+    for held, snap in zip(g1, snap1):
+        assert torch.equal(held, snap)
+    live = [t.data_ptr() for t in list(g1) + list(g1b) + list(g2)]
+    assert len(set(live)) == len(live)  # no two live gradients share memory
+    assert [t.data_ptr() for t in kept] == [g1[0].data_ptr(), g1b[0].data_ptr(), g2[0].data_ptr()]
+    for got, exp in zip(g1b, expected_grads(a, b, w)):
+        torch.testing.assert_close(got.double(), exp)
+    for got, exp in zip(g2, expected_grads(a, [t * 0.5 for t in b], w)):
+        torch.testing.assert_close(got.double(), exp)
+    torch.testing.assert_close(kept[0], g1[0])
+
+
+def test_accumulated_parameter_gradients_stay_correct_over_steps():
+    """Leaf .grad accumulation across steps (autograd may keep the first gradient tensor as .grad)."""
+    perceptloss.empty_cpu_cache()
+    a, b, w = big_features()
+    for _ in range(3):
+        op(a, b, w).sum().backward()
+    for t, exp in zip(a, expected_grads(a, b, w)):
+        torch.testing.assert_close(t.grad.double(), 3 * exp)
+
+
+def test_cache_off_still_correct():
+    before = perceptloss.set_cpu_grad_cache(False)
+    try:
+        assert cpu_cache_bytes() == 0
+        a, b, w = big_features()
+        grads = torch.autograd.grad(op(a, b, w).sum(), a)
+        del grads
+        assert cpu_cache_bytes() == 0
+        again = torch.autograd.grad(op(a, b, w).sum(), a)
+        for got, exp in zip(again, expected_grads(a, b, w)):
+            torch.testing.assert_close(got.double(), exp)
+    finally:
+        perceptloss.set_cpu_grad_cache(before)
