@@ -62,6 +62,8 @@ class StyleLoss(FeatureLoss):
         check_inputs: bool = True,
         fused: bool | None = None,
         normalization: Normalization | None = None,
+        dtype: torch.dtype | None = None,
+        memory_format: str | torch.memory_format = "auto",
     ) -> None:
         super().__init__(
             backbone,
@@ -75,6 +77,8 @@ class StyleLoss(FeatureLoss):
             check_inputs=check_inputs,
             fused=fused,
             normalization=normalization,
+            dtype=dtype,
+            memory_format=memory_format,
         )
 
     def representation(self, features: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -24,14 +24,23 @@ def test_frozen_by_construction(tiny_net):
     assert all(p.grad is None for p in loss.parameters())
 
 
-def test_truncated_after_deepest_layer_and_no_inplace_relu():
-    loss = FeatureLoss("vgg19", ["conv3_1", "relu1_1"], weights=None)
+def test_truncated_after_deepest_layer_and_inplace_relu_only_where_nothing_read_is_overwritten():
+    loss = FeatureLoss("vgg19", ["conv3_1", "relu1_1", "conv2_1"], weights=None)
     assert len(loss.net.features) == 11  # up to conv3_1 (index 10)
-    assert not any(getattr(m, "inplace", False) for m in loss.net.modules())
+    relus = {i: m.inplace for i, m in enumerate(loss.net.features) if isinstance(m, torch.nn.ReLU)}
+    # relu1_1 (1), relu1_2 (3), relu2_1 (6, after the requested conv2_1), relu2_2 (8)
+    assert relus == {1: True, 3: True, 6: False, 8: True}
     x = torch.randn(1, 3, 16, 16)
-    conv31, relu11 = loss.features(x)
+    conv31, relu11, conv21 = loss.features(x)
     assert (conv31 < 0).any(), "conv3_1 must be read before its ReLU"
+    assert (conv21 < 0).any(), "conv2_1 must be read before its ReLU"
     assert (relu11 >= 0).all()
+    h, reference = loss.preprocess(x), {}
+    for i, m in enumerate(loss.net.features):  # every module out of place
+        h = torch.relu(h) if isinstance(m, torch.nn.ReLU) else m(h)
+        reference[i] = h
+    for got, i in zip((conv31, relu11, conv21), (10, 1, 5)):
+        torch.testing.assert_close(got, reference[i])
 
 
 def test_gradcheck_float64_tiny_backbone(tiny_net):
@@ -211,3 +220,46 @@ def test_autocast_accepts_a_low_precision_input_next_to_a_float_target(tiny_net)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = loss.per_layer(x, y)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_memory_format_changes_speed_not_results():
+    torch.manual_seed(0)
+    loss = FeatureLoss("vgg19", ["relu1_1", "conv2_1", "relu3_1"], weights=None)
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    y = torch.rand(2, 3, 32, 32)
+    results = {}
+    for mf in ("auto", "channels_last", "contiguous", torch.channels_last):
+        loss.memory_format = mf
+        value = loss(x, y)
+        (grad,) = torch.autograd.grad(value, x)
+        assert grad.is_contiguous(), "the gradient keeps the input's layout"
+        results[str(mf)] = (value, grad)
+    ref_value, ref_grad = results["contiguous"]
+    for value, grad in results.values():
+        torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-7)
+    xcl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    loss.memory_format = "contiguous"
+    (grad,) = torch.autograd.grad(loss(xcl, y), xcl)
+    assert grad.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="memory_format must be"):
+        FeatureLoss("vgg19", "dfc123", weights=None, memory_format="nhwc")
+
+
+def test_reduced_precision_network_close_to_float32():
+    torch.manual_seed(0)
+    ref = FeatureLoss("vgg19", "dfc123", weights=None, reduction="none")
+    half = FeatureLoss("vgg19", "dfc123", weights=None, reduction="none", dtype=torch.bfloat16)
+    half.net.load_state_dict(ref.net.state_dict())  # copied and cast to bfloat16
+    assert all(p.dtype == torch.bfloat16 for p in half.net.parameters())
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    y = torch.rand(2, 3, 32, 32)
+    value = half(x, y)
+    assert value.dtype == torch.float32  # accumulated in float32
+    (grad,) = torch.autograd.grad(value.sum(), x)
+    assert grad.dtype == torch.float32
+    (ref_grad,) = torch.autograd.grad(ref(x, y).sum(), x)
+    torch.testing.assert_close(value, ref(x, y), rtol=0.05, atol=0)
+    assert torch.nn.functional.cosine_similarity(grad.flatten(), ref_grad.flatten(), dim=0) > 0.98
+    with pytest.raises(ValueError, match="floating torch.dtype"):
+        FeatureLoss("vgg19", "dfc123", weights=None, dtype=torch.int8)

@@ -17,8 +17,10 @@ class SequentialFeatures(FeatureExtractor):
     """Return the outputs of the modules named ``layers`` of a sequential trunk, in the order asked.
 
     ``modules`` and ``names`` are the full trunk and one name per module; the trunk is truncated after the
-    deepest requested layer and every top-level ``nn.ReLU`` is made out-of-place, so that a tapped
-    pre-activation is not overwritten. Input (N, 3, H, W) normalised for the weights.
+    deepest requested layer. A top-level ``nn.ReLU`` runs in place where that is safe (the module before it is
+    a convolution, batch norm or linear layer that writes a fresh tensor, and that tensor is not requested) and
+    out of place otherwise, so that a requested pre-activation (``conv3_1``) is never overwritten while no
+    memory is spent on ReLU outputs nobody reads. Input (N, 3, H, W) normalised for the weights.
     """
 
     def __init__(self, modules: Sequence[nn.Module], names: Sequence[str], layers: tuple[str, ...]) -> None:
@@ -28,10 +30,17 @@ class SequentialFeatures(FeatureExtractor):
         self.taps = [index[n] for n in self.layers]
         self._tapset = frozenset(self.taps)
         depth = max(self.taps) + 1
+        trunk = list(modules)[:depth]
         self.features = nn.Sequential(
-            *[nn.ReLU(inplace=False) if isinstance(m, nn.ReLU) else m for m in list(modules)[:depth]]
+            *[nn.ReLU(inplace=self._relu_may_run_in_place(trunk, i)) if isinstance(m, nn.ReLU) else m
+              for i, m in enumerate(trunk)]
         )
         self.freeze()
+
+    def _relu_may_run_in_place(self, trunk: list[nn.Module], i: int) -> bool:
+        """True when the ReLU at index ``i`` may overwrite its input: a fresh tensor that nobody reads."""
+        fresh_output = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
+        return i > 0 and isinstance(trunk[i - 1], fresh_output) and (i - 1) not in self._tapset
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         found: dict[int, torch.Tensor] = {}

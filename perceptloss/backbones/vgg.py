@@ -1,8 +1,8 @@
 """VGG16/VGG19 convolutional trunks with Caffe-style layer names (conv1_1 ... relu5_4, pool1 ... pool5).
 
-The trunk is torchvision's ``make_layers`` configuration with every ReLU made out-of-place, so that a feature
-read at ``conv3_1`` really is the convolution output before its ReLU (torchvision's in-place ReLU would
-overwrite it). Parameter names match torchvision's ``features.N.*``, so torchvision state dicts load as they are.
+The trunk is torchvision's ``make_layers`` configuration; a ReLU runs in place only where the convolution output
+it overwrites is not requested, so that a feature read at ``conv3_1`` really is the convolution output before its
+ReLU (SequentialFeatures decides). Parameter names match torchvision's ``features.N.*``, so torchvision state dicts load as they are.
 """
 from __future__ import annotations
 
