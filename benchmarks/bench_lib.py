@@ -64,6 +64,36 @@ OPERATOR_CONTENDERS = {
 }
 
 
+class HandWrittenVGGLoss(torch.nn.Module):
+    """The 20-line perceptual loss a careful user writes: torchvision VGG19 truncated after the deepest tap,
+    frozen, in-place ReLU, a clone at each tap (the next in-place ReLU would overwrite it), ``mse_loss`` summed
+    over layers, the target's features under ``no_grad``. ImageNet normalisation. Random weights (same cost)."""
+
+    def __init__(self, taps=(1, 6, 11)):  # relu1_1, relu2_1, relu3_1 (the DFC-VAE's VAE-123)
+        super().__init__()
+        import torchvision
+
+        self.taps = set(taps)
+        self.net = torchvision.models.vgg19(weights=None).features[: max(taps) + 1].eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def features(self, x):
+        h, out = (x - self.mean) / self.std, []
+        for i, m in enumerate(self.net):
+            h = m(h)
+            if i in self.taps:
+                out.append(h.clone())
+        return out
+
+    def forward(self, x, y):
+        with torch.no_grad():
+            fy = self.features(y)
+        return sum(F.mse_loss(a, b) for a, b in zip(self.features(x), fy))
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -88,6 +118,39 @@ def median_time(fn: Callable[[], object], device: str, warmup: int = 3, repeats:
             fn()
             times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], device: str, warmup: int = 3,
+                        repeats: int = 10) -> dict[str, float]:
+    """Median wall time in seconds of each of ``fns``, timed round-robin (A B C A B C ...) on the same inputs.
+
+    Interleaving spreads the noise of a shared machine (other jobs, frequency changes) over every contender
+    instead of letting it hit whichever contender happened to run at that moment.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if device.startswith("cuda"):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times[name].append(start.elapsed_time(end) / 1000)
+            else:
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def read_floor(a, b, w):
+    """Reads every element of a and b once (one dot product per layer): the least a forward can do."""
+    return [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)]
 
 
 def copy_bandwidth(device: str, nbytes: int = 1 << 28) -> float:
