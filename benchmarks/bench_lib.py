@@ -153,6 +153,22 @@ def read_floor(a, b, w):
     return [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)]
 
 
+def read_floor_sum(a, b, w):
+    """Reads every element of a and b once (a sum per tensor, accumulated in float)."""
+    return [x.sum() + y.sum() for x, y in zip(a, b)]
+
+
+def without_grad_cache(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with the fused backward's gradient-memory cache off (fresh buffers every call)."""
+    def run():
+        before = perceptloss.set_cpu_grad_cache(False)
+        try:
+            return fn()
+        finally:
+            perceptloss.set_cpu_grad_cache(before)
+    return run
+
+
 def copy_bandwidth(device: str, nbytes: int = 1 << 28) -> float:
     """Measured device copy bandwidth in bytes/s (read + write counted), from a large tensor copy."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()

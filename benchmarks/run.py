@@ -32,36 +32,80 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _ms(t: float) -> str:
+    return f"{t * 1e3:.2f}"
+
+
 def bench_operator(device: str, repeats: int, cases: list[str]) -> str:
-    bandwidth = bl.copy_bandwidth(device)
-    out = [f"Measured copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + write of a 256 MiB fp32 copy).\n"]
+    """Fused operator vs torch.compile / eager of the same per-sample distance, and the read floor."""
+    import perceptloss
+
+    has = perceptloss_has(device)
+    out = []
     rows = []
     for case in cases:
         for dtype in (torch.float32, torch.bfloat16):
-            for mode in ("forward", "forward+backward"):
-                a, b, w = bl.make_features(case, dtype, device, requires_grad=mode != "forward")
-                numel = sum(t.numel() for t in a)
-                # forward reads a and b; the fused backward reads a, b again and writes grad_a
-                nbytes = numel * a[0].element_size() * (2 if mode == "forward" else 5)
-                times = {}
-                for name, fn in bl.OPERATOR_CONTENDERS.items():
-                    if name == "fused op" and not perceptloss_has(device):
-                        continue
-                    if mode == "forward":
-                        run = lambda fn=fn: fn(a, b, w)  # noqa: E731
-                    else:
-                        run = lambda fn=fn: torch.autograd.grad(fn(a, b, w).sum(), a)  # noqa: E731
-                    with torch.no_grad() if mode == "forward" else torch.enable_grad():
-                        times[name] = bl.median_time(run, device, repeats=repeats)
-                base = times["eager mse_loss sum"]
-                for name, t in times.items():
-                    rows.append([case, str(dtype).replace("torch.", ""), mode, name, f"{t * 1e3:.2f}",
-                                 f"{base / t:.2f}x", f"{nbytes / 1e6:.0f}", f"{nbytes / t / 1e9:.1f}",
-                                 f"{nbytes / t / bandwidth:.0%}"])
-    out.append(table(["case", "dtype", "pass", "contender", "ms", "vs eager mse", "MB moved", "GB/s", "of copy BW"], rows))
-    out.append("\nMB moved is the minimum traffic of a fused implementation (forward: read a and b; forward+backward: "
-               "read a, b twice, write grad_a); the same figure is used for every contender.")
+            a, b, w = bl.make_features(case, dtype, device, requires_grad=True)
+            nbytes = 2 * sum(t.numel() for t in a) * a[0].element_size()
+            fwd = {"torch.compile per-sample": lambda: bl.compiled_eager(a, b, w),
+                   "eager per-sample": lambda: bl.eager_per_sample(a, b, w),
+                   "read floor: torch.dot(a, b)": lambda: bl.read_floor(a, b, w),
+                   "read floor: a.sum() + b.sum()": lambda: bl.read_floor_sum(a, b, w)}
+            if has:
+                fwd = {"fused op": lambda: bl.fused(a, b, w), **fwd}
+            with torch.no_grad():
+                tf = bl.interleaved_medians(fwd, device, repeats=repeats)
+            floor = min(tf["read floor: torch.dot(a, b)"], tf["read floor: a.sum() + b.sum()"])
+            grad = lambda fn: lambda: torch.autograd.grad(fn(a, b, w).sum(), a)  # noqa: E731
+            bwd = {"torch.compile per-sample": grad(bl.compiled_eager), "eager per-sample": grad(bl.eager_per_sample)}
+            if has:
+                bwd = {"fused op": grad(bl.fused), **bwd}
+                if device == "cpu":
+                    bwd["fused op, gradient cache off"] = bl.without_grad_cache(grad(bl.fused))
+            tb = bl.interleaved_medians(bwd, device, repeats=repeats)
+            dt = str(dtype).replace("torch.", "")
+            for name, t in tf.items():
+                rows.append([case, dt, "forward", name, _ms(t), f"{tf['torch.compile per-sample'] / t:.2f}x",
+                             f"{floor / t:.0%}", f"{nbytes / t / 1e9:.1f}"])
+            for name, t in tb.items():
+                rows.append([case, dt, "forward+backward", name, _ms(t), f"{tb['torch.compile per-sample'] / t:.2f}x",
+                             "", ""])
+    out.append(table(["case", "dtype", "pass", "contender", "ms", "speed vs compile", "of read floor",
+                      "GB/s read"], rows))
+    out.append("\nInterleaved medians (A B C A B C ...) on the same inputs: VGG19 relu1_1..relu5_1 feature shapes, "
+               "`a` requires grad, `b` does not. Read floor: the faster of one `torch.dot(a, b)` and one "
+               "`a.sum() + b.sum()` per layer (each element read once). torch.compile compiles the per-sample "
+               "eager distance (`feature_distance_reference`), dynamic=False. \"gradient cache off\" allocates "
+               "fresh gradient buffers every call (`perceptloss.set_cpu_grad_cache(False)`).")
+    if has and device == "cpu":
+        out.append("\n" + bench_levels(repeats, cases[0]))
     return "\n".join(out)
+
+
+def bench_levels(repeats: int, case: str) -> str:
+    """The fused operator at each CPU instruction level built into it."""
+    from perceptloss.cpu_kernels import cpu_kernel_levels, forced_cpu_kernel_level
+
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b, w = bl.make_features(case, dtype, "cpu", requires_grad=True)
+
+        def at(level, fn):
+            def run():
+                with forced_cpu_kernel_level(level):
+                    return fn()
+            return run
+
+        with torch.no_grad():
+            tf = bl.interleaved_medians({lv: at(lv, lambda: bl.fused(a, b, w)) for lv in cpu_kernel_levels()}, "cpu",
+                                        repeats=repeats)
+        tb = bl.interleaved_medians({lv: at(lv, lambda: torch.autograd.grad(bl.fused(a, b, w).sum(), a))
+                                     for lv in cpu_kernel_levels()}, "cpu", repeats=repeats)
+        for lv in tf:
+            rows.append([case, str(dtype).replace("torch.", ""), lv, _ms(tf[lv]), _ms(tb[lv])])
+    return ("Fused operator per CPU level (`ATEN_CPU_CAPABILITY` picks the default; "
+            "`perceptloss.cpu_kernels.forced_cpu_kernel_level` here):\n\n" +
+            table(["case", "dtype", "level", "forward ms", "forward+backward ms"], rows))
 
 
 def perceptloss_has(device: str) -> bool:
@@ -72,87 +116,103 @@ def perceptloss_has(device: str) -> bool:
 
 # ------------------------------------------------------------------------------------------- whole loss
 
-
-def _loss_contender(name: str, device: str, case: str, repeats: int, queue) -> None:
-    """Runs in a fresh process so that peak memory is this contender's own."""
-    import torchvision
-
-    from perceptloss import FeatureLoss
-
-    torch.manual_seed(0)
-    n, size = bl.CASES[case]
-    x = torch.rand(n, 3, size, size, device=device, requires_grad=True)
-    y = torch.rand(n, 3, size, size, device=device)
-    layers = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
-    if name.startswith("perceptloss"):
-        loss = FeatureLoss("vgg19", layers, fused=name.endswith("fused"), check_inputs=False).to(device)
-        fn = lambda: torch.autograd.grad(loss(x, y), x)  # noqa: E731
-    elif name == "naive (full VGG19, concat, in-place ReLU)":
-        net = torchvision.models.vgg19(weights=None).features.to(device).eval()  # random init: same cost
-        for p in net.parameters():
-            p.requires_grad_(False)
-        taps = {1, 6, 11, 20, 29}
-        mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
-        std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
-
-        def fn():
-            h = (torch.cat([x, y]) - mean) / std
-            total = 0
-            for i, m in enumerate(net):  # runs all 37 modules, like the usual copy-pasted loss
-                h = m(h)
-                if i in taps:
-                    fx, fy = h.chunk(2)
-                    total = total + torch.nn.functional.mse_loss(fx, fy.detach())
-            return torch.autograd.grad(total, x)
-    else:
-        queue.put((name, None, None, "unknown contender"))
-        return
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    t = bl.median_time(fn, device, warmup=2, repeats=repeats)
-    if device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put((name, t, peak, ""))
+LOSS_CASES = {"N16-64px": (16, 64), "N4-256px": (4, 256)}
+RELU_X1 = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
 
 
-def peer_contenders() -> list[tuple[str, str]]:
-    """Other perceptual-loss libraries that are installed and can load weights offline (else a reason)."""
-    found = []
-    for module, label in (("lpips", "lpips (VGG)"), ("piq", "piq LPIPS"), ("torchmetrics", "torchmetrics LPIPS")):
-        try:
-            __import__(module)
-            found.append((label, f"{module} is installed but its weights are downloaded at first use; "
-                                 "offline it cannot load them, so it is not timed"))
-        except ImportError:
-            found.append((label, f"{module} is not installed"))
-    return found
+def loss_contenders(device: str) -> dict[str, object]:
+    """label -> builder() -> loss(x, y): ours, the hand-written loss and the peers; all frozen, random weights."""
+    import peers
+    from perceptloss import LPIPS, FeatureLoss
+
+    def ours(layers, **kw):
+        return lambda: FeatureLoss("vgg19", layers, weights=None, check_inputs=False, **kw).to(device)
+
+    def handwritten(autocast=False):
+        def build():
+            loss = bl.HandWrittenVGGLoss().to(device)
+            if not autocast:
+                return loss
+
+            def run(x, y):
+                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+                    return loss(x, y)
+            return run
+        return build
+
+    contenders = {
+        "perceptloss FeatureLoss(dfc123), fp32": ours("dfc123"),
+        "perceptloss FeatureLoss(dfc123), fp32, fused=False": ours("dfc123", fused=False),
+        "hand-written VGG19 relu1_1..3_1 (mse_loss), fp32": handwritten(),
+        "perceptloss FeatureLoss(dfc123, dtype=bfloat16)": ours("dfc123", dtype=torch.bfloat16),
+        "hand-written VGG19 relu1_1..3_1, autocast bf16": handwritten(autocast=True),
+        "perceptloss FeatureLoss(relu1_1..relu5_1), fp32": ours(RELU_X1),
+        "perceptloss LPIPS(vgg), fp32": lambda: LPIPS(net="vgg").to(device),
+    }
+    for label, build in peers.PEERS.items():
+        contenders[label] = (lambda build=build: build(device))
+    return contenders
+
+
+def _peak_memory(label: str, device: str, case: str, queue) -> None:
+    """Runs in a fresh process: peak memory of a few fwd+bwd calls of one contender."""
+    os.environ.setdefault("PERCEPTLOSS_OFFLINE", "1")
+    try:
+        fn = loss_contenders(device)[label]()
+        n, size = LOSS_CASES[case]
+        x = torch.rand(n, 3, size, size, device=device, requires_grad=True)
+        y = torch.rand(n, 3, size, size, device=device)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        for _ in range(3):
+            torch.autograd.grad(fn(x, y), x)
+        if device.startswith("cuda"):
+            queue.put(torch.cuda.max_memory_allocated() / 2**20)
+        else:
+            queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before)
+    except Exception as e:  # noqa: BLE001 - reported in the table
+        queue.put(f"{type(e).__name__}: {e}")
+
+
+def peak_memory(label: str, device: str, case: str) -> str:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_peak_memory, args=(label, device, case, q))
+    p.start()
+    p.join()
+    got = q.get() if not q.empty() else "no result"
+    return f"{got:.0f}" if isinstance(got, float) else str(got)[:80]
 
 
 def bench_loss(device: str, repeats: int, cases: list[str]) -> str:
-    ctx = mp.get_context("spawn")
+    import peers
+
+    status = dict(peers.peer_status(device))
+    builders = loss_contenders(device)
+    fns, notes = {}, []
+    for label, build in builders.items():
+        if status.get(label, "ok") != "ok":
+            notes.append(f"- {label}: not timed, {status[label]}")
+            continue
+        fns[label] = build()
     rows = []
-    names = ["perceptloss fused", "perceptloss eager", "naive (full VGG19, concat, in-place ReLU)"]
     for case in cases:
-        results = {}
-        for name in names:
-            if name == "perceptloss fused" and not perceptloss_has(device):
-                continue
-            q = ctx.Queue()
-            p = ctx.Process(target=_loss_contender, args=(name, device, case, repeats, q))
-            p.start()
-            p.join()
-            if not q.empty():
-                n, t, peak, note = q.get()
-                results[n] = (t, peak)
-        base = results["naive (full VGG19, concat, in-place ReLU)"][0]
-        for name, (t, peak) in results.items():
-            rows.append([case, name, f"{t * 1e3:.1f}", f"{base / t:.2f}x", f"{peak:.0f}"])
-    mem = "peak CUDA memory allocated" if device.startswith("cuda") else "peak RSS of the process"
-    notes = "\n".join(f"- {label}: skipped, {why}." for label, why in peer_contenders())
-    return table(["case", "contender", "ms (fwd+bwd)", "vs naive", f"MiB ({mem})"], rows) + \
-        "\n\nLayers relu1_1…relu5_1, input requires grad, target does not.\n" + notes
+        n, size = LOSS_CASES[case]
+        torch.manual_seed(0)
+        x = torch.rand(n, 3, size, size, device=device, requires_grad=True)
+        y = torch.rand(n, 3, size, size, device=device)
+        runs = {label: (lambda fn=fn: torch.autograd.grad(fn(x, y), x)) for label, fn in fns.items()}
+        times = bl.interleaved_medians(runs, device, warmup=2, repeats=repeats)
+        base = times["hand-written VGG19 relu1_1..3_1 (mse_loss), fp32"]
+        for label, t in times.items():
+            rows.append([case, label, f"{t * 1e3:.1f}", f"{base / t:.2f}x", peak_memory(label, device, case)])
+    mem = "peak CUDA memory allocated" if device.startswith("cuda") else "growth of peak RSS over 3 calls"
+    return (table(["case", "contender", "ms (fwd+bwd)", "speed vs hand-written fp32", f"MiB ({mem})"], rows) +
+            "\n\nInterleaved medians on the same images; input requires grad, target does not; random trunk "
+            "weights everywhere (cost does not depend on the values; peers built offline by benchmarks/peers.py). "
+            "Peak memory is measured in a separate fresh process per contender. LPIPS rows run VGG16 "
+            "relu1_2..relu5_3; piq's run every module of the trunk.\n" + "\n".join(notes))
 
 
 # ---------------------------------------------------------------------------------------- training step
@@ -163,29 +223,33 @@ def bench_train_step(device: str, repeats: int, batch: int) -> str:
     from vae import VAE
 
     settings = [
-        ("baseline (eager distance, fp32)", dict(fused=False)),
-        ("+ fused op", dict(fused=None)),
+        ("baseline (eager distance, NCHW, fp32)", dict(fused=False, memory_format="contiguous")),
+        ("+ fused op", dict(fused=None, memory_format="contiguous")),
+        ("+ channels_last loss network (FeatureLoss default)", dict(fused=None)),
         ("+ bf16 autocast", dict(fused=None, amp=True)),
-        ("+ channels_last", dict(fused=None, amp=True, cl=True)),
+        ("+ channels_last VAE", dict(fused=None, amp=True, cl=True)),
         ("+ torch.compile", dict(fused=None, amp=True, cl=True, compile=True)),
     ]
     rows = []
     for preset in ("vae123", "vae345", "pvae"):
+        steps, failed = {}, {}
         for label, s in settings:
-            if preset == "pvae" and label in ("+ fused op",):
-                continue
+            if preset == "pvae" and ("fused" in label or "loss network" in label):
+                continue  # no feature loss
             torch.manual_seed(0)
             model = VAE().to(device)
             obj = DFCObjective(preset, fused=s.get("fused")).to(device)
+            if obj.feature_loss is not None and "memory_format" in s:
+                obj.feature_loss.memory_format = s["memory_format"]
             x = torch.rand(batch, 3, 64, 64, device=device)
             if s.get("cl"):
-                model, obj = model.to(memory_format=torch.channels_last), obj.to(memory_format=torch.channels_last)
+                model = model.to(memory_format=torch.channels_last)
                 x = x.contiguous(memory_format=torch.channels_last)
             opt = torch.optim.Adam(model.parameters(), lr=5e-4, betas=(0.5, 0.999))
             fwd = torch.compile(model) if s.get("compile") else model
             loss_fn = torch.compile(obj) if s.get("compile") else obj
 
-            def step():
+            def step(s=s, fwd=fwd, loss_fn=loss_fn, opt=opt, x=x):
                 with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bool(s.get("amp"))):
                     recon, mean, logvar = fwd(x)
                     terms = loss_fn(recon, x, mean, logvar)
@@ -194,14 +258,20 @@ def bench_train_step(device: str, repeats: int, batch: int) -> str:
                 opt.step()
 
             try:
-                t = bl.median_time(step, device, warmup=3, repeats=repeats)
-            except Exception as e:  # report a failing switch instead of hiding the other rows
+                step()  # compiles where asked; a failing switch is reported instead of hiding the other rows
+                steps[label] = step
+            except Exception as e:  # noqa: BLE001
                 first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-                rows.append([preset, label, "failed", f"{type(e).__name__}: {first}"])
-                continue
-            rows.append([preset, label, f"{t * 1e3:.0f}", f"{batch / t:.1f}"])
+                failed[label] = f"{type(e).__name__}: {first}"
+        times = bl.interleaved_medians(steps, device, warmup=2, repeats=repeats)
+        for label, _ in settings:
+            if label in times:
+                rows.append([preset, label, f"{times[label] * 1e3:.0f}", f"{batch / times[label]:.1f}"])
+            elif label in failed:
+                rows.append([preset, label, "failed", failed[label]])
     return table(["preset", "setting (cumulative)", "ms / step", "images/s"], rows) + \
-        f"\n\nBatch {batch} at 64x64, synthetic images, Adam; each row adds one switch to the row above."
+        f"\n\nBatch {batch} at 64x64, synthetic images, Adam; each row adds one switch to the row above; the " \
+        "settings of one preset are timed interleaved (medians)."
 
 
 def main() -> int:
@@ -209,7 +279,8 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--only", choices=["operator", "loss", "train"], default=None)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--cases", default=",".join(bl.CASES), help="comma-separated: " + ", ".join(bl.CASES))
+    parser.add_argument("--cases", default=",".join(bl.CASES), help="operator cases: " + ", ".join(bl.CASES))
+    parser.add_argument("--loss-cases", default=",".join(LOSS_CASES), help="whole-loss cases: " + ", ".join(LOSS_CASES))
     parser.add_argument("--batch", type=int, default=64, help="training-step batch")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
@@ -219,7 +290,7 @@ def main() -> int:
     parts = [f"# perceptloss benchmarks ({args.device}, {today})", "", bl.describe_machine(args.device), "",
              "Reproduce: `python benchmarks/run.py" + (f" --device {args.device}" if args.device != "cuda" else "") + "`", ""]
     sections = {"operator": ("## 1. Fused operator", lambda: bench_operator(args.device, args.repeats, cases)),
-                "loss": ("## 2. Whole loss (VGG19 + distance, forward + backward)", lambda: bench_loss(args.device, max(3, args.repeats // 2), cases)),
+                "loss": ("## 2. Whole loss (VGG19 + distance, forward + backward)", lambda: bench_loss(args.device, max(3, args.repeats // 2), args.loss_cases.split(","))),
                 "train": ("## 3. DFC-VAE training step", lambda: bench_train_step(args.device, max(3, args.repeats // 2), args.batch))}
     for key, (title, fn) in sections.items():
         if args.only and key != args.only:

@@ -64,6 +64,9 @@ def cpu_cache_bytes() -> int:
 
 
 def set_cpu_grad_cache(enabled: bool) -> bool:
-    """Turns the CPU backward's gradient-memory cache on or off (off empties it); returns the previous setting."""
+    """Turns the CPU backward's gradient-memory cache on or off; returns the previous setting.
+
+    Turning it off does not free what it holds (``empty_cpu_cache()`` does).
+    """
     _require()
     return bool(torch.ops.perceptloss._set_cpu_grad_cache(bool(enabled)))

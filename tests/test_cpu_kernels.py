@@ -150,6 +150,7 @@ def test_accumulated_parameter_gradients_stay_correct_over_steps():
 
 def test_cache_off_still_correct():
     before = perceptloss.set_cpu_grad_cache(False)
+    perceptloss.empty_cpu_cache()
     try:
         assert cpu_cache_bytes() == 0
         a, b, w = big_features()

@@ -32,6 +32,19 @@ def test_model_shapes_and_parameter_count():
     assert model.sample(3).shape == (3, 3, 64, 64)
 
 
+def test_edge_pad_is_replication_pad_and_compiles_with_its_backward():
+    x = torch.randn(2, 5, 7, 6, dtype=torch.float64, requires_grad=True)
+    ours, theirs = vae.EdgePad2d()(x), torch.nn.ReplicationPad2d(1)(x)
+    assert torch.equal(ours, theirs)
+    g = torch.randn_like(ours)
+    torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(theirs, x, g)[0])
+    block = vae._up(4, 3, last=True)  # upsample, pad, conv: the decoder's block inductor failed on
+    xs = torch.randn(2, 4, 4, 4, requires_grad=True)
+    (expected,) = torch.autograd.grad(block(xs).square().sum(), xs)
+    (got,) = torch.autograd.grad(torch.compile(block)(xs).square().sum(), xs)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_loss_terms_against_hand_computation(caffe_weights):
     torch.manual_seed(0)
     x, recon = torch.rand(3, 3, 64, 64), torch.rand(3, 3, 64, 64)

@@ -17,8 +17,18 @@ def _down(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1), nn.BatchNorm2d(cout, eps=BN_EPS), nn.LeakyReLU(0.2))
 
 
+class EdgePad2d(nn.Module):
+    """Replication padding by one pixel on each side, as ``nn.ReplicationPad2d(1)``, written as slices and
+    concatenations: same values and gradients, and its backward compiles with torch.compile (inductor has no
+    lowering for ``replication_pad2d_backward``). No parameters, so state dicts are unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x[:, :, :1], x, x[:, :, -1:]], dim=2)
+        return torch.cat([x[:, :, :, :1], x, x[:, :, :, -1:]], dim=3)
+
+
 def _up(cin: int, cout: int, last: bool = False) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReplicationPad2d(1), nn.Conv2d(cin, cout, 3, 1)]
+    layers: list[nn.Module] = [nn.Upsample(scale_factor=2, mode="nearest"), EdgePad2d(), nn.Conv2d(cin, cout, 3, 1)]
     if not last:
         layers += [nn.BatchNorm2d(cout, eps=BN_EPS), nn.LeakyReLU(0.2)]
     return nn.Sequential(*layers)

@@ -140,9 +140,7 @@ int64_t cached_bytes() {
 }
 
 bool set_cache_enabled(bool enabled) {
-  const bool before = cache_enabled().exchange(enabled);
-  if (!enabled) empty_cache();
-  return before;
+  return cache_enabled().exchange(enabled);
 }
 
 }  // namespace cpu

@@ -28,7 +28,7 @@ int64_t empty_cache();
 // Bytes held in the cache (not counting blocks in use).
 int64_t cached_bytes();
 
-// Turns the cache on or off (off also empties it); returns the previous setting.
+// Turns the cache on or off (blocks already cached stay until empty_cache()); returns the previous setting.
 bool set_cache_enabled(bool enabled);
 
 }  // namespace cpu
