@@ -101,23 +101,21 @@ def sync(device: str) -> None:
 
 def median_time(fn: Callable[[], object], device: str, warmup: int = 3, repeats: int = 10) -> float:
     """Median wall time of ``fn`` in seconds (CUDA: between events after synchronisation)."""
-    for _ in range(warmup):
+    return interleaved_medians({"fn": fn}, device, warmup, repeats)["fn"]
+
+
+def time_once(fn: Callable[[], object], device: str) -> float:
+    """Wall time of one call in seconds (CUDA: between events, synchronised)."""
+    if device.startswith("cuda"):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], device: str, warmup: int = 3,
@@ -134,17 +132,7 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], device: str, warmu
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            if device.startswith("cuda"):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times[name].append(start.elapsed_time(end) / 1000)
-            else:
-                t = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t)
+            times[name].append(time_once(fn, device))
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

@@ -126,7 +126,7 @@ def loss_contenders(device: str) -> dict[str, object]:
     from perceptloss import LPIPS, FeatureLoss
 
     def ours(layers, **kw):
-        return lambda: FeatureLoss("vgg19", layers, weights=None, check_inputs=False, **kw).to(device)
+        return lambda: FeatureLoss("vgg19", layers, weights=None, **kw).to(device)  # default checks on
 
     def handwritten(autocast=False):
         def build():
@@ -147,15 +147,24 @@ def loss_contenders(device: str) -> dict[str, object]:
         "perceptloss FeatureLoss(dfc123, dtype=bfloat16)": ours("dfc123", dtype=torch.bfloat16),
         "hand-written VGG19 relu1_1..3_1, autocast bf16": handwritten(autocast=True),
         "perceptloss FeatureLoss(relu1_1..relu5_1), fp32": ours(RELU_X1),
-        "perceptloss LPIPS(vgg), fp32": lambda: LPIPS(net="vgg").to(device),
+        "perceptloss LPIPS(vgg), fp32": lambda: LPIPS(net="vgg", weights=None, reduction="mean").to(device),
     }
     for label, build in peers.PEERS.items():
         contenders[label] = (lambda build=build: build(device))
     return contenders
 
 
+def _rss_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+
 def _peak_memory(label: str, device: str, case: str, queue) -> None:
-    """Runs in a fresh process: peak memory of a few fwd+bwd calls of one contender."""
+    """Runs in a fresh process: peak memory of a few fwd+bwd calls of one contender, over what it held before.
+
+    CPU: the kernel's peak-RSS mark (VmHWM) is reset after building the contender and its inputs (Linux:
+    /proc/self/clear_refs), so the figure is the growth during the calls: activations, gradients, workspaces.
+    """
     os.environ.setdefault("PERCEPTLOSS_OFFLINE", "1")
     try:
         fn = loss_contenders(device)[label]()
@@ -164,13 +173,17 @@ def _peak_memory(label: str, device: str, case: str, queue) -> None:
         y = torch.rand(n, 3, size, size, device=device)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            base = torch.cuda.memory_allocated() / 2**20
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current RSS
+            base = _rss_mib("VmRSS")
         for _ in range(3):
             torch.autograd.grad(fn(x, y), x)
         if device.startswith("cuda"):
-            queue.put(torch.cuda.max_memory_allocated() / 2**20)
+            queue.put(torch.cuda.max_memory_allocated() / 2**20 - base)
         else:
-            queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before)
+            queue.put(_rss_mib("VmHWM") - base)
     except Exception as e:  # noqa: BLE001 - reported in the table
         queue.put(f"{type(e).__name__}: {e}")
 
@@ -207,11 +220,12 @@ def bench_loss(device: str, repeats: int, cases: list[str]) -> str:
         base = times["hand-written VGG19 relu1_1..3_1 (mse_loss), fp32"]
         for label, t in times.items():
             rows.append([case, label, f"{t * 1e3:.1f}", f"{base / t:.2f}x", peak_memory(label, device, case)])
-    mem = "peak CUDA memory allocated" if device.startswith("cuda") else "growth of peak RSS over 3 calls"
-    return (table(["case", "contender", "ms (fwd+bwd)", "speed vs hand-written fp32", f"MiB ({mem})"], rows) +
+    mem = "peak CUDA memory allocated" if device.startswith("cuda") else "peak RSS"
+    return (table(["case", "contender", "ms (fwd+bwd)", "speed vs hand-written fp32", f"peak MiB ({mem}) during fwd+bwd"], rows) +
             "\n\nInterleaved medians on the same images; input requires grad, target does not; random trunk "
             "weights everywhere (cost does not depend on the values; peers built offline by benchmarks/peers.py). "
-            "Peak memory is measured in a separate fresh process per contender. LPIPS rows run VGG16 "
+            "Peak memory: in a separate fresh process per contender, the peak over 3 calls above what the process held "
+            "after building the loss and the images (CPU: VmHWM reset through /proc/self/clear_refs). LPIPS rows run VGG16 "
             "relu1_2..relu5_3; piq's run every module of the trunk.\n" + "\n".join(notes))
 
 

@@ -32,6 +32,36 @@ class _ToLayout(torch.autograd.Function):
         return grad.contiguous(memory_format=ctx.own), None
 
 
+def activation_layout(x: torch.Tensor, choice: MemoryFormat | torch.memory_format) -> torch.memory_format | None:
+    """The memory format to run a network in for its (N, 3, H, W) input ``x`` (None: leave it as it is).
+
+    "auto": channels_last on the CPU (oneDNN's convolutions and pooling are faster in NHWC) and on CUDA for
+    16-bit dtypes or under autocast (tensor cores); otherwise as it is.
+    """
+    if choice != "auto":
+        return _MEMORY_FORMATS[choice]
+    if x.dim() != 4:
+        return None
+    if x.device.type == "cpu":
+        return torch.channels_last
+    if x.device.type == "cuda" and (x.dtype in (torch.float16, torch.bfloat16) or _autocast_enabled("cuda")):
+        return torch.channels_last
+    return None
+
+
+def to_activation_layout(x: torch.Tensor, choice: MemoryFormat | torch.memory_format) -> torch.Tensor:
+    """``x`` in ``activation_layout(x, choice)``; its gradient comes back in ``x``'s own layout."""
+    layout = activation_layout(x, choice)
+    if layout is None or x.is_contiguous(memory_format=layout):
+        return x
+    return _ToLayout.apply(x, layout) if x.requires_grad else x.contiguous(memory_format=layout)
+
+
+def check_memory_format(choice: object) -> None:
+    if choice != "auto" and choice not in _MEMORY_FORMATS:
+        raise ValueError(f"memory_format must be 'auto', 'channels_last' or 'contiguous', got {choice!r}")
+
+
 def _autocast_enabled(device_type: str) -> bool:
     try:
         return torch.is_autocast_enabled(device_type)
@@ -101,8 +131,7 @@ class FeatureLoss(nn.Module):
         memory_format: MemoryFormat | torch.memory_format = "auto",
     ) -> None:
         super().__init__()
-        if memory_format != "auto" and memory_format not in _MEMORY_FORMATS:
-            raise ValueError(f"memory_format must be 'auto', 'channels_last' or 'contiguous', got {memory_format!r}")
+        check_memory_format(memory_format)
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"dtype must be a floating torch.dtype such as torch.bfloat16, got {dtype!r}")
         if reduction not in ("mean", "sum", "none"):
@@ -142,11 +171,10 @@ class FeatureLoss(nn.Module):
 
         Images of another floating dtype than the network (fp16/fp64 without autocast) are cast to it.
         """
-        images = cast_to_network_dtype(images, self.net)
-        x = self.preprocess(images)
-        layout = self._activation_layout(x)
-        if layout is not None and not x.is_contiguous(memory_format=layout):
-            x = _ToLayout.apply(x, layout) if x.requires_grad else x.contiguous(memory_format=layout)
+        # Preprocess in float32 (or float64), then cast to the network's dtype: Caffe's 0-255 scale and mean
+        # subtraction lose precision in 16-bit floats.
+        wide = images if images.dtype in (torch.float32, torch.float64) else images.float()
+        x = to_activation_layout(cast_to_network_dtype(self.preprocess(wide), self.net), self.memory_format)
         try:
             feats = self.net(x)
         except RuntimeError as e:
@@ -164,18 +192,6 @@ class FeatureLoss(nn.Module):
                         f"(its features have shape {tuple(f.shape)}); use larger images or shallower layers"
                     )
         return feats
-
-    def _activation_layout(self, x: torch.Tensor) -> torch.memory_format | None:
-        """The memory format to run the network in for the (N, 3, H, W) network input ``x`` (None: as it is)."""
-        if self.memory_format != "auto":
-            return _MEMORY_FORMATS[self.memory_format]
-        if x.dim() != 4:
-            return None
-        if x.device.type == "cpu":
-            return torch.channels_last
-        if x.device.type == "cuda" and (x.dtype in (torch.float16, torch.bfloat16) or _autocast_enabled("cuda")):
-            return torch.channels_last
-        return None
 
     def representation(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """What is compared per layer: the activations themselves (StyleLoss: their Gram matrices)."""

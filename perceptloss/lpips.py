@@ -23,7 +23,7 @@ from torch import nn
 from ._validation import check_image_pair, check_values
 from .functional import accumulation_dtype, feature_distance
 from .lpips_heads import LPIPS_NORMALIZATION, load_heads
-from .loss import Reduction
+from .loss import Reduction, check_memory_format, to_activation_layout
 from .preprocessing import Preprocess
 from .registry import create_backbone
 
@@ -66,7 +66,7 @@ class LPIPS(nn.Module):
         input_range: range of the images you pass, (0, 1) by default; (-1, 1) is what lpips expects by default.
         reduction: "none" (default: (N,), or (N, 1, H, W) with ``spatial``), "mean" or "sum" over everything.
         spatial: return per-pixel maps (each layer's map upsampled bilinearly to the image size).
-        check_range, check_inputs, fused: as for ``FeatureLoss``.
+        check_range, check_inputs, fused, memory_format: as for ``FeatureLoss``.
 
     Frozen by construction: the heads are buffers, the trunk's parameters never require grad, there is no
     dropout and the trunk stays in eval mode. Distances are computed in float32 (under autocast too).
@@ -85,6 +85,7 @@ class LPIPS(nn.Module):
         check_range: Literal["raise", "warn", "off"] = "raise",
         check_inputs: bool = True,
         fused: bool | None = None,
+        memory_format: str | torch.memory_format = "auto",
     ) -> None:
         super().__init__()
         if net not in LPIPS_NETS:
@@ -111,6 +112,8 @@ class LPIPS(nn.Module):
         self.check_range = check_range
         self.check_inputs = check_inputs
         self.fused = fused
+        check_memory_format(memory_format)
+        self.memory_format = memory_format  # of the trunk's activations; see FeatureLoss
 
     @property
     def heads(self) -> list[torch.Tensor]:
@@ -128,12 +131,12 @@ class LPIPS(nn.Module):
             check_image_pair(input, target)  # works out autocast itself (a bf16 input next to an fp32 target is fine)
             check_values({"input": input, "target": target}, self.input_range, self.check_range)
         try:
-            fa = self.net(self.preprocess(input))
+            fa = self.net(to_activation_layout(self.preprocess(input), self.memory_format))
             if target.requires_grad:
-                fb = self.net(self.preprocess(target))
+                fb = self.net(to_activation_layout(self.preprocess(target), self.memory_format))
             else:
                 with torch.no_grad():
-                    fb = self.net(self.preprocess(target))
+                    fb = self.net(to_activation_layout(self.preprocess(target), self.memory_format))
         except RuntimeError as e:
             if "too small" not in str(e) and "Output size" not in str(e):
                 raise

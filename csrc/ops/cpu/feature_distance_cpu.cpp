@@ -36,6 +36,19 @@ std::vector<WorkItem> make_work(const std::vector<PreparedLayer>& layers, int64_
   return items;
 }
 
+// Calls f(index, item, its layer, byte offset of the item in the layer's a and b) for every work item, in
+// parallel; items are independent.
+template <typename F>
+void parallel_over_items(const std::vector<PreparedLayer>& layers, const std::vector<WorkItem>& items, F&& f) {
+  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const WorkItem& w = items[i];
+      const PreparedLayer& L = layers[w.layer];
+      f(i, w, L, (w.sample * L.per_sample + w.begin) * L.a.element_size());
+    }
+  });
+}
+
 at::Tensor feature_distance_cpu(at::TensorList inputs, at::TensorList targets, at::ArrayRef<double> weights,
                                 int64_t p) {
   check_norm(p);
@@ -47,14 +60,9 @@ at::Tensor feature_distance_cpu(at::TensorList inputs, at::TensorList targets, a
   const auto items = make_work(layers, n);
   std::vector<double> partial(items.size());
   const KernelTable& k = cpu::kernels();
-  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const WorkItem& w = items[i];
-      const PreparedLayer& L = layers[w.layer];
-      const int64_t offset = (w.sample * L.per_sample + w.begin) * L.a.element_size();
-      partial[i] = k.diff_norm_sum(dtype, p, static_cast<const char*>(L.a.const_data_ptr()) + offset,
-                                   static_cast<const char*>(L.b.const_data_ptr()) + offset, w.end - w.begin);
-    }
+  parallel_over_items(layers, items, [&](int64_t i, const WorkItem& w, const PreparedLayer& L, int64_t offset) {
+    partial[i] = k.diff_norm_sum(dtype, p, static_cast<const char*>(L.a.const_data_ptr()) + offset,
+                                 static_cast<const char*>(L.b.const_data_ptr()) + offset, w.end - w.begin);
   });
   // Items are ordered layer-major, sample, chunk: reduce each (layer, sample) run in that fixed order.
   std::vector<double> total(static_cast<size_t>(n * num_layers), 0.0);
@@ -88,19 +96,14 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> feature_distance_ba
   if (input_grad || target_grad) {
     const auto items = make_work(layers, n);
     const KernelTable& k = cpu::kernels();
-    at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const WorkItem& w = items[i];
-        const PreparedLayer& L = layers[w.layer];
-        const int64_t offset = (w.sample * L.per_sample + w.begin) * L.a.element_size();
-        // d/da of |a - b|^p: p (a - b)^(p - 1), i.e. 2 (a - b) for p = 2 and sign(a - b) for p = 1.
-        const double s = static_cast<double>(p) * L.scale * gp[w.sample * num_layers + w.layer];
-        auto* pa = static_cast<char*>(ga.data(w.layer));
-        auto* pb = static_cast<char*>(gb.data(w.layer));
-        k.scaled_diff(dtype, p, static_cast<const char*>(L.a.const_data_ptr()) + offset,
-                      static_cast<const char*>(L.b.const_data_ptr()) + offset, pa ? pa + offset : nullptr,
-                      pb ? pb + offset : nullptr, s, w.end - w.begin);
-      }
+    parallel_over_items(layers, items, [&](int64_t, const WorkItem& w, const PreparedLayer& L, int64_t offset) {
+      // d/da of |a - b|^p: p (a - b)^(p - 1), i.e. 2 (a - b) for p = 2 and sign(a - b) for p = 1.
+      const double s = static_cast<double>(p) * L.scale * gp[w.sample * num_layers + w.layer];
+      auto* pa = static_cast<char*>(ga.data(w.layer));
+      auto* pb = static_cast<char*>(gb.data(w.layer));
+      k.scaled_diff(dtype, p, static_cast<const char*>(L.a.const_data_ptr()) + offset,
+                    static_cast<const char*>(L.b.const_data_ptr()) + offset, pa ? pa + offset : nullptr,
+                    pb ? pb + offset : nullptr, s, w.end - w.begin);
     });
   }
   return {ga.finish(), gb.finish()};
