@@ -11,8 +11,10 @@ demo:
 
 # Benchmarks of the fused operator and the loss (writes benchmarks/results/).
 bench:
-	bash scripts/setup_venv.sh .venv-test pytest-benchmark
+	bash scripts/setup_venv.sh .venv-test pytest-benchmark pillow lpips piq torchmetrics
 	.venv-test/bin/python benchmarks/run.py
+	.venv-test/bin/python benchmarks/precision.py
+	.venv-test/bin/python benchmarks/launch.py
 
 # C++ side build against libtorch with CMake (CUDA optional).
 build-cuda:

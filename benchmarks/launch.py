@@ -16,7 +16,6 @@ import datetime
 import glob
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -88,18 +87,21 @@ def child(args: argparse.Namespace) -> None:
         if i >= args.warmup:
             times.append(time.perf_counter() - t)
     print("STEP_TIMES " + json.dumps(times), flush=True)
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    print(f"PEAK_RSS_MIB {peak:.0f}", flush=True)
 
 
-def run_child(setting: dict, preset: str, args: argparse.Namespace) -> list[float] | str:
+def run_child(setting: dict, preset: str, args: argparse.Namespace) -> tuple[list[float], float] | str:
     cmd = [sys.executable, *setting["launcher"], str(Path(__file__).resolve()), "--child", "--presets", preset,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch)]
     cmd += [f for f, on in (("--no-amp", not args.amp), ("--no-channels-last", not args.channels_last),
                             ("--compile", args.compile)) if on]
     env = {**os.environ, **setting["env"]}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith("STEP_TIMES "):
-            return json.loads(line[len("STEP_TIMES "):])
+    found = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line.startswith(("STEP_TIMES ", "PEAK_RSS_MIB ")))
+    if "STEP_TIMES" in found:
+        return json.loads(found["STEP_TIMES"]), float(found.get("PEAK_RSS_MIB", "nan"))
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     return f"failed (exit {proc.returncode}): {tail[:150]}"
 
@@ -125,6 +127,7 @@ def main() -> int:
     rows = []
     for preset in args.presets.split(","):
         times: dict[str, list[float]] = {label: [] for label in settings}
+        peaks: dict[str, list[float]] = {label: [] for label in settings}
         failures: dict[str, str] = {}
         for r in range(args.rounds):
             for label, setting in settings.items():
@@ -133,18 +136,20 @@ def main() -> int:
                 got = run_child(setting, preset, args)
                 if isinstance(got, str):
                     failures[label] = got
-                else:
-                    times[label] += got
-                print(f"{preset} round {r + 1}: {label}: {got if isinstance(got, str) else f'{statistics.median(got) * 1e3:.0f} ms'}",
+                    print(f"{preset} round {r + 1}: {label}: {got}", flush=True)
+                    continue
+                times[label] += got[0]
+                peaks[label].append(got[1])
+                print(f"{preset} round {r + 1}: {label}: {statistics.median(got[0]) * 1e3:.0f} ms, peak RSS {got[1]:.0f} MiB",
                       flush=True)
         base = statistics.median(times["default (glibc malloc)"]) if times["default (glibc malloc)"] else None
         for label in settings:
             if label in failures:
-                rows.append(f"| {preset} | {label} | {failures[label]} | | |")
+                rows.append(f"| {preset} | {label} | {failures[label]} | | | |")
                 continue
             med = statistics.median(times[label])
             rows.append(f"| {preset} | {label} | {med * 1e3:.0f} | {args.batch / med:.1f} | "
-                        f"{base / med:.2f}x |" if base else "")
+                        f"{base / med:.2f}x | {max(peaks[label]):.0f} |" if base else "")
     import torch
 
     today = datetime.date.today().isoformat()
@@ -155,7 +160,8 @@ def main() -> int:
         f"torch {torch.__version__}, {os.cpu_count()} CPUs, batch {args.batch} at 64x64, {step}; "
         f"{args.rounds} rounds x {args.steps} steps per setting (fresh process each), settings round-robin, medians.",
         "", "Reproduce: `python benchmarks/launch.py`", "",
-        "| preset | launch | ms / step | images/s | speed vs default |", "|---|---|---|---|---|", *rows, "",
+        "| preset | launch | ms / step | images/s | speed vs default | peak RSS MiB |", "|---|---|---|---|---|---|",
+        *rows, "",
         *[f"- {n}" for n in notes]])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,6 @@ import argparse
 import datetime
 import multiprocessing as mp
 import os
-import resource
 import sys
 from pathlib import Path
 
@@ -38,8 +37,6 @@ def _ms(t: float) -> str:
 
 def bench_operator(device: str, repeats: int, cases: list[str]) -> str:
     """Fused operator vs torch.compile / eager of the same per-sample distance, and the read floor."""
-    import perceptloss
-
     has = perceptloss_has(device)
     out = []
     rows = []

