@@ -158,6 +158,15 @@ def test_face_cache_follows_the_files_and_the_folder(tmp_path, capsys):
     assert repaired.path != first.path and repaired.bad == [] and len(repaired.images) == 6
 
 
+def test_default_face_cache_is_the_user_cache_never_the_data_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERCEPTLOSS_HOME", str(tmp_path / "home"))
+    root = make_celeba(tmp_path / "data" / "celeba", n_images=4, listed=4)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "data").rglob("*"))
+    cache = celeba.build_cache(celeba.load_celeba(root, verbose=False), workers=1, progress=False)
+    assert cache.path.parent == tmp_path / "home" / "celeba"
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "data").rglob("*")) == before
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from checkpointing import unwritable_reason
+from perceptloss.weights import weights_home
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "celeba"
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -252,13 +253,11 @@ def build_cache(data: CelebA, crop: str = "released", size: int = 64, cache_dir:
         if unwritable_reason(cache_dir):
             raise CelebAError(f"cannot write the decoded-image cache to --cache-dir {cache_dir}; choose a writable "
                               "folder, or leave --cache-dir out")
-    else:
-        cache_dir = data.root.resolve() / ".." / ".perceptloss-cache"
-        if unwritable_reason(cache_dir):  # read-only data folder: fall back to the user cache
-            cache_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "perceptloss" / "celeba"
-            if unwritable_reason(cache_dir):
-                raise CelebAError(f"cannot write the decoded-image cache next to the data nor to {cache_dir}; "
-                                  "pass --cache-dir with a writable folder")
+    else:  # the user's cache, never the data folder (data is often shared or read-only, and root writes anyway)
+        cache_dir = weights_home().parent / "celeba"
+        if unwritable_reason(cache_dir):
+            raise CelebAError(f"cannot write the decoded-image cache to {cache_dir}; pass --cache-dir with a writable "
+                              "folder (or set PERCEPTLOSS_HOME)")
     key = content_key(data, crop, size)
     npy, meta = cache_dir / f"faces-{key}.npy", cache_dir / f"faces-{key}.json"
     if npy.is_file() and meta.is_file():
