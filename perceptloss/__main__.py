@@ -5,6 +5,7 @@
     python -m perceptloss weights [vgg19]       # weight entries and where they are (cached / source / missing)
     python -m perceptloss fetch vgg19 [--weights caffe] [--force]
     python -m perceptloss verify                # re-check every cached file against its sha256
+    python -m perceptloss info                  # torch, the fused operator's kernels, CPU level, threads
 """
 from __future__ import annotations
 
@@ -46,6 +47,25 @@ def _status(entry: weights.WeightEntry) -> str:
     return "missing  (python -m perceptloss fetch " + entry.backbone + " --weights " + entry.name + " says how)"
 
 
+def _print_info() -> None:
+    """What runs where: for bug reports and for checking that the fast paths are in use."""
+    import torch
+
+    from . import _ops, cpu_kernels
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+          f"ATen CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    kernels = [d for d in ("cpu", "cuda") if _ops.has_kernel(d)]
+    print(f"fused operator: {'kernels for ' + ', '.join(kernels) if kernels else _ops.unavailable_reason(torch.device('cpu'))}")
+    if _ops.has_kernel("cpu"):
+        print(f"CPU kernel level: {cpu_kernels.cpu_kernel_level()} (built and runnable here: "
+              f"{', '.join(cpu_kernels.cpu_kernel_levels())}; ATEN_CPU_CAPABILITY lowers it)")
+        print(f"CPU gradient cache: {cpu_kernels.cpu_cache_bytes() / 2**20:.0f} MiB held "
+              "(PERCEPTLOSS_CPU_GRAD_CACHE=0 turns it off)")
+    if torch.cuda.is_available():
+        print(f"CUDA: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 corrupt cached files, 2 misuse or missing weights)."""
     parser = _Parser(prog="perceptloss", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default=None, help="entry name (default: the backbone's default)")
     p.add_argument("--force", action="store_true", help="rebuild the cached file")
     sub.add_parser("verify", help="check every cached weights file against its recorded sha256")
+    sub.add_parser("info", help="torch version, fused operator kernels, the CPU kernel level in use, threads")
     try:
         args = parser.parse_args(argv)
         if args.command == "list":
@@ -90,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             target = weights.cache_path(entry)
             weights.resolve(entry, force=args.force)
             print(f"{entry.key}: {target} (sha256 {weights.sha256_file(target)})")
+        elif args.command == "info":
+            _print_info()
         elif args.command == "verify":
             bad = 0
             for _, entry in _entries(None):

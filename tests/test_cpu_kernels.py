@@ -162,3 +162,11 @@ def test_cache_off_still_correct():
             torch.testing.assert_close(got.double(), exp)
     finally:
         perceptloss.set_cpu_grad_cache(before)
+
+
+def test_info_command_names_the_level_in_use(capsys):
+    from perceptloss.__main__ import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"CPU kernel level: {cpu_kernel_level()}" in out and "fused operator: kernels for cpu" in out
