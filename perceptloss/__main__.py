@@ -2,7 +2,8 @@
 
     python -m perceptloss list                  # backbones and presets
     python -m perceptloss layers vgg19          # layer names of a backbone
-    python -m perceptloss weights [vgg19]       # weight entries and where they are (cached / source / missing)
+    python -m perceptloss weights [vgg19]       # weight entries and where they are (cached / source / missing),
+                                                # LPIPS' heads included ("weights lpips" for those alone)
     python -m perceptloss fetch vgg19 [--weights caffe] [--force]
     python -m perceptloss verify                # re-check every cached file against its sha256
     python -m perceptloss info                  # torch, the fused operator's kernels, CPU level, threads
@@ -27,13 +28,25 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see python -m {self.prog.split()[0]} --help)")
 
 
-def _entries(backbone: str | None) -> Iterator[tuple[registry.BackboneSpec, weights.WeightEntry]]:
-    """(spec, entry) for every weight entry of ``backbone`` (of every registered backbone when None)."""
-    names = [backbone] if backbone else registry.list_backbones()
-    for name in names:
-        spec = registry.get_backbone(name)
-        for entry_name in registry.list_weights(name):
-            yield spec, spec.weights[entry_name]
+LPIPS_HEADS = ("alex", "vgg", "squeeze")
+
+
+def _entries(backbone: str | None) -> Iterator[tuple[weights.WeightEntry, bool]]:
+    """(entry, is the default) for every weight entry of ``backbone``: of every registered backbone and LPIPS'
+    heads when None; "lpips" or "lpips-<net>" for the heads alone."""
+    from .lpips_heads import head_entry
+
+    if backbone is None or not backbone.startswith("lpips"):
+        for name in [backbone] if backbone else registry.list_backbones():
+            spec = registry.get_backbone(name)
+            for entry_name in registry.list_weights(name):
+                yield spec.weights[entry_name], entry_name == spec.default_weights
+    if backbone is None or backbone.startswith("lpips"):
+        nets = [n for n in LPIPS_HEADS if backbone in (None, "lpips", f"lpips-{n}")]
+        if not nets:
+            raise UsageError(f"unknown LPIPS heads {backbone!r}; choose lpips, {', '.join('lpips-' + n for n in LPIPS_HEADS)}")
+        for net in nets:
+            yield head_entry(net), True
 
 
 def _status(entry: weights.WeightEntry) -> str:
@@ -94,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "layers":
             print("\n".join(registry.list_layers(args.backbone)))
         elif args.command == "weights":
-            for spec, entry in _entries(args.backbone):
-                default = "*" if entry.name == spec.default_weights else " "
+            for entry, is_default in _entries(args.backbone):
+                default = "*" if is_default else " "
                 print(f"{default} {entry.key:20s} {_status(entry)}\n    {entry.description}")
         elif args.command == "fetch":
             spec = registry.get_backbone(args.backbone)
@@ -115,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             _print_info()
         elif args.command == "verify":
             bad = 0
-            for _, entry in _entries(None):
+            for entry, _ in _entries(None):
                 path = weights.cache_path(entry)
                 if not path.is_file():
                     continue

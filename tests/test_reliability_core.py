@@ -329,12 +329,22 @@ def test_train_keeps_every_submodule_in_eval(tiny_net):
         (["layers", "timm:no_such_model_xyz"], "no_such_model_xyz"),
         (["fetch", "timm:resnet18"], "timm"),
         (["weights", "vgg91"], "vgg19"),
+        (["weights", "lpips-foo"], "lpips-vgg"),
     ],
 )
 def test_cli_misuse_exits_2_with_one_line(home, capsys, argv, text):
     assert cli(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("perceptloss: error:") and text in err, err
+
+
+def test_cli_weights_lists_the_lpips_heads(home, capsys):
+    assert cli(["weights"]) == 0
+    listed = capsys.readouterr().out
+    assert "vgg19.caffe" in listed and all(f"lpips-{n}.v0.1" in listed for n in ("alex", "vgg", "squeeze"))
+    assert cli(["weights", "lpips-vgg"]) == 0
+    only = capsys.readouterr().out
+    assert "lpips-vgg.v0.1" in only and "lpips-alex" not in only and "vgg19" not in only
 
 
 def test_cli_misuse_exit_code_of_the_module(home):
