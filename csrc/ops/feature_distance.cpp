@@ -78,7 +78,7 @@ GradBuffers::GradBuffers(at::TensorList inputs, const std::vector<PreparedLayer>
   // On the CPU, fresh large buffers page-fault on first touch: take them from the cache of freed gradients
   // (CUDA's caching allocator already does this for CUDA tensors).
   const auto empty_like = [](const at::Tensor& t) {
-    return t.is_cpu() && t.is_non_overlapping_and_dense() ? cpu::empty_like_cached(t) : at::empty_like(t);
+    return t.is_cpu() ? cpu::empty_like_cached(t) : at::empty_like(t);
   };
   for (size_t l = 0; l < layers.size(); ++l) {
     at::Tensor o = empty_like(inputs[l]);

@@ -3,10 +3,10 @@
 // and which gradients are written are template parameters, so the loops carry no per-element branch.
 #include "feature_distance_kernel.h"
 
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
-#include <c10/util/Exception.h>
 
 #include <type_traits>
 
@@ -146,37 +146,25 @@ void scaled_diff_typed(const void* a, const void* b, void* ga, void* gb, double 
   }
 }
 
-// Calls f.template operator()<scalar_t, P>() for the runtime dtype and norm.
-template <typename F>
-auto dispatch(c10::ScalarType dtype, int64_t p, F&& f) {
-  auto by_norm = [&](auto tag) {
-    using scalar_t = decltype(tag);
-    return p == 1 ? f.template operator()<scalar_t, 1>() : f.template operator()<scalar_t, 2>();
-  };
-  switch (dtype) {
-    case c10::ScalarType::Float:
-      return by_norm(float{});
-    case c10::ScalarType::Double:
-      return by_norm(double{});
-    case c10::ScalarType::BFloat16:
-      return by_norm(at::BFloat16{});
-    case c10::ScalarType::Half:
-      return by_norm(at::Half{});
-    default:
-      TORCH_CHECK(false, "feature_distance: unsupported dtype ", dtype);
-  }
-  return decltype(by_norm(float{}))();
-}
-
 double diff_norm_sum_any(c10::ScalarType dtype, int64_t p, const void* a, const void* b, int64_t len) {
-  return dispatch(dtype, p, [&]<typename scalar_t, int P>() {
-    return diff_norm_sum<scalar_t, P>(static_cast<const scalar_t*>(a), static_cast<const scalar_t*>(b), len);
+  double sum = 0.0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "feature_distance_cpu", [&] {
+    auto* pa = static_cast<const scalar_t*>(a);
+    auto* pb = static_cast<const scalar_t*>(b);
+    sum = p == 1 ? diff_norm_sum<scalar_t, 1>(pa, pb, len) : diff_norm_sum<scalar_t, 2>(pa, pb, len);
   });
+  return sum;
 }
 
 void scaled_diff_any(c10::ScalarType dtype, int64_t p, const void* a, const void* b, void* ga, void* gb, double s,
                      int64_t len) {
-  dispatch(dtype, p, [&]<typename scalar_t, int P>() { scaled_diff_typed<scalar_t, P>(a, b, ga, gb, s, len); });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "feature_distance_backward_cpu", [&] {
+    if (p == 1) {
+      scaled_diff_typed<scalar_t, 1>(a, b, ga, gb, s, len);
+    } else {
+      scaled_diff_typed<scalar_t, 2>(a, b, ga, gb, s, len);
+    }
+  });
 }
 
 }  // namespace

@@ -32,6 +32,13 @@ std::atomic<bool>& cache_enabled() {
   return enabled;
 }
 
+void free_blocks(const std::deque<Block*>& blocks) {
+  for (Block* b : blocks) {
+    c10::free_cpu(b->ptr);
+    delete b;
+  }
+}
+
 // Exact-size reuse, oldest freed block evicted first. Deleters may run on any thread (autograd workers).
 class BlockCache final : public c10::Allocator {
  public:
@@ -66,11 +73,8 @@ class BlockCache final : public c10::Allocator {
       cached_ = 0;
     }
     int64_t bytes = 0;
-    for (Block* b : drop) {
-      bytes += static_cast<int64_t>(b->size);
-      c10::free_cpu(b->ptr);
-      delete b;
-    }
+    for (const Block* b : drop) bytes += static_cast<int64_t>(b->size);
+    free_blocks(drop);
     return bytes;
   }
 
@@ -107,10 +111,7 @@ class BlockCache final : public c10::Allocator {
       }
     }
     if (block) drop.push_back(block);
-    for (Block* b : drop) {
-      c10::free_cpu(b->ptr);
-      delete b;
-    }
+    free_blocks(drop);
   }
 
   std::mutex mutex_;

@@ -18,8 +18,8 @@ namespace perceptloss {
 namespace ops {
 namespace cpu {
 
-// An uninitialised CPU tensor with the sizes, strides and dtype of `like` (which is non-overlapping and dense);
-// blocks of at least 1 MiB come from the cache.
+// An uninitialised CPU tensor like `like`: with its sizes, strides and dtype from the cache when `like` is
+// non-overlapping and dense and at least 1 MiB, else from at::empty_like.
 at::Tensor empty_like_cached(const at::Tensor& like);
 
 // Frees the cached blocks; returns the bytes released.
