@@ -43,12 +43,11 @@ def forced_cpu_kernel_level(level: str) -> Iterator[None]:
     Process-wide, not thread-local: meant for tests and benchmarks.
     """
     _require()
-    before = torch.ops.perceptloss._cpu_kernel_level()
-    torch.ops.perceptloss._set_cpu_kernel_level(level)
+    before = torch.ops.perceptloss._set_cpu_kernel_level(level)  # returns the level in use until now
     try:
         yield
     finally:
-        torch.ops.perceptloss._set_cpu_kernel_level("" if before == cpu_kernel_levels()[-1] else before)
+        torch.ops.perceptloss._set_cpu_kernel_level(before)
 
 
 def empty_cpu_cache() -> int:

@@ -54,7 +54,7 @@ def to_activation_layout(x: torch.Tensor, choice: MemoryFormat | torch.memory_fo
     layout = activation_layout(x, choice)
     if layout is None or x.is_contiguous(memory_format=layout):
         return x
-    return _ToLayout.apply(x, layout) if x.requires_grad else x.contiguous(memory_format=layout)
+    return _ToLayout.apply(x, layout)
 
 
 def check_memory_format(choice: object) -> None:

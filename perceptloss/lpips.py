@@ -126,17 +126,21 @@ class LPIPS(nn.Module):
         self.net.eval()
         return self
 
+    def _trunk(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The trunk's features of (N, 3, H, W) images in ``input_range``."""
+        return self.net(to_activation_layout(self.preprocess(images), self.memory_format))
+
     def _normalized_features(self, input: torch.Tensor, target: torch.Tensor) -> tuple[list, list]:
         if self.check_inputs:
             check_image_pair(input, target)  # works out autocast itself (a bf16 input next to an fp32 target is fine)
             check_values({"input": input, "target": target}, self.input_range, self.check_range)
         try:
-            fa = self.net(to_activation_layout(self.preprocess(input), self.memory_format))
+            fa = self._trunk(input)
             if target.requires_grad:
-                fb = self.net(to_activation_layout(self.preprocess(target), self.memory_format))
+                fb = self._trunk(target)
             else:
                 with torch.no_grad():
-                    fb = self.net(to_activation_layout(self.preprocess(target), self.memory_format))
+                    fb = self._trunk(target)
         except RuntimeError as e:
             if "too small" not in str(e) and "Output size" not in str(e):
                 raise
