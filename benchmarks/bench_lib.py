@@ -157,6 +157,12 @@ def without_grad_cache(fn: Callable[[], object]) -> Callable[[], object]:
     return run
 
 
+def proc_status_mib(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (Linux), e.g. "VmRSS" or "VmHWM" (peak), in MiB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+
 def copy_bandwidth(device: str, nbytes: int = 1 << 28) -> float:
     """Measured device copy bandwidth in bytes/s (read + write counted), from a large tensor copy."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()

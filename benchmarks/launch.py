@@ -63,6 +63,8 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "examples" / "dfcvae"))
+    sys.path.insert(0, str(HERE))
+    import bench_lib
     from objective import DFCObjective
     from vae import VAE
 
@@ -87,9 +89,7 @@ def child(args: argparse.Namespace) -> None:
         if i >= args.warmup:
             times.append(time.perf_counter() - t)
     print("STEP_TIMES " + json.dumps(times), flush=True)
-    with open("/proc/self/status") as f:
-        peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    print(f"PEAK_RSS_MIB {peak:.0f}", flush=True)
+    print(f"PEAK_RSS_MIB {bench_lib.proc_status_mib('VmHWM'):.0f}", flush=True)
 
 
 def run_child(setting: dict, preset: str, args: argparse.Namespace) -> tuple[list[float], float] | str:

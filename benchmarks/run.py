@@ -38,7 +38,8 @@ def _ms(t: float) -> str:
 def bench_operator(device: str, repeats: int, cases: list[str]) -> str:
     """Fused operator vs torch.compile / eager of the same per-sample distance, and the read floor."""
     has = perceptloss_has(device)
-    out = []
+    bandwidth = bl.copy_bandwidth(device)
+    out = [f"Measured copy bandwidth: {bandwidth / 1e9:.1f} GB/s (read + write of a 256 MiB fp32 copy).\n"]
     rows = []
     for case in cases:
         for dtype in (torch.float32, torch.bfloat16):
@@ -63,12 +64,12 @@ def bench_operator(device: str, repeats: int, cases: list[str]) -> str:
             dt = str(dtype).replace("torch.", "")
             for name, t in tf.items():
                 rows.append([case, dt, "forward", name, _ms(t), f"{tf['torch.compile per-sample'] / t:.2f}x",
-                             f"{floor / t:.0%}", f"{nbytes / t / 1e9:.1f}"])
+                             f"{floor / t:.0%}", f"{nbytes / t / 1e9:.1f}", f"{nbytes / t / bandwidth:.0%}"])
             for name, t in tb.items():
                 rows.append([case, dt, "forward+backward", name, _ms(t), f"{tb['torch.compile per-sample'] / t:.2f}x",
-                             "", ""])
+                             "", "", ""])
     out.append(table(["case", "dtype", "pass", "contender", "ms", "speed vs compile", "of read floor",
-                      "GB/s read"], rows))
+                      "GB/s read", "of copy BW"], rows))
     out.append("\nInterleaved medians (A B C A B C ...) on the same inputs: VGG19 relu1_1..relu5_1 feature shapes, "
                "`a` requires grad, `b` does not. Read floor: the faster of one `torch.dot(a, b)` and one "
                "`a.sum() + b.sum()` per layer (each element read once). torch.compile compiles the per-sample "
@@ -151,11 +152,6 @@ def loss_contenders(device: str) -> dict[str, object]:
     return contenders
 
 
-def _rss_mib(field: str) -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
-
-
 def _peak_memory(label: str, device: str, case: str, queue) -> None:
     """Runs in a fresh process: peak memory of a few fwd+bwd calls of one contender, over what it held before.
 
@@ -174,13 +170,13 @@ def _peak_memory(label: str, device: str, case: str, queue) -> None:
         else:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # reset VmHWM to the current RSS
-            base = _rss_mib("VmRSS")
+            base = bl.proc_status_mib("VmRSS")
         for _ in range(3):
             torch.autograd.grad(fn(x, y), x)
         if device.startswith("cuda"):
             queue.put(torch.cuda.max_memory_allocated() / 2**20 - base)
         else:
-            queue.put(_rss_mib("VmHWM") - base)
+            queue.put(bl.proc_status_mib("VmHWM") - base)
     except Exception as e:  # noqa: BLE001 - reported in the table
         queue.put(f"{type(e).__name__}: {e}")
 
