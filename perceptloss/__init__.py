@@ -7,6 +7,7 @@
 from ._ops import HAS_EXT, has_kernel
 from .cpu_kernels import cpu_kernel_level, cpu_kernel_levels, empty_cpu_cache, set_cpu_grad_cache
 from .functional import feature_distance, feature_distance_reference
+from .hardware import SlowPrecisionWarning, auto_dtype, bf16_native
 from .loss import FeatureLoss
 from .lpips import LPIPS
 from .style import StyleLoss, gram_matrix
@@ -38,6 +39,9 @@ __all__ = [
     "StyleLoss",
     "gram_matrix",
     "feature_distance",
+    "auto_dtype",
+    "bf16_native",
+    "SlowPrecisionWarning",
     "feature_distance_reference",
     "Normalization",
     "CAFFE",
