@@ -47,14 +47,31 @@ def cpu_levels() -> dict[str, list[str]]:
     return levels
 
 
+def warn_no_extension(reason: str) -> None:
+    """A banner on stderr: the fused operator is not built, why, and how to get it (pip shows it with -v)."""
+    line = "=" * 78
+    print(f"""
+{line}
+perceptloss: the fused C++ operator is NOT being built: {reason}
+The package still works, on the slower pure-PyTorch path (perceptloss.HAS_EXT is False; importing perceptloss
+warns once, silenced by PERCEPTLOSS_NO_EXT_WARNING=1). To build the operator, install torch and a C++ compiler
+first, then reinstall with the build error shown:
+    PERCEPTLOSS_REQUIRE_EXT=1 python -m pip install -v --no-build-isolation .
+{line}
+""", file=sys.stderr, flush=True)
+
+
 def extension_modules():
     if _flag("PERCEPTLOSS_NO_EXT"):
+        print("perceptloss: PERCEPTLOSS_NO_EXT=1: building the pure-PyTorch package only", file=sys.stderr)
         return [], {}
     try:
         import torch
         from torch.utils import cpp_extension
-    except ImportError:
-        print("perceptloss: torch is not importable at build time; installing the pure-PyTorch package", file=sys.stderr)
+    except ImportError as e:
+        if _flag("PERCEPTLOSS_REQUIRE_EXT"):
+            raise
+        warn_no_extension(f"torch is not importable at build time ({e})")
         return [], {}
     level_sources = sorted(glob.glob("csrc/ops/cpu/*_kernel.cpp"))  # compiled once per CPU level
     sources = sorted(glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/ops/cpu/*.cpp")) + ["csrc/module.cpp"]
@@ -114,8 +131,7 @@ def extension_modules():
             except Exception as e:  # noqa: BLE001 - any compiler failure
                 if _flag("PERCEPTLOSS_REQUIRE_EXT"):
                     raise
-                print(f"perceptloss: building the fused operator failed ({e}); the pure-PyTorch path will be used",
-                      file=sys.stderr)
+                warn_no_extension(f"compiling it failed ({type(e).__name__}: {e})")
 
     return [ext], {"build_ext": OptionalBuildExt}
 

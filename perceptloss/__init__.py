@@ -4,7 +4,7 @@
 >>> loss = FeatureLoss("vgg19", ["relu1_1", "relu2_1", "relu3_1"])   # the DFC-VAE paper's VAE-123 loss
 >>> value = loss(x, y)        # x, y: (N, 3, H, W) RGB in [0, 1]
 """
-from ._ops import HAS_EXT, has_kernel
+from ._ops import HAS_EXT, FusedOperatorUnavailableWarning, has_kernel
 from .cpu_kernels import cpu_kernel_level, cpu_kernel_levels, empty_cpu_cache, set_cpu_grad_cache
 from .functional import feature_distance, feature_distance_reference
 from .hardware import SlowPrecisionWarning, auto_dtype, bf16_native
@@ -29,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "HAS_EXT",
+    "FusedOperatorUnavailableWarning",
     "has_kernel",
     "cpu_kernel_level",
     "cpu_kernel_levels",

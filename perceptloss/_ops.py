@@ -3,20 +3,46 @@
 ``torch.ops.perceptloss.feature_distance`` is defined in C++ (csrc/ops/feature_distance.cpp); here it gets a
 fake kernel (shape/dtype propagation for torch.compile and FakeTensor) and a backward that calls the fused
 ``feature_distance_backward`` once for the inputs and the targets. Both take the norm ``p`` (2: squared
-difference, the default; 1: absolute difference).
+difference, the default; 1: absolute difference). ``feature_distance_backward`` has its own derivative
+(``_backward_of_backward``, plain torch ops), so second-order gradients (``create_graph=True``: gradient
+penalties, Hessian-vector products) are exact.
+
+Without the compiled operator (no compiler at install time) the library runs on the pure-PyTorch path and
+importing this module warns ONCE with :class:`FusedOperatorUnavailableWarning`, saying why and how to build the
+operator. ``PERCEPTLOSS_NO_EXT_WARNING=1`` (or ``PERCEPTLOSS_NO_EXT=1``, the build-time choice of a pure-PyTorch
+package, set in the environment) silences it. ``PERCEPTLOSS_DISABLE_EXT=1`` skips loading ``_C`` (a switch for
+tests of the fallback; ``HAS_EXT`` is then False).
 """
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+from pathlib import Path
+
 import torch
 
-try:
-    from . import _C  # noqa: F401  (registers torch.ops.perceptloss.*)
 
-    HAS_EXT = True
-    _IMPORT_ERROR: Exception | None = None
-except ImportError as e:  # pure-PyTorch installation
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "0") not in ("", "0", "false", "False")
+
+
+class FusedOperatorUnavailableWarning(UserWarning):
+    """The compiled operator is not available: the losses run on the slower pure-PyTorch path."""
+
+
+_IMPORT_ERROR: Exception | None = None
+if _env_flag("PERCEPTLOSS_DISABLE_EXT"):
     HAS_EXT = False
-    _IMPORT_ERROR = e
+    _IMPORT_ERROR = ImportError("PERCEPTLOSS_DISABLE_EXT=1 is set: perceptloss._C was not loaded; unset it to load the built one")
+else:
+    try:
+        from . import _C  # noqa: F401  (registers torch.ops.perceptloss.*)
+
+        HAS_EXT = True
+    except ImportError as e:  # pure-PyTorch installation
+        HAS_EXT = False
+        _IMPORT_ERROR = e
 
 
 def _registered_kernels() -> frozenset[str]:
@@ -38,13 +64,32 @@ def supports(device: torch.device) -> bool:
     return has_kernel(torch.device(device).type)
 
 
+def build_command() -> str:
+    """The shell command that (re)builds the operator for this installation, showing the build error if any."""
+    root = Path(__file__).resolve().parent.parent
+    pip = f"PERCEPTLOSS_REQUIRE_EXT=1 {sys.executable} -m pip install -v --no-build-isolation --no-deps"
+    if (root / "setup.py").is_file() and (root / "csrc").is_dir():  # a source checkout (editable install)
+        return f"cd {root} && {pip} -e ."
+    return f"{pip} --force-reinstall --no-binary perceptloss perceptloss  (or the path of the perceptloss sdist)"
+
+
 def unavailable_reason(device: torch.device) -> str:
     if not HAS_EXT:
         return (
-            f"the fused operator is not built ({_IMPORT_ERROR}); reinstall with a C++ compiler: "
-            "pip install --no-build-isolation -e . (set FORCE_CUDA=1 CUDA_HOME=... for CUDA)"
+            f"the fused operator is not built ({_IMPORT_ERROR}); the pure-PyTorch path is used (slower). "
+            f"With torch and a C++ compiler installed, build it with: {build_command()} "
+            "(add FORCE_CUDA=1 CUDA_HOME=... for CUDA; PERCEPTLOSS_NO_EXT_WARNING=1 silences the warning)"
         )
     return f"the fused operator was built without a kernel for {torch.device(device).type}; rebuild with FORCE_CUDA=1"
+
+
+def _warn_if_unavailable() -> None:
+    if HAS_EXT or _env_flag("PERCEPTLOSS_NO_EXT_WARNING") or _env_flag("PERCEPTLOSS_NO_EXT"):
+        return
+    warnings.warn(unavailable_reason(torch.device("cpu")), FusedOperatorUnavailableWarning, stacklevel=1)
+
+
+_warn_if_unavailable()  # once per process: a module is imported once
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
