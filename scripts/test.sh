@@ -7,7 +7,7 @@ venv=${VENV:-.venv-test}
 bash scripts/setup_venv.sh "$venv" pytest timm pillow tqdm matplotlib scikit-learn scipy lpips
 # The report's second face feature space (MTCNN's ONet) reads a data file of this wheel; its pinned
 # dependencies (old torch) must not be installed.
-"$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps facenet-pytorch==2.6.0 2>&1 | { grep -v "is ignored" || true; }
+"$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps facenet-pytorch==2.6.0 dists-pytorch==0.1 2>&1 | { grep -v "is ignored" || true; }
 set +e
 "$venv/bin/python" -m pytest -p no:cacheprovider -q "$@"
 rc=$?

@@ -1,0 +1,78 @@
+"""VGG16 with L2 pooling in place of max-pooling: the trunk of DISTS (Ding et al., TPAMI 2020).
+
+DISTS replaces each of VGG16's 2x2 max-pools by an anti-aliased "L2 pooling": ``sqrt(g * x**2 + 1e-12)`` with g
+the normalised 3x3 Hanning window (``np.hanning(5)[1:-1]`` = (0.5, 1, 0.5), outer product, divided by its sum),
+applied per channel (depthwise) with stride 2 and padding 1. The convolutions keep torchvision's VGG16
+configuration and its ``features.N.*`` parameter names, so torchvision's ``vgg16-397923af.pth`` loads as it is
+(the pools have no parameters; their window is a non-persistent buffer).
+
+Layer names are VGG16's Caffe-style names (``conv1_1``, ``relu1_1``, ..., ``pool1`` now an L2 pool, ...);
+DISTS taps relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import vgg as tv_vgg
+
+from .sequential import SequentialFeatures
+from .vgg import VGG_CONFIGS, vgg_layer_names
+
+#: The layers DISTS compares (after the image itself, its "layer 0").
+DISTS_LAYERS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
+
+
+def hanning_window(size: int = 5) -> torch.Tensor:
+    """The (size-2, size-2) normalised 2-D Hanning window of DISTS' L2 pooling (float64, sums to 1)."""
+    n = torch.arange(size, dtype=torch.float64)
+    a = 0.5 - 0.5 * torch.cos(2 * torch.pi * n / (size - 1))  # numpy's np.hanning(size)
+    a = a[1:-1]
+    g = a[:, None] * a[None, :]
+    return g / g.sum()
+
+
+class L2Pool2d(nn.Module):
+    """DISTS' L2 pooling: (N, C, H, W) -> (N, C, ceil(H/2), ceil(W/2)), ``sqrt(conv(x**2, g) + 1e-12)``.
+
+    Depthwise, stride 2, padding 1, the 3x3 window of ``hanning_window(5)``. The window is stored in float32 and
+    cast to the input's dtype.
+    """
+
+    def __init__(self, channels: int, filter_size: int = 5, stride: int = 2) -> None:
+        super().__init__()
+        self.channels = int(channels)
+        self.stride = int(stride)
+        self.padding = (filter_size - 2) // 2
+        g = hanning_window(filter_size).float()
+        self.register_buffer("filter", g[None, None].repeat(self.channels, 1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.conv2d(x.square(), self.filter.to(x.dtype), stride=self.stride, padding=self.padding, groups=x.shape[1])
+        return (out + 1e-12).sqrt()
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, stride={self.stride}, padding={self.padding}"
+
+
+def vgg_l2pool_modules(arch: str = "vgg16") -> list[nn.Module]:
+    """torchvision's VGG ``features`` modules for ``arch`` with every MaxPool2d replaced by an L2Pool2d."""
+    modules: list[nn.Module] = []
+    channels = 3
+    for m in tv_vgg.make_layers(tv_vgg.cfgs[VGG_CONFIGS[arch]]):
+        if isinstance(m, nn.Conv2d):
+            channels = m.out_channels
+        modules.append(L2Pool2d(channels) if isinstance(m, nn.MaxPool2d) else m)
+    return modules
+
+
+class VGGL2PoolFeatures(SequentialFeatures):
+    """VGG16 (or another depth) with L2 pooling, truncated after the deepest of ``layers``.
+
+    Input (N, 3, H, W) ImageNet-normalised; returns the activations of ``layers`` in order. Parameters are
+    named ``features.N.*`` as in torchvision (``load_trunk_state_dict`` loads torchvision's checkpoint).
+    """
+
+    def __init__(self, layers: tuple[str, ...] = DISTS_LAYERS, arch: str = "vgg16") -> None:
+        super().__init__(vgg_l2pool_modules(arch), vgg_layer_names(arch), tuple(layers))
+        self.arch = arch
