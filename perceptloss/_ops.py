@@ -96,6 +96,41 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _backward_of_backward(grad, inputs, targets, weights, p, grads_ga, grads_gb, need_grad, need_a, need_b):
+    """Derivative of ``feature_distance_backward``, in plain torch ops (so it is itself differentiable).
+
+    The backward computes ``ga_l = p s_l g[:, l] phi(a_l - b_l)`` and ``gb_l = -ga_l`` with ``s_l = w_l / (C H W)``
+    and ``phi(d) = d`` (p = 2) or ``sign(d)`` (p = 1). Given the incoming gradients ``u_l = dL/dga_l - dL/dgb_l``
+    (N, ...), it returns
+      - d/dg: ``p s_l sum(u_l phi(d_l))`` per sample, (N, L) like ``grad``;
+      - d/da_l: ``p s_l g[:, l] u_l`` for p = 2 (``2 s_l g u``), 0 for p = 1 (sign is flat a.e.); d/db_l = -d/da_l.
+    """
+    n_layers = len(inputs)
+    acc = grad.dtype
+    grad_g_cols, grad_a, grad_b = [], [None] * n_layers, [None] * n_layers
+    for l, (a, b) in enumerate(zip(inputs, targets)):
+        u = None
+        if grads_ga is not None and grads_ga[l] is not None:
+            u = grads_ga[l]
+        if grads_gb is not None and grads_gb[l] is not None:
+            u = -grads_gb[l] if u is None else u - grads_gb[l]
+        s = p * weights[l] / max(a[0].numel(), 1) if a.dim() > 0 and a.shape[0] > 0 else p * weights[l]
+        if u is None:
+            grad_g_cols.append(grad.new_zeros(grad.shape[0]))
+            continue
+        d = a.to(acc) - b.to(acc)
+        phi = d if p == 2 else torch.sign(d)
+        grad_g_cols.append((u.to(acc) * phi).flatten(1).sum(1) * s)
+        if p == 2 and (need_a[l] or need_b[l]):
+            ga = u.to(acc) * (grad[:, l].to(acc) * s).view(-1, *[1] * (a.dim() - 1))
+            if need_a[l]:
+                grad_a[l] = ga.to(a.dtype)
+            if need_b[l]:
+                grad_b[l] = (-ga).to(b.dtype)
+    grad_g = torch.stack(grad_g_cols, dim=1).to(grad.dtype) if need_grad else None
+    return grad_g, grad_a, grad_b
+
+
 if HAS_EXT:
 
     @torch.library.register_fake("perceptloss::feature_distance")
@@ -130,3 +165,27 @@ if HAS_EXT:
         return out_a, out_b, None, None
 
     torch.library.register_autograd("perceptloss::feature_distance", _backward, setup_context=_setup_context)
+
+    def _setup_context_backward(ctx, inputs, output):
+        grad, features_a, features_b, weights, input_grad, target_grad = inputs[:6]
+        ctx.save_for_backward(grad, *features_a, *features_b)
+        ctx.num_layers = len(features_a)
+        ctx.weights = list(weights)
+        ctx.input_grad, ctx.target_grad = bool(input_grad), bool(target_grad)
+        ctx.p = inputs[6] if len(inputs) > 6 else 2
+
+    def _backward_backward(ctx, grads_ga, grads_gb):
+        saved = ctx.saved_tensors
+        grad, n = saved[0], ctx.num_layers
+        a, b = list(saved[1 : 1 + n]), list(saved[1 + n :])
+        need_grad, need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        grad_g, grad_a, grad_b = _backward_of_backward(
+            grad, a, b, ctx.weights, ctx.p,
+            grads_ga if ctx.input_grad else None, grads_gb if ctx.target_grad else None,
+            need_grad, need_a, need_b,
+        )
+        return grad_g, grad_a, grad_b, None, None, None, None
+
+    torch.library.register_autograd(
+        "perceptloss::feature_distance_backward", _backward_backward, setup_context=_setup_context_backward
+    )
