@@ -1,11 +1,16 @@
 """Shared pieces of the benchmarks: shapes, contenders, a timer, copy bandwidth, environment description.
 
 Methodology: every contender gets the same inputs; each measurement is preceded by warm-up calls; CUDA work is
-synchronised (events) before a clock is read; the reported figure is the median of the repeats.
+synchronised (events) before a clock is read; the reported figure is the median of the repeats. Compiled
+contenders are built once (``CompiledOnce``) so that no timed call pays for building a ``torch.compile`` wrapper.
+Every result file starts with ``describe_machine``: CPU model and flags, ATen's capability, oneDNN's ISA limit,
+the fused operator's CPU kernel level (or the GPU), and whether a lower ISA is emulated.
 """
 from __future__ import annotations
 
+import os
 import platform
+import re
 import statistics
 import time
 from typing import Callable
@@ -18,7 +23,9 @@ from perceptloss.functional import feature_distance_reference
 
 #: VGG19 (channels, downsampling) at relu1_1 ... relu5_1.
 VGG19_RELU_X1 = [(64, 1), (128, 2), (256, 4), (512, 8), (512, 16)]
-CASES = {"N64-64px": (64, 64), "N16-256px": (16, 256)}
+CASES = {"N64-64px": (64, 64), "N16-256px": (16, 256), "N4-32px": (4, 32)}
+#: The cases the published tables use (N4-32px is a quick one for smoke tests).
+DEFAULT_CASES = ("N64-64px", "N16-256px")
 
 
 def vgg19_feature_shapes(n: int, size: int) -> list[tuple[int, int, int, int]]:
@@ -48,12 +55,42 @@ def fused(a, b, w):
     return torch.ops.perceptloss.feature_distance(a, b, w)
 
 
-_compiled: dict[str, Callable] = {}
+class CompiledOnce:
+    """``torch.compile(fn, **options)``, built on the first call and reused by every later call.
+
+    (``dict.setdefault(key, torch.compile(fn))`` evaluates ``torch.compile`` on every call, which builds a
+    new wrapper each time and adds its cost to every timed call.) Dynamo keeps one compiled graph per input
+    signature (shapes, dtypes, grad mode) on ``fn``'s code object; ``RECOMPILE_LIMIT`` signatures are allowed
+    so that a benchmark alternating dtypes and shapes never falls back to eager silently.
+    """
+
+    def __init__(self, fn: Callable, **options: object) -> None:
+        self.fn, self.options = fn, options
+        self.compiled: Callable | None = None
+        self.__name__ = f"compiled_{fn.__name__}"
+
+    def __call__(self, *args: object) -> object:
+        if self.compiled is None:
+            allow_recompiles(RECOMPILE_LIMIT)
+            self.compiled = torch.compile(self.fn, **self.options)
+        return self.compiled(*args)
 
 
-def compiled_eager(a, b, w):
-    fn = _compiled.setdefault("eager_per_sample", torch.compile(eager_per_sample, dynamic=False))
-    return fn(a, b, w)
+#: Input signatures dynamo may compile for one function (2 shapes x 3 dtypes x grad / no-grad, with room).
+RECOMPILE_LIMIT = 64
+
+
+def allow_recompiles(limit: int) -> None:
+    """Raise dynamo's per-function recompile limit to at least ``limit`` (its name changed across versions)."""
+    import torch._dynamo.config as config
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if isinstance(getattr(config, name, None), int) and getattr(config, name) < limit:
+            setattr(config, name, limit)
+
+
+#: torch.compile of the per-sample eager distance: one compiled function for every benchmark in the process.
+compiled_eager = CompiledOnce(eager_per_sample, dynamic=False)
 
 
 OPERATOR_CONTENDERS = {
@@ -171,17 +208,128 @@ def copy_bandwidth(device: str, nbytes: int = 1 << 28) -> float:
     return 2 * nbytes / t
 
 
-def describe_machine(device: str) -> str:
-    parts = [f"torch {torch.__version__}", f"perceptloss {perceptloss.__version__} (fused op built: {perceptloss.HAS_EXT})",
-             f"python {platform.python_version()}", f"threads {torch.get_num_threads()}"]
+_CPU_FLAGS = {"AVX2": ("avx2",), "AVX-512": ("avx512f",), "AVX512-BF16": ("avx512_bf16",),
+              "AMX": ("amx_tile", "amx_bf16")}
+#: Settings that lower the instruction sets the libraries use (to emulate a smaller CPU on a bigger one).
+EMULATION_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (Linux); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            block = f.read().split("\n\n", 1)[0]
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in block.splitlines()) if k.strip()}
+
+
+def cpu_flags(info: dict[str, str] | None = None) -> dict[str, bool]:
+    """Which of AVX2, AVX-512 (F), AVX512-BF16 and AMX this CPU reports (/proc/cpuinfo flags)."""
+    flags = set((info if info is not None else _cpuinfo()).get("flags", "").split())
+    return {name: any(f in flags for f in names) for name, names in _CPU_FLAGS.items()}
+
+
+def cpu_microarchitecture(info: dict[str, str] | None = None) -> str:
+    """A short name of the core: zen2 / zen3 / zen4 / zen5 for AMD (from the CPU family and model), the vendor
+    otherwise (e.g. "intel"), the machine type where /proc/cpuinfo says nothing."""
+    info = info if info is not None else _cpuinfo()
+    vendor = info.get("vendor_id", "")
+    try:
+        family, model = int(info.get("cpu family", "")), int(info.get("model", ""))
+    except ValueError:
+        family = model = -1
+    if vendor == "AuthenticAMD":
+        if family == 0x17:
+            return "zen2" if model >= 0x30 else "zen1"
+        if family == 0x19:
+            return "zen4" if (0x10 <= model <= 0x1F or 0x60 <= model <= 0x7F or 0xA0 <= model <= 0xAF) else "zen3"
+        if family == 0x1A:
+            return "zen5"
+        return "amd"
+    if vendor == "GenuineIntel":
+        return "intel"
+    return (platform.machine() or "cpu").lower()
+
+
+def emulation() -> dict[str, str]:
+    """The ISA-lowering variables that are set (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA)."""
+    return {k: os.environ[k] for k in EMULATION_VARS if os.environ.get(k)}
+
+
+def aten_capability() -> str:
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # noqa: BLE001 - torch < 2.1
+        return "unknown"
+
+
+def kernel_level() -> str:
+    """The fused operator's CPU kernel level in use, or why there is none."""
+    try:
+        return perceptloss.cpu_kernel_level()
+    except Exception as e:  # noqa: BLE001 - no extension
+        return f"none ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})"
+
+
+def cpu_kind() -> str:
+    """File-name tag of the CPU as the benchmark sees it, e.g. "zen5-avx512bf16", or "zen5-emulated-avx2" when
+    ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA lower it."""
+    arch = cpu_microarchitecture()
+    env = emulation()
+    if env:
+        level = env.get("ATEN_CPU_CAPABILITY") or env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA")
+        return f"{arch}-emulated-{re.sub(r'[^a-z0-9]+', '', level.lower())}"
+    flags = cpu_flags()
+    top = next((tag for name, tag in (("AMX", "amx"), ("AVX512-BF16", "avx512bf16"), ("AVX-512", "avx512"),
+                                      ("AVX2", "avx2")) if flags[name]), "baseline")
+    return f"{arch}-{top}"
+
+
+def gpu_kind(device: str = "cuda") -> str:
+    """File-name tag of the GPU, e.g. "h200" for "NVIDIA H200"."""
+    name = torch.cuda.get_device_name(torch.device(device)).lower().replace("nvidia", "")
+    return re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "gpu"
+
+
+def device_kind(device: str) -> str:
+    return gpu_kind(device) if device.startswith("cuda") else cpu_kind()
+
+
+def machine_info(device: str) -> dict[str, str]:
+    """What the numbers depend on, as (field, value): processor, instruction sets, levels, versions."""
+    info = _cpuinfo()
+    flags = cpu_flags(info)
+    cpu = info.get("model name") or platform.processor() or platform.machine()
+    ident = f"{info.get('vendor_id', '?')} family {info.get('cpu family', '?')} model {info.get('model', '?')}"
+    out = {"CPU": f"{cpu} ({ident}, {cpu_microarchitecture(info)}), {os.cpu_count()} logical CPUs",
+           "CPU flags": ", ".join(f"{name} {'yes' if on else 'no'}" for name, on in flags.items()),
+           "ATen CPU capability": aten_capability(),
+           "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY") or "not set",
+           "ONEDNN_MAX_CPU_ISA": (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+                                  or "not set"),
+           "perceptloss CPU kernel level": kernel_level()}
+    try:
+        from perceptloss import hardware
+
+        native, reason = hardware.bf16_native(device)
+        out["dtype='auto' picks"] = f"{str(hardware.auto_dtype(device)).replace('torch.', '')} ({reason})"
+    except Exception:  # noqa: BLE001 - a perceptloss without the rule
+        pass
+    env = emulation()
+    if env:
+        out["EMULATED"] = ("yes: " + " ".join(f"{k}={v}" for k, v in env.items()) +
+                           " lower the instruction sets ATen / oneDNN / our kernels use below what this CPU has")
     if device.startswith("cuda"):
-        parts.insert(0, f"GPU {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")
-    else:
-        cpu = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-        parts.insert(0, f"CPU {cpu}")
-    return ", ".join(parts)
+        p = torch.cuda.get_device_properties(torch.device(device))
+        out["GPU"] = (f"{p.name}, compute capability {p.major}.{p.minor}, {p.multi_processor_count} SMs, "
+                      f"{p.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}")
+    out["versions"] = (f"torch {torch.__version__}, perceptloss {perceptloss.__version__} (fused op built: "
+                       f"{perceptloss.HAS_EXT}), python {platform.python_version()}")
+    out["threads"] = str(torch.get_num_threads())
+    return out
+
+
+def describe_machine(device: str) -> str:
+    """``machine_info`` as markdown lines (a list), for the head of every result file."""
+    return "\n".join(f"- {k}: {v}" for k, v in machine_info(device).items())
