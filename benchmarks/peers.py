@@ -129,23 +129,10 @@ def build_torchmetrics(device: Device) -> LossFn:
     return loss
 
 
-PEERS: dict[str, Callable[[Device], LossFn]] = {
-    f"lpips {_version('lpips')} LPIPS(vgg)": build_lpips,
-    f"piq {_version('piq')} LPIPS(vgg16)": build_piq_lpips,
-    f"piq {_version('piq')} ContentLoss(vgg19, relu1_1..relu5_1)": build_piq_content,
-    f"torchmetrics {_version('torchmetrics')} LPIPS(vgg)": build_torchmetrics,
+#: key -> (label with the installed version, builder).
+PEERS: dict[str, tuple[str, Callable[[Device], LossFn]]] = {
+    "lpips": (f"lpips {_version('lpips')} LPIPS(vgg)", build_lpips),
+    "piq-lpips": (f"piq {_version('piq')} LPIPS(vgg16)", build_piq_lpips),
+    "piq-content": (f"piq {_version('piq')} ContentLoss(vgg19, relu1_1..relu5_1)", build_piq_content),
+    "torchmetrics-lpips": (f"torchmetrics {_version('torchmetrics')} LPIPS(vgg)", build_torchmetrics),
 }
-
-
-def peer_status(device: Device = "cpu") -> list[tuple[str, str]]:
-    """(label, "ok" or why it cannot be built offline) for every peer; builds each one (a few seconds on CPU)."""
-    status = []
-    for label, build in PEERS.items():
-        try:
-            build(device)
-            status.append((label, "ok"))
-        except ImportError as e:
-            status.append((label, f"not importable: {e}"))
-        except Exception as e:  # noqa: BLE001 - reported, never skipped silently
-            status.append((label, f"cannot be built offline: {type(e).__name__}: {e}"))
-    return status

