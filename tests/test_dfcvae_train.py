@@ -163,3 +163,29 @@ def test_ddp_smoke_two_gloo_processes(data_dir, tmp_path):
     mp.spawn(_ddp_train, args=(2, port, data_dir, tmp_path / "ddp"), nprocs=2, join=True)
     state = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 2 and state["config"]["world_size"] == 2
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "off")])
+def test_amp_auto_follows_the_hardware(native, expected, monkeypatch):
+    monkeypatch.setattr(train, "bf16_native", lambda device: (native, "a reason"))
+    assert train.parse_args([]).amp is None  # the default is auto
+    for asked in (None, "auto"):
+        assert train.resolve_amp(asked, torch.device("cpu")) == (expected, "auto: a reason")
+    assert train.resolve_amp("fp16", torch.device("cpu"))[0] == "fp16"  # an explicit choice is kept
+
+
+def test_amp_is_recorded_and_kept_on_resume(data_dir, tmp_path, monkeypatch, capsys):
+    import json
+
+    monkeypatch.setattr(train, "bf16_native", lambda device: (False, "no bf16 instructions"))
+    out = tmp_path / "amp"
+    assert run(data_dir, out, "--max-steps", "1") == 0
+    assert "amp: off (auto: no bf16 instructions)" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["amp"] == "off"
+    monkeypatch.setattr(train, "bf16_native", lambda device: (True, "bf16 instructions"))  # another machine
+    assert run(data_dir, out, "--max-steps", "2", "--resume") == 0
+    assert "amp: off (kept from the run being resumed)" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["amp"] == "off"
+    assert run(data_dir, out, "--max-steps", "3", "--resume", "--amp", "fp16") == 2
+    err = capsys.readouterr().err
+    assert "keep the run's own --amp off (or start afresh with another --out)" in err

@@ -3,7 +3,7 @@
 
     python examples/dfcvae/train.py --preset vae123                     # the paper's setting (5 epochs)
     python examples/dfcvae/train.py --preset vae123 --subset 4096 --epochs 1 --max-steps 60   # a short CPU run
-    torchrun --nproc-per-node 4 examples/dfcvae/train.py --preset vae345 --amp bf16 --channels-last
+    torchrun --nproc-per-node 4 examples/dfcvae/train.py --preset vae345 --channels-last --device cuda
 
 Writes to --out: config.json, log.csv (and TensorBoard events when tensorboard is installed), per-epoch
 grids/recon_eXX.png (inputs over reconstructions) and grids/samples_eXX.png (prior samples), and
@@ -37,6 +37,8 @@ from checkpointing import (CheckpointError, CheckpointMismatch, check_compatible
 from objective import BALANCES, DEFAULT_BETA, PRESETS, DFCObjective  # noqa: E402
 from vae import VAE  # noqa: E402
 
+from perceptloss import bf16_native  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,7 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--subset", type=int, default=0, help="use only the first N training images (0: all)")
     p.add_argument("--max-steps", type=int, default=0, help="stop (with a checkpoint) after this many steps in all (0: no limit)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast for the VAE and VGG")
+    p.add_argument("--amp", default=None, choices=AMP_CHOICES,
+                   help="autocast for the VAE and VGG; auto (default): bf16 where the device computes it natively "
+                        "(CPU with AVX512-BF16 or AMX, CUDA capability >= 8.0), off (float32) elsewhere; "
+                        "--resume keeps the run's own")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the VAE and the loss network")
     p.add_argument("--fused", default="auto", choices=["auto", "on", "off"], help="fused distance operator")
@@ -121,6 +126,30 @@ class Distributed:
     def close(self) -> None:
         if self.world > 1:
             torch.distributed.destroy_process_group()
+
+
+AMP_CHOICES = ("auto", "off", "bf16", "fp16")
+
+
+def resolve_amp(asked: str | None, device: torch.device, saved: str | None = None) -> tuple[str, str]:
+    """The autocast mode to train with ('off', 'bf16' or 'fp16') and why, as one phrase for the log.
+
+    ``asked`` is --amp (None or 'auto': follow the hardware, see :func:`perceptloss.bf16_native`); ``saved`` the
+    mode recorded in the config of the run being resumed, which auto keeps. An explicit mode that differs from a
+    resumed run's raises :class:`SetupError` when fp16 is on either side (its gradient scaler's state does not
+    carry over); off and bf16 may be switched (the continuation is then not bit for bit)."""
+    if saved is not None and asked in (None, "auto"):
+        return saved, "kept from the run being resumed"
+    if saved is not None and asked != saved:
+        if "fp16" in (asked, saved):
+            raise SetupError(f"--amp {asked} cannot continue a run trained with --amp {saved} (fp16's gradient "
+                             f"scaler state does not carry over); keep the run's own --amp {saved} "
+                             "(or start afresh with another --out)")
+        return asked, f"as asked (the run used --amp {saved} before; the continuation is not bit for bit)"
+    if asked in (None, "auto"):
+        native, reason = bf16_native(device)
+        return ("bf16" if native else "off"), f"auto: {reason}"
+    return asked, "as asked"
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -325,13 +354,20 @@ def build(args: argparse.Namespace, device: torch.device, config: dict) -> Train
     return Training(model, objective, optimizer, scheduler, scaler, config)
 
 
-def resume(args: argparse.Namespace, run: Training, out: Path, dist: Distributed) -> None:
-    """Load --resume's checkpoint into ``run`` (refusing one from another configuration)."""
+def read_resume(args: argparse.Namespace, out: Path) -> tuple[Path, dict]:
+    """The path and contents of --resume's checkpoint (SetupError for a missing, damaged or foreign one)."""
     path = out / "checkpoint.pt" if args.resume == "auto" else Path(args.resume)
     if not path.is_file():
         raise SetupError(f"no checkpoint at {path}; run without --resume to start")
     try:
-        state = read_checkpoint(path)
+        return path, read_checkpoint(path)
+    except CheckpointError as e:
+        raise SetupError(str(e)) from None
+
+
+def resume(run: Training, path: Path, state: dict, dist: Distributed) -> None:
+    """Load a checkpoint's ``state`` (read from ``path``) into ``run``, refusing one from another configuration."""
+    try:
         check_compatible(state["config"], run.config, path)
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
@@ -443,14 +479,18 @@ def main(argv: list[str] | None = None) -> int:
         with sigterm_as_interrupt():
             try:
                 out = prepare_output(args, dist)
+                path, saved = read_resume(args, out) if args.resume else (None, None)
+                args.amp, why = resolve_amp(args.amp, args.device, saved and saved["config"].get("amp", "off"))
+                if dist.main:
+                    print(f"amp: {args.amp} ({why})", file=sys.stderr)
                 images, data_config = load_data(args, dist)
                 config = {k: getattr(args, k) for k in ("preset", "balance", "alpha", "beta", "batch_size", "lr", "beta1",
                                                         "seed", "crop", "subset", "latent", "epochs", "amp",
                                                         "channels_last", "compile")}
                 config.update(data_config, world_size=dist.world, data=str(args.data), device=str(args.device))
                 run = build(args, args.device, config)
-                if args.resume:
-                    resume(args, run, out, dist)
+                if saved is not None:
+                    resume(run, path, saved, dist)
                 if dist.main:
                     (out / "config.json").write_text(json.dumps(config, indent=2))
                 logger = Logger(out, dist.main, run.step)

@@ -13,6 +13,6 @@ for preset in ${PRESETS:-pvae vae123 vae345}; do
   out="$root/$preset"
   resume=()
   [ -f "$out/checkpoint.pt" ] && resume=(--resume)
-  "$py" "$here/train.py" --preset "$preset" --out "$out" --epochs 5 --amp bf16 --channels-last --device cpu \
+  "$py" "$here/train.py" --preset "$preset" --out "$out" --epochs 5 --amp auto --channels-last --device cpu \
     "${resume[@]}" "$@"
 done
