@@ -84,7 +84,7 @@ def test_export_and_load_pretrained_round_trip(tmp_path):
     assert mean.shape == logvar.shape == (2, 100) and loaded.decoder(mean).shape == (2, 3, 64, 64)
     # report figures written into the card survive a re-export of the same weights
     pretrained.update_card("vae123", folder, table1_average=88.1)
-    pretrained.export(ckpt, "vae123", folder)
+    pretrained.export(ckpt, "vae123", folder, overwrite=True)
     assert pretrained.read_card("vae123", folder)["table1_average"] == 88.1
     assert pretrained.main(["verify", "--folder", str(folder)]) == 1  # pvae and vae345 are missing
 
@@ -133,3 +133,34 @@ def test_gallery_on_tiny_random_models(tmp_path):
     with pytest.raises(celeba.CelebAError, match="test split"):
         no_test = celeba.load_celeba(make_celeba(tmp_path / "c2", n_images=6, listed=6), verbose=False)
         gallery.make_gallery(models, no_test, tmp_path / "g2")
+
+
+def test_export_never_replaces_a_model_unless_asked(tmp_path, capsys):
+    _, ckpt = _tiny_run(tmp_path / "run")
+    shipped = {p: p.read_bytes() for p in pretrained.PRETRAINED_DIR.glob("vae123.*")}
+    # the docstring's old example: would have replaced the shipped model and its card
+    assert pretrained.main(["export", "--checkpoint", str(ckpt), "--name", "vae123"]) == 2
+    err = capsys.readouterr().err
+    assert "already exist" in err and "the shipped model" in err and "--folder" in err and "--overwrite" in err
+    assert {p: p.read_bytes() for p in pretrained.PRETRAINED_DIR.glob("vae123.*")} == shipped
+    folder = tmp_path / "mine"
+    assert pretrained.main(["export", "--checkpoint", str(ckpt), "--name", "vae123", "--folder", str(folder)]) == 0
+    first = (folder / "vae123.json").read_text()
+    assert pretrained.main(["export", "--checkpoint", str(ckpt), "--name", "vae123", "--folder", str(folder)]) == 2
+    assert pretrained.main(["export", "--checkpoint", str(ckpt), "--name", "vae123", "--folder", str(folder),
+                            "--overwrite"]) == 0
+    assert (folder / "vae123.json").read_text() == first
+    line = pretrained.describe("vae123", folder)
+    assert str(folder / "vae123.safetensors") in line and "an exported model" in line
+    assert "the shipped model" in pretrained.describe("vae123")
+
+
+@pytest.mark.parametrize("content", ["[]", "3", "not json"])
+def test_verify_explains_a_damaged_card(tmp_path, capsys, content):
+    _, ckpt = _tiny_run(tmp_path / "run")
+    folder = tmp_path / "pretrained"
+    pretrained.export(ckpt, "vae123", folder)
+    (folder / "vae123.json").write_text(content)
+    assert pretrained.main(["verify", "--folder", str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert f"vae123: model card {folder / 'vae123.json'}" in out and "restore it from git" in out

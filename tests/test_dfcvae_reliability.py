@@ -212,3 +212,62 @@ def test_a_diverged_run_keeps_its_last_good_checkpoint(data_dir, tmp_path, monke
     err = capsys.readouterr().err
     assert "loss became nan" in err and "--amp off or a lower --lr" in err
     assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_overwrite_with_a_bad_argument_keeps_the_previous_run(data_dir, tmp_path, capsys):
+    out = tmp_path / "x"
+    assert train_tiny(data_dir, out, "--max-steps", "2") == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert train_tiny(tmp_path / "typo", out, "--max-steps", "3", "--overwrite") == 2  # a mistyped --data
+    assert "--data" in capsys.readouterr().err
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not list(tmp_path.glob("x.previous-*"))
+    assert train_tiny(data_dir, out, "--max-steps", "3", "--overwrite") == 0  # now the run starts: moved aside
+    (aside,) = tmp_path.glob("x.previous-*")
+    assert f"moved the previous run in {out} to {aside}" in capsys.readouterr().err
+    assert {p.relative_to(aside): p.read_bytes() for p in aside.rglob("*") if p.is_file()} == before
+    assert _steps(out) == [1, 2, 3] and torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 3
+
+
+def test_checkpoints_and_logs_get_normal_permissions(data_dir, tmp_path):
+    out = tmp_path / "perm"
+    assert train_tiny(data_dir, out, "--max-steps", "2") == 0
+    for name in ("checkpoint.pt", "config.json", "log.csv"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~_umask(), name
+
+
+def _no_temp_files(folder):
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_disk_full_before_decoding_is_one_line(data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(celeba, "free_bytes", lambda folder: 100_000)  # 40 faces need 0.47 MB
+    monkeypatch.setattr(celeba, "ProcessPoolExecutor", lambda *a, **k: pytest.fail("decoding started"))
+    assert train_tiny(data_dir, tmp_path / "o", "--max-steps", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: no space left in ") and "free 1 MB or use --cache-dir" in err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert not _no_temp_files(data_dir.parent / "cache")
+
+
+def test_disk_full_while_writing_the_cache_is_an_error_not_a_crash(data_dir, tmp_path, monkeypatch, capsys):
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(celeba.os, "posix_fallocate", full)
+    assert train_tiny(data_dir, tmp_path / "o", "--max-steps", "1") == 2
+    err = capsys.readouterr().err
+    assert "no space left in" in err and "or use --cache-dir" in err
+    assert not _no_temp_files(data_dir.parent / "cache") and not list((data_dir.parent / "cache").glob("faces-*"))
+
+
+def test_decoding_workers_leave_sigterm_and_ctrl_c_to_the_parent():
+    import concurrent.futures
+
+    with concurrent.futures.ProcessPoolExecutor(1, initializer=celeba._ignore_signals_in_worker) as pool:
+        handlers = pool.submit(_signal_handlers).result()
+    assert handlers == (signal.SIG_IGN, signal.SIG_DFL)
+
+
+def _signal_handlers():
+    return signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)

@@ -8,11 +8,12 @@ counted, listed and skipped.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import signal
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from checkpointing import unwritable_reason
+from files import atomic_write, free_bytes, is_disk_full, unwritable_reason, write_text_atomic
 from perceptloss.weights import weights_home
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "celeba"
@@ -227,14 +228,6 @@ def content_key(data: "CelebA", crop: str, size: int) -> str:
     return h.hexdigest()[:16]
 
 
-def _publish(tmp: str | Path, path: Path) -> None:
-    """Give a finished temp file the usual permissions (mkstemp makes it 0600) and rename it into place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
 @dataclass
 class FaceCache:
     """Decoded faces: ``images`` (N, S, S, 3) uint8 memmap, ``rows`` the index into the CelebA subset used."""
@@ -243,6 +236,98 @@ class FaceCache:
     rows: np.ndarray
     bad: list[str]
     path: Path
+
+
+def _cache_bytes(n: int, size: int) -> int:
+    """Bytes of a (n, size, size, 3) uint8 .npy file (header included)."""
+    return n * size * size * 3 + 128
+
+
+def _no_space(folder: Path, needed: int) -> str:
+    free = free_bytes(folder)
+    short = max(1, -(-(needed - free) // 2**20))
+    return (f"no space left in {folder} for the decoded-image cache ({needed / 2**20:.1f} MB needed, "
+            f"{free / 2**20:.1f} MB free): free {short} MB or use --cache-dir")
+
+
+def _ignore_signals_in_worker() -> None:
+    """Decoding workers: Ctrl-C is the parent's to handle, SIGTERM ends them (not the parent's handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _write_faces(tmp: Path, paths: list[str], files: list[str], crop: str, size: int, workers: int,
+                 progress: bool) -> tuple[list[int], list[str]]:
+    """Decode ``paths`` in ``workers`` processes and write the readable faces, in order, as a (G, S, S, 3) uint8
+    .npy at ``tmp``; returns (rows of the readable images, names of the unreadable ones).
+
+    The file's full size is reserved first (``posix_fallocate``) and written with ordinary writes, never through
+    a memory map, so a full disk is an OSError here (a memory-mapped write would die of SIGBUS instead)."""
+    from tqdm import tqdm
+
+    chunk = 256
+    jobs = [(paths[i:i + chunk], crop, size) for i in range(0, len(paths), chunk)]
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+              "shape": (len(paths), size, size, 3)}
+    good, bad = [], []
+    with open(tmp, "r+b") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        start = f.tell()
+        if hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(f.fileno(), 0, start + len(paths) * size * size * 3)
+            except OSError as e:
+                if is_disk_full(e):
+                    raise
+                # the file system cannot reserve space (EOPNOTSUPP, EINVAL): the writes below still fail cleanly
+        bar = tqdm(total=len(paths), desc=f"decoding {len(paths)} faces ({crop}, {size}px)", unit="img",
+                   disable=not progress, file=sys.stderr)
+        pool = ProcessPoolExecutor(workers, initializer=_ignore_signals_in_worker)
+        try:
+            for j, faces in enumerate(pool.map(_decode_many, jobs)):
+                for k, face in enumerate(faces):
+                    if face is None:
+                        bad.append(files[j * chunk + k])
+                    else:
+                        f.write(np.ascontiguousarray(face, dtype=np.uint8).tobytes())
+                        good.append(j * chunk + k)
+                bar.update(len(faces))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
+        if len(good) < len(paths):  # unreadable images: the header must give the number of rows written
+            f.truncate(f.tell())
+            header["shape"] = (len(good), size, size, 3)
+            f.seek(0)
+            np.lib.format.write_array_header_1_0(f, header)
+            if f.tell() != start:  # the shorter shape changed the header's length: rewrite the file
+                f.seek(start)
+                rows = np.frombuffer(f.read(), dtype=np.uint8).reshape(header["shape"])
+                f.seek(0)
+                f.truncate(0)
+                np.save(f, rows)
+        os.fsync(f.fileno())
+    return good, bad
+
+
+def _decode_into(npy: Path, paths: list[str], files: list[str], crop: str, size: int, workers: int,
+                 progress: bool) -> tuple[list[int], list[str]]:
+    """Check the free space, decode into a temporary file and publish it atomically as ``npy``."""
+    needed = _cache_bytes(len(paths), size)
+    if free_bytes(npy.parent) < needed:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(npy.parent))
+    result: tuple[list[int], list[str]] = ([], [])
+
+    def write(tmp: Path) -> None:
+        nonlocal result
+        result = _write_faces(tmp, paths, files, crop, size, workers, progress)
+
+    atomic_write(npy, write)
+    good, bad = result
+    if bad:
+        print(f"warning: {len(bad)} unreadable images skipped: {', '.join(bad[:10])}"
+              f"{' ...' if len(bad) > 10 else ''}", file=sys.stderr)
+    return good, bad
 
 
 def build_cache(data: CelebA, crop: str = "released", size: int = 64, cache_dir: str | Path | None = None,
@@ -266,53 +351,18 @@ def build_cache(data: CelebA, crop: str = "released", size: int = 64, cache_dir:
             print(f"reusing {info['count']} decoded faces from {npy}", file=sys.stderr)
         return FaceCache(np.load(npy, mmap_mode="r"), np.asarray(info["rows"], dtype=np.int64), info["bad"], npy)
     paths = [str(data.root / "img_align_celeba" / f) for f in data.files]
-    workers = workers or min(8, os.cpu_count() or 1)
-    chunk = 256
-    jobs = [(paths[i:i + chunk], crop, size) for i in range(0, len(paths), chunk)]
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npy.tmp")
-    os.close(fd)
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
-    good, bad = [], []
     try:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(paths), desc=f"decoding {len(paths)} faces ({crop}, {size}px)", unit="img",
-                   disable=not progress, file=sys.stderr)
-        with ProcessPoolExecutor(workers) as pool:
-            for j, faces in enumerate(pool.map(_decode_many, jobs)):
-                for k, face in enumerate(faces):
-                    i = j * chunk + k
-                    if face is None:
-                        bad.append(data.files[i])
-                    else:
-                        out[len(good)] = face
-                        good.append(i)
-                bar.update(len(faces))
-        bar.close()
-        out.flush()
-        del out
-        if bad:
-            print(f"warning: {len(bad)} unreadable images skipped: {', '.join(bad[:10])}"
-                  f"{' ...' if len(bad) > 10 else ''}", file=sys.stderr)
-        full = np.load(tmp, mmap_mode="r")
-        if len(good) < len(paths):  # shrink to the readable rows
-            fd2, tmp2 = tempfile.mkstemp(dir=cache_dir, suffix=".npy.tmp")
-            os.close(fd2)
-            small = np.lib.format.open_memmap(tmp2, mode="w+", dtype=np.uint8, shape=(len(good), size, size, 3))
-            small[:] = full[: len(good)]
-            small.flush()
-            del small, full
-            os.replace(tmp2, tmp)
-        else:
-            del full
-        _publish(tmp, npy)
-        meta_tmp = meta.with_suffix(".json.tmp")
-        meta_tmp.write_text(json.dumps({"rows": good, "bad": bad, "crop": crop, "size": size, "count": len(good),
-                                        "folder": str(data.root.resolve())}))
-        _publish(meta_tmp, meta)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        good, bad = _decode_into(npy, paths, data.files, crop, size, workers or min(8, os.cpu_count() or 1), progress)
+        try:
+            write_text_atomic(meta, json.dumps({"rows": good, "bad": bad, "crop": crop, "size": size,
+                                                "count": len(good), "folder": str(data.root.resolve())}))
+        except OSError:
+            npy.unlink(missing_ok=True)  # a cache without its index would never be reused
+            raise
+    except OSError as e:
+        if is_disk_full(e):
+            raise CelebAError(_no_space(cache_dir, _cache_bytes(len(paths), size))) from None
+        raise
     return FaceCache(np.load(npy, mmap_mode="r"), np.asarray(good, dtype=np.int64), bad, npy)
 
 

@@ -1,12 +1,12 @@
 """Atomic checkpoints (temp file + rename) holding everything needed to resume bit for bit."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from files import atomic_write
 
 #: Config entries that must match for a checkpoint to be resumed (the rest, e.g. epochs or max_steps, may change).
 RESUME_KEYS = ("preset", "balance", "alpha", "beta", "batch_size", "lr", "beta1", "seed", "crop", "subset",
@@ -14,27 +14,8 @@ RESUME_KEYS = ("preset", "balance", "alpha", "beta", "batch_size", "lr", "beta1"
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over ``path`` (never a torn file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def unwritable_reason(folder: str | Path) -> str | None:
-    """None when ``folder`` exists (created if needed) and a file can be written in it, else the OS's reason."""
-    try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
-        return None
-    except OSError as e:
-        return e.strerror or str(e)
+    """torch.save through :func:`files.atomic_write` (never a torn file; normal permissions, not 0600)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def rng_state() -> dict[str, Any]:

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 import figures  # noqa: E402
 from celeba import DEFAULT_DATA, CelebA, CelebAError, decode_face, load_celeba, to_float  # noqa: E402
 from latent import SAMPLINGS, attribute_vector, encode, interpolate, reconstruct, sample  # noqa: E402
-from pretrained import NAMES, PRETRAINED_DIR, PretrainedError, load_pretrained  # noqa: E402
+from pretrained import NAMES, PRETRAINED_DIR, PretrainedError, describe, load_pretrained  # noqa: E402
 
 TITLES = {"pvae": "PVAE", "vae123": "VAE-123", "vae345": "VAE-345"}
 
@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     try:
         models = {name: load_pretrained(name, args.pretrained) for name in NAMES}
+        for name in NAMES:
+            print(describe(name, args.pretrained), file=sys.stderr)
         data = load_celeba(args.data, verbose=False)
         page = make_gallery(models, data, Path(args.out), args.seed)
     except (PretrainedError, CelebAError) as e:

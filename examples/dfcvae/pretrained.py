@@ -10,7 +10,7 @@ Each model is ``pretrained/<name>.safetensors`` (fp16 weights, BatchNorm running
 model card ``pretrained/<name>.json`` (preset, data, images, steps, epochs, wall time, hardware, sha256 of the
 weights file, and the report's Table 1 average and quality figures). Command line:
 
-    python examples/dfcvae/pretrained.py export --checkpoint runs/vae123/checkpoint.pt --name vae123
+    python examples/dfcvae/pretrained.py export --checkpoint runs/vae123/checkpoint.pt --name vae123 --folder my-models
     python examples/dfcvae/pretrained.py verify            # re-check every shipped file's sha256
 """
 from __future__ import annotations
@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from perceptloss.weights import sha256_file as file_sha256  # noqa: E402  (also used by the tests)
+from files import atomic_write, write_text_atomic  # noqa: E402
 from vae import VAE  # noqa: E402
 
 PRETRAINED_DIR = HERE / "pretrained"
@@ -42,7 +42,8 @@ class PretrainedError(RuntimeError):
     """A shipped model is missing, damaged or unknown (the message says what to do)."""
 
 
-def _paths(name: str, folder: Path | None) -> tuple[Path, Path]:
+def paths(name: str, folder: str | Path | None = None) -> tuple[Path, Path]:
+    """The weights file and the model card of ``name`` in ``folder`` (default: the shipped models)."""
     if name not in NAMES:
         raise PretrainedError(f"unknown pretrained model {name!r}; choose from {', '.join(NAMES)}")
     folder = Path(folder) if folder is not None else PRETRAINED_DIR
@@ -51,14 +52,28 @@ def _paths(name: str, folder: Path | None) -> tuple[Path, Path]:
 
 def read_card(name: str, folder: Path | None = None) -> dict[str, Any]:
     """The model card of ``name`` (a dict; see the module docstring)."""
-    _, card = _paths(name, folder)
+    _, card = paths(name, folder)
     if not card.is_file():
         raise PretrainedError(f"no model card {card}; export the model with "
                               f"`python examples/dfcvae/pretrained.py export --name {name} --checkpoint ...`")
     try:
-        return json.loads(card.read_text())
-    except json.JSONDecodeError as e:
+        content = json.loads(card.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PretrainedError(f"model card {card} is not valid JSON ({e}); restore it from git") from None
+    if not isinstance(content, dict):
+        raise PretrainedError(f"model card {card} holds a JSON {type(content).__name__}, not an object of fields "
+                              "(preset, sha256, ...); restore it from git or re-export the model")
+    return content
+
+
+def describe(name: str, folder: str | Path | None = None) -> str:
+    """One line naming the weights file ``load_pretrained(name, folder)`` reads and what its card says."""
+    weights, _ = paths(name, folder)
+    card = read_card(name, folder)
+    shipped = weights.resolve().parent == PRETRAINED_DIR.resolve()
+    what = "the shipped model" if shipped else "an exported model"
+    return (f"{name}: {weights} ({what}; sha256 {str(card.get('sha256'))[:12]}…, {card.get('steps')} steps, "
+            f"exported {card.get('exported')})")
 
 
 def load_pretrained(name: str, folder: str | Path | None = None, device: str | torch.device = "cpu") -> VAE:
@@ -71,7 +86,7 @@ def load_pretrained(name: str, folder: str | Path | None = None, device: str | t
     """
     from safetensors.torch import load_file
 
-    weights, _ = _paths(name, folder)
+    weights, _ = paths(name, folder)
     card = read_card(name, folder)
     if not weights.is_file():
         raise PretrainedError(f"no weights file {weights}; restore it from git (git checkout -- {weights})")
@@ -118,30 +133,36 @@ def training_time(log_csv: Path) -> dict[str, float]:
     return {"wall_time_s": round(wall, 1), "final_kl": round(mean("kl"), 3), "final_rec": round(mean("rec"), 3)}
 
 
-def _write_json_atomic(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+class ExistingModel(PretrainedError):
+    """An export would replace a model (and its card) that is already there."""
 
 
 def export(checkpoint: str | Path, name: str, folder: str | Path | None = None,
-           data_name: str = "CelebA subset (../shared/data/celeba)") -> Path:
-    """Write ``<name>.safetensors`` (fp16) and ``<name>.json`` from a training checkpoint (and its log.csv)."""
+           data_name: str = "CelebA subset (../shared/data/celeba)", overwrite: bool = False) -> Path:
+    """Write ``<name>.safetensors`` (fp16) and ``<name>.json`` from a training checkpoint (and its log.csv).
+
+    An existing model in ``folder`` (by default the shipped one, whose card holds the report's Table 1 and
+    quality figures) is replaced only with ``overwrite=True``; otherwise :class:`ExistingModel` is raised and
+    nothing is written."""
     from safetensors.torch import save_file
 
     checkpoint = Path(checkpoint)
-    weights, card_path = _paths(name, folder)
-    weights.parent.mkdir(parents=True, exist_ok=True)
+    weights, card_path = paths(name, folder)
+    existing = [p for p in (weights, card_path) if p.exists()]
+    if existing and not overwrite:
+        shipped = weights.resolve().parent == PRETRAINED_DIR.resolve()
+        raise ExistingModel(
+            f"{' and '.join(map(str, existing))} already exist{'s' if len(existing) == 1 else ''}"
+            f"{' (the shipped model: its card holds the report figures)' if shipped else ''}; export to another "
+            f"--folder (then load_pretrained({name!r}, folder), gallery.py --pretrained FOLDER or report.py "
+            "--pretrained FOLDER use it), or add --overwrite to replace it")
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    config = state.get("config", {})
+    config = state.get("config", {}) if isinstance(state, dict) else {}
     if config.get("preset") != name:
         raise PretrainedError(f"{checkpoint} was trained with preset {config.get('preset')!r}, not {name!r}")
     tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sorted(state["model"].items())}
-    fd, tmp = tempfile.mkstemp(dir=weights.parent, prefix=f".{weights.name}.", suffix=".tmp")
-    os.close(fd)
-    save_file(tensors, tmp)  # no metadata: safetensors orders it through a hash map, so the bytes would vary
-    os.replace(tmp, weights)
+    # no metadata: safetensors orders it through a hash map, so the bytes would vary
+    atomic_write(weights, lambda tmp: save_file(tensors, str(tmp)))
     steps = int(state["step"])
     card = {
         "name": name, "preset": name, "latent": config.get("latent", 100), "dtype": "float16",
@@ -157,20 +178,23 @@ def export(checkpoint: str | Path, name: str, folder: str | Path | None = None,
     if log.is_file():
         card.update(training_time(log))
         card["images_per_s"] = round(steps * card["batch_size"] * card["world_size"] / card["wall_time_s"], 1)
-    old = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    for key in ("table1_average", "quality"):  # figures from the report survive a re-export only if unchanged
+    try:
+        old = read_card(name, folder) if card_path.is_file() else {}
+    except PretrainedError:  # a damaged card is replaced
+        old = {}
+    for key in ("table1_average", "table1_delta_majority", "quality"):  # report figures survive only if unchanged
         if key in old and old.get("sha256") == card["sha256"]:
             card[key] = old[key]
-    _write_json_atomic(card, card_path)
+    write_text_atomic(card_path, json.dumps(card, indent=2) + "\n")
     return weights
 
 
 def update_card(name: str, folder: str | Path | None = None, **fields: Any) -> None:
     """Add or replace fields of a model card (used by report.py for the Table 1 and quality figures)."""
-    _, card_path = _paths(name, folder)
+    _, card_path = paths(name, folder)
     card = read_card(name, folder)
     card.update(fields)
-    _write_json_atomic(card, card_path)
+    write_text_atomic(card_path, json.dumps(card, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("export", help="write <name>.safetensors + <name>.json from a training checkpoint")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--name", required=True, choices=NAMES)
-    e.add_argument("--folder", default=str(PRETRAINED_DIR))
+    e.add_argument("--folder", default=str(PRETRAINED_DIR),
+                   help="where to write (default: the shipped models' folder, %(default)s)")
+    e.add_argument("--overwrite", action="store_true", help="replace a model (and its card) already in --folder")
     v = sub.add_parser("verify", help="check every shipped model against its card")
     v.add_argument("--folder", default=str(PRETRAINED_DIR))
     args = p.parse_args(argv)
@@ -187,14 +213,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             if not Path(args.checkpoint).is_file():
                 p.error(f"no checkpoint at {args.checkpoint}")
-            path = export(args.checkpoint, args.name, args.folder)
+            path = export(args.checkpoint, args.name, args.folder, overwrite=args.overwrite)
             print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {path.with_suffix('.json')}")
         else:
             bad = 0
             for name in NAMES:
                 try:
                     load_pretrained(name, args.folder)
-                    print(f"{name}: ok")
+                    print(f"{name}: ok ({paths(name, args.folder)[0]})")
                 except PretrainedError as err:
                     bad += 1
                     print(f"{name}: {err}")

@@ -31,11 +31,14 @@ import torch  # noqa: E402
 import figures  # noqa: E402
 import metrics  # noqa: E402
 from celeba import DEFAULT_DATA, CelebA, CelebAError, build_cache, load_celeba, read_attribute_names, to_float  # noqa: E402
-from checkpointing import CheckpointError, unwritable_reason  # noqa: E402
+from checkpointing import CheckpointError  # noqa: E402
+from files import unwritable_reason, write_text_atomic  # noqa: E402
 from latent import (SAMPLINGS, attribute_vector, encode, interpolate, load_vae,  # noqa: E402
                     reconstruct, sample)  # noqa: E402
 from paper_table1 import PAPER_TABLE1  # noqa: E402
-from pretrained import PRETRAINED_DIR, PretrainedError, load_pretrained, read_card, training_time, update_card  # noqa: E402
+from pretrained import (PRETRAINED_DIR, PretrainedError, describe, load_pretrained, read_card, training_time,  # noqa: E402
+                        update_card)
+from pretrained import paths as pretrained_paths  # noqa: E402
 
 MODELS = {"pvae": "PVAE", "vae123": "VAE-123", "vae345": "VAE-345"}
 CORRELATION_ATTRIBUTES = ["Attractive", "Heavy_Makeup", "Wearing_Lipstick", "Male", "No_Beard", "Gray_Hair", "Bald",
@@ -93,6 +96,7 @@ def load_models(args) -> tuple[dict, dict]:
                 models[key], cfg = load_vae(path, args.device)
             except CheckpointError as e:
                 raise ReportError(str(e)) from None
+            print(f"{key}: {path} (step {cfg['step']})", file=sys.stderr)
             if cfg.get("preset") not in (None, key):
                 raise ReportError(f"{path} was trained with preset {cfg.get('preset')!r}, not {key!r}: pass it as "
                                   f"--{cfg.get('preset')}, or give the right checkpoint to --{key}")
@@ -104,9 +108,12 @@ def load_models(args) -> tuple[dict, dict]:
             try:
                 models[key] = load_pretrained(key, args.pretrained, args.device)
                 card = read_card(key, args.pretrained)
+                print(describe(key, args.pretrained), file=sys.stderr)
             except PretrainedError as e:
                 raise ReportError(str(e)) from None
-            info[key] = dict(card, source=f"pretrained/{key}.safetensors", step=card["steps"], epochs_done=card["epochs"])
+            source = pretrained_paths(key, args.pretrained)[0]
+            source = source.relative_to(HERE) if source.is_relative_to(HERE) else source
+            info[key] = dict(card, source=str(source), step=card["steps"], epochs_done=card["epochs"])
     return models, info
 
 
@@ -168,11 +175,7 @@ class Report:
         self.lines.append("")
 
     def write(self) -> Path:
-        path = self.out / "report.md"
-        tmp = path.with_suffix(".md.tmp")
-        tmp.write_text("\n".join(self.lines) + "\n")
-        tmp.replace(path)
-        return path
+        return write_text_atomic(self.out / "report.md", "\n".join(self.lines) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ sections
@@ -479,7 +482,7 @@ def run(args) -> int:
                            "quality": {kind: {m: round(v, 4) for m, v in r.items()} for kind, r in quality[k].items()}}
                for k in models}
     summary["majority"] = {"table1_average": round(float(np.mean(table1["majority"])), 2)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     if args.update_cards:
         for k in models:
             if not getattr(args, k):

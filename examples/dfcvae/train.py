@@ -17,10 +17,8 @@ import contextlib
 import csv
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +31,8 @@ import torch  # noqa: E402
 
 from celeba import DEFAULT_DATA, CROPS, CelebAError, build_cache, cache_key, load_celeba, to_float  # noqa: E402
 from checkpointing import (CheckpointError, CheckpointMismatch, check_compatible, read_checkpoint,  # noqa: E402
-                           rng_state, save_atomic, set_rng_state, unwritable_reason)
+                           rng_state, save_atomic, set_rng_state)
+from files import atomic_write, unwritable_reason, write_text_atomic  # noqa: E402
 from objective import BALANCES, DEFAULT_BETA, PRESETS, DFCObjective  # noqa: E402
 from vae import VAE  # noqa: E402
 
@@ -69,7 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", default=None, nargs="?", const="auto",
                    help="checkpoint to resume (no value: <out>/checkpoint.pt)")
-    p.add_argument("--overwrite", action="store_true", help="delete the run already in --out and start afresh")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that holds a run: the old run is moved to <out>.previous-<time> "
+                        "once the new one has started")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--workers", type=int, default=None, help="processes decoding the image cache")
@@ -233,12 +234,13 @@ def truncate_log(path: Path, step: int) -> None:
     keep = [r for r in rows if (r.get("step") or "").isdigit() and int(r["step"]) <= step]
     if len(keep) == len(rows):
         return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".log.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=Logger.FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(keep)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=Logger.FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(keep)
+
+    atomic_write(path, write)
 
 
 class Terminated(Exception):
@@ -276,6 +278,8 @@ class SetupError(RuntimeError):
 
 # ------------------------------------------------------------------------------------------ the steps
 RUN_FILES = ("checkpoint.pt", "config.json", "log.csv")
+#: Everything a run writes in --out (moved aside together by --overwrite).
+RUN_ITEMS = RUN_FILES + ("grids", "tb")
 
 
 def prepare_output(args: argparse.Namespace, dist: Distributed) -> Path:
@@ -285,16 +289,30 @@ def prepare_output(args: argparse.Namespace, dist: Distributed) -> Path:
     if existing and not args.resume:
         if not args.overwrite:
             raise SetupError(f"{out} already holds a run ({', '.join(existing)}); use --resume to continue it, "
-                             "--overwrite to delete it and start over, or another --out")
-        if dist.main:
-            for name in RUN_FILES:
-                (out / name).unlink(missing_ok=True)
-            for sub in ("grids", "tb"):
-                shutil.rmtree(out / sub, ignore_errors=True)
-            print(f"--overwrite: deleted the previous run in {out}", file=sys.stderr)
+                             "--overwrite to start over (the old run is moved aside), or another --out")
     if dist.main and (reason := unwritable_reason(out)):
         raise SetupError(f"cannot write to --out {out} ({reason}); choose a writable folder")
     return out
+
+
+def move_previous_run(out: Path) -> Path | None:
+    """For --overwrite, once the new run has started (everything checked, data loaded, model built): move the
+    previous run's files out of ``out`` into a sibling ``<out>.previous-<date>-<time>`` and return it (None when
+    ``out`` held no run). Nothing is deleted."""
+    items = [out / name for name in RUN_ITEMS if (out / name).exists()]
+    if not items:
+        return None
+    base = out.resolve()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = base.parent / f"{base.name}.previous-{stamp}"
+    for n in range(2, 1000):
+        if not aside.exists():
+            break
+        aside = base.parent / f"{base.name}.previous-{stamp}-{n}"
+    aside.mkdir(parents=True)
+    for item in items:
+        os.replace(item, aside / item.name)
+    return aside
 
 
 def load_data(args: argparse.Namespace, dist: Distributed) -> tuple[np.ndarray, dict]:
@@ -492,7 +510,10 @@ def main(argv: list[str] | None = None) -> int:
                 if saved is not None:
                     resume(run, path, saved, dist)
                 if dist.main:
-                    (out / "config.json").write_text(json.dumps(config, indent=2))
+                    if args.overwrite and (aside := move_previous_run(out)) is not None:
+                        print(f"--overwrite: moved the previous run in {out} to {aside} (delete it when you no "
+                              "longer need it)", file=sys.stderr)
+                    write_text_atomic(out / "config.json", json.dumps(config, indent=2))
                 logger = Logger(out, dist.main, run.step)
                 train_loop(args, run, images, args.device, dist, out, logger)
             except (KeyboardInterrupt, Terminated) as e:

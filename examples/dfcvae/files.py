@@ -1,0 +1,71 @@
+"""Writing files safely: one atomic-write helper, a writability probe and a free-space check.
+
+Every file the example writes (checkpoints, logs, model cards, weights, the decoded-face cache, reports) goes
+through :func:`atomic_write`: the content is written to a temporary file in the same folder and renamed over
+the target, so a crash, a kill or a full disk never leaves a torn file, and the previous version stays intact
+until the new one is complete. The result gets the permissions of a normally created file (``0666`` minus the
+umask), not the ``0600`` of a temporary file.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+#: errno values that mean "the disk (or the user's quota) is full".
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` to fill a temporary file beside ``path``, then rename it over ``path``.
+
+    ``write`` receives the temporary file's path (the file exists and is empty) and may open it in any mode or
+    hand it to ``torch.save`` / ``np.save`` / safetensors. Whatever ``write`` raises (OSError for a full disk
+    included) propagates with ``path`` untouched and the temporary file removed. Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write` of a UTF-8 text file."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def unwritable_reason(folder: str | Path) -> str | None:
+    """None when ``folder`` exists (created if needed) and a file can be written in it, else the OS's reason."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+        return None
+    except OSError as e:
+        return e.strerror or str(e)
+
+
+def free_bytes(folder: str | Path) -> int:
+    """Bytes an unprivileged process may still write in ``folder``'s file system."""
+    return shutil.disk_usage(folder).free
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` is an OSError for a full disk or quota."""
+    return isinstance(error, OSError) and error.errno in NO_SPACE
