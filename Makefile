@@ -1,5 +1,5 @@
 # The two set-up commands of the README, and helpers.
-.PHONY: test demo bench build-cuda clean
+.PHONY: test demo bench build-cuda clean gpu-check
 
 # Runs the tests in .venv-test (created and installed on first use; CUDA kernels compiled when nvcc exists).
 test:
@@ -15,6 +15,11 @@ bench:
 	.venv-test/bin/python benchmarks/run.py
 	.venv-test/bin/python benchmarks/precision.py
 	.venv-test/bin/python benchmarks/launch.py
+
+# The first session on a GPU machine (torch preinstalled, no network, nothing installed): build in place, tests,
+# compute-sanitizer, losses, a training step, GPU benchmarks; at most 8 files in $OUT (default /tmp/perceptloss-gpu-check).
+gpu-check:
+	bash scripts/gpu_check.sh $(OUT)
 
 # C++ side build against libtorch with CMake (CUDA optional).
 build-cuda:
