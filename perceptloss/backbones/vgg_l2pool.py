@@ -4,7 +4,7 @@ DISTS replaces each of VGG16's 2x2 max-pools by an anti-aliased "L2 pooling": ``
 the normalised 3x3 Hanning window (``np.hanning(5)[1:-1]`` = (0.5, 1, 0.5), outer product, divided by its sum),
 applied per channel (depthwise) with stride 2 and padding 1. The convolutions keep torchvision's VGG16
 configuration and its ``features.N.*`` parameter names, so torchvision's ``vgg16-397923af.pth`` loads as it is
-(the pools have no parameters; their window is a non-persistent buffer).
+(the pools have no parameters; their window is a constant).
 
 Layer names are VGG16's Caffe-style names (``conv1_1``, ``relu1_1``, ..., ``pool1`` now an L2 pool, ...);
 DISTS taps relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3.
@@ -35,8 +35,9 @@ def hanning_window(size: int = 5) -> torch.Tensor:
 class L2Pool2d(nn.Module):
     """DISTS' L2 pooling: (N, C, H, W) -> (N, C, ceil(H/2), ceil(W/2)), ``sqrt(conv(x**2, g) + 1e-12)``.
 
-    Depthwise, stride 2, padding 1, the 3x3 window of ``hanning_window(5)``. The window is stored in float32 and
-    cast to the input's dtype.
+    Depthwise, stride 2, padding 1, the 3x3 window of ``hanning_window(5)``. The window is a constant, not a
+    buffer (it is no weight: state dicts and weight files never hold it); it is cast to the input's device and
+    dtype at each call (9 numbers).
     """
 
     def __init__(self, channels: int, filter_size: int = 5, stride: int = 2) -> None:
@@ -44,11 +45,11 @@ class L2Pool2d(nn.Module):
         self.channels = int(channels)
         self.stride = int(stride)
         self.padding = (filter_size - 2) // 2
-        g = hanning_window(filter_size).float()
-        self.register_buffer("filter", g[None, None].repeat(self.channels, 1, 1, 1), persistent=False)
+        self.window = hanning_window(filter_size).float()  # float32, as the official code's filter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.conv2d(x.square(), self.filter.to(x.dtype), stride=self.stride, padding=self.padding, groups=x.shape[1])
+        g = self.window.to(device=x.device, dtype=x.dtype).expand(x.shape[1], 1, *self.window.shape)
+        out = F.conv2d(x.square(), g, stride=self.stride, padding=self.padding, groups=x.shape[1])
         return (out + 1e-12).sqrt()
 
     def extra_repr(self) -> str:
