@@ -114,7 +114,13 @@ import sys, torch, perceptloss
 from perceptloss import hardware
 d = sys.argv[1]
 print(f"HAS_EXT {perceptloss.HAS_EXT}; kernels: cpu {perceptloss.has_kernel('cpu')}, cuda {perceptloss.has_kernel('cuda')}")
-print(f"dtype='auto' on {d}: {hardware.auto_dtype(d)} ({hardware.bf16_native(d)[1]})")
+if d == "cuda":
+    print(f"dtype='auto' on cuda: {hardware.auto_dtype(d)} ({hardware.bf16_native(d)[1]})")
+from perceptloss import _validation as v  # the value checks inside torch.compile use private torch APIs
+ok = getattr(v, "_COMPILED_CHECK", None)
+print("compiled value checks (perceptloss::_check_values): " + ("registered" if ok else
+      f"NOT registered: {getattr(v, '_COMPILED_CHECK_MISSING', '?')}") +
+      f"; torch.Tag.cudagraph_unsafe {'exists' if hasattr(torch.Tag, 'cudagraph_unsafe') else 'missing'}")
 if d == "cuda":
     p = torch.cuda.get_device_properties(0)
     print(f"GPU {p.name}: capability {p.major}.{p.minor}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB")
