@@ -4,8 +4,9 @@
 - The CUDA kernels are added when FORCE_CUDA=1, or when a GPU is visible and CUDA_HOME is set.
 - If the build fails, a pure-PyTorch package is installed (perceptloss.HAS_EXT is False) unless
   PERCEPTLOSS_REQUIRE_EXT=1, in which case the build error is raised (CI sets it).
-- The CPU kernels' inner loops (csrc/ops/cpu/*_kernel.cpp) are compiled once per CPU capability level, as ATen
-  compiles its native/cpu kernels: DEFAULT, AVX2 and AVX512 on x86-64 (DEFAULT elsewhere); the library picks
+- The CPU kernels' inner loops (every source in csrc/ops/cpu/kernels/) are compiled once per CPU capability level,
+  as ATen compiles its native/cpu kernels, with the levels and flags of csrc/ops/cpu/kernels/cpu_levels.txt
+  (DEFAULT, AVX2 and AVX512 on x86-64; DEFAULT elsewhere); the library picks
   one at run time (csrc/ops/cpu/cpu_dispatch.cpp). PERCEPTLOSS_CPU_LEVELS=DEFAULT,AVX2 builds fewer.
 Useful: MAX_JOBS (parallel compile jobs), TORCH_CUDA_ARCH_LIST (e.g. "9.0"), PERCEPTLOSS_NO_EXT=1 (skip).
 """
@@ -25,18 +26,29 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "0") not in ("", "0", "false", "False")
 
 
-#: ATen's CPU capability levels on x86-64 and the compiler flags of each (as in ATen's build).
-X86_CPU_LEVELS = {
-    "DEFAULT": [],
-    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
-    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"],
-}
+#: The per-ISA kernel sources: every .cpp in this folder is compiled once per CPU level (as ATen's native/cpu).
+CPU_KERNEL_DIR = "csrc/ops/cpu/kernels"
+#: The one table of levels and their compiler flags, read here and by CMakeLists.txt.
+CPU_LEVELS_TABLE = os.path.join(CPU_KERNEL_DIR, "cpu_levels.txt")
+
+
+def read_cpu_levels_table(path: str = os.path.join(ROOT, CPU_LEVELS_TABLE)) -> dict[str, list[str]]:
+    """{level: compiler flags} from the table, lowest level first ("NAME flag ..." per line, # comments)."""
+    levels: dict[str, list[str]] = {}
+    with open(path) as f:
+        for line in f:
+            words = line.split("#", 1)[0].split()
+            if words:
+                levels[words[0].upper()] = words[1:]
+    if "DEFAULT" not in levels:
+        raise SystemExit(f"{path}: the table must have a DEFAULT level")
+    return levels
 
 
 def cpu_levels() -> dict[str, list[str]]:
-    """The levels to compile the CPU kernels for: all of X86_CPU_LEVELS on x86-64 with GCC/Clang, else DEFAULT."""
+    """The levels to compile the CPU kernels for: every level of the table on x86-64 with GCC/Clang, else DEFAULT."""
     x86 = platform.machine().lower() in ("x86_64", "amd64") and sys.platform != "win32"
-    levels = X86_CPU_LEVELS if x86 else {"DEFAULT": []}
+    levels = read_cpu_levels_table() if x86 else {"DEFAULT": []}
     wanted = os.environ.get("PERCEPTLOSS_CPU_LEVELS")
     if wanted:
         names = [w.strip().upper() for w in wanted.split(",") if w.strip()]
@@ -73,9 +85,8 @@ def extension_modules():
             raise
         warn_no_extension(f"torch is not importable at build time ({e})")
         return [], {}
-    level_sources = sorted(glob.glob("csrc/ops/cpu/*_kernel.cpp"))  # compiled once per CPU level
+    level_sources = sorted(glob.glob(os.path.join(CPU_KERNEL_DIR, "*.cpp")))  # compiled once per CPU level
     sources = sorted(glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/ops/cpu/*.cpp")) + ["csrc/module.cpp"]
-    sources = [s for s in sources if s not in level_sources]
     levels = cpu_levels()
     cuda_sources = sorted(glob.glob("csrc/ops/cuda/*.cu"))
     use_cuda = _flag("FORCE_CUDA") or (torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None)

@@ -1,6 +1,6 @@
 // Schema of the perceptloss operators and the argument preparation shared by the CPU and CUDA kernels.
+// Device-neutral: it includes no backend header (each backend passes its allocator to GradBuffers).
 #include "feature_distance.h"
-#include "cpu/grad_buffer_cache.h"
 
 #include <torch/library.h>
 
@@ -71,15 +71,20 @@ std::vector<PreparedLayer> prepare_layers(
   return layers;
 }
 
-GradBuffers::GradBuffers(at::TensorList inputs, const std::vector<PreparedLayer>& layers, bool needed) {
+namespace {
+at::Tensor plain_empty_like(const at::Tensor& like) {
+  return at::empty_like(like);
+}
+}  // namespace
+
+GradBuffers::GradBuffers(at::TensorList inputs, const std::vector<PreparedLayer>& layers, bool needed,
+                         EmptyLike empty_like) {
   if (!needed) {
     return;
   }
-  // On the CPU, fresh large buffers page-fault on first touch: take them from the cache of freed gradients
-  // (CUDA's caching allocator already does this for CUDA tensors).
-  const auto empty_like = [](const at::Tensor& t) {
-    return t.is_cpu() ? cpu::empty_like_cached(t) : at::empty_like(t);
-  };
+  if (empty_like == nullptr) {
+    empty_like = &plain_empty_like;
+  }
   for (size_t l = 0; l < layers.size(); ++l) {
     at::Tensor o = empty_like(inputs[l]);
     out.push_back(o);

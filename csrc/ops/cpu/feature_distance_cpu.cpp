@@ -1,9 +1,10 @@
 // CPU entry points of perceptloss::feature_distance: parallel over (layer, sample, chunk) work items with
-// at::parallel_for; each item runs the inner loop of the CPU level in use (feature_distance_kernel.cpp, compiled
+// at::parallel_for; each item runs the inner loop of the CPU level in use (kernels/feature_distance_kernel.cpp, compiled
 // per level, chosen in cpu_dispatch.cpp). Chunk partials are combined in a fixed order, so results do not depend
 // on the thread count. Gradient buffers come from grad_buffer_cache (reused memory, see there).
 #include "../feature_distance.h"
 #include "cpu_dispatch.h"
+#include "grad_buffer_cache.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -92,7 +93,9 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> feature_distance_ba
   const auto dtype = inputs[0].scalar_type();
   const at::Tensor g = grad.to(at::kDouble).contiguous();  // (N, L), tiny
   const double* gp = g.const_data_ptr<double>();
-  GradBuffers ga(inputs, layers, input_grad), gb(inputs, layers, target_grad);
+  // Fresh large CPU buffers page-fault on first touch: take them from the cache of freed gradient memory.
+  GradBuffers ga(inputs, layers, input_grad, &cpu::empty_like_cached);
+  GradBuffers gb(inputs, layers, target_grad, &cpu::empty_like_cached);
   if (input_grad || target_grad) {
     const auto items = make_work(layers, n);
     const KernelTable& k = cpu::kernels();

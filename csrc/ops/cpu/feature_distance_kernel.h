@@ -1,7 +1,7 @@
 // The inner loops of perceptloss::feature_distance on the CPU, compiled once per CPU capability level.
 //
-// As ATen does for its native/cpu kernels, feature_distance_kernel.cpp is compiled several times: once per level
-// (DEFAULT, AVX2, AVX512 on x86-64; DEFAULT elsewhere), each with that level's compiler flags and with
+// As ATen does for its native/cpu kernels, every source in kernels/ is compiled several times: once per level
+// (kernels/cpu_levels.txt: DEFAULT, AVX2, AVX512 on x86-64; DEFAULT elsewhere), each with that level's flags and
 // CPU_CAPABILITY=<level> and CPU_CAPABILITY_<level> defined, so that at::vec uses the level's vector registers.
 // Each compilation defines `perceptloss::ops::cpu::<level>::kernels`; cpu_dispatch.h picks one at run time.
 //

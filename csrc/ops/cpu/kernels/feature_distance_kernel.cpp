@@ -1,7 +1,10 @@
-// Inner loops of perceptloss::feature_distance, compiled once per CPU capability level (see
-// feature_distance_kernel.h): vectorized with at::vec, fp32 accumulation (double for double). The norm p (1 or 2)
-// and which gradients are written are template parameters, so the loops carry no per-element branch.
-#include "feature_distance_kernel.h"
+// Inner loops of perceptloss::feature_distance, compiled once per CPU capability level (every source in this
+// folder is; see ../feature_distance_kernel.h and cpu_levels.txt): vectorized with at::vec, fp32 accumulation
+// (double for double). The norm p (1 or 2) and which gradients are written are template parameters, so the loops
+// carry no per-element branch. The per-element math is ../../feature_distance_utils.h, shared with the CUDA
+// kernels; here it gets the at::vec primitives (ElementOps specialised for vectors).
+#include "../feature_distance_kernel.h"
+#include "../../feature_distance_utils.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -18,6 +21,24 @@
 
 namespace perceptloss {
 namespace ops {
+namespace math {
+inline namespace PERCEPTLOSS_MATH_NS {
+
+// The math's primitives for at::vec vectors of this level.
+template <typename T>
+struct ElementOps<at::vec::Vectorized<T>> {
+  using V = at::vec::Vectorized<T>;
+  static inline V abs(const V& d) { return d.abs(); }
+  static inline V sign(const V& d) {
+    const V zero(0);
+    return d.gt(zero) - d.lt(zero);  // gt/lt give 1.0 where true, 0.0 elsewhere
+  }
+  static inline V fmadd(const V& x, const V& y, const V& acc) { return at::vec::fmadd(x, y, acc); }
+};
+
+}  // namespace PERCEPTLOSS_MATH_NS
+}  // namespace math
+
 namespace cpu {
 namespace CPU_CAPABILITY {
 namespace {
@@ -25,24 +46,9 @@ namespace {
 template <typename T>
 constexpr bool is_reduced_v = std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>;
 
-// |d| (P = 1) or d^2 (P = 2) added to acc, for at::vec vectors.
-template <int P, typename V>
-inline V accumulate(const V& d, const V& acc) {
-  if constexpr (P == 1) {
-    return acc + d.abs();
-  } else {
-    return at::vec::fmadd(d, d, acc);
-  }
-}
-
-template <int P, typename T>
-inline T norm_term_scalar(T d) {
-  if constexpr (P == 1) {
-    return d < T(0) ? -d : d;
-  } else {
-    return d * d;
-  }
-}
+using math::add_norm_term;
+using math::grad_term;
+using math::norm_term;
 
 // sum(|a - b|^P) over len elements, accumulated in opmath (float, or double for double).
 template <typename scalar_t, int P>
@@ -59,44 +65,24 @@ double diff_norm_sum(const scalar_t* a, const scalar_t* b, int64_t len) {
       auto [b0, b1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(b + i));
       auto [a2, a3] = at::vec::convert_to_float<scalar_t>(Vec::loadu(a + i + Vec::size()));
       auto [b2, b3] = at::vec::convert_to_float<scalar_t>(Vec::loadu(b + i + Vec::size()));
-      s0 = accumulate<P>(a0 - b0, s0);
-      s1 = accumulate<P>(a1 - b1, s1);
-      s2 = accumulate<P>(a2 - b2, s2);
-      s3 = accumulate<P>(a3 - b3, s3);
+      s0 = add_norm_term<P>(a0 - b0, s0);
+      s1 = add_norm_term<P>(a1 - b1, s1);
+      s2 = add_norm_term<P>(a2 - b2, s2);
+      s3 = add_norm_term<P>(a3 - b3, s3);
     }
   } else {
     for (; i + 4 * Vec::size() <= len; i += 4 * Vec::size()) {
-      s0 = accumulate<P>(Vec::loadu(a + i) - Vec::loadu(b + i), s0);
-      s1 = accumulate<P>(Vec::loadu(a + i + Vec::size()) - Vec::loadu(b + i + Vec::size()), s1);
-      s2 = accumulate<P>(Vec::loadu(a + i + 2 * Vec::size()) - Vec::loadu(b + i + 2 * Vec::size()), s2);
-      s3 = accumulate<P>(Vec::loadu(a + i + 3 * Vec::size()) - Vec::loadu(b + i + 3 * Vec::size()), s3);
+      s0 = add_norm_term<P>(Vec::loadu(a + i) - Vec::loadu(b + i), s0);
+      s1 = add_norm_term<P>(Vec::loadu(a + i + Vec::size()) - Vec::loadu(b + i + Vec::size()), s1);
+      s2 = add_norm_term<P>(Vec::loadu(a + i + 2 * Vec::size()) - Vec::loadu(b + i + 2 * Vec::size()), s2);
+      s3 = add_norm_term<P>(Vec::loadu(a + i + 3 * Vec::size()) - Vec::loadu(b + i + 3 * Vec::size()), s3);
     }
   }
   acc_t sum = at::vec::vec_reduce_all<acc_t>([](AccVec x, AccVec y) { return x + y; }, (s0 + s1) + (s2 + s3));
   for (; i < len; ++i) {
-    sum += norm_term_scalar<P>(static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i]));
+    sum += norm_term<P>(static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i]));
   }
   return static_cast<double>(sum);
-}
-
-// d (P = 2) or sign(d) with sign(0) = 0 (P = 1): the derivative of the norm term up to a constant factor.
-template <int P, typename T>
-inline T grad_term_scalar(T d) {
-  if constexpr (P == 1) {
-    return static_cast<T>(d > T(0)) - static_cast<T>(d < T(0));
-  } else {
-    return d;
-  }
-}
-
-template <int P, typename V>
-inline V grad_term(const V& d) {
-  if constexpr (P == 1) {
-    const V zero(0);
-    return d.gt(zero) - d.lt(zero);  // gt/lt give 1.0 where true, 0.0 elsewhere
-  } else {
-    return d;
-  }
 }
 
 // ga = s * grad_term(a - b) (when kA) and gb = -ga (when kB), over len elements.
@@ -124,7 +110,7 @@ void scaled_diff_impl(const scalar_t* __restrict__ a, const scalar_t* __restrict
     }
   }
   for (; i < len; ++i) {
-    const acc_t t = grad_term_scalar<P>(static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i]));
+    const acc_t t = grad_term<P>(static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i]));
     if constexpr (kA) ga[i] = static_cast<scalar_t>(t * s);
     if constexpr (kB) gb[i] = static_cast<scalar_t>(t * -s);
   }
