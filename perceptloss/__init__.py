@@ -8,6 +8,9 @@ from ._ops import HAS_EXT, FusedOperatorUnavailableWarning, has_kernel
 from .cpu_kernels import cpu_kernel_level, cpu_kernel_levels, empty_cpu_cache, set_cpu_grad_cache
 from .functional import feature_distance, feature_distance_reference
 from .hardware import SlowPrecisionWarning, auto_dtype, bf16_native
+from . import backbones  # noqa: F401  (registers every backbone family)
+from ._base import PerceptualLoss
+from .factory import create_backbone
 from .loss import FeatureLoss
 from .lpips import LPIPS
 from .style import StyleLoss, gram_matrix
@@ -15,15 +18,23 @@ from .preprocessing import CAFFE, IDENTITY, IMAGENET, Normalization
 from .registry import (
     PRESETS,
     BackboneSpec,
-    create_backbone,
     get_backbone,
     list_backbones,
     list_layers,
     list_weights,
     register_backbone,
+    register_resolver,
     resolve_layers,
 )
-from .weights import WeightEntry, WeightsChecksumError, WeightsNotFoundError, weights_home
+from .weights import (
+    WeightEntry,
+    WeightsChecksumError,
+    WeightsNotFoundError,
+    get_weights,
+    list_weight_entries,
+    register_weights,
+    weights_home,
+)
 
 __version__ = "0.1.0"
 
@@ -36,6 +47,7 @@ __all__ = [
     "empty_cpu_cache",
     "set_cpu_grad_cache",
     "FeatureLoss",
+    "PerceptualLoss",
     "LPIPS",
     "StyleLoss",
     "gram_matrix",
@@ -56,8 +68,12 @@ __all__ = [
     "list_layers",
     "list_weights",
     "register_backbone",
+    "register_resolver",
     "resolve_layers",
     "WeightEntry",
+    "get_weights",
+    "list_weight_entries",
+    "register_weights",
     "WeightsChecksumError",
     "WeightsNotFoundError",
     "weights_home",

@@ -2,9 +2,9 @@
 
     python -m perceptloss list                  # backbones and presets
     python -m perceptloss layers vgg19          # layer names of a backbone
-    python -m perceptloss weights [vgg19]       # weight entries and where they are (cached / source / missing),
-                                                # LPIPS' heads included ("weights lpips" for those alone)
-    python -m perceptloss fetch vgg19 [--weights caffe] [--force]
+    python -m perceptloss weights [vgg19]       # catalogued weights and where they are (cached / source /
+                                                # missing): trunks and heads ("weights lpips" for LPIPS')
+    python -m perceptloss fetch vgg19.caffe [--force]     # by catalogue key (or: fetch vgg19 --weights caffe)
     python -m perceptloss verify                # re-check every cached file against its sha256
     python -m perceptloss info                  # torch, the fused operator's kernels, CPU level, threads
 """
@@ -28,25 +28,46 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see python -m {self.prog.split()[0]} --help)")
 
 
-LPIPS_HEADS = ("alex", "vgg", "squeeze")
+def _entries(pattern: str | None) -> Iterator[tuple[weights.WeightEntry, bool]]:
+    """(entry, is its group's default) for every catalogued entry whose key or group matches ``pattern``
+    (a key, a group such as "vgg19" or "lpips-alex", a prefix such as "lpips", or a glob); all when None."""
+    if pattern is None:
+        found = weights.list_weight_entries()
+    else:
+        found = weights.list_weight_entries(pattern) or weights.list_weight_entries(pattern + "*")
+    if not found:
+        if pattern is not None:
+            for prefix, description in registry.resolvers().items():
+                if pattern.startswith(prefix):
+                    raise UsageError(f"{pattern}: {description}; perceptloss keeps no weight entries for it")
+        raise UsageError(
+            f"no weights match {pattern!r}; catalogued groups: {', '.join(weights.weight_groups())}"
+        )
+    for entry in found:
+        yield entry, weights.is_default(entry)
 
 
-def _entries(backbone: str | None) -> Iterator[tuple[weights.WeightEntry, bool]]:
-    """(entry, is the default) for every weight entry of ``backbone``: of every registered backbone and LPIPS'
-    heads when None; "lpips" or "lpips-<net>" for the heads alone."""
-    from .lpips_heads import head_entry
+def _entry(name: str, entry_name: str | None) -> weights.WeightEntry:
+    """The entry named on the command line: a key ("vgg19.caffe") or a group with an optional --weights."""
+    for prefix, description in registry.resolvers().items():
+        if name.startswith(prefix):
+            raise UsageError(f"{name}: {description}; perceptloss keeps no weight entries for it")
+    return weights.get_weights(name, entry_name)
 
-    if backbone is None or not backbone.startswith("lpips"):
-        for name in [backbone] if backbone else registry.list_backbones():
-            spec = registry.get_backbone(name)
-            for entry_name in registry.list_weights(name):
-                yield spec.weights[entry_name], entry_name == spec.default_weights
-    if backbone is None or backbone.startswith("lpips"):
-        nets = [n for n in LPIPS_HEADS if backbone in (None, "lpips", f"lpips-{n}")]
-        if not nets:
-            raise UsageError(f"unknown LPIPS heads {backbone!r}; choose lpips, {', '.join('lpips-' + n for n in LPIPS_HEADS)}")
-        for net in nets:
-            yield head_entry(net), True
+
+def _content_problem(entry: weights.WeightEntry, state: dict) -> str | None:
+    """Why a cached state dict cannot be the weights of ``entry`` (None when it fits the backbone it is for)."""
+    if entry.backbone not in registry.list_backbones():
+        return None if state else "it holds no tensors"
+    spec = registry.get_backbone(entry.backbone)
+    expected = spec.build(spec.layers).weight_tensors()
+    missing = [k for k in expected if k not in state]
+    if missing:
+        return f"it lacks {len(missing)} tensors of {spec.name}, e.g. {missing[:3]}"
+    wrong = [k for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
+    if wrong:
+        return f"tensors have the wrong shape for {spec.name}, e.g. {wrong[:3]}"
+    return None
 
 
 def _status(entry: weights.WeightEntry) -> str:
@@ -57,7 +78,7 @@ def _status(entry: weights.WeightEntry) -> str:
     source = weights.find_source(entry)
     if source is not None:
         return f"source   {source} (converted on first use)"
-    return "missing  (python -m perceptloss fetch " + entry.backbone + " --weights " + entry.name + " says how)"
+    return f"missing  (python -m perceptloss fetch {entry.key} says how)"
 
 
 def _print_info() -> None:
@@ -77,6 +98,11 @@ def _print_info() -> None:
               "(PERCEPTLOSS_CPU_GRAD_CACHE=0 turns it off)")
     if torch.cuda.is_available():
         print(f"CUDA: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")
+    from .hardware import auto_dtype, bf16_native
+
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        native, reason = bf16_native(device)
+        print(f"dtype='auto' on {device}: {str(auto_dtype(device)).replace('torch.', '')} ({reason})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,11 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="registered backbones and layer presets")
     p = sub.add_parser("layers", help="layer names of a backbone")
     p.add_argument("backbone")
-    p = sub.add_parser("weights", help="weight entries and their status")
-    p.add_argument("backbone", nargs="?")
+    p = sub.add_parser("weights", help="catalogued weights (trunks and heads) and their status")
+    p.add_argument("backbone", nargs="?", help="a key (vgg19.caffe), a group (vgg19, lpips-alex) or a prefix (lpips)")
     p = sub.add_parser("fetch", help="find/convert (or download where online) weights into the cache")
-    p.add_argument("backbone")
-    p.add_argument("--weights", default=None, help="entry name (default: the backbone's default)")
+    p.add_argument("backbone", metavar="backbone|key", help="a catalogue key such as vgg19.caffe or lpips-alex.v0.1, or a group")
+    p.add_argument("--weights", default=None, help="entry name within the group (default: the group's default)")
     p.add_argument("--force", action="store_true", help="rebuild the cached file")
     sub.add_parser("verify", help="check every cached weights file against its recorded sha256")
     sub.add_parser("info", help="torch version, fused operator kernels, the CPU kernel level in use, threads")
@@ -100,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in registry.list_backbones():
                 spec = registry.get_backbone(name)
                 print(f"{name:8s} {len(spec.layers):3d} layers  weights: {', '.join(registry.list_weights(name))}  {spec.description}")
-            print("timm:<model>  any timm model through features_only (pip install timm)")
+            for prefix, description in registry.resolvers().items():
+                print(f"{prefix}<model>  {description}")
             print("presets:")
             for name, layers in registry.PRESETS.items():
                 print(f"  {name:8s} {', '.join(layers)}")
@@ -109,18 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "weights":
             for entry, is_default in _entries(args.backbone):
                 default = "*" if is_default else " "
-                print(f"{default} {entry.key:20s} {_status(entry)}\n    {entry.description}")
+                print(f"{default} {entry.key:22s} {_status(entry)}\n    {entry.description}")
         elif args.command == "fetch":
-            spec = registry.get_backbone(args.backbone)
-            if not spec.weights:
-                raise UsageError(
-                    f"{args.backbone} has no weight entries managed by perceptloss (timm models use timm's own "
-                    f"cache); choose one of {', '.join(b for b in registry.list_backbones() if registry.get_backbone(b).weights)}"
-                )
-            name = args.weights or spec.default_weights
-            if name not in spec.weights:
-                raise UsageError(f"no weights {name!r} for {args.backbone}; choose from {', '.join(registry.list_weights(args.backbone))}")
-            entry = spec.weights[name]
+            entry = _entry(args.backbone, args.weights)
             target = weights.cache_path(entry)
             weights.resolve(entry, force=args.force)
             print(f"{entry.key}: {target} (sha256 {weights.sha256_file(target)})")
@@ -134,10 +152,15 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 try:
                     try:
-                        weights.load_checked(path, weights.fetch_command(entry))
+                        state = weights.load_checked(path, weights.fetch_command(entry))
                     except weights.WeightsChecksumError:
                         with weights.cache_lock(path):  # not caught mid-update by another process
-                            weights.load_checked(path, weights.fetch_command(entry))
+                            state = weights.load_checked(path, weights.fetch_command(entry))
+                    problem = _content_problem(entry, state)
+                    if problem:
+                        raise weights.WeightsChecksumError(
+                            f"{path} matches its checksum but {problem}; rebuild it with `{weights.fetch_command(entry)}`"
+                        )
                     print(f"ok       {path}")
                 except weights.WeightsChecksumError as e:
                     bad += 1

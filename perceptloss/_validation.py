@@ -8,10 +8,13 @@ included) and raise or warn with the same messages as in eager mode.
 from __future__ import annotations
 
 import difflib
+import math
 import warnings
 from typing import Iterable, Sequence
 
 import torch
+
+from ._dtypes import autocast_enabled, cast_to_network_dtype  # noqa: F401  (cast_to_network_dtype: re-export)
 
 
 def suggest(name: str, valid: Iterable[str]) -> str:
@@ -27,11 +30,61 @@ def unknown_name_error(kind: str, name: str, valid: Sequence[str]) -> KeyError:
     )
 
 
-def _autocast_enabled(device_type: str) -> bool:
+def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
+    """Raise ValueError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be {' or '.join(repr(c) for c in choices)}, got {value!r}")
+
+
+def check_input_range(input_range: object) -> tuple[float, float]:
+    """``input_range`` as two finite floats (low, high) with high > low, or a ValueError saying what to pass."""
     try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4 takes no argument (CUDA autocast only)
-        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+        lo, hi = (float(v) for v in input_range)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"input_range must be a pair (low, high) such as (0, 1) or (-1, 1), got {input_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or not hi > lo:
+        raise ValueError(
+            f"input_range must be two finite numbers (low, high) with high > low, such as (0, 1), (-1, 1) or "
+            f"(0, 255); got {input_range!r}"
+        )
+    return lo, hi
+
+
+def check_layer_weights(layers: Sequence[str], layer_weights: object) -> list[float]:
+    """One finite, non-negative float per layer, from a sequence in layer order or a {layer: weight} dict."""
+    if layer_weights is None:
+        return [1.0] * len(layers)
+    if isinstance(layer_weights, dict):
+        unknown = [k for k in layer_weights if k not in layers]
+        missing = [k for k in layers if k not in layer_weights]
+        if unknown or missing:
+            raise ValueError(
+                f"layer_weights {dict(layer_weights)} do not match the layers {list(layers)}"
+                f"{' (not among the layers: ' + str(unknown) + ')' if unknown else ''}"
+                f"{' (no weight for: ' + str(missing) + ')' if missing else ''}; give a weight for each layer, or "
+                f"leave layers unset to take them from the dict"
+            )
+        values = [layer_weights[k] for k in layers]
+    elif isinstance(layer_weights, (int, float)) or (isinstance(layer_weights, torch.Tensor) and layer_weights.dim() == 0):
+        raise TypeError(
+            f"layer_weights={layer_weights!r} is one number: give one weight per layer ({len(layers)} for "
+            f"{list(layers)}), e.g. layer_weights=[{', '.join(['1.0'] * len(layers))}], or a dict {{layer: weight}}; "
+            f"to scale the whole loss, multiply its value"
+        )
+    else:
+        values = list(layer_weights)  # type: ignore[call-overload]
+        if len(values) != len(layers):
+            raise ValueError(f"got {len(values)} layer_weights for {len(layers)} layers {tuple(layers)}")
+    out = []
+    for name, v in zip(layers, values):
+        try:
+            w = float(v)
+        except (TypeError, ValueError):
+            raise TypeError(f"the weight of layer {name} must be a number, got {v!r}") from None
+        if not math.isfinite(w) or w < 0:
+            raise ValueError(f"the weight of layer {name} is {w}: layer weights must be finite and >= 0")
+        out.append(w)
+    return out
 
 
 def check_image_pair(
@@ -54,6 +107,13 @@ def check_image_pair(
             raise TypeError(
                 f"{role} must be a torch.Tensor of shape (N, {channels}, H, W), floating point, in input_range; "
                 f"got {type(t).__module__}.{type(t).__name__}{hint}"
+            )
+        if t.layout != torch.strided:
+            raise TypeError(f"{role} is a {t.layout} tensor; pass dense images: {role}.to_dense()")
+        if t.dim() == 5:
+            raise ValueError(
+                f"{role} has shape {tuple(t.shape)}: (N, C, D, H, W) volumes are not images; compare them slice by "
+                f"slice (a 2.5D loss over 2D slices) or pass (N, {channels}, H, W) images"
             )
         if t.dim() != 4 or t.shape[1] != channels:
             raise ValueError(
@@ -79,7 +139,7 @@ def check_image_pair(
             f"input is on {input.device} but target is on {target.device}; move both to the same device"
         )
     if allow_dtype_mismatch is None:
-        allow_dtype_mismatch = _autocast_enabled(input.device.type)
+        allow_dtype_mismatch = autocast_enabled(input.device.type)
     if input.dtype != target.dtype and not allow_dtype_mismatch:
         raise TypeError(
             f"input is {input.dtype} but target is {target.dtype}; cast one of them (e.g. target.to(input.dtype)) "
@@ -100,17 +160,44 @@ def _check_values_eager(
             raise ValueError(f"{role} contains Inf; check the model producing it or clamp it")
         if input_range is None or on_range == "off":
             continue
-        a, b = input_range
-        margin = 0.5 * (b - a)
-        if lo < a - margin or hi > b + margin:
-            msg = (
-                f"{role} values lie in [{lo:.4g}, {hi:.4g}] but input_range={tuple(input_range)} was declared; "
-                f"pass images in that range or declare the range they are in (e.g. input_range=(-1, 1) or "
-                f"(0, 255)), or set check_range='warn'/'off'"
-            )
+        msg = range_mismatch(lo, hi, input_range, role)
+        if msg is not None:
             if on_range == "raise":
                 raise ValueError(msg)
             warnings.warn(msg, stacklevel=4)
+
+
+def range_mismatch(lo: float, hi: float, input_range: tuple[float, float], role: str) -> str | None:
+    """What is wrong with images whose values span [lo, hi] for the declared ``input_range`` (None: nothing).
+
+    Caught: values beyond the range by more than half its width ([0, 255] images declared as (0, 1), [-1, 1]
+    images declared as (0, 1)); and the reverse mistakes, where the values fill only a sliver of a wide range
+    ([0, 1] images declared as (0, 255): all within its lowest 1%) or only the upper half of a symmetric
+    range while spanning much of it ([0, 1] images declared as (-1, 1)). A constant image is never flagged
+    by the reverse checks (a black frame is a legitimate image in any range).
+    """
+    a, b = input_range
+    width = b - a
+    fix = "or set check_range='warn'/'off' if these values are intended"
+    if lo < a - 0.5 * width or hi > b + 0.5 * width:
+        return (
+            f"{role} values lie in [{lo:.4g}, {hi:.4g}] but input_range={tuple(input_range)} was declared; "
+            f"pass images in that range or declare the range they are in (e.g. input_range=(-1, 1) or "
+            f"(0, 255)), {fix}"
+        )
+    if hi > lo and width >= 10 and lo >= a - 0.01 * width and hi <= a + 0.01 * width:
+        return (
+            f"{role} values lie in [{lo:.4g}, {hi:.4g}], within the lowest 1% of the declared "
+            f"input_range={tuple(input_range)}: images in [0, 1] declared as (0, 255)? Declare the range they are "
+            f"in (input_range=(0, 1)), {fix}"
+        )
+    if a < 0 < b and abs(a + b) <= 1e-6 * width and lo >= 0 and hi - lo >= 0.25 * width:
+        return (
+            f"{role} values lie in [{lo:.4g}, {hi:.4g}]: not one value in the lower half of the declared "
+            f"input_range={tuple(input_range)}: images in [0, {b:g}] declared as ({a:g}, {b:g})? Declare the range "
+            f"they are in (e.g. input_range=(0, 1)), {fix}"
+        )
+    return None
 
 
 def _register_compiled_check() -> bool:
@@ -134,12 +221,29 @@ def _register_compiled_check() -> bool:
             return None
 
         torch.library._register_effectful_op("perceptloss::_check_values", EffectType.ORDERED)
-    except Exception:  # pragma: no cover - older torch
+    except Exception as e:  # pragma: no cover - older torch
+        global _COMPILED_CHECK_MISSING
+        _COMPILED_CHECK_MISSING = f"{type(e).__name__}: {e}"
         return False
     return True
 
 
+_COMPILED_CHECK_MISSING = ""
 _COMPILED_CHECK = _register_compiled_check()
+_WARNED_COMPILED = False
+
+
+def _warn_compiled_check_missing() -> None:
+    global _WARNED_COMPILED
+    if _WARNED_COMPILED:
+        return
+    _WARNED_COMPILED = True
+    warnings.warn(
+        f"torch {torch.__version__} lacks the APIs perceptloss uses to keep its NaN/Inf/range checks inside "
+        f"torch.compile ({_COMPILED_CHECK_MISSING}); compiled calls skip them. Run one eager call to check your "
+        f"inputs, or upgrade torch (>= 2.4)",
+        stacklevel=4,
+    )
 
 
 def check_values(
@@ -152,24 +256,13 @@ def check_values(
     Works eagerly and inside ``torch.compile`` (there through the operator ``perceptloss::_check_values``).
     """
     roles, values = list(tensors), [t.detach() for t in tensors.values()]
+    if any(v.device.type == "meta" for v in values):
+        return  # meta tensors have no values (shape propagation only)
     if torch.compiler.is_compiling():
-        if _COMPILED_CHECK:
+        if not _COMPILED_CHECK:
+            _warn_compiled_check_missing()
+        else:
             lo, hi = input_range if input_range is not None else (0.0, 0.0)
             torch.ops.perceptloss._check_values(values, ",".join(roles), float(lo), float(hi), input_range is not None, on_range)
         return
     _check_values_eager(values, roles, input_range, on_range)
-
-
-def cast_to_network_dtype(images: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
-    """``images`` in the floating dtype of ``network``'s parameters, so fp16/fp64 images just work.
-
-    Without autocast a convolution refuses an input whose dtype differs from its weights ("Input type and bias
-    type should be the same"); under autocast only float64 needs it (autocast leaves float64 alone). The cast
-    is differentiable: gradients come back in the images' own dtype.
-    """
-    dtype = next((p.dtype for p in network.parameters() if p.is_floating_point()), None)
-    if dtype is None or images.dtype == dtype:
-        return images
-    if _autocast_enabled(images.device.type) and images.dtype != torch.float64:
-        return images
-    return images.to(dtype)

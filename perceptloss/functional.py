@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from . import _ops
+from ._dtypes import accumulation_dtype
 
 
 def _check_features(inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], weights: Sequence[float]) -> None:
@@ -38,11 +39,6 @@ def _check_features(inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tens
             raise ValueError(f"layer {l}: devices differ ({a.device}, {b.device}, layer 0: {inputs[0].device})")
         if not a.is_floating_point():
             raise TypeError(f"layer {l}: features must be floating point, got {a.dtype}")
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 for float64 features, float32 for everything else."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _check_p(p: int) -> int:

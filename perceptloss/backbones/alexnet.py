@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from torchvision.models import alexnet as tv_alexnet
 
+from ..registry import BackboneSpec, register_backbone
 from .sequential import SequentialFeatures
+from .torchvision_weights import torchvision_entry
 
 #: One name per module of ``torchvision.models.alexnet().features``.
 ALEXNET_LAYERS: tuple[str, ...] = (
@@ -31,11 +33,8 @@ class AlexNetFeatures(SequentialFeatures):
         super().__init__(list(features), ALEXNET_LAYERS, layers)
 
 
-def alexnet_spec():
-    """The registry entry of ``alexnet`` (torchvision IMAGENET1K_V1 weights)."""
-    from ..registry import BackboneSpec, _torchvision_entry as torchvision_entry
-
-    return BackboneSpec(
+register_backbone(
+    BackboneSpec(
         name="alexnet",
         layers=ALEXNET_LAYERS,
         build=AlexNetFeatures,
@@ -44,3 +43,4 @@ def alexnet_spec():
         default_weights="torchvision",
         description="torchvision AlexNet trunk, Caffe-style layer names",
     )
+)

@@ -1,8 +1,25 @@
-"""The common interface of the feature extractors."""
+"""The common interface of the feature extractors, and what "frozen by construction" means for them."""
 from __future__ import annotations
 
-from torch import nn
 import torch
+from torch import nn
+
+
+def freeze_module(module: nn.Module) -> nn.Module:
+    """Turn every parameter of ``module`` (and its children) into a buffer of the same name, in place.
+
+    A buffer cannot be switched back to trainable by a parent's ``requires_grad_(True)`` and is not among
+    ``parameters()``, so no optimiser over a parent model can move it; ``.to()``, ``.half()``, pickling,
+    ``state_dict``, ``torch.compile`` and ``torch.export`` treat it like a parameter. Returns ``module``.
+    (The losses keep their network out of a parent model's ``state_dict``: see ``PerceptualLoss``.)
+    """
+    for sub in module.modules():
+        for name, param in list(sub._parameters.items()):
+            if param is None:
+                continue
+            del sub._parameters[name]
+            sub.register_buffer(name, param.detach().requires_grad_(False))
+    return module
 
 
 class FeatureExtractor(nn.Module):
@@ -10,15 +27,33 @@ class FeatureExtractor(nn.Module):
 
     Subclasses implement ``forward(x) -> list[Tensor]``: x is (N, 3, H, W), already normalised for the
     weights; each output is (N, C_l, H_l, W_l). The outputs are never modified in place afterwards.
+    After ``freeze()`` the network has no parameters at all: its weights are buffers.
     """
 
     layers: tuple[str, ...]
 
     def freeze(self) -> "FeatureExtractor":
-        """Make every parameter non-trainable and switch to eval mode (called once at construction)."""
-        for p in self.parameters():
-            p.requires_grad_(False)
+        """Make the weights buffers (see ``freeze_module``) and switch to eval mode (called at construction)."""
+        freeze_module(self)
         return self.eval()
+
+    def weight_tensors(self) -> dict[str, torch.Tensor]:
+        """Every parameter or buffer of the network by its state-dict name (frozen or not)."""
+        return {**dict(self.named_parameters()), **dict(self.named_buffers())}
+
+    def load_trunk_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Copy ``state_dict``'s tensors into the network's own (by name; extra tensors, e.g. layers past the
+        truncation, are ignored). Raises KeyError naming the missing tensors, ValueError on a shape mismatch."""
+        own = self.weight_tensors()
+        missing = [k for k in own if k not in state_dict]
+        if missing:
+            raise KeyError(f"weights lack {len(missing)} tensors of the trunk, e.g. {missing[:3]}")
+        for k, v in own.items():
+            if tuple(state_dict[k].shape) != tuple(v.shape):
+                raise ValueError(f"weight {k} has shape {tuple(state_dict[k].shape)}, expected {tuple(v.shape)}")
+        with torch.no_grad():
+            for k, v in own.items():
+                v.copy_(state_dict[k])
 
     def train(self, mode: bool = True) -> "FeatureExtractor":  # noqa: D401 - always eval
         """Stay in eval mode whatever is asked: a loss network must not update BN statistics or drop out."""

@@ -49,14 +49,3 @@ class SequentialFeatures(FeatureExtractor):
             if i in self._tapset:
                 found[i] = x
         return [found[i] for i in self.taps]
-
-    def load_trunk_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Load ``features.N.*`` tensors (torchvision naming); tensors past the truncation are ignored."""
-        own = self.state_dict()
-        missing = [k for k in own if k not in state_dict]
-        if missing:
-            raise KeyError(f"weights lack {len(missing)} tensors of the trunk, e.g. {missing[:3]}")
-        for k, v in own.items():
-            if tuple(state_dict[k].shape) != tuple(v.shape):
-                raise ValueError(f"weight {k} has shape {tuple(state_dict[k].shape)}, expected {tuple(v.shape)}")
-        self.load_state_dict({k: state_dict[k] for k in own})

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from torchvision.models import squeezenet1_1
 
+from ..registry import BackboneSpec, register_backbone
 from .sequential import SequentialFeatures
+from .torchvision_weights import torchvision_entry
 
 SQUEEZENET_LAYERS: tuple[str, ...] = (
     "conv1", "relu_conv1", "pool1",
@@ -31,11 +33,8 @@ class SqueezeNetFeatures(SequentialFeatures):
         super().__init__(list(features), SQUEEZENET_LAYERS, layers)
 
 
-def squeezenet_spec():
-    """The registry entry of ``squeezenet1_1`` (torchvision IMAGENET1K_V1 weights)."""
-    from ..registry import BackboneSpec, _torchvision_entry as torchvision_entry
-
-    return BackboneSpec(
+register_backbone(
+    BackboneSpec(
         name="squeezenet1_1",
         layers=SQUEEZENET_LAYERS,
         build=SqueezeNetFeatures,
@@ -44,3 +43,4 @@ def squeezenet_spec():
         default_weights="torchvision",
         description="torchvision SqueezeNet 1.1 trunk, Caffe-style layer names",
     )
+)

@@ -11,6 +11,10 @@ import torch
 
 from .base import FeatureExtractor
 from .._validation import suggest, unknown_name_error
+from ..preprocessing import Normalization
+from ..registry import BackboneSpec, register_resolver
+
+TIMM_PREFIX = "timm:"
 
 
 @contextlib.contextmanager
@@ -117,3 +121,30 @@ class TimmFeatures(FeatureExtractor):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = self.body(x)
         return [out[p] for p in self._positions]
+
+
+def timm_normalization(extractor: TimmFeatures) -> Normalization:
+    """The mean/std a timm extractor's pretrained config asks for."""
+    return Normalization(mean=extractor.mean, std=extractor.std, name="timm")
+
+
+def timm_spec(model_name: str) -> BackboneSpec:
+    """The registry entry of ``timm:<model_name>``: timm loads its own weights (its hub cache, or a file)."""
+
+    def create(layers: tuple[str, ...], weights) -> tuple[TimmFeatures, Normalization]:
+        extractor = TimmFeatures(model_name, layers, weights=weights)
+        return extractor, timm_normalization(extractor)
+
+    return BackboneSpec(
+        name=TIMM_PREFIX + model_name,
+        layers=timm_stage_names(model_name),
+        build=lambda layers: TimmFeatures(model_name, layers),
+        load=lambda extractor, state: extractor.body.load_state_dict(state),
+        weights={},
+        default_weights=None,
+        description=f"timm {model_name} (features_only stages)",
+        create=create,
+    )
+
+
+register_resolver(TIMM_PREFIX, timm_spec, "any timm model through features_only (pip install timm); weights: timm's")

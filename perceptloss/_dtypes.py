@@ -1,0 +1,53 @@
+"""The dtype rules every loss shares: what distances accumulate in, autocast, and the network's own dtype."""
+from __future__ import annotations
+
+import torch
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What distances and statistics accumulate in: float64 for float64 features, float32 for all others."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """True when autocast is on for ``device_type`` ("cpu", "cuda", ...)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no argument (CUDA autocast only)
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast casts to on ``device_type`` when it is on, else None."""
+    if not autocast_enabled(device_type):
+        return None
+    try:
+        return torch.get_autocast_dtype(device_type)
+    except (AttributeError, TypeError):  # torch < 2.4
+        return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
+
+
+def network_dtype(network: torch.nn.Module) -> torch.dtype | None:
+    """The floating dtype of ``network``'s weights (parameters or, once frozen, buffers); None if it has none."""
+    for t in network.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    for t in network.buffers():
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def cast_to_network_dtype(images: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
+    """``images`` in the floating dtype of ``network``'s weights, so fp16/fp64 images just work.
+
+    Without autocast a convolution refuses an input whose dtype differs from its weights ("Input type and bias
+    type should be the same"); under autocast only float64 needs it (autocast leaves float64 alone). The cast
+    is differentiable: gradients come back in the images' own dtype.
+    """
+    dtype = network_dtype(network)
+    if dtype is None or images.dtype == dtype:
+        return images
+    if autocast_enabled(images.device.type) and images.dtype != torch.float64:
+        return images
+    return images.to(dtype)

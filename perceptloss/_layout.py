@@ -1,0 +1,56 @@
+"""The memory layout a loss network runs in (channels_last on the CPU), with gradients in the caller's layout."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from ._dtypes import autocast_enabled
+
+MemoryFormat = Literal["auto", "channels_last", "contiguous"]
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format,
+                  torch.channels_last: torch.channels_last, torch.contiguous_format: torch.contiguous_format}
+
+
+class _ToLayout(torch.autograd.Function):
+    """``x.contiguous(memory_format=layout)`` whose gradient comes back in ``x``'s own layout."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
+        ctx.own = torch.contiguous_format if x.is_contiguous() else torch.channels_last
+        return x.contiguous(memory_format=layout)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad.contiguous(memory_format=ctx.own), None
+
+
+def activation_layout(x: torch.Tensor, choice: MemoryFormat | torch.memory_format) -> torch.memory_format | None:
+    """The memory format to run a network in for its (N, 3, H, W) input ``x`` (None: leave it as it is).
+
+    "auto": channels_last on the CPU (oneDNN's convolutions and pooling are faster in NHWC) and on CUDA for
+    16-bit dtypes or under autocast (tensor cores); otherwise as it is.
+    """
+    if choice != "auto":
+        return MEMORY_FORMATS[choice]
+    if x.dim() != 4:
+        return None
+    if x.device.type == "cpu":
+        return torch.channels_last
+    if x.device.type == "cuda" and (x.dtype in (torch.float16, torch.bfloat16) or autocast_enabled("cuda")):
+        return torch.channels_last
+    return None
+
+
+def to_activation_layout(x: torch.Tensor, choice: MemoryFormat | torch.memory_format) -> torch.Tensor:
+    """``x`` in ``activation_layout(x, choice)``; its gradient comes back in ``x``'s own layout."""
+    layout = activation_layout(x, choice)
+    if layout is None or x.is_contiguous(memory_format=layout):
+        return x
+    return _ToLayout.apply(x, layout)
+
+
+def check_memory_format(choice: object) -> None:
+    """Raise ValueError unless ``choice`` is "auto", "channels_last", "contiguous" or such a torch.memory_format."""
+    if choice != "auto" and choice not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format must be 'auto', 'channels_last' or 'contiguous', got {choice!r}")
