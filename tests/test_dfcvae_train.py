@@ -147,22 +147,107 @@ def test_ctrl_c_saves_a_checkpoint(data_dir, tmp_path, monkeypatch):
     assert torch.load(tmp_path / "i" / "checkpoint.pt", weights_only=False)["step"] == 2
 
 
-def _ddp_train(rank, world, port, data_dir, out):
+def _ddp_train(rank, world, port, data_dir, out, *extra):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
-    assert run(data_dir, out, "--max-steps", "2", "--batch-size", "4", "--device", "cpu") == 0
+    assert run(data_dir, out, "--batch-size", "4", "--device", "cpu", *extra) == 0
 
 
-def test_ddp_smoke_two_gloo_processes(data_dir, tmp_path):
+def _spawn(nprocs, *args):
     import torch.multiprocessing as mp
 
-    run(data_dir, tmp_path / "warm", "--max-steps", "1")  # build the cache once beforehand
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_ddp_train, args=(2, port, data_dir, tmp_path / "ddp"), nprocs=2, join=True)
-    state = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
-    assert state["step"] == 2 and state["config"]["world_size"] == 2
+    mp.spawn(_ddp_train, args=(nprocs, port, *args), nprocs=nprocs, join=True)
+
+
+def test_ddp_resume_is_bit_for_bit_with_each_ranks_own_random_state(data_dir, tmp_path):
+    # two gloo processes; the VAE's reparameterisation noise differs per rank, so restoring rank 0's random state
+    # on every rank (the old behaviour) would make the resumed run differ from the uninterrupted one
+    run(data_dir, tmp_path / "warm", "--max-steps", "1")  # build the cache once beforehand
+    _spawn(2, data_dir, tmp_path / "a", "--max-steps", "4")
+    _spawn(2, data_dir, tmp_path / "b", "--max-steps", "2")
+    b2 = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert b2["config"]["world_size"] == 2 and len(b2["rng"]["ranks"]) == 2
+    assert not torch.equal(b2["rng"]["ranks"][0]["torch"], b2["rng"]["ranks"][1]["torch"])
+    _spawn(2, data_dir, tmp_path / "b", "--max-steps", "4", "--resume")
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_resuming_with_another_world_size_is_one_line(tmp_path):
+    from checkpointing import CheckpointMismatch, check_compatible
+
+    with pytest.raises(CheckpointMismatch, match=r"trained by 2 processes and this run has 1: resume it with 2 "
+                                                 r"processes in all \(torchrun --nproc-per-node 2\)"):
+        check_compatible({"world_size": 2}, {"world_size": 1}, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointMismatch, match="without torchrun"):
+        check_compatible({"world_size": 1}, {"world_size": 4}, tmp_path / "checkpoint.pt")
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """Pretend this host has two CUDA devices (only the device-selection logic runs, nothing on a GPU)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+
+def test_one_gpu_per_process_under_torchrun(two_gpus):
+    from distributed import DeviceError, pick_device
+
+    cuda = torch.device
+    assert pick_device("cuda", local_rank=1, world=2) == cuda("cuda", 1)
+    assert pick_device(None, local_rank=1, world=2) == cuda("cuda", 1)
+    assert pick_device("cuda", 0, 1) == cuda("cuda", 0) and pick_device("cuda:1", 0, 1) == cuda("cuda", 1)
+    assert pick_device("cpu", 1, 2) == cuda("cpu")
+    with pytest.raises(DeviceError, match="all on one GPU; pass --device cuda"):
+        pick_device("cuda:1", local_rank=0, world=2)
+    with pytest.raises(DeviceError, match=r"LOCAL_RANK 2 needs GPU 2 but 2 are visible.*--nproc-per-node 2"):
+        pick_device("cuda", local_rank=2, world=3)
+    with pytest.raises(DeviceError, match="only 2 CUDA devices are visible"):
+        pick_device("cuda:3", 0, 1)
+
+
+def test_the_process_group_is_bound_to_the_processs_gpu(two_gpus, monkeypatch):
+    import distributed
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
+    def init_process_group(backend, device_id=None):  # the signature of torch >= 2.3 (device_id supported)
+        calls.append((backend, {"device_id": device_id}))
+
+    monkeypatch.setattr(torch.distributed, "init_process_group", init_process_group)
+    device = distributed.pick_device("cuda", *distributed.launch_env()[2:], world=2)
+    dist = distributed.Distributed(device)
+    assert dist.rank == 1 and not dist.main and dist.device == torch.device("cuda", 1)
+    assert calls == [("set_device", torch.device("cuda", 1)), ("nccl", {"device_id": torch.device("cuda", 1)})]
+
+
+def test_random_states_of_other_hosts_and_layouts_are_remapped(two_gpus, monkeypatch):
+    import checkpointing
+
+    set_calls = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d: set_calls.append(d))
+    cpu = torch.get_rng_state()
+    # an older checkpoint from a host with 4 GPUs on this 2-GPU host: no IndexError, the GPUs present are restored
+    old = {"torch": cpu, "cuda": [torch.zeros(8, dtype=torch.uint8)] * 4}
+    checkpointing.set_rng_state(checkpointing.rank_rng(old, 0, 1), torch.device("cuda", 0))
+    assert set_calls == [0, 1]
+    assert checkpointing.rank_rng(old, 1, 2) is None  # it held rank 0's state only
+    new = checkpointing.pack_rng([{"torch": cpu, "cuda": torch.ones(8, dtype=torch.uint8)}, None])
+    set_calls.clear()
+    checkpointing.set_rng_state(checkpointing.rank_rng(new, 0, 2), torch.device("cuda", 1))
+    assert set_calls == [torch.device("cuda", 1)]  # each process restores its own device's state only
+    assert checkpointing.rank_rng(new, 1, 2) is None
+    with pytest.raises(checkpointing.CheckpointMismatch, match="2 processes, this run has 3"):
+        checkpointing.rank_rng(new, 0, 3)
 
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "off")])

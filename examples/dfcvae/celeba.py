@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from files import atomic_write, free_bytes, is_disk_full, unwritable_reason, write_text_atomic
+from files import atomic_write, file_lock, free_bytes, is_disk_full, unwritable_reason, write_text_atomic
 from perceptloss.weights import weights_home
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "celeba"
@@ -345,24 +345,27 @@ def build_cache(data: CelebA, crop: str = "released", size: int = 64, cache_dir:
                               "folder (or set PERCEPTLOSS_HOME)")
     key = content_key(data, crop, size)
     npy, meta = cache_dir / f"faces-{key}.npy", cache_dir / f"faces-{key}.json"
-    if npy.is_file() and meta.is_file():
-        info = json.loads(meta.read_text())
-        if progress:
-            print(f"reusing {info['count']} decoded faces from {npy}", file=sys.stderr)
-        return FaceCache(np.load(npy, mmap_mode="r"), np.asarray(info["rows"], dtype=np.int64), info["bad"], npy)
-    paths = [str(data.root / "img_align_celeba" / f) for f in data.files]
-    try:
-        good, bad = _decode_into(npy, paths, data.files, crop, size, workers or min(8, os.cpu_count() or 1), progress)
+    # One process decodes, any other (a DDP rank, a second run) waits for it and reuses the result.
+    with file_lock(cache_dir / f".faces-{key}.lock"):
+        if npy.is_file() and meta.is_file():
+            info = json.loads(meta.read_text())
+            if progress:
+                print(f"reusing {info['count']} decoded faces from {npy}", file=sys.stderr)
+            return FaceCache(np.load(npy, mmap_mode="r"), np.asarray(info["rows"], dtype=np.int64), info["bad"], npy)
+        paths = [str(data.root / "img_align_celeba" / f) for f in data.files]
         try:
-            write_text_atomic(meta, json.dumps({"rows": good, "bad": bad, "crop": crop, "size": size,
-                                                "count": len(good), "folder": str(data.root.resolve())}))
-        except OSError:
-            npy.unlink(missing_ok=True)  # a cache without its index would never be reused
+            good, bad = _decode_into(npy, paths, data.files, crop, size, workers or min(8, os.cpu_count() or 1),
+                                     progress)
+            try:
+                write_text_atomic(meta, json.dumps({"rows": good, "bad": bad, "crop": crop, "size": size,
+                                                    "count": len(good), "folder": str(data.root.resolve())}))
+            except OSError:
+                npy.unlink(missing_ok=True)  # a cache without its index would never be reused
+                raise
+        except OSError as e:
+            if is_disk_full(e):
+                raise CelebAError(_no_space(cache_dir, _cache_bytes(len(paths), size))) from None
             raise
-    except OSError as e:
-        if is_disk_full(e):
-            raise CelebAError(_no_space(cache_dir, _cache_bytes(len(paths), size))) from None
-        raise
     return FaceCache(np.load(npy, mmap_mode="r"), np.asarray(good, dtype=np.int64), bad, npy)
 
 

@@ -18,17 +18,46 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's random state: the CPU generator, and its own CUDA device's when it trains on one."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore :func:`rng_state` on this process (the CUDA part on ``device``, if it is a CUDA device).
+
+    Also accepts the older layout, ``{"torch": ..., "cuda": [one state per visible GPU]}``: the states of the GPUs
+    this host has are restored, the others dropped (never an IndexError)."""
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or not torch.cuda.is_available():
+        return
+    if isinstance(cuda, (list, tuple)):  # older checkpoints: every visible GPU's state, from one process
+        for index, s in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, index)
+    elif device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def pack_rng(states: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """The checkpoint's ``rng`` entry from every rank's :func:`rng_state` (None for a rank whose state is unknown)."""
+    return {"ranks": list(states), "world_size": len(states)}
+
+
+def rank_rng(rng: dict[str, Any], rank: int, world: int) -> dict[str, Any] | None:
+    """Rank ``rank``'s saved state from a checkpoint's ``rng`` entry, or None when it was not saved.
+
+    Older checkpoints hold one state (rank 0's) for every rank: it is rank 0's only. A checkpoint of another world
+    size is refused earlier (``world_size`` is one of :data:`RESUME_KEYS`)."""
+    if "ranks" not in rng:
+        return rng if rank == 0 else None
+    ranks = rng["ranks"]
+    if len(ranks) != world:
+        raise CheckpointMismatch(f"the checkpoint holds random states for {len(ranks)} processes, this run has {world}")
+    return ranks[rank]
 
 
 class CheckpointError(ValueError):
@@ -57,6 +86,12 @@ class CheckpointMismatch(ValueError):
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Refuse (:class:`CheckpointMismatch`) a checkpoint whose :data:`RESUME_KEYS` differ from this run's."""
+    a, b = saved.get("world_size", 1), current.get("world_size", 1)
+    if a != b:
+        how = "without torchrun (one process)" if a == 1 else f"with {a} processes in all (torchrun --nproc-per-node {a})"
+        raise CheckpointMismatch(f"{path} was trained by {a} process{'es' if a != 1 else ''} and this run has {b}: "
+                                 f"resume it {how}, or start afresh with another --out")
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in RESUME_KEYS if saved.get(k) != current.get(k)]
     if diffs:
         raise CheckpointMismatch(

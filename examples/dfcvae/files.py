@@ -1,4 +1,4 @@
-"""Writing files safely: one atomic-write helper, a writability probe and a free-space check.
+"""Writing files safely: one atomic-write helper, a file lock, a writability probe and a free-space check.
 
 Every file the example writes (checkpoints, logs, model cards, weights, the decoded-face cache, reports) goes
 through :func:`atomic_write`: the content is written to a temporary file in the same folder and renamed over
@@ -8,12 +8,14 @@ umask), not the ``0600`` of a temporary file.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 #: errno values that mean "the disk (or the user's quota) is full".
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -69,3 +71,22 @@ def free_bytes(folder: str | Path) -> int:
 def is_disk_full(error: BaseException) -> bool:
     """Whether ``error`` is an OSError for a full disk or quota."""
     return isinstance(error, OSError) and error.errno in NO_SPACE
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed) for the duration; yields whether another
+    process held it first (so the caller knows it waited). Released when the block ends or the process dies."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
+        except BlockingIOError:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            waited = True
+        try:
+            yield waited
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -30,8 +30,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from celeba import DEFAULT_DATA, CROPS, CelebAError, build_cache, cache_key, load_celeba, to_float  # noqa: E402
-from checkpointing import (CheckpointError, CheckpointMismatch, check_compatible, read_checkpoint,  # noqa: E402
-                           rng_state, save_atomic, set_rng_state)
+from checkpointing import (CheckpointError, CheckpointMismatch, check_compatible, pack_rng, rank_rng,  # noqa: E402
+                           read_checkpoint, rng_state, save_atomic, set_rng_state)
+from distributed import DeviceError, Distributed, launch_env, pick_device  # noqa: E402
 from files import atomic_write, unwritable_reason, write_text_atomic  # noqa: E402
 from objective import BALANCES, DEFAULT_BETA, PRESETS, DFCObjective  # noqa: E402
 from vae import VAE  # noqa: E402
@@ -99,34 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--alpha and --beta must be >= 0")
     if args.resume and args.overwrite:
         p.error("--resume and --overwrite contradict each other: choose one")
+    world, _, local_rank = launch_env()
     try:
-        args.device = pick_device(args.device)
-    except ValueError as e:
+        args.device = pick_device(args.device, local_rank, world)
+    except DeviceError as e:
         p.error(str(e))
     return args
-
-
-class Distributed:
-    """torchrun-aware process group (a no-op for single-process runs)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        if self.world > 1:
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            torch.distributed.init_process_group(backend)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def close(self) -> None:
-        if self.world > 1:
-            torch.distributed.destroy_process_group()
 
 
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
@@ -151,22 +130,6 @@ def resolve_amp(asked: str | None, device: torch.device, saved: str | None = Non
         native, reason = bf16_native(device)
         return ("bf16" if native else "off"), f"auto: {reason}"
     return asked, "as asked"
-
-
-def pick_device(name: str | None) -> torch.device:
-    """The torch device for --device (ValueError with the fix for an unknown or unavailable one)."""
-    if name is None:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        return torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown --device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name!r} is not supported here; use cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} but no CUDA device is available; use --device cpu")
-    return device
 
 
 def save_grids(model: VAE, fixed: torch.Tensor, z: torch.Tensor, folder: Path, tag: str) -> None:
@@ -323,11 +286,10 @@ def load_data(args: argparse.Namespace, dist: Distributed) -> tuple[np.ndarray, 
             raise CelebAError(f"{args.data} has no images of the official train split")
         if args.subset:
             data = data.select(range(min(args.subset, len(data))))
-        if dist.main:
-            cache = build_cache(data, args.crop, 64, args.cache_dir, args.workers, progress=not args.no_progress)
-        dist.barrier()
-        if not dist.main:
-            cache = build_cache(data, args.crop, 64, args.cache_dir, args.workers, progress=False)
+        # Every rank asks for the cache: the first decodes it under a file lock, the others wait on the lock (no
+        # collective is pending meanwhile, so no process-group timeout) and then read the finished file.
+        cache = build_cache(data, args.crop, 64, args.cache_dir, args.workers,
+                            progress=dist.main and not args.no_progress)
     except CelebAError as e:
         raise SetupError(str(e)) from None
     n = len(cache.images)
@@ -349,16 +311,22 @@ class Training:
     config: dict
     step: int = 0
 
-    def state(self) -> dict:
+    def state(self, rng: dict) -> dict:
+        """The checkpoint's contents; ``rng`` is :func:`checkpointing.pack_rng` of every rank's random state."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
-                "rng": rng_state(), "config": self.config}
+                "rng": rng, "config": self.config}
 
 
-def build(args: argparse.Namespace, device: torch.device, config: dict) -> Training:
-    """Model, objective, optimizer, per-epoch lr halving and grad scaler, freshly initialised from --seed."""
+def build(args: argparse.Namespace, device: torch.device, config: dict, rank: int = 0) -> Training:
+    """Model, objective, optimizer, per-epoch lr halving and grad scaler, freshly initialised from --seed.
+
+    Every rank initialises the same model; ranks after the first then reseed, so that each process draws its own
+    reparameterisation noise (rank 0 keeps the single-process stream)."""
     torch.manual_seed(args.seed)
     model = VAE(args.latent).to(device)
+    if rank > 0:
+        torch.manual_seed(args.seed * 1_000_003 + rank)  # the CPU and every CUDA generator
     weights = None if args.weights == "none" else args.weights
     fused = {"auto": None, "on": True, "off": False}[args.fused]
     objective = DFCObjective(args.preset, args.alpha, args.beta, args.balance, weights=weights, fused=fused).to(device)
@@ -391,7 +359,14 @@ def resume(run: Training, path: Path, state: dict, dist: Distributed) -> None:
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         run.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        own = rank_rng(state["rng"], dist.rank, dist.world)
+        if own is not None:
+            set_rng_state(own, dist.device)
+        else:  # written on an interrupt of a multi-process run: only rank 0's state is known
+            torch.manual_seed(run.config["seed"] * 1_000_003 + state["step"] * 1009 + dist.rank)
+            print(f"rank {dist.rank}: the checkpoint (written on an interrupt) holds no random state for this "
+                  "process; it continues from one derived from --seed and the step, so this resume is not bit "
+                  "for bit", file=sys.stderr)
     except (CheckpointError, CheckpointMismatch) as e:
         raise SetupError(str(e)) from None
     except (KeyError, RuntimeError, ValueError) as e:
@@ -402,12 +377,22 @@ def resume(run: Training, path: Path, state: dict, dist: Distributed) -> None:
         print(f"resumed {path} at step {run.step}", file=sys.stderr)
 
 
-def save_checkpoint(run: Training, path: Path, dist: Distributed) -> None:
-    """Atomic checkpoint; a failed write (disk full...) raises SetupError and leaves the previous one intact."""
+def save_checkpoint(run: Training, path: Path, dist: Distributed, interrupted: bool = False) -> None:
+    """Atomic checkpoint with every rank's random state; a failed write (disk full...) raises SetupError and
+    leaves the previous one intact.
+
+    A collective: all ranks call it at the same step. After Ctrl-C or SIGTERM (``interrupted``) the ranks of a
+    multi-process run may be a step apart, so nothing is gathered: rank 0 saves its own state only (a resume from
+    such a checkpoint says that it is not bit for bit)."""
+    own = rng_state(dist.device)
+    if interrupted and dist.world > 1:
+        states = [own] + [None] * (dist.world - 1) if dist.main else None
+    else:
+        states = dist.gather(own)
     if not dist.main:
         return
     try:
-        save_atomic(run.state(), path)
+        save_atomic(run.state(pack_rng(states)), path)
     except OSError as e:
         raise SetupError(f"could not write {path} ({e.strerror or e}); the previous checkpoint is intact: free space "
                          "(or choose another --out) and continue with --resume") from None
@@ -429,7 +414,10 @@ def train_loop(args: argparse.Namespace, run: Training, images: np.ndarray, devi
     stop_at = min(total_steps, args.max_steps) if args.max_steps else total_steps
     net = run.model
     if dist.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None)
+        # one GPU per process: its own device (cuda:<LOCAL_RANK>, set by Distributed), none for the CPU
+        net = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[device.index] if device.type == "cuda" else None,
+            output_device=device.index if device.type == "cuda" else None)
     forward = torch.compile(net) if args.compile else net
     loss_fn = torch.compile(run.objective) if args.compile else run.objective
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16)) \
@@ -506,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
                                                         "seed", "crop", "subset", "latent", "epochs", "amp",
                                                         "channels_last", "compile")}
                 config.update(data_config, world_size=dist.world, data=str(args.data), device=str(args.device))
-                run = build(args, args.device, config)
+                run = build(args, args.device, config, dist.rank)
                 if saved is not None:
                     resume(run, path, saved, dist)
                 if dist.main:
@@ -522,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
                 if run is None:
                     raise SetupError(f"stopped by {stopped_by} before training started; nothing to save") from None
             ignore_sigterm()  # let the final save finish (it is atomic anyway)
-            save_checkpoint(run, out / "checkpoint.pt", dist)
+            save_checkpoint(run, out / "checkpoint.pt", dist, interrupted=bool(stopped_by))
             if dist.main:
                 save_grids(run.model, *grid_inputs(run, images), out / "grids", "last")
     except SetupError as e:
