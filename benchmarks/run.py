@@ -302,14 +302,13 @@ def bench_loss(device: str, repeats: int, cases: list[str], keys: list[str] | No
     where = "peak CUDA memory allocated" if device.startswith("cuda") else "peak RSS"
     how = {"process": "in a separate fresh process per contender and case",
            "inline": "in this process after the timing (on the CPU a lower bound: memory freed by earlier "
-                     "contenders is reused)",
-           "off": "not measured (--memory off)"}[memory]
+                     "contenders is reused)"}.get(memory)
     return (table(["case", "contender", "ms (fwd+bwd)", "speed vs hand-written fp32", f"peak MiB ({where}) during fwd+bwd"], rows) +
             "\n\nInterleaved medians on the same images; input requires grad, target does not; random trunk "
-            "weights everywhere (cost does not depend on the values; peers built offline by benchmarks/peers.py). "
-            f"Peak memory: {how}, the peak over 3 calls above what the process held before them (CPU: VmHWM "
-            "reset through /proc/self/clear_refs). LPIPS rows run VGG16 relu1_2..relu5_3; piq's run every module "
-            "of the trunk.\n" + "\n".join(notes))
+            "weights everywhere (cost does not depend on the values; peers built offline by benchmarks/peers.py). " +
+            (f"Peak memory: {how}, the peak over 3 calls above what the process held before them (CPU: VmHWM "
+             "reset through /proc/self/clear_refs). " if how else "Peak memory: not measured (--memory off). ") +
+            "LPIPS rows run VGG16 relu1_2..relu5_3; piq's run every module of the trunk.\n" + "\n".join(notes))
 
 
 # ---------------------------------------------------------------------------------------- training step

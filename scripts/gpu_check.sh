@@ -74,7 +74,9 @@ phase() {
         *) status="FAIL($rc)"; FAILED=1 ;;
     esac
     echo "===== $name: $status after $(($(date +%s) - t0))s" >>"$file"
-    printf '%-10s %-8s %4ss  %s\n' "$name" "$status" "$(($(date +%s) - t0))" "${file#"$OUT"/}" >>"$SUMMARY"
+    local shown=${file#"$OUT"/}
+    [[ $file == "$WORK"/* ]] && shown="$(basename "$file" .log).md"   # the console log stays out of OUT
+    printf '%-10s %-8s %4ss  %s\n' "$name" "$status" "$(($(date +%s) - t0))" "$shown" >>"$SUMMARY"
     if [[ $status != ok && $file == "$WORK"/* ]]; then
         tail -n 25 "$file" | sed 's/^/    /' >>"$SUMMARY"
     fi
