@@ -11,10 +11,14 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def autocast_enabled(device_type: str) -> bool:
     """True when autocast is on for ``device_type`` ("cpu", "cuda", ...)."""
+    if device_type == "meta":
+        return False  # autocast has no meta dispatch key (and meta tensors compute nothing)
     try:
         return torch.is_autocast_enabled(device_type)
     except TypeError:  # torch < 2.4 takes no argument (CUDA autocast only)
         return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+    except RuntimeError:  # a device type autocast does not know
+        return False
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:

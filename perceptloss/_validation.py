@@ -39,6 +39,8 @@ def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
 def check_input_range(input_range: object) -> tuple[float, float]:
     """``input_range`` as two finite floats (low, high) with high > low, or a ValueError saying what to pass."""
     try:
+        if isinstance(input_range, (str, bytes)):
+            raise TypeError
         lo, hi = (float(v) for v in input_range)  # type: ignore[union-attr]
     except (TypeError, ValueError):
         raise ValueError(f"input_range must be a pair (low, high) such as (0, 1) or (-1, 1), got {input_range!r}") from None
