@@ -5,8 +5,11 @@ reports for this CPU is used, so ``ATEN_CPU_CAPABILITY=avx2`` (or ``default``) l
 
 The backward takes its gradient tensors from a cache of freed gradient memory (on the CPU a fresh large
 allocation page-faults and costs more than the kernel). A block is reused only after its tensor was freed
-(no tensor, view, graph or hook refers to it any more), and the cache holds at most what was ever live at
-once. ``empty_cpu_cache()`` returns that memory to the system; ``set_cpu_grad_cache(False)`` or the environment
+(no tensor, view, graph or hook refers to it any more). Blocks are kept per size in bytes, whatever the dtype:
+per size at most as many as were live at once over a window of recent requests, so a process that alternates
+float32/bfloat16 and several shapes keeps every size it keeps using; sizes not requested for two windows (2 x 256
+requests) are freed, and the whole cache holds at most twice the most gradient bytes live at once in the window.
+``empty_cpu_cache()`` returns that memory to the system; ``set_cpu_grad_cache(False)`` or the environment
 variable ``PERCEPTLOSS_CPU_GRAD_CACHE=0`` turns the cache off.
 """
 from __future__ import annotations

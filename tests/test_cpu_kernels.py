@@ -148,6 +148,47 @@ def test_accumulated_parameter_gradients_stay_correct_over_steps():
         torch.testing.assert_close(t.grad.double(), 3 * exp)
 
 
+def _grad_ptrs(a, b, w):
+    grads = torch.autograd.grad(op(a, b, w).sum(), a)
+    return sorted(t.data_ptr() for t in grads), sum(t.numel() * t.element_size() for t in grads)
+
+
+def test_reuse_survives_a_mix_of_dtypes_and_shapes():
+    """fp32 and bf16 gradients of other sizes in between do not evict each other's blocks (issue 17 item 4).
+
+    All sizes together (7.75 MiB) fit the cache's bound, twice the most bytes live at once (4 MiB).
+    """
+    perceptloss.empty_cpu_cache()
+    fp32 = make(2, [(64, 64, 64), (128, 32, 64)], torch.float32, "cpu")  # 2 MiB twice: one size, two blocks
+    bf16 = make(2, [(96, 64, 64), (64, 64, 64)], torch.bfloat16, "cpu")  # 1.5 MiB and 1 MiB
+    wide = make(1, [(128, 64, 40)], torch.float32, "cpu")                 # 1.25 MiB, another shape
+    cases = [([t.requires_grad_() for t in a], b, w) for a, b, w in (fp32, bf16, wide)]
+    first = [_grad_ptrs(*c) for c in cases]
+    most_live = max(nbytes for _, nbytes in first)
+    for _ in range(3):
+        for c, (ptrs, _) in zip(cases, first):
+            assert _grad_ptrs(*c)[0] == ptrs  # the very blocks of the previous round: no fresh memory
+            assert cpu_cache_bytes() <= 2 * most_live
+    for c in cases:  # still correct
+        a, b, w = c
+        got = torch.autograd.grad(op(a, b, w).sum(), a)
+        for x, e in zip(got, expected_grads(a, b, w)):
+            torch.testing.assert_close(x.double(), e, **TOL[a[0].dtype])
+
+
+def test_sizes_no_longer_used_are_freed():
+    """A size not requested for two epochs (2 x 256 requests) leaves the cache."""
+    perceptloss.empty_cpu_cache()
+    old, _, _ = big_features()
+    a, b, w = big_features()
+    old_ptrs, _ = _grad_ptrs(a, b, w)
+    small = [torch.rand(2, 1 << 17, requires_grad=True)]  # 1 MiB per gradient, another size
+    target = [torch.rand(2, 1 << 17)]
+    for _ in range(2 * 256 + 8):
+        torch.autograd.grad(op(small, target, [1.0]).sum(), small)
+    assert cpu_cache_bytes() == small[0].numel() * 4
+
+
 def test_cache_off_still_correct():
     before = perceptloss.set_cpu_grad_cache(False)
     perceptloss.empty_cpu_cache()

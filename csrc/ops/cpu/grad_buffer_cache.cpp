@@ -8,7 +8,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
-#include <deque>
+#include <unordered_map>
+#include <vector>
 #include <mutex>
 #include <string>
 
@@ -18,6 +19,8 @@ namespace cpu {
 namespace {
 
 constexpr size_t kMinCachedBytes = size_t(1) << 20;  // smaller blocks are cheap for malloc
+constexpr uint64_t kEpochAllocations = 256;  // the window: bounds follow the last one to two epochs of use
+constexpr size_t kCapFactor = 2;              // cached bytes <= 2 x the most bytes live at once in the window
 
 struct Block {
   void* ptr;
@@ -32,29 +35,48 @@ std::atomic<bool>& cache_enabled() {
   return enabled;
 }
 
-void free_blocks(const std::deque<Block*>& blocks) {
+void free_blocks(const std::vector<Block*>& blocks) {
   for (Block* b : blocks) {
     c10::free_cpu(b->ptr);
     delete b;
   }
 }
 
-// Exact-size reuse, oldest freed block evicted first. Deleters may run on any thread (autograd workers).
+// The blocks of one size in bytes (storage is bytes: a float32 gradient can reuse a bfloat16 one's block).
+struct SizeClass {
+  std::vector<Block*> free;  // freed blocks, reused last-in first-out
+  size_t live = 0;           // blocks of this size in use
+  size_t peak = 0;           // most blocks of this size live at once in this epoch
+  size_t prev_peak = 0;      // the same in the previous epoch
+  uint64_t last_use = 0;     // allocation tick of the last request for this size
+};
+
+// Exact-size reuse per size class. Each class keeps at most as many blocks (free + in use) as were live at once
+// during the current or the previous epoch of kEpochAllocations requests, so a process that alternates shapes
+// and dtypes keeps every size it keeps using, while sizes that stop being used are freed within two epochs; all
+// classes together hold at most kCapFactor x the most bytes live at once in that window (least recently used
+// sizes go first). Deleters may run on any thread (autograd workers).
 class BlockCache final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t n) override {
     Block* block = nullptr;
+    std::vector<Block*> drop;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto it = std::find_if(free_.begin(), free_.end(), [n](const Block* b) { return b->size == n; });
-      if (it != free_.end()) {
-        block = *it;
-        free_.erase(it);
+      if (++tick_ % kEpochAllocations == 0) end_epoch(drop);
+      SizeClass& c = classes_[n];
+      c.last_use = tick_;
+      if (!c.free.empty()) {
+        block = c.free.back();
+        c.free.pop_back();
         cached_ -= n;
       }
+      c.live += 1;
+      c.peak = std::max(c.peak, c.live);
       live_ += n;
-      high_water_ = std::max(high_water_, live_);
+      peak_ = std::max(peak_, live_);
     }
+    free_blocks(drop);
     if (!block) {
       block = new Block{c10::alloc_cpu(n), n};
     }
@@ -66,10 +88,13 @@ class BlockCache final : public c10::Allocator {
   }
 
   int64_t clear() {
-    std::deque<Block*> drop;
+    std::vector<Block*> drop;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      drop.swap(free_);
+      for (auto& [size, c] : classes_) {
+        drop.insert(drop.end(), c.free.begin(), c.free.end());
+        c.free.clear();
+      }
       cached_ = 0;
     }
     int64_t bytes = 0;
@@ -93,21 +118,61 @@ class BlockCache final : public c10::Allocator {
     instance().give_back(static_cast<Block*>(ctx));
   }
 
+  size_t cap() const {
+    return kCapFactor * std::max(peak_, prev_peak_);
+  }
+
+  static size_t bound(const SizeClass& c) {
+    return std::max(c.peak, c.prev_peak);
+  }
+
+  // Frees free blocks of the least recently used sizes other than `keep` until `need` more bytes fit the cap.
+  void make_room(size_t need, size_t keep, std::vector<Block*>& drop) {
+    while (cached_ + need > cap()) {
+      SizeClass* oldest = nullptr;
+      for (auto& [size, c] : classes_) {
+        if (size != keep && !c.free.empty() && (!oldest || c.last_use < oldest->last_use)) oldest = &c;
+      }
+      if (!oldest) return;
+      drop.push_back(oldest->free.back());
+      cached_ -= oldest->free.back()->size;
+      oldest->free.pop_back();
+    }
+  }
+
+  // A new window: each class's bound becomes the larger of the last two epochs' peaks.
+  void end_epoch(std::vector<Block*>& drop) {
+    for (auto it = classes_.begin(); it != classes_.end();) {
+      SizeClass& c = it->second;
+      c.prev_peak = c.peak;
+      c.peak = c.live;
+      while (!c.free.empty() && c.live + c.free.size() > bound(c)) {
+        drop.push_back(c.free.back());
+        cached_ -= it->first;
+        c.free.pop_back();
+      }
+      it = (c.live == 0 && c.free.empty() && bound(c) == 0) ? classes_.erase(it) : std::next(it);
+    }
+    prev_peak_ = peak_;
+    peak_ = live_;
+    make_room(0, 0, drop);
+  }
+
   void give_back(Block* block) {
-    std::deque<Block*> drop;
+    std::vector<Block*> drop;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      live_ -= block->size;
-      // Keep at most what was ever live at once: one backward's worth in a training loop.
-      while (!free_.empty() && cached_ + block->size > high_water_) {
-        drop.push_back(free_.front());
-        cached_ -= free_.front()->size;
-        free_.pop_front();
-      }
-      if (cached_ + block->size <= high_water_) {
-        free_.push_back(block);
-        cached_ += block->size;
-        block = nullptr;
+      const size_t n = block->size;
+      live_ -= n;
+      SizeClass& c = classes_[n];
+      c.live -= 1;
+      if (c.live + c.free.size() < bound(c)) {
+        make_room(n, n, drop);
+        if (cached_ + n <= cap()) {
+          c.free.push_back(block);
+          cached_ += n;
+          block = nullptr;
+        }
       }
     }
     if (block) drop.push_back(block);
@@ -115,10 +180,12 @@ class BlockCache final : public c10::Allocator {
   }
 
   std::mutex mutex_;
-  std::deque<Block*> free_;
-  size_t cached_ = 0;
-  size_t live_ = 0;
-  size_t high_water_ = 0;
+  std::unordered_map<size_t, SizeClass> classes_;
+  size_t cached_ = 0;     // bytes in free blocks
+  size_t live_ = 0;       // bytes in blocks in use
+  size_t peak_ = 0;       // most bytes in use at once in this epoch
+  size_t prev_peak_ = 0;  // the same in the previous epoch
+  uint64_t tick_ = 0;     // requests so far
 };
 
 }  // namespace

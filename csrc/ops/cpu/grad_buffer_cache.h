@@ -7,9 +7,12 @@
 //
 // Soundness: a block returns to the cache only from the deleter of its storage, i.e. once no tensor, view,
 // autograd graph or hook refers to it any more; memory that is still referenced is never handed out again.
-// The cache holds at most as many bytes as were ever live at once (so memory between steps stays at one
-// backward's worth); perceptloss.empty_cpu_cache() releases it; PERCEPTLOSS_CPU_GRAD_CACHE=0 (or
-// perceptloss.set_cpu_grad_cache(False)) disables it.
+// Bounds, per block size in bytes (any dtype: storage is bytes): at most as many blocks as were live at once over
+// a window of recent requests (the current and the previous epoch of 256 requests), so a process that alternates
+// shapes and dtypes keeps every size it keeps using (a training loop: one backward's worth), and sizes no longer
+// requested are freed within two epochs; in all, at most twice the most bytes live at once in that window (least
+// recently used sizes are freed first). perceptloss.empty_cpu_cache() releases it; PERCEPTLOSS_CPU_GRAD_CACHE=0
+// (or perceptloss.set_cpu_grad_cache(False)) disables it.
 #pragma once
 
 #include <ATen/ATen.h>
