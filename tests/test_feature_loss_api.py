@@ -172,7 +172,7 @@ def test_torch_compile_module_using_the_loss(tiny_net):
 def _ddp_worker(rank, world, port, results):
     import torch.distributed as dist
 
-    from tests.conftest import TinyNet
+    from tests.helpers import TinyNet
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

@@ -10,7 +10,7 @@ import perceptloss
 from perceptloss import LPIPS, FeatureLoss, StyleLoss
 from perceptloss import hardware
 
-from .conftest import TinyNet
+from .helpers import TinyNet
 
 
 def _losses():

@@ -10,6 +10,7 @@ import perceptloss
 from perceptloss import LPIPS
 from perceptloss.lpips import LPIPS_NETS, unit_normalize
 from perceptloss.lpips_heads import head_entry
+from .helpers import lpips_trunk_state as trunk_state, relative
 from perceptloss.weights import WeightsChecksumError, WeightsNotFoundError, cache_path, convert_to_cache, find_source
 
 
@@ -29,15 +30,6 @@ def reference_and_ours(lpips_pkg, net, **kw):
     ours = LPIPS(net, weights=None, spatial=kw.get("spatial", False))
     ours.net.load_trunk_state_dict(trunk_state(ref))
     return ref, ours
-
-
-def trunk_state(ref):
-    """lpips' ``net.sliceK.<index>.*`` trunk tensors in torchvision's ``features.<index>.*`` naming."""
-    return {re.sub(r"^net\.slice\d+\.", "features.", k): v for k, v in ref.state_dict().items() if k.startswith("net.")}
-
-
-def relative(a, b):
-    return ((a - b).abs() / b.abs().clamp_min(1e-12)).max().item()
 
 
 @pytest.mark.parametrize("net", ["vgg", "alex", "squeeze"])

@@ -150,7 +150,7 @@ def test_a_file_perceptloss_wrote_carries_its_entry(home, caffe_weights):
 
 def test_lpips_v00_parity(home):
     lpips = pytest.importorskip("lpips")
-    from .test_lpips import relative, trunk_state
+    from .helpers import lpips_trunk_state as trunk_state, relative
 
     for net in ("alex", "vgg"):
         torch.manual_seed(0)
