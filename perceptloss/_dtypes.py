@@ -55,3 +55,12 @@ def cast_to_network_dtype(images: torch.Tensor, network: torch.nn.Module) -> tor
     if autocast_enabled(images.device.type) and images.dtype != torch.float64:
         return images
     return images.to(dtype)
+
+
+def functorch_transform_active() -> bool:
+    """True inside a torch.func transform (grad, vmap, jacrev, ...), where compiled custom operators without
+    functorch rules cannot run (the losses then take their pure-PyTorch path, which has the same values)."""
+    try:
+        return torch._C._functorch.peek_interpreter_stack() is not None
+    except Exception:  # pragma: no cover - older torch
+        return False

@@ -5,7 +5,7 @@ from typing import Literal
 
 import torch
 
-from ._dtypes import autocast_enabled
+from ._dtypes import autocast_enabled, functorch_transform_active
 
 MemoryFormat = Literal["auto", "channels_last", "contiguous"]
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format,
@@ -16,9 +16,13 @@ class _ToLayout(torch.autograd.Function):
     """``x.contiguous(memory_format=layout)`` whose gradient comes back in ``x``'s own layout."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
-        ctx.own = torch.contiguous_format if x.is_contiguous() else torch.channels_last
+    def forward(x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
         return x.contiguous(memory_format=layout)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # separate, so that torch.func transforms accept it
+        x, _ = inputs
+        ctx.own = torch.contiguous_format if x.is_contiguous() else torch.channels_last
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -44,6 +48,8 @@ def activation_layout(x: torch.Tensor, choice: MemoryFormat | torch.memory_forma
 
 def to_activation_layout(x: torch.Tensor, choice: MemoryFormat | torch.memory_format) -> torch.Tensor:
     """``x`` in ``activation_layout(x, choice)``; its gradient comes back in ``x``'s own layout."""
+    if functorch_transform_active():
+        return x  # vmap cannot query or change layouts; the values do not depend on it
     layout = activation_layout(x, choice)
     if layout is None or x.is_contiguous(memory_format=layout):
         return x

@@ -260,6 +260,8 @@ def check_values(
     roles, values = list(tensors), [t.detach() for t in tensors.values()]
     if any(v.device.type == "meta" for v in values):
         return  # meta tensors have no values (shape propagation only)
+    if any(torch._C._functorch.is_batchedtensor(v) for v in values):
+        return  # under torch.func.vmap a value cannot leave the device per sample: check the batch before vmap
     if torch.compiler.is_compiling():
         if not _COMPILED_CHECK:
             _warn_compiled_check_missing()

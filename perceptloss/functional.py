@@ -6,6 +6,15 @@ For layer l with activations a_l, b_l of shape (N, C_l, H_l, W_l) and weight w_l
     D[n, l] = w_l / (C_l H_l W_l) * sum_{c,h,w} |a_l[n] - b_l[n]|         (p=1; gradient sign(a - b), 0 at a = b)
 
 returned as an (N, L) tensor in float32 (float64 for float64 features), whatever the feature dtype.
+
+Two more per-layer forms that image-restoration code uses (``FeatureLoss(distance=...)``):
+
+    cosine:       D[n, l] = w_l / (H_l W_l) * sum_{h,w} || u(a_l[n])_{:,h,w} - u(b_l[n])_{:,h,w} ||^2
+                  with u the unit normalisation over channels (``unit_normalize``), = 2 (1 - cos) per position:
+                  LPIPS without its heads, for any backbone. On the fused operator: the L2 form over the
+                  normalised features with weight w_l * C_l (its mean over C*H*W, times C).
+    charbonnier:  D[n, l] = w_l / (C_l H_l W_l) * sum_{c,h,w} sqrt((a_l[n] - b_l[n])**2 + eps**2)
+                  (``charbonnier_distance``): pure PyTorch, as the fused operator computes |d|^p for p = 1, 2 only.
 """
 from __future__ import annotations
 
@@ -14,7 +23,7 @@ from typing import Sequence
 import torch
 
 from . import _ops
-from ._dtypes import accumulation_dtype
+from ._dtypes import accumulation_dtype, functorch_transform_active
 
 
 def _check_features(inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], weights: Sequence[float]) -> None:
@@ -77,15 +86,55 @@ def feature_distance(
     ``p``: 2 for the mean squared difference (default), 1 for the mean absolute difference.
 
     ``fused``: None uses the compiled operator when it supports the device, True requires it, False uses the
-    pure-PyTorch reference. Both give the same values within floating-point tolerance.
+    pure-PyTorch reference. Both give the same values within floating-point tolerance. Inside ``torch.func``
+    transforms (``grad``, ``vmap``, ...) the reference runs: the compiled operator has no functorch rules.
     """
     inputs, targets = list(inputs), list(targets)
     p = _check_p(p)
     weights = [1.0] * len(inputs) if weights is None else [float(w) for w in weights]
     use = _ops.supports(inputs[0].device) if fused is None and inputs else bool(fused)
+    if use and functorch_transform_active():
+        use = False  # torch.func.grad / vmap: the operator has no functorch rules; the reference is the same math
     if fused and not _ops.supports(inputs[0].device if inputs else torch.device("cpu")):
         raise RuntimeError(_ops.unavailable_reason(inputs[0].device if inputs else torch.device("cpu")))
     if not use:
         return feature_distance_reference(inputs, targets, weights, p)
     _check_features(inputs, targets, weights)
     return torch.ops.perceptloss.feature_distance(inputs, targets, weights, p)
+
+
+def unit_normalize(features: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """(N, C, H, W) -> float32 (N, C, H, W) divided by (its L2 norm over C + eps) at each position.
+
+    Same values as lpips' ``normalize_tensor``; where a position's norm is 0 the gradient is finite (a plain
+    sqrt(0) backward gives NaN). float64 features stay float64.
+    """
+    f = features.to(accumulation_dtype(features.dtype))
+    squared = f.square().sum(dim=1, keepdim=True)
+    positive = squared > 0
+    norm = torch.where(positive, torch.where(positive, squared, torch.ones_like(squared)).sqrt(), 0.0)
+    return f / (norm + eps)
+
+
+def charbonnier_distance(
+    inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], weights: Sequence[float] | None = None,
+    *, eps: float = 1e-3,
+) -> torch.Tensor:
+    """(N, L) weighted per-layer means of the Charbonnier penalty sqrt((a - b)**2 + eps**2) over C*H*W.
+
+    A smooth L1 (its gradient (a - b) / sqrt((a - b)**2 + eps**2) is finite, and 0 at a = b); eps > 0. BasicSR's
+    ``CharbonnierLoss(eps=e)`` writes sqrt(d**2 + e): it is ``eps = sqrt(e)`` here (its default 1e-12 is 1e-6).
+    Computed in float32 (float64 for float64 features) in plain PyTorch: the fused operator has no such form.
+    """
+    inputs, targets = list(inputs), list(targets)
+    weights = [1.0] * len(inputs) if weights is None else [float(w) for w in weights]
+    eps = float(eps)
+    if not eps > 0:
+        raise ValueError(f"the Charbonnier eps must be > 0 (e.g. 1e-3), got {eps!r}")
+    _check_features(inputs, targets, weights)
+    acc = accumulation_dtype(inputs[0].dtype)
+    cols = [
+        w * (a.to(acc) - b.to(acc)).square().add_(eps * eps).sqrt_().flatten(1).mean(dim=1)
+        for a, b, w in zip(inputs, targets, weights)
+    ]
+    return torch.stack(cols, dim=1)

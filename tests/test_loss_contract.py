@@ -256,3 +256,15 @@ def test_deepcopy_and_pickle_keep_the_frozen_state():
         assert list(clone.parameters()) == []
         x, y = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
         torch.testing.assert_close(clone(x, y), loss(x, y))
+
+
+def test_torch_func_grad_and_vmap(make_loss):
+    """torch.func transforms run the pure-PyTorch path (the operator has no functorch rules): same values."""
+    loss = make_loss(reduction="none")
+    x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    g = torch.func.grad(lambda a: loss(a, y).sum())(x)
+    xr = x.clone().requires_grad_()
+    (ref,) = torch.autograd.grad(loss(xr, y).sum(), xr)
+    torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-6 * ref.abs().max().item())
+    per_sample = torch.func.vmap(lambda a, b: loss(a[None], b[None])[0])(x, y)
+    torch.testing.assert_close(per_sample, loss(x, y), rtol=1e-4, atol=0)
