@@ -1,0 +1,49 @@
+"""Every registered backbone passes the same checks: frozen by construction, always eval, every layer name
+resolves to a feature of the right batch size, requested order kept, no feature overwritten in place."""
+import pytest
+import torch
+
+import perceptloss
+from perceptloss import create_backbone, list_backbones, list_layers
+
+
+@pytest.fixture(params=list_backbones())
+def backbone(request):
+    return request.param
+
+
+def test_every_layer_of_every_backbone(backbone):
+    layers = list_layers(backbone)
+    net, norm = create_backbone(backbone, layers, weights=None)
+    assert list(net.parameters()) == [] and not net.training
+    net.train()
+    assert not net.training
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = net(x)
+    assert len(feats) == len(layers) and all(f.shape[0] == 2 for f in feats)
+    # asked in reverse order, one at a time: the same tensors (no in-place overwrite of a tapped output)
+    rev, _ = create_backbone(backbone, tuple(reversed(layers)), weights=None)
+    rev.load_trunk_state_dict(net.state_dict())
+    with torch.no_grad():
+        back = rev(x)
+    for f, b in zip(feats, reversed(back)):
+        torch.testing.assert_close(f, b)
+
+
+def test_every_backbone_has_catalogued_weights(backbone):
+    spec = perceptloss.get_backbone(backbone)
+    assert spec.default_weights in spec.weights
+    for name, entry in spec.weights.items():
+        assert perceptloss.get_weights(entry.key) is entry
+
+
+def test_registry_imports_no_family():
+    """At import, perceptloss.registry imports no backbone module (only type names, under TYPE_CHECKING)."""
+    import ast
+    import inspect
+
+    import perceptloss.registry as registry
+
+    top = [n for n in ast.parse(inspect.getsource(registry)).body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not [n for n in top if "backbones" in (getattr(n, "module", "") or "")]
