@@ -65,12 +65,22 @@ def supports(device: torch.device) -> bool:
 
 
 def build_command() -> str:
-    """The shell command that (re)builds the operator for this installation, showing the build error if any."""
+    """The shell command that (re)builds the operator for this installation, showing the build error if any.
+
+    In a source checkout: an editable install of it; otherwise a rebuild of this version from its sdist.
+    ``--no-build-isolation`` compiles against the torch installed here (the operator's ABI is torch's).
+    """
     root = Path(__file__).resolve().parent.parent
     pip = f"PERCEPTLOSS_REQUIRE_EXT=1 {sys.executable} -m pip install -v --no-build-isolation --no-deps"
     if (root / "setup.py").is_file() and (root / "csrc").is_dir():  # a source checkout (editable install)
         return f"cd {root} && {pip} -e ."
-    return f"{pip} --force-reinstall --no-binary perceptloss perceptloss  (or the path of the perceptloss sdist)"
+    from importlib import metadata
+
+    try:
+        version = "==" + metadata.version("perceptloss")
+    except metadata.PackageNotFoundError:
+        version = ""
+    return f"{pip} --force-reinstall --no-binary perceptloss perceptloss{version}"
 
 
 def unavailable_reason(device: torch.device) -> str:
