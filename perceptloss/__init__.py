@@ -14,6 +14,8 @@ from .factory import create_backbone
 from .loss import FeatureLoss
 from .lpips import LPIPS
 from .style import StyleLoss, gram_matrix
+from .volume import VolumeLoss
+from .channels import ChannelPolicy, split_channels, merge_channels
 from .preprocessing import CAFFE, IDENTITY, IMAGENET, Normalization
 from .registry import (
     PRESETS,
@@ -51,6 +53,10 @@ __all__ = [
     "LPIPS",
     "StyleLoss",
     "gram_matrix",
+    "VolumeLoss",
+    "ChannelPolicy",
+    "split_channels",
+    "merge_channels",
     "feature_distance",
     "auto_dtype",
     "bf16_native",

@@ -14,7 +14,10 @@ owns everything but the representation and the comparison:
 - input checks (type, shape, NaN/Inf, range), also inside ``torch.compile``;
 - the target's features under ``no_grad`` unless it requires grad, and ``set_target`` (kept as buffers, so
   they follow ``.to()`` / ``.cuda()`` / ``.half()``);
-- the reduction ("mean" | "sum" | "none" over the batch), in float32 (float64 for float64 images).
+- the reduction ("mean" | "sum" | "none" over the batch), in float32 (float64 for float64 images);
+- the channel policy (``channels=``: grey and N-channel images, ``perceptloss.channels``): images are split
+  into RGB images before the network (``_split``) and the per-image terms merged back per sample
+  (``_merge``).
 
 Subclasses implement ``representation(features)`` and ``compare(input_repr, target_repr) -> (N, L)``.
 """
@@ -29,6 +32,7 @@ from . import _ops
 from ._dtypes import cast_to_network_dtype, network_dtype
 from ._layout import MemoryFormat, check_memory_format, to_activation_layout
 from ._validation import check_choice, check_image_pair, check_input_range, check_values
+from .channels import ChannelPolicy, channel_policy
 from .backbones.base import FeatureExtractor
 from .hardware import autocast_warning, resolve_dtype, warn_if_emulated
 from .preprocessing import Normalization, Preprocess
@@ -50,6 +54,11 @@ class PerceptualLoss(nn.Module):
         dtype: the network's dtype: None (float32), a floating ``torch.dtype``, or "auto" (bfloat16 where
             the device computes it natively, float32 elsewhere: ``perceptloss.auto_dtype``).
         memory_format: layout of the network's activations ("auto": channels_last on the CPU).
+        channels: how images that are not RGB reach the network: "rgb" (default: 3 channels required),
+            "replicate" (grey images copied to R, G, B), "per_channel" (each channel copied to RGB, its terms
+            averaged), "groups" (each 3 channels one RGB image); see ``perceptloss.channels``.
+        channel_reduction: "mean" (default) over a sample's channel groups, or "none": the per-sample output
+            gets a group axis, (N, G) instead of (N,) ("per_channel" and "groups" only).
     """
 
     #: How many representations a target holds; ``set_target`` stores them as buffers ``_target{k}``.
@@ -65,9 +74,12 @@ class PerceptualLoss(nn.Module):
         fused: bool | None = None,
         dtype: torch.dtype | str | None = None,
         memory_format: MemoryFormat | torch.memory_format = "auto",
+        channels: str | ChannelPolicy = "rgb",
+        channel_reduction: str = "mean",
     ) -> None:
         super().__init__()
         check_memory_format(memory_format)
+        self.channel_policy = channel_policy(channels, channel_reduction)
         check_choice("reduction", reduction, ("mean", "sum", "none"))
         check_choice("check_range", check_range, ("raise", "warn", "off"))
         self.input_range = check_input_range(input_range)
@@ -82,6 +94,7 @@ class PerceptualLoss(nn.Module):
             raise RuntimeError(_ops.unavailable_reason(torch.device("cpu")))
         self.fused = fused
         self._num_targets = 0
+        self._target_samples = 0  # the batch size of set_target's images (1: compared with every input)
         self._register_state_dict_hook(_omit_network_keys)
         self._register_load_state_dict_pre_hook(_drop_network_keys, with_module=True)
 
@@ -167,10 +180,21 @@ class PerceptualLoss(nn.Module):
         if not self.check_inputs:
             return
         first, *rest = images.values()
-        check_image_pair(first, rest[0] if rest else first)  # a dtype mismatch is allowed under autocast
+        # a dtype mismatch is allowed under autocast; the channel policy says how many channels are accepted
+        check_image_pair(first, rest[0] if rest else first, channels=self.channel_policy.expected_channels(first))
         check_values(images, self.input_range, self.check_range)
         if not torch.compiler.is_compiling():
             autocast_warning(first.device)
+
+    def _split(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) images -> (N*G, 3, H, W) RGB images for the network, by the channel policy."""
+        return self.channel_policy.split(images)
+
+    def _merge(self, terms: torch.Tensor, n: int) -> torch.Tensor:
+        """(N*G, ...) per-image terms -> (N, ...) (mean over a sample's G groups) or (N, G, ...) ("none")."""
+        if terms.shape[0] == n and not self.channel_policy.keeps_groups:
+            return terms
+        return self.channel_policy.merge(terms, n)
 
     def _target_representation(self, target: torch.Tensor) -> list[torch.Tensor]:
         if target.requires_grad:
@@ -184,8 +208,8 @@ class PerceptualLoss(nn.Module):
     def set_target(self, target: torch.Tensor | None) -> "PerceptualLoss":
         """Compute the representation of ``target`` once, so that ``loss(input)`` reuses it (None clears it).
 
-        ``target``: (1 or N, 3, H, W) images in ``input_range``; a batch of 1 is compared with every input.
-        No gradient flows to it. The representation is kept in buffers (not saved in ``state_dict``), so it
+        ``target``: (1 or N, C, H, W) images in ``input_range`` (C as the channel policy accepts: 3 by
+        default); a batch of 1 is compared with every input. No gradient flows to it. The representation is kept in buffers (not saved in ``state_dict``), so it
         follows ``.to()``, ``.cuda()`` and ``.half()``. Returns self.
         """
         for k in range(self._num_targets):
@@ -194,9 +218,10 @@ class PerceptualLoss(nn.Module):
         if target is None:
             return self
         self._check(target=target)
-        for k, r in enumerate(self.representation(self.features(target))):
+        for k, r in enumerate(self.representation(self.features(self._split(target)))):
             self.register_buffer(f"_target{k}", r.detach(), persistent=False)
         self._num_targets = len(self.layers)
+        self._target_samples = int(target.shape[0])
         return self
 
     @property
@@ -204,7 +229,8 @@ class PerceptualLoss(nn.Module):
         """True when ``set_target`` fixed a target."""
         return self._num_targets > 0
 
-    def _cached_target(self, input_repr: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _cached_target(self, input_repr: list[torch.Tensor], n: int | None = None) -> list[torch.Tensor]:
+        """The set_target representation, expanded to the input's N samples (``n``) of G RGB images each."""
         if not self._num_targets:
             raise ValueError(
                 "no target: call loss(input, target), or fix a target once with loss.set_target(target)"
@@ -212,6 +238,8 @@ class PerceptualLoss(nn.Module):
         out = []
         for k, (name, r) in enumerate(zip(self.layers, input_repr)):
             t = getattr(self, f"_target{k}")
+            if n is not None and self._target_samples == 1 and n > 1 and t.shape[0] > 1 and t.shape[0] * n == r.shape[0]:
+                t = self.channel_policy.expand_target(t, n)  # one target sample of G > 1 groups, for N samples
             if t.shape[1:] != r.shape[1:] or t.shape[0] not in (1, r.shape[0]):
                 raise ValueError(
                     f"layer {name}: the input gives {tuple(r.shape)} but the target set with set_target gave "
@@ -225,22 +253,24 @@ class PerceptualLoss(nn.Module):
     # ------------------------------------------------------------------------------------------ the loss
 
     def per_layer(self, input: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-sample, per-layer weighted terms, shape (N, L) in float32 (columns follow ``self.layers``).
+        """Per-sample, per-layer weighted terms, shape (N, L) in float32 (columns follow ``self.layers``);
+        (N, G, L) with ``channel_reduction="none"``.
 
         ``target`` None compares with the target fixed by ``set_target``.
         """
+        n = input.shape[0] if isinstance(input, torch.Tensor) else 0
         if target is None:
             self._check(input=input)
-            input_repr = self.representation(self.features(input))
-            return self.compare(input_repr, self._cached_target(input_repr))
+            input_repr = self.representation(self.features(self._split(input)))
+            return self._merge(self.compare(input_repr, self._cached_target(input_repr, n)), n)
         self._check(input=input, target=target)
-        input_repr = self.representation(self.features(input))
-        return self.compare(input_repr, self._target_representation(target))
+        input_repr = self.representation(self.features(self._split(input)))
+        return self._merge(self.compare(input_repr, self._target_representation(self._split(target))), n)
 
     def per_layer_dict(self, input: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``per_layer`` as {layer name: (N,) tensor}, for logging."""
         terms = self.per_layer(input, target)
-        return {name: terms[:, i] for i, name in enumerate(self.layers)}
+        return {name: terms[..., i] for i, name in enumerate(self.layers)}
 
     def reduce(self, per_sample: torch.Tensor) -> torch.Tensor:
         """Apply ``self.reduction`` to per-sample values (N,) or maps (N, ...)."""
@@ -252,7 +282,7 @@ class PerceptualLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """The loss: a scalar for "mean"/"sum", an (N,) tensor for "none" (target None: ``set_target``'s)."""
-        return self.reduce(self.per_layer(input, target).sum(dim=1))
+        return self.reduce(self.per_layer(input, target).sum(dim=-1))
 
 
 def _omit_network_keys(module: PerceptualLoss, state_dict, prefix, local_metadata) -> None:

@@ -70,6 +70,8 @@ class FeatureLoss(PerceptualLoss):
             16-bit dtypes (tensor cores), and leaves the layout alone otherwise; "channels_last" or
             "contiguous" force one. Only the internal activations change: results and the layout of the
             gradient you get back do not.
+        channels, channel_reduction: how grey and N-channel images reach the RGB network ("rgb" default,
+            "replicate", "per_channel", "groups"; see ``perceptloss.channels``).
 
     The network is frozen by construction (its weights are non-persistent buffers: not trainable, not in a
     parent model's ``state_dict``), stays in eval mode and is truncated after the deepest requested layer.
@@ -93,9 +95,12 @@ class FeatureLoss(PerceptualLoss):
         dtype: torch.dtype | str | None = None,
         memory_format: MemoryFormat | torch.memory_format = "auto",
         share_module: bool = False,
+        channels: str = "rgb",
+        channel_reduction: str = "mean",
     ) -> None:
         super().__init__(input_range=input_range, reduction=reduction, check_range=check_range,
-                         check_inputs=check_inputs, fused=fused, dtype=dtype, memory_format=memory_format)
+                         check_inputs=check_inputs, fused=fused, dtype=dtype, memory_format=memory_format,
+                         channels=channels, channel_reduction=channel_reduction)
         check_choice("distance", distance, self._DISTANCES)
         if layers is None:
             layers = list(layer_weights) if isinstance(layer_weights, Mapping) else self._DEFAULT_LAYERS

@@ -21,10 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import PerceptualLoss, Reduction
-from ._dtypes import accumulation_dtype
 from ._validation import check_choice
 from .factory import create_backbone
-from .functional import feature_distance
+from .functional import feature_distance, unit_normalize  # noqa: F401  (unit_normalize: perceptloss.lpips.unit_normalize)
 from .lpips_heads import LPIPS_NORMALIZATION, LPIPS_V00_NORMALIZATION, VERSIONS, load_heads
 
 #: LPIPS' trunk for each ``net``: (registered backbone, tapped layers, channels per layer).
@@ -37,19 +36,6 @@ LPIPS_NETS: dict[str, tuple[str, tuple[str, ...], tuple[int, ...]]] = {
         (64, 128, 256, 384, 384, 512, 512),
     ),
 }
-
-
-def unit_normalize(features: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    """(N, C, H, W) -> float32 (N, C, H, W) divided by (its L2 norm over C + eps) at each position.
-
-    Same values as lpips' ``normalize_tensor``; where a position's norm is 0 the gradient is finite (a plain
-    sqrt(0) backward gives NaN).
-    """
-    f = features.to(accumulation_dtype(features.dtype))
-    squared = f.square().sum(dim=1, keepdim=True)
-    positive = squared > 0
-    norm = torch.where(positive, torch.where(positive, squared, torch.ones_like(squared)).sqrt(), 0.0)
-    return f / (norm + eps)
 
 
 class LPIPS(PerceptualLoss):
@@ -68,7 +54,8 @@ class LPIPS(PerceptualLoss):
         input_range: range of the images you pass, (0, 1) by default; (-1, 1) is what lpips expects by default.
         reduction: "none" (default: (N,), or (N, 1, H, W) with ``spatial``), "mean" or "sum" over everything.
         spatial: return per-pixel maps (each layer's map upsampled bilinearly to the image size).
-        check_range, check_inputs, fused, dtype, memory_format: as for ``FeatureLoss``.
+        check_range, check_inputs, fused, dtype, memory_format, channels, channel_reduction: as for
+            ``FeatureLoss`` (``channels="replicate"`` for grey images, ...; see ``perceptloss.channels``).
 
     Frozen by construction: the trunk's weights and the heads are non-persistent buffers (not trainable, not
     in a parent's ``state_dict``), there is no dropout and the trunk stays in eval mode. Distances are
@@ -90,9 +77,12 @@ class LPIPS(PerceptualLoss):
         fused: bool | None = None,
         dtype: torch.dtype | str | None = None,
         memory_format: str | torch.memory_format = "auto",
+        channels: str = "rgb",
+        channel_reduction: str = "mean",
     ) -> None:
         super().__init__(input_range=input_range, reduction=reduction, check_range=check_range,
-                         check_inputs=check_inputs, fused=fused, dtype=dtype, memory_format=memory_format)
+                         check_inputs=check_inputs, fused=fused, dtype=dtype, memory_format=memory_format,
+                         channels=channels, channel_reduction=channel_reduction)
         if net not in LPIPS_NETS:
             raise ValueError(f"net must be one of {sorted(LPIPS_NETS)} (as in lpips), got {net!r}")
         version = str(version).lstrip("v")
@@ -153,21 +143,22 @@ class LPIPS(PerceptualLoss):
         ``target`` None compares with the reference fixed by ``set_target``.
         """
         if not self.spatial:
-            return self.reduce(self.per_layer(input, target).sum(dim=1))
+            return self.reduce(self.per_layer(input, target).sum(dim=-1))
+        n = input.shape[0]
         if target is None:
             self._check(input=input)
-            na = self.representation(self.features(input))
-            nb = self._cached_target(na)
+            na = self.representation(self.features(self._split(input)))
+            nb = self._cached_target(na, n)
         else:
             self._check(input=input, target=target)
-            na = self.representation(self.features(input))
-            nb = self._target_representation(target)
+            na = self.representation(self.features(self._split(input)))
+            nb = self._target_representation(self._split(target))
         size = tuple(input.shape[-2:])
         out = sum(
             F.interpolate(self._maps(a, b, w), size=size, mode="bilinear", align_corners=False)
             for a, b, w in zip(na, nb, self.heads)
         )
-        return self.reduce(out)
+        return self.reduce(self._merge(out, n))
 
     def extra_repr(self) -> str:
         return (f"net={self.net_name!r}, version={self.version!r}, layers={list(self.layers)}, "

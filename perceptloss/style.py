@@ -70,6 +70,8 @@ class StyleLoss(FeatureLoss):
         dtype: torch.dtype | str | None = None,
         memory_format: str | torch.memory_format = "auto",
         share_module: bool = False,
+        channels: str = "rgb",
+        channel_reduction: str = "mean",
     ) -> None:
         super().__init__(
             backbone,
@@ -86,6 +88,8 @@ class StyleLoss(FeatureLoss):
             dtype=dtype,
             memory_format=memory_format,
             share_module=share_module,
+            channels=channels,
+            channel_reduction=channel_reduction,
         )
 
     def representation(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
