@@ -14,6 +14,7 @@ from .factory import create_backbone
 from .loss import FeatureLoss
 from .lpips import LPIPS
 from .style import StyleLoss, gram_matrix
+from .dists import DISTS
 from .volume import VolumeLoss
 from .channels import ChannelPolicy, split_channels, merge_channels
 from .preprocessing import CAFFE, IDENTITY, IMAGENET, Normalization
@@ -53,6 +54,7 @@ __all__ = [
     "LPIPS",
     "StyleLoss",
     "gram_matrix",
+    "DISTS",
     "VolumeLoss",
     "ChannelPolicy",
     "split_channels",

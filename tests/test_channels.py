@@ -70,3 +70,115 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="channel_reduction must be"):
         channel_policy("per_channel", "max")
     assert ChannelPolicy("per_channel").groups(3) == 3 and ChannelPolicy("groups").groups(3) == 1
+
+
+# ------------------------------------------------------------------------------- the losses' channels=
+
+
+@pytest.fixture(scope="module")
+def trunk_state():
+    """One random VGG16 trunk for every loss built below (so that their values can be compared)."""
+    from perceptloss import FeatureLoss
+
+    torch.manual_seed(0)
+    return FeatureLoss("vgg16", ["relu5_3"], weights=None).net.weight_tensors()
+
+
+def feature_loss(trunk_state, **kw):
+    from perceptloss import FeatureLoss
+
+    loss = FeatureLoss("vgg16", ["relu1_2", "relu2_1"], weights=None, reduction="none", **kw)
+    loss.net.load_trunk_state_dict(trunk_state)
+    return loss
+
+
+def test_replicate_equals_explicit_replication(trunk_state):
+    rgb, grey = feature_loss(trunk_state), feature_loss(trunk_state, channels="replicate")
+    x, y = batch(3, 1)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got, expected = grey(xa, y), rgb(xb.repeat(1, 3, 1, 1), y.repeat(1, 3, 1, 1))
+    torch.testing.assert_close(got, expected)
+    got.sum().backward()
+    expected.sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad)
+    torch.testing.assert_close(grey(*batch(3, 3)), rgb(*batch(3, 3)))  # RGB images pass unchanged
+
+
+def test_per_channel_and_groups_equal_explicit_loops(trunk_state):
+    rgb = feature_loss(trunk_state)
+    x, y = batch(2, 5)
+    columns = torch.stack([rgb(x[:, c:c + 1].repeat(1, 3, 1, 1), y[:, c:c + 1].repeat(1, 3, 1, 1)) for c in range(5)], 1)
+    torch.testing.assert_close(feature_loss(trunk_state, channels="per_channel")(x, y), columns.mean(1))
+    kept = feature_loss(trunk_state, channels="per_channel", channel_reduction="none")
+    torch.testing.assert_close(kept(x, y), columns)
+    assert kept.per_layer(x, y).shape == (2, 5, 2)
+    x6, y6 = batch(2, 6)
+    groups = torch.stack([rgb(x6[:, 3 * g:3 * g + 3], y6[:, 3 * g:3 * g + 3]) for g in range(2)], 1)
+    torch.testing.assert_close(feature_loss(trunk_state, channels="groups")(x6, y6), groups.mean(1))
+    mean_loss = feature_loss(trunk_state, channels="groups")
+    mean_loss.reduction = "mean"
+    torch.testing.assert_close(mean_loss(x6, y6), groups.mean())
+
+
+def test_set_target_with_groups(trunk_state):
+    loss = feature_loss(trunk_state, channels="per_channel", channel_reduction="none")
+    x, y = batch(3, 4)
+    expected = loss(x, y[:1].expand_as(x))
+    torch.testing.assert_close(loss.set_target(y[:1])(x), expected)
+    torch.testing.assert_close(loss.set_target(y)(x), loss(x, y))
+
+
+def test_the_printed_fix_works(trunk_state):
+    x, y = batch(2, 1)
+    with pytest.raises(ValueError, match="channels='replicate'") as err:
+        feature_loss(trunk_state)(x, y)
+    assert "(N, 3, H, W)" in str(err.value)
+    feature_loss(trunk_state, channels="replicate")(x, y)  # as printed
+    with pytest.raises(ValueError, match="not a multiple of 3"):
+        feature_loss(trunk_state, channels="groups")(*batch(2, 4))
+    with pytest.raises(ValueError, match="target"):
+        feature_loss(trunk_state, channels="per_channel")(batch(2, 4)[0], batch(2, 5)[1])
+
+
+def test_every_loss_accepts_channels(trunk_state):
+    from perceptloss import DISTS, LPIPS, StyleLoss
+
+    x, y = batch(2, 1, size=32)
+    xr, yr = x.repeat(1, 3, 1, 1), y.repeat(1, 3, 1, 1)
+    style = StyleLoss("vgg16", ["relu1_2", "relu2_1"], weights=None, reduction="none", channels="replicate")
+    style_rgb = StyleLoss("vgg16", ["relu1_2", "relu2_1"], weights=None, reduction="none")
+    for s in (style, style_rgb):
+        s.net.load_trunk_state_dict(trunk_state)
+    torch.testing.assert_close(style(x, y), style_rgb(xr, yr))
+    lp, lp_rgb = (LPIPS("vgg", weights=None, heads=None, **kw) for kw in ({"channels": "replicate"}, {}))
+    lp.net.load_trunk_state_dict(trunk_state)
+    lp_rgb.net.load_trunk_state_dict(trunk_state)
+    torch.testing.assert_close(lp(x, y), lp_rgb(xr, yr))
+    x4, y4 = batch(2, 4, size=32)
+    maps = LPIPS("vgg", weights=None, heads=None, spatial=True, channels="per_channel", channel_reduction="none")
+    maps.net.load_trunk_state_dict(trunk_state)
+    assert maps(x4, y4).shape == (2, 4, 1, 32, 32)
+    torch.testing.assert_close(maps(x4, y4)[:, 2], _spatial(trunk_state, x4[:, 2:3], y4[:, 2:3]))
+    d, d_rgb = DISTS(weights=None, channels="per_channel"), DISTS(weights=None)
+    d.net.load_trunk_state_dict(trunk_state)
+    d_rgb.net.load_trunk_state_dict(trunk_state)
+    expected = torch.stack([d_rgb(x4[:, c:c + 1].repeat(1, 3, 1, 1), y4[:, c:c + 1].repeat(1, 3, 1, 1)) for c in range(4)], 1)
+    torch.testing.assert_close(d(x4, y4), expected.mean(1))
+
+
+def _spatial(trunk_state, x, y):
+    from perceptloss import LPIPS
+
+    m = LPIPS("vgg", weights=None, heads=None, spatial=True)
+    m.net.load_trunk_state_dict(trunk_state)
+    return m(x.repeat(1, 3, 1, 1), y.repeat(1, 3, 1, 1))
+
+
+def test_volume_of_grey_images(trunk_state):
+    from perceptloss import VolumeLoss
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(1, 1, 4, 16, 16, generator=g), torch.rand(1, 1, 4, 16, 16, generator=g)
+    grey, rgb = feature_loss(trunk_state, channels="replicate"), feature_loss(trunk_state)
+    torch.testing.assert_close(VolumeLoss(grey, axes=(2,))(x, y),
+                               VolumeLoss(rgb, axes=(2,))(x.repeat(1, 3, 1, 1, 1), y.repeat(1, 3, 1, 1, 1)))

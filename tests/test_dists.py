@@ -87,6 +87,15 @@ def test_parity_float32(official):
     assert ((vo_auto - ve).abs() / ve.abs()).max().item() <= 1e-5
 
 
+def test_catalogue_and_registry():
+    import perceptloss
+
+    assert perceptloss.get_weights("dists.v0.1") is DISTS_ENTRY
+    assert perceptloss.get_weights("dists") is DISTS_ENTRY
+    assert "vgg16_l2pool" in perceptloss.list_backbones()
+    assert perceptloss.DISTS is DISTS
+
+
 def test_alpha_beta_from_the_wheel_checked_and_cached(official):
     source = find_source(DISTS_ENTRY)
     assert source is not None and sha256_file(source) == DISTS_ENTRY.source_sha256
@@ -113,7 +122,7 @@ def test_missing_trunk_names_the_torchvision_file(tmp_path, monkeypatch):
             DISTS()
     finally:
         torch.hub.set_dir(saved)
-    with pytest.raises(FileNotFoundError, match="torchvision-format VGG16 file"):
+    with pytest.raises(KeyError, match="or an existing file"):
         DISTS(weights=str(tmp_path / "nope.pth"))
 
 
@@ -127,8 +136,11 @@ def test_trunk_from_a_torchvision_file(official, tmp_path):
 
 def test_frozen_by_construction(official):
     d = ours_like(official)
-    assert sum(p.numel() for p in d.parameters() if p.requires_grad) == 0
+    assert list(d.parameters()) == []
     assert {"alpha", "beta"} <= {n for n, _ in d.named_buffers()}
+    assert len(d.state_dict()) == 0  # α, β and the trunk stay out of a parent model's state_dict
+    d.requires_grad_(True)
+    assert list(d.parameters()) == [] and not d.alpha.requires_grad
     d.train()
     assert not d.training and not d.net.training
     x, y = images()
