@@ -10,14 +10,12 @@ and cached like the backbone weights (``perceptloss.weights``).
 """
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from .preprocessing import Normalization
-from .weights import StateDict, WeightEntry, load_state_dict_file, register_weights, resolve
+from .weights import StateDict, WeightEntry, load_state_dict_file, package_file, register_weights, resolve
 
 #: LPIPS' ScalingLayer, (x - shift) / scale on [-1, 1] images, written for [0, 1] images:
 #: mean = (1 + shift) / 2, std = scale / 2 (which is the ImageNet mean/std to three decimals).
@@ -47,17 +45,6 @@ HEAD_SHA256_V00 = {
 }
 
 
-def _package_file(package: str, relative: str) -> Callable[[], Path | None]:
-    def find() -> Path | None:
-        try:
-            dist = importlib.metadata.distribution(package)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-        return Path(str(dist.locate_file(relative)))
-
-    return find
-
-
 def convert_lpips_heads(path: Path) -> StateDict:
     """``lin{k}.model.1.weight`` (1, C, 1, 1) tensors of an lpips head file -> ``head{k}`` (C,) float32 tensors."""
     state = load_state_dict_file(path)
@@ -75,11 +62,11 @@ def head_entry(net: str, version: str = "0.1") -> WeightEntry:
     if version not in VERSIONS:
         raise ValueError(f"LPIPS version must be one of {VERSIONS}, got {version!r}")
     finders = [
-        _package_file("lpips", f"lpips/weights/v{version}/{net}.pth"),
-        _package_file("sensecraft", f"sensecraft/loss/weights/v{version}/{net}.pth"),
+        package_file("lpips", f"lpips/weights/v{version}/{net}.pth"),
+        package_file("sensecraft", f"sensecraft/loss/weights/v{version}/{net}.pth"),
     ]
     if version == "0.1":
-        finders.append(_package_file("torchmetrics", f"torchmetrics/functional/image/lpips_models/{net}.pth"))
+        finders.append(package_file("torchmetrics", f"torchmetrics/functional/image/lpips_models/{net}.pth"))
     return WeightEntry(
         backbone=f"lpips-{net}",
         name=f"v{version}",

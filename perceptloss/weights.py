@@ -67,6 +67,21 @@ class WeightEntry:
         return f"{self.backbone}.{self.name}"
 
 
+def package_file(package: str, relative: str) -> Callable[[], Path | None]:
+    """A finder for a data file shipped inside an installed package's wheel, located through
+    ``importlib.metadata`` (the package's code is never imported): ``relative`` to its install root."""
+    import importlib.metadata
+
+    def find() -> Path | None:
+        try:
+            dist = importlib.metadata.distribution(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        return Path(str(dist.locate_file(relative)))
+
+    return find
+
+
 # ------------------------------------------------------------------------------------------- catalogue
 
 _CATALOGUE: dict[str, WeightEntry] = {}

