@@ -17,6 +17,7 @@ from .style import StyleLoss, gram_matrix
 from .dists import DISTS
 from .volume import VolumeLoss
 from .channels import ChannelPolicy, split_channels, merge_channels
+from .basicsr import from_basicsr
 from .preprocessing import CAFFE, IDENTITY, IMAGENET, Normalization
 from .registry import (
     PRESETS,
@@ -59,6 +60,7 @@ __all__ = [
     "ChannelPolicy",
     "split_channels",
     "merge_channels",
+    "from_basicsr",
     "feature_distance",
     "auto_dtype",
     "bf16_native",

@@ -5,8 +5,11 @@ For layer l with activations F_l(x) reshaped to (C_l, H_l W_l),
 .. math:: G_l(x) = F_l(x) F_l(x)^\top / (C_l H_l W_l), \qquad
           \mathrm{loss}_n = \sum_l w_l \lVert G_l(x_n) - G_l(y_n) \rVert_F^2
 
-The Gram matrices are formed in float32 (float64 for float64 features), also under autocast, and the
-squared Frobenius norms run on the fused distance operator (an L2 distance over the (C, C) matrices).
+or, with ``distance="l1"`` (BasicSR's style term with ``criterion='l1'``), the *mean* absolute difference of
+the Gram matrices' C_l x C_l entries, :math:`w_l \frac{1}{C_l^2} \sum_{i,j} |G_l(x_n) - G_l(y_n)|_{ij}`.
+
+The Gram matrices are formed in float32 (float64 for float64 features), also under autocast, and both
+distances run on the fused distance operator (an L2 or L1 distance over the (C, C) matrices).
 """
 from __future__ import annotations
 
@@ -41,18 +44,21 @@ class StyleLoss(FeatureLoss):
     r"""Weighted sum over layers of the squared Frobenius distance between Gram matrices.
 
     For images x, y of shape (N, 3, H, W), RGB in ``input_range``:
-    loss_n = sum_l w_l ||G_l(x_n) - G_l(y_n)||_F^2, reduced over the batch like ``FeatureLoss``.
+    loss_n = sum_l w_l ||G_l(x_n) - G_l(y_n)||_F^2 (``distance="l2"``, Johnson et al.), or
+    loss_n = sum_l w_l mean_{i,j} |G_l(x_n) - G_l(y_n)|_{ij} (``distance="l1"``, BasicSR's ``criterion='l1'``: a
+    mean, not a sum, over the C_l x C_l entries), reduced over the batch like ``FeatureLoss``.
 
     For style transfer, fix the style image once with ``set_target(style)`` (a batch of 1 is compared with
     every input; it may have another size than the inputs) and call ``loss(images)``: its Gram matrices are
     kept, not recomputed each step.
 
-    Args: as ``FeatureLoss`` (``layers`` default "style": relu1_1 ... relu5_1 of VGG19), without ``distance``.
+    Args: as ``FeatureLoss`` (``layers`` default "style": relu1_1 ... relu5_1 of VGG19), ``distance`` "l2"
+    (default) or "l1".
     The network is frozen and stays in eval mode.
     """
 
     _DEFAULT_LAYERS = "style"
-    _DISTANCES = ("l2",)
+    _DISTANCES = ("l2", "l1")
 
     def __init__(
         self,
@@ -63,6 +69,7 @@ class StyleLoss(FeatureLoss):
         weights: str | Path | None = "default",
         input_range: tuple[float, float] = (0.0, 1.0),
         reduction: Reduction = "mean",
+        distance: Literal["l2", "l1"] = "l2",
         check_range: Literal["raise", "warn", "off"] = "raise",
         check_inputs: bool = True,
         fused: bool | None = None,
@@ -80,7 +87,7 @@ class StyleLoss(FeatureLoss):
             weights=weights,
             input_range=input_range,
             reduction=reduction,
-            distance="l2",
+            distance=distance,
             check_range=check_range,
             check_inputs=check_inputs,
             fused=fused,
@@ -97,6 +104,9 @@ class StyleLoss(FeatureLoss):
         return [gram_matrix(f) for f in features]
 
     def compare(self, input_repr: list[torch.Tensor], target_repr: list[torch.Tensor]) -> torch.Tensor:
-        """(N, L) weighted squared Frobenius distances (the operator's mean over C*C entries, times C*C)."""
+        """(N, L) weighted distances of the Gram matrices: squared Frobenius norms ("l2": the operator's mean over
+        the C*C entries, times C*C) or mean absolute differences ("l1")."""
+        if self.distance == "l1":
+            return feature_distance(input_repr, target_repr, self.layer_weights, fused=self.fused, p=1)
         scaled = [w * g.shape[1] * g.shape[2] for w, g in zip(self.layer_weights, input_repr)]
         return feature_distance(input_repr, target_repr, scaled, fused=self.fused, p=2)

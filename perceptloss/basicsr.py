@@ -1,0 +1,169 @@
+"""BasicSR's ``PerceptualLoss`` (BasicSR, Real-ESRGAN, GFPGAN, mmagic's copy) in perceptloss terms.
+
+``from_basicsr(options)`` takes the options dict of BasicSR's ``PerceptualLoss`` (the ``perceptual_opt`` /
+``perceptual_loss`` block of its YAML configs) and returns a module with the same values, the same
+``(percep_loss, style_loss)`` return convention (None for a term whose weight is 0) and the same preprocessing:
+
+==================  =====================================================================================
+BasicSR option      perceptloss
+==================  =====================================================================================
+``layer_weights``   the layers and their weights: BasicSR's names are ours (``conv5_4`` is the convolution
+                    output before relu5_4, ``relu1_1`` after it, ``pool1`` ...)
+``vgg_type``        "vgg19" or "vgg16", torchvision's ImageNet weights (``weights="torchvision"``: BasicSR
+                    loads torchvision's ``vgg19-dcbb9e9d.pth``)
+``use_input_norm``  True: ImageNet mean/std (``normalization="imagenet"``); False: the images as they are
+``range_norm``      True: the images are in [-1, 1] (``input_range=(-1, 1)``; BasicSR maps them to [0, 1])
+``criterion``       "l1" -> ``distance="l1"`` (``nn.L1Loss``: mean absolute difference), "l2" ->
+                    ``distance="l2"`` (``nn.MSELoss``); "fro" (a Frobenius norm over the whole batch, not a
+                    per-sample loss) is refused
+``perceptual_weight``  multiplies the feature term's layer weights (0: no feature term)
+``style_weight``    multiplies the style term's layer weights (0, the default: no style term): Gram matrices
+                    G = F Fᵀ / (C·H·W) compared with the same criterion, a *mean* over the C×C entries
+                    (``StyleLoss(distance="l1")``; "l2": ``StyleLoss``'s Frobenius sum divided by C²)
+==================  =====================================================================================
+
+Both terms share one network (the features are computed once per call). The target (BasicSR's ``gt``) is
+detached, as in BasicSR.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ._validation import check_image_pair, check_values
+from .loss import FeatureLoss
+from .preprocessing import IMAGENET, Normalization
+from .style import StyleLoss
+
+#: BasicSR ``PerceptualLoss``'s options and their defaults.
+BASICSR_DEFAULTS: dict[str, Any] = {
+    "vgg_type": "vgg19",
+    "use_input_norm": True,
+    "range_norm": False,
+    "perceptual_weight": 1.0,
+    "style_weight": 0.0,
+    "criterion": "l1",
+}
+#: No normalisation after the range mapping: the network sees [0, 1] images (BasicSR's use_input_norm=False).
+UNIT_RANGE = Normalization(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), name="unit")
+#: Channels of each VGG block (conv/relu/pool names carry the block number).
+_VGG_BLOCK_CHANNELS = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
+
+#: Real-ESRGAN's (and BasicSR's ESRGAN) perceptual options, as in their training YAML.
+REAL_ESRGAN = {
+    "type": "PerceptualLoss",
+    "layer_weights": {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1, "conv4_4": 1, "conv5_4": 1},
+    "vgg_type": "vgg19",
+    "use_input_norm": True,
+    "perceptual_weight": 1.0,
+    "style_weight": 0,
+    "range_norm": False,
+    "criterion": "l1",
+}
+
+
+def _vgg_channels(layer: str) -> int:
+    digits = "".join(ch for ch in layer.split("_")[0] if ch.isdigit())
+    return _VGG_BLOCK_CHANNELS[int(digits)]
+
+
+class BasicSRPerceptualLoss(nn.Module):
+    """BasicSR's PerceptualLoss: ``forward(x, gt) -> (percep_loss, style_loss)``, scalars or None.
+
+    Built by ``from_basicsr``; ``.perceptual`` is the FeatureLoss (weights already multiplied by
+    ``perceptual_weight``), ``.style`` the StyleLoss (by ``style_weight``) or None.
+    """
+
+    def __init__(self, perceptual: FeatureLoss, style: StyleLoss | None, perceptual_weight: float) -> None:
+        super().__init__()
+        self.perceptual = perceptual
+        self.style = style
+        self.has_perceptual = perceptual_weight > 0
+        if style is not None:
+            style.net = perceptual.net  # one network for both terms
+
+    def train(self, mode: bool = True) -> "BasicSRPerceptualLoss":
+        """Stays in eval mode (as its losses do)."""
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(N, 3, H, W) output and ground truth in the configured range -> (percep_loss, style_loss)."""
+        loss = self.perceptual
+        if loss.check_inputs:
+            check_image_pair(x, gt)
+            check_values({"x": x, "gt": gt}, loss.input_range, loss.check_range)
+        fx = loss.features(x)
+        with torch.no_grad():
+            fy = loss.features(gt.detach())
+        percep = loss.reduce(loss.compare(fx, fy).sum(dim=1)) if self.has_perceptual else None
+        style = None
+        if self.style is not None:
+            s = self.style
+            style = s.reduce(s.compare(s.representation(fx), s.representation(fy)).sum(dim=1))
+        return percep, style
+
+
+def from_basicsr(
+    options: Mapping[str, Any],
+    *,
+    weights: str | Path | None = "torchvision",
+    **loss_kwargs: Any,
+) -> BasicSRPerceptualLoss:
+    """The perceptloss equivalent of BasicSR's ``PerceptualLoss(**options)`` (see the module docstring).
+
+    ``options``: BasicSR's keyword arguments (``layer_weights`` required; a ``type: PerceptualLoss`` key, as
+    in its YAML files, is accepted). ``weights``: the VGG weights ("torchvision" as BasicSR, a file, or None
+    for a random network in tests). ``loss_kwargs`` go to both losses (``dtype``, ``memory_format``,
+    ``check_range``, ...).
+    """
+    opts = dict(options)
+    kind = opts.pop("type", "PerceptualLoss")
+    if kind != "PerceptualLoss":
+        raise ValueError(f"from_basicsr maps BasicSR's PerceptualLoss, got type={kind!r}")
+    if "layer_weights" not in opts:
+        raise ValueError("BasicSR's PerceptualLoss options need layer_weights, e.g. {'conv5_4': 1.0}")
+    unknown = sorted(set(opts) - set(BASICSR_DEFAULTS) - {"layer_weights"})
+    if unknown:
+        raise ValueError(
+            f"unknown BasicSR PerceptualLoss options {unknown}; the options are layer_weights, "
+            f"{', '.join(BASICSR_DEFAULTS)}"
+        )
+    o = {**BASICSR_DEFAULTS, **opts}
+    layer_weights = {str(k): float(v) for k, v in dict(o["layer_weights"]).items()}
+    if o["vgg_type"] not in ("vgg19", "vgg16"):
+        raise ValueError(f"vgg_type {o['vgg_type']!r} is not available: perceptloss has 'vgg19' and 'vgg16' (torchvision weights)")
+    criterion = o["criterion"]
+    if criterion not in ("l1", "l2"):
+        raise ValueError(
+            f"criterion {criterion!r} is not supported: 'l1' (BasicSR's default) and 'l2' are; 'fro' is a Frobenius "
+            f"norm over the whole batch, not a per-sample loss (use 'l2', its square divided by the element count)"
+        )
+    pw, sw = float(o["perceptual_weight"]), float(o["style_weight"])
+    if pw < 0 or sw < 0 or pw == sw == 0:
+        raise ValueError(f"perceptual_weight={pw} and style_weight={sw}: both must be >= 0 and at least one > 0")
+    common = dict(
+        weights=weights,
+        input_range=(-1.0, 1.0) if o["range_norm"] else (0.0, 1.0),
+        normalization=IMAGENET if o["use_input_norm"] else UNIT_RANGE,
+        reduction="mean",
+        **loss_kwargs,
+    )
+    perceptual = FeatureLoss(
+        o["vgg_type"], list(layer_weights), layer_weights=[w * pw for w in layer_weights.values()],
+        distance=criterion, **common,
+    )
+    style = None
+    if sw > 0:
+        # BasicSR compares the (C, C) Gram matrices with nn.L1Loss / nn.MSELoss: a mean over the C*C entries.
+        # StyleLoss(distance="l1") is that mean; StyleLoss's l2 is the Frobenius *sum*, hence the 1/C^2.
+        style_weights = [
+            w * sw if criterion == "l1" else w * sw / _vgg_channels(name) ** 2 for name, w in layer_weights.items()
+        ]
+        style = StyleLoss(
+            o["vgg_type"], list(layer_weights), layer_weights=style_weights,
+            distance=criterion, **{**common, "weights": None},  # its network is replaced by the shared one
+        )
+    return BasicSRPerceptualLoss(perceptual, style, pw)
