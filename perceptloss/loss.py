@@ -19,7 +19,7 @@ from ._layout import (  # noqa: F401  (layout helpers moved to perceptloss._layo
 )
 from ._validation import check_choice, check_layer_weights
 from .factory import create_backbone
-from .functional import feature_distance
+from .functional import charbonnier_distance, feature_distance, unit_normalize
 from .preprocessing import Normalization
 
 
@@ -31,7 +31,8 @@ class FeatureLoss(PerceptualLoss):
     .. math:: \mathrm{loss}_n = \sum_l w_l \frac{1}{C_l H_l W_l} \lVert \Phi_l(x_n) - \Phi_l(y_n) \rVert_2^2
 
     then reduced over the batch (``"mean"``, ``"sum"``) or returned per sample (``"none"`` -> (N,)).
-    With ``distance="l1"`` the squared norm is replaced by the L1 norm (mean absolute difference).
+    With ``distance="l1"`` the squared norm is replaced by the L1 norm (mean absolute difference); see
+    ``distance`` for the cosine and Charbonnier forms.
 
     For a fixed target (image optimisation, content loss), ``set_target(y)`` computes its features once and
     ``loss(x)`` then compares against them.
@@ -49,8 +50,13 @@ class FeatureLoss(PerceptualLoss):
         input_range: the range of the images you pass, e.g. (0, 1) or (-1, 1); each weight entry's own
             preprocessing (Caffe BGR 0-255 minus mean, ImageNet mean/std, ...) is applied after it.
         reduction: "mean" | "sum" | "none" over the batch.
-        distance: "l2" (mean squared difference, the paper's) or "l1" (mean absolute difference, BasicSR's
-            default); both run on the fused operator.
+        distance: "l2" (mean squared difference, the paper's), "l1" (mean absolute difference, BasicSR's
+            default), "cosine" (per position, the squared distance of the channel-unit-normalised features,
+            2 (1 - cos), averaged over positions: LPIPS without heads, for any backbone) -- these three run on
+            the fused operator -- or "charbonnier" (mean of sqrt(d^2 + eps^2) over C*H*W, a smooth L1; plain
+            PyTorch, the operator has no such form).
+        charbonnier_eps: the eps of ``distance="charbonnier"`` (> 0, default 1e-3; BasicSR's
+            ``CharbonnierLoss(eps=e)`` is ``charbonnier_eps=sqrt(e)``).
         check_range: "raise" | "warn" | "off" for images clearly outside ``input_range``.
         check_inputs: check shapes/dtypes/devices and NaN/Inf (one host synchronisation per call).
         fused: None uses the compiled operator when present for the device, True requires it, False uses
@@ -87,7 +93,7 @@ class FeatureLoss(PerceptualLoss):
         weights: str | Path | None = "default",
         input_range: tuple[float, float] = (0.0, 1.0),
         reduction: Reduction = "mean",
-        distance: Literal["l2", "l1"] = "l2",
+        distance: Literal["l2", "l1", "cosine", "charbonnier"] = "l2",
         check_range: Literal["raise", "warn", "off"] = "raise",
         check_inputs: bool = True,
         fused: bool | None = None,
@@ -95,6 +101,7 @@ class FeatureLoss(PerceptualLoss):
         dtype: torch.dtype | str | None = None,
         memory_format: MemoryFormat | torch.memory_format = "auto",
         share_module: bool = False,
+        charbonnier_eps: float = 1e-3,
         channels: str = "rgb",
         channel_reduction: str = "mean",
     ) -> None:
@@ -102,6 +109,9 @@ class FeatureLoss(PerceptualLoss):
                          check_inputs=check_inputs, fused=fused, dtype=dtype, memory_format=memory_format,
                          channels=channels, channel_reduction=channel_reduction)
         check_choice("distance", distance, self._DISTANCES)
+        if isinstance(charbonnier_eps, bool) or not isinstance(charbonnier_eps, (int, float)) or not charbonnier_eps > 0:
+            raise ValueError(f"charbonnier_eps must be a number > 0 (e.g. 1e-3), got {charbonnier_eps!r}")
+        self.charbonnier_eps = float(charbonnier_eps)
         if layers is None:
             layers = list(layer_weights) if isinstance(layer_weights, Mapping) else self._DEFAULT_LAYERS
         net, norm = create_backbone(backbone, layers, weights, normalization, share_module=share_module)
@@ -110,10 +120,21 @@ class FeatureLoss(PerceptualLoss):
         self.distance = distance
 
     _DEFAULT_LAYERS = "dfc123"
-    _DISTANCES: tuple[str, ...] = ("l2", "l1")
+    _DISTANCES: tuple[str, ...] = ("l2", "l1", "cosine", "charbonnier")
+
+    def representation(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The activations; with ``distance="cosine"`` unit-normalised over channels (float32) at each position."""
+        if self.distance == "cosine":
+            return [unit_normalize(f) for f in features]
+        return features
 
     def compare(self, input_repr: list[torch.Tensor], target_repr: list[torch.Tensor]) -> torch.Tensor:
         """(N, L) weighted per-layer distances between two representations (float32, fp64 for fp64)."""
+        if self.distance == "charbonnier":
+            return charbonnier_distance(input_repr, target_repr, self.layer_weights, eps=self.charbonnier_eps)
+        if self.distance == "cosine":  # the operator's mean over C*H*W, times C: a sum over C, mean over H*W
+            weights = [w * a.shape[1] for w, a in zip(self.layer_weights, input_repr)]
+            return feature_distance(input_repr, target_repr, weights, fused=self.fused, p=2)
         return feature_distance(
             input_repr, target_repr, self.layer_weights, fused=self.fused, p=1 if self.distance == "l1" else 2
         )
