@@ -145,13 +145,13 @@ EOF
 tests() {
     local timeout_flag=() core=()
     "$PY" -c 'import pytest_timeout' 2>/dev/null && timeout_flag=(--timeout=120)
-    for f in tests/test_fused_op.py tests/test_l1_distance.py tests/test_cpu_kernels.py tests/test_reliability_core.py \
+    for f in tests/test_fused_op.py tests/test_cuda_paths.py tests/test_cpu_kernels.py tests/test_reliability_core.py \
              tests/test_feature_loss_api.py tests/test_style_loss.py tests/test_lpips.py; do
         [[ -f $f ]] && core+=("$f")
     done
     local rc=0
-    echo "--- every test marked cuda"
-    "$PY" -m pytest -x -q -p no:cacheprovider --tb=short -rfE "${timeout_flag[@]}" -m cuda tests || rc=1
+    echo "--- every test marked cuda (pyproject's testpaths: the library's and the example's tests)"
+    "$PY" -m pytest -x -q -p no:cacheprovider --tb=short -rfE "${timeout_flag[@]}" -m cuda || rc=1
     echo "--- the core test files (CPU and CUDA)"
     "$PY" -m pytest -x -q -p no:cacheprovider --tb=short -rfE "${timeout_flag[@]}" -m "not cuda and not slow" \
         "${core[@]}" || rc=1
