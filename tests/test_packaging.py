@@ -127,3 +127,24 @@ def test_failed_compile_prints_a_banner(tmp_path):
     assert "the fused C++ operator is NOT being built" in r.stderr, r.stderr[-2000:]
     assert "PERCEPTLOSS_REQUIRE_EXT=1 python -m pip install -v --no-build-isolation ." in r.stderr
     assert not list((tmp_path / "l").rglob("_C*.so"))
+
+
+def test_one_table_of_cpu_levels_drives_both_builds():
+    """setup.py and CMakeLists.txt read csrc/ops/cpu/kernels/cpu_levels.txt; the built levels come from it."""
+    table = ROOT / "csrc" / "ops" / "cpu" / "kernels" / "cpu_levels.txt"
+    levels = [line.split()[0] for line in table.read_text().splitlines() if line.split() and line[0] != "#"]
+    assert levels[0] == "DEFAULT" and set(levels) == {"DEFAULT", "AVX2", "AVX512"}
+    assert "csrc/ops/cpu/kernels/cpu_levels.txt" in (ROOT / "CMakeLists.txt").read_text().replace(
+        "${PERCEPTLOSS_KERNEL_DIR}", "csrc/ops/cpu/kernels")
+    assert '"csrc/ops/cpu/kernels"' in (ROOT / "setup.py").read_text()
+    import perceptloss
+
+    if perceptloss.has_kernel("cpu"):
+        assert set(perceptloss.cpu_kernel_levels()) <= set(levels)
+
+
+def test_device_neutral_layer_includes_no_backend_header():
+    for name in ("feature_distance.cpp", "feature_distance.h", "feature_distance_utils.h"):
+        text = (ROOT / "csrc" / "ops" / name).read_text()
+        includes = [line for line in text.splitlines() if line.startswith("#include")]
+        assert not [i for i in includes if "cpu/" in i or "cuda/" in i or "ATen/cuda" in i], (name, includes)
