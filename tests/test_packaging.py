@@ -119,7 +119,8 @@ def test_info_says_the_operator_is_missing_and_how_to_build_it():
 def test_failed_compile_prints_a_banner(tmp_path):
     """setup.py's build output says why the operator is missing when the compiler fails (here: /bin/false)."""
     env = dict(os.environ, CC="/bin/false", CXX="/bin/false", USE_NINJA="0", PERCEPTLOSS_CPU_LEVELS="DEFAULT")
-    env.pop("PERCEPTLOSS_REQUIRE_EXT", None)
+    for name in ("PERCEPTLOSS_REQUIRE_EXT", "PERCEPTLOSS_NO_EXT", "FORCE_CUDA"):
+        env.pop(name, None)
     r = subprocess.run(
         [sys.executable, "setup.py", "build_ext", "--build-temp", str(tmp_path / "t"), "--build-lib", str(tmp_path / "l")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
