@@ -19,6 +19,10 @@ recomputes one chunk's activations at a time, so the peak memory is about one ch
 the whole volume's. ``checkpoint=False`` keeps every chunk's graph (faster backward, memory grows with the
 volume). Without a gradient (a metric) chunks are simply evaluated one after the other.
 
+Thin volumes (a few slices along one axis): the slices along the other two axes are then thin images that a
+deep trunk cannot take; the error names the thin axis to slice along alone (e.g. ``axes=(2,)``), instead of
+failing at random as a sampled-slice loss does.
+
 Channels: the 2D loss's own policy applies to each slice, e.g. ``FeatureLoss(..., channels="replicate")`` for
 1-channel CT/MR volumes (``perceptloss.channels``).
 """
@@ -134,10 +138,21 @@ class VolumeLoss(nn.Module):
                 start, stop = starts[i], min(size, starts[min(i + per_call, len(starts)) - 1] + 1)
                 x = volume_slices(input, axis, start, stop, self.stride)
                 y = volume_slices(target, axis, start, stop, self.stride)
-                if recompute:
-                    values = _checkpoint(self._values, x, y, use_reentrant=False)
-                else:
-                    values = self._values(x, y)
+                try:
+                    if recompute:
+                        values = _checkpoint(self._values, x, y, use_reentrant=False)
+                    else:
+                        values = self._values(x, y)
+                except ValueError as e:
+                    if "too small" not in str(e):
+                        raise
+                    # the thin dimension is the smaller one of the slice; slices along it do not contain it
+                    thin = min((d for d in VOLUME_AXES if d != axis), key=lambda d: input.shape[d])
+                    raise ValueError(
+                        f"the slices along axis {axis} are {tuple(x.shape[-2:])} images, too small for the 2D loss "
+                        f"({e}); the volume is thin along axis {thin}: slice only along it (axes=({thin},)) or use "
+                        f"shallower layers"
+                    ) from e
                 total = total + values.to(total.dtype).reshape(n, -1).sum(dim=1)
             columns.append(total / len(starts))
         return torch.stack(columns, dim=1)

@@ -93,6 +93,10 @@ def test_errors(loss2d):
         VolumeLoss(loss2d)(x[0], y[0])
     with pytest.raises(ValueError, match="shapes differ"):
         VolumeLoss(loss2d)(x, y[:, :, :4])
+    thin_x, thin_y = volumes((1, 3, 1, 16, 16))  # one slice thick: its H and W slices are 1-pixel-high images
+    with pytest.raises(ValueError, match=r"axis 3 .*thin along axis 2: slice only along it \(axes=\(2,\)\)"):
+        VolumeLoss(loss2d)(thin_x, thin_y)
+    assert VolumeLoss(loss2d, axes=(2,))(thin_x, thin_y).shape == ()  # as the message says
 
 
 _PEAK = textwrap.dedent(
