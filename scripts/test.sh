@@ -4,10 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv-test}
-bash scripts/setup_venv.sh "$venv" pytest timm pillow tqdm matplotlib scikit-learn scipy lpips
-# The report's second face feature space (MTCNN's ONet) reads a data file of this wheel; its pinned
-# dependencies (old torch) must not be installed.
-"$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps facenet-pytorch==2.6.0 dists-pytorch==0.1 2>&1 | { grep -v "is ignored" || true; }
+bash scripts/setup_venv.sh "$venv" pytest timm pillow lpips
+# Wheels read for a data file only (their pinned dependencies, an old torch, must not be installed).
+"$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps dists-pytorch==0.1 2>&1 | { grep -v "is ignored" || true; }
+# The DFC-VAE example's extra dependencies, all in one place: examples/dfcvae/requirements*.txt.
+example=examples/dfcvae
+"$venv/bin/python" -m pip --disable-pip-version-check -q install -r "$example/requirements.txt" 2>&1 | { grep -v "is ignored" || true; }
+"$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps -r "$example/requirements-nodeps.txt" 2>&1 | { grep -v "is ignored" || true; }
 set +e
 "$venv/bin/python" -m pytest -p no:cacheprovider -q "$@"
 rc=$?

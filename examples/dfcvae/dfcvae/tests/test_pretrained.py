@@ -4,13 +4,10 @@ import csv
 import pytest
 import torch
 
-from tests.dfcvae_helpers import make_celeba
+from dfcvae import celeba, gallery, latent, pretrained, vae
+from dfcvae.files import sha256_file
 
-import celeba  # noqa: E402  (examples/dfcvae, on sys.path through dfcvae_helpers)
-import gallery  # noqa: E402
-import latent  # noqa: E402
-import pretrained  # noqa: E402
-import vae  # noqa: E402
+from .helpers import make_celeba
 
 
 def _bn_buffers(model):
@@ -71,7 +68,7 @@ def test_export_and_load_pretrained_round_trip(tmp_path):
     weights = pretrained.export(ckpt, "vae123", folder)
     card = pretrained.read_card("vae123", folder)
     assert card["steps"] == 7 and card["epochs"] == pytest.approx(7 / 8) and card["preset"] == "vae123"
-    assert card["wall_time_s"] == pytest.approx(11.0) and card["sha256"] == pretrained.file_sha256(weights)
+    assert card["wall_time_s"] == pytest.approx(11.0) and card["sha256"] == sha256_file(weights)
     assert card["final_kl"] == pytest.approx(1.5) and card["images"] == 64
     loaded = pretrained.load_pretrained("vae123", folder)
     assert isinstance(loaded, vae.VAE) and not loaded.training
@@ -111,7 +108,7 @@ def test_shipped_models_match_their_cards():
     for name in pretrained.NAMES:
         card = pretrained.read_card(name)
         assert card["preset"] == name and card["epochs"] >= 1 and card["images"] > 0
-        assert card["sha256"] == pretrained.file_sha256(pretrained.PRETRAINED_DIR / f"{name}.safetensors")
+        assert card["sha256"] == sha256_file(pretrained.PRETRAINED_DIR / f"{name}.safetensors")
         model = pretrained.load_pretrained(name)
         assert (pretrained.PRETRAINED_DIR / f"{name}.safetensors").stat().st_size <= 10 * 1024 * 1024
         with torch.no_grad():

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from files import atomic_write
+from .files import atomic_write
 
 #: Config entries that must match for a checkpoint to be resumed (the rest, e.g. epochs or max_steps, may change).
 RESUME_KEYS = ("preset", "balance", "alpha", "beta", "batch_size", "lr", "beta1", "seed", "crop", "subset",

@@ -1,18 +1,15 @@
-"""Figures of the report (matplotlib, Agg backend): labelled image rows, side-by-side panels, correlation
-circles, and the t-SNE face grid."""
+"""Figures of the report (matplotlib's object API, no pyplot: no global backend or state): labelled image rows,
+side-by-side panels, correlation circles, and the t-SNE face grid."""
 from __future__ import annotations
 
 import textwrap
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid
 
 
 def _to_hwc(grid: torch.Tensor) -> np.ndarray:
@@ -24,7 +21,6 @@ def _save(fig, path: Path, suptitle: str = "") -> Path:
         fig.suptitle(textwrap.fill(suptitle, max(30, int(11 * fig.get_figwidth()))), fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -34,7 +30,8 @@ def image_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], path: Path, 
     k = rows[0].shape[0]
     grid = make_grid(torch.cat(list(rows)), nrow=k, padding=1, pad_value=1.0)
     h = rows[0].shape[-2] + 1
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.75 * k + 1.5), 0.75 * len(rows) + (0.6 if title else 0.3)), dpi=100)
+    fig = Figure(figsize=(max(4.0, 0.75 * k + 1.5), 0.75 * len(rows) + (0.6 if title else 0.3)), dpi=100)
+    ax = fig.subplots()
     ax.imshow(_to_hwc(grid))
     ax.set_yticks([h * i + h / 2 for i in range(len(rows))], labels, fontsize=8)
     if col_labels is not None:
@@ -52,7 +49,8 @@ def image_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], path: Path, 
 
 def panels(images: Sequence[torch.Tensor], titles: Sequence[str], path: Path, nrow: int = 6, suptitle: str = "") -> Path:
     """Side-by-side grids, one per (k, 3, H, W) tensor, each with its title (Figure 3 style)."""
-    fig, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.5), dpi=100)
+    fig = Figure(figsize=(3.2 * len(images), 3.5), dpi=100)
+    axes = fig.subplots(1, len(images))
     axes = np.atleast_1d(axes)
     for ax, imgs, t in zip(axes, images, titles):
         ax.imshow(_to_hwc(make_grid(imgs, nrow=nrow, padding=1, pad_value=1.0)))
@@ -64,7 +62,8 @@ def panels(images: Sequence[torch.Tensor], titles: Sequence[str], path: Path, nr
 def correlation_circles(corr: np.ndarray, names: Sequence[str], path: Path, title: str = "") -> Path:
     """Figure 7: a circle per pair, its size and colour by the correlation (blue positive, red negative)."""
     n = len(names)
-    fig, ax = plt.subplots(figsize=(7.6, 6.4), dpi=100)
+    fig = Figure(figsize=(7.6, 6.4), dpi=100)
+    ax = fig.subplots()
     ii, jj = np.meshgrid(np.arange(n), np.arange(n))
     sc = ax.scatter(ii.ravel(), jj.ravel(), s=np.abs(corr).ravel() * 420, c=corr.ravel(), cmap="RdBu",
                     vmin=-1, vmax=1, edgecolors="grey", linewidths=0.3)

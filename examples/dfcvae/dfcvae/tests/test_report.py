@@ -5,12 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.dfcvae_helpers import make_celeba
+from dfcvae import latent, metrics, report, vae
 
-import latent  # noqa: E402  (examples/dfcvae, on sys.path through dfcvae_helpers)
-import metrics  # noqa: E402
-import report  # noqa: E402
-import vae  # noqa: E402
+from .helpers import make_celeba
 
 
 def test_svm_accuracy_on_a_separable_case():

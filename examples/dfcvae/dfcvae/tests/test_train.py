@@ -5,12 +5,9 @@ import socket
 import pytest
 import torch
 
-from tests.dfcvae_helpers import make_celeba, train_tiny
+from dfcvae import objective, train, vae
 
-import tests.dfcvae_helpers  # noqa: F401  (puts examples/dfcvae on sys.path)
-import objective
-import train
-import vae
+from .helpers import make_celeba, train_tiny
 
 
 def test_model_shapes_and_parameter_count():
@@ -180,7 +177,7 @@ def test_ddp_resume_is_bit_for_bit_with_each_ranks_own_random_state(data_dir, tm
 
 
 def test_resuming_with_another_world_size_is_one_line(tmp_path):
-    from checkpointing import CheckpointMismatch, check_compatible
+    from dfcvae.checkpointing import CheckpointMismatch, check_compatible
 
     with pytest.raises(CheckpointMismatch, match=r"trained by 2 processes and this run has 1: resume it with 2 "
                                                  r"processes in all \(torchrun --nproc-per-node 2\)"):
@@ -197,7 +194,7 @@ def two_gpus(monkeypatch):
 
 
 def test_one_gpu_per_process_under_torchrun(two_gpus):
-    from distributed import DeviceError, pick_device
+    from dfcvae.distributed import DeviceError, pick_device
 
     cuda = torch.device
     assert pick_device("cuda", local_rank=1, world=2) == cuda("cuda", 1)
@@ -213,7 +210,7 @@ def test_one_gpu_per_process_under_torchrun(two_gpus):
 
 
 def test_the_process_group_is_bound_to_the_processs_gpu(two_gpus, monkeypatch):
-    import distributed
+    from dfcvae import distributed
 
     calls = []
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -231,7 +228,7 @@ def test_the_process_group_is_bound_to_the_processs_gpu(two_gpus, monkeypatch):
 
 
 def test_random_states_of_other_hosts_and_layouts_are_remapped(two_gpus, monkeypatch):
-    import checkpointing
+    from dfcvae import checkpointing
 
     set_calls = []
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d: set_calls.append(d))

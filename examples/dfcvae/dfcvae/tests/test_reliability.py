@@ -7,13 +7,9 @@ import signal
 import pytest
 import torch
 
-from tests.dfcvae_helpers import make_celeba, train_tiny
+from dfcvae import celeba, checkpointing, report, train, vae
 
-import celeba  # noqa: E402  (examples/dfcvae, on sys.path through dfcvae_helpers)
-import checkpointing  # noqa: E402
-import report  # noqa: E402
-import train  # noqa: E402
-import vae  # noqa: E402
+from .helpers import make_celeba, train_tiny
 
 
 @pytest.fixture
@@ -202,7 +198,7 @@ def test_report_checks_its_arguments_before_any_work(tmp_path, capsys, monkeypat
 
 
 def test_a_diverged_run_keeps_its_last_good_checkpoint(data_dir, tmp_path, monkeypatch, capsys):
-    import objective
+    from dfcvae import objective
 
     out = tmp_path / "nan"
     assert train_tiny(data_dir, out, "--max-steps", "2") == 0

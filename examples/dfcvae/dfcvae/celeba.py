@@ -22,10 +22,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from files import atomic_write, file_lock, free_bytes, is_disk_full, unwritable_reason, write_text_atomic
-from perceptloss.weights import weights_home
+from .files import atomic_write, file_lock, free_bytes, is_disk_full, unwritable_reason, write_text_atomic
+from perceptloss import weights_home
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "celeba"
+#: ../shared/data/celeba beside the repository (this file is examples/dfcvae/dfcvae/celeba.py).
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "celeba"
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
 #: Crop boxes (x, y, width, height) as fractions of the aligned image (178x218 in the official data).

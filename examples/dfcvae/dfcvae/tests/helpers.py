@@ -1,12 +1,12 @@
-"""Helpers for the DFC-VAE example tests: import path and a tiny CelebA-layout folder."""
-import sys
+"""Helpers for the DFC-VAE example tests: a tiny CelebA-layout folder and a tiny training run."""
 from pathlib import Path
 
 import numpy as np
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "dfcvae"
-if str(EXAMPLE) not in sys.path:
-    sys.path.insert(0, str(EXAMPLE))
+from dfcvae.celeba import DEFAULT_DATA
+
+#: The shared CelebA subset (../shared/data/celeba beside the repository), where it exists.
+SHARED_CELEBA = DEFAULT_DATA
 
 ATTRS = ["5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
          "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin",
@@ -47,7 +47,7 @@ def make_celeba(root: Path, n_images: int = 12, listed: int = 14, corrupt: tuple
 
 def train_tiny(data_dir: Path, out: Path, *extra: str) -> int:
     """examples/dfcvae/train.py on a tiny CelebA folder: PVAE, batch 8, one log row per step."""
-    import train
+    from dfcvae import train
 
     return train.main(["--preset", "pvae", "--data", str(data_dir), "--out", str(out), "--batch-size", "8",
                        "--cache-dir", str(data_dir.parent / "cache"), "--workers", "1", "--no-progress",

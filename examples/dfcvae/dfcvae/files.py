@@ -1,4 +1,4 @@
-"""Writing files safely: one atomic-write helper, a file lock, a writability probe and a free-space check.
+"""Files: one atomic-write helper, a file lock, a checksum, a writability probe and a free-space check.
 
 Every file the example writes (checkpoints, logs, model cards, weights, the decoded-face cache, reports) goes
 through :func:`atomic_write`: the content is written to a temporary file in the same folder and renamed over
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
@@ -51,6 +52,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """:func:`atomic_write` of a UTF-8 text file."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes (read in chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def unwritable_reason(folder: str | Path) -> str | None:

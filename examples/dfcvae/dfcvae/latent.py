@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import copy
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from celeba import to_float  # noqa: E402
-from checkpointing import read_checkpoint  # noqa: E402
-from vae import VAE  # noqa: E402
+from .celeba import to_float
+from .checkpointing import read_checkpoint
+from .vae import VAE
 
 
 def load_vae(checkpoint: str | Path, device: str = "cpu") -> tuple[VAE, dict]:

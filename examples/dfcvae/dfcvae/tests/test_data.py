@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.dfcvae_helpers import make_celeba
-from tests.conftest import SHARED_CELEBA
+from dfcvae import celeba
 
-import celeba  # noqa: E402  (examples/dfcvae, put on sys.path by dfcvae_helpers)
+from .helpers import SHARED_CELEBA, make_celeba
 
 
 def test_index_counts_missing_and_splits(tmp_path, capsys):

