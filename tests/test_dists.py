@@ -75,13 +75,15 @@ def test_parity_float64(official, memory_format):
 
 
 def test_parity_float32(official):
+    """float32: values to 1e-5; gradients to 1e-4 (norm-wise): the L2 pooling's sqrt(x + 1e-12) has a slope of
+    5e5 where a random trunk's features vanish, which magnifies float32 rounding (float64 above: 1e-5)."""
     ours = ours_like(official, memory_format="contiguous")
     x, y = images()
     ve, ge = value_and_grad(lambda a, b: official(a, b, require_grad=True), x, y)
     vo, go = value_and_grad(ours, x, y)
     assert vo.dtype == torch.float32
     assert ((vo - ve).abs() / ve.abs()).max().item() <= 1e-5
-    assert ((go - ge).norm() / ge.norm()).item() <= 1e-5
+    assert ((go - ge).norm() / ge.norm()).item() <= 1e-4
     # the default layout (channels_last on the CPU) gives the same value
     vo_auto = ours_like(official)(x, y)
     assert ((vo_auto - ve).abs() / ve.abs()).max().item() <= 1e-5
