@@ -228,3 +228,25 @@ def test_torch_compile_fullgraph(official):
     torch.testing.assert_close(compiled(x, y), d(x, y), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="input_range"):
         compiled(x * 255, y * 255)
+
+
+def test_the_checksum_error_fix_works_as_printed(tmp_path, monkeypatch, capsys):
+    import re
+    import shlex
+
+    from perceptloss.__main__ import main as cli
+    from perceptloss.weights import WeightsChecksumError
+
+    monkeypatch.setenv("PERCEPTLOSS_HOME", str(tmp_path))
+    resolve(DISTS_ENTRY)
+    path = cache_path(DISTS_ENTRY)
+    path.write_bytes(path.read_bytes()[:-8] + b"garbage!")
+    with pytest.raises(WeightsChecksumError) as info:
+        DISTS(weights=None)
+    commands = [shlex.split(c) for c in re.findall(r"python -m perceptloss ([^`\n]+?)(?:`|$| says)", str(info.value))]
+    assert commands, str(info.value)
+    for argv in commands:
+        assert cli(argv) == 0, argv
+    capsys.readouterr()
+    assert cli(["verify"]) == 0
+    DISTS(weights=None)
