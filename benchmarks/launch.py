@@ -65,8 +65,8 @@ def child(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT / "examples" / "dfcvae"))
     sys.path.insert(0, str(HERE))
     import bench_lib
-    from objective import DFCObjective
-    from vae import VAE
+    from dfcvae.objective import DFCObjective
+    from dfcvae.vae import VAE
 
     os.environ.setdefault("PERCEPTLOSS_OFFLINE", "1")
     torch.manual_seed(0)

@@ -28,7 +28,7 @@ import bench_lib as bl  # noqa: E402
 
 def load_faces(data: str, n: int) -> torch.Tensor:
     import numpy as np
-    from celeba import decode_face, load_celeba, to_float  # the example's loader: released crop, 64x64
+    from dfcvae.celeba import decode_face, load_celeba, to_float  # the example's loader: released crop, 64x64
 
     test = load_celeba(data, verbose=False).split("test")
     faces = [decode_face(str(test.root / "img_align_celeba" / f), "released", 64) for f in test.files[:n]]

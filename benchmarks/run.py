@@ -317,7 +317,7 @@ def bench_loss(device: str, repeats: int, cases: list[str], keys: list[str] | No
 def _objective_weights() -> tuple[str | None, str]:
     """The VGG weights for the training step: the Caffe ones where available, else a random-init trunk (same
     cost), with the line that says which."""
-    from objective import DFCObjective
+    from dfcvae.objective import DFCObjective
 
     try:
         DFCObjective("vae123")
@@ -331,8 +331,8 @@ def bench_train_step(device: str, repeats: int, batch: int, presets: list[str],
                      compile_presets: list[str] | None = None) -> str:
     """Training-step time of each preset with each switch added in turn; the torch.compile row only for
     ``compile_presets`` (default: every preset)."""
-    from objective import DFCObjective
-    from vae import VAE
+    from dfcvae.objective import DFCObjective
+    from dfcvae.vae import VAE
 
     kind = torch.device(device).type
     settings = [

@@ -69,7 +69,7 @@ def test_operator_driver_reports_a_wrong_result(monkeypatch, capsys):
 
 
 def test_synthetic_celeba_folder_loads(tmp_path):
-    import celeba  # examples/dfcvae
+    from dfcvae import celeba  # examples/dfcvae
 
     gpu_driver.write_celeba(tmp_path / "celeba", 16)
     data = celeba.load_celeba(tmp_path / "celeba", verbose=False)
