@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # The demo: make a virtualenv (.venv-demo), install perceptloss + the example's needs, train a short VAE-123 on
-# the CelebA data (default ../shared/data/celeba; DATA=/path/to/celeba to change) on the CPU (8,192 training
-# images, 2 epochs, bf16 autocast + channels_last, about 4-5 minutes on 2 cores), then write a gallery from the
-# shipped, fully trained models (examples/dfcvae/pretrained) in a few seconds.
+# the CelebA data (default ../shared/data/celeba; DATA=/path/to/celeba to change) on the CPU, then write a gallery
+# from the shipped, fully trained models (examples/dfcvae/pretrained) in a few seconds.
+# Size: 3,072 training images x 2 epochs = 96 steps of 64, sized for the slowest CPU we know of. --amp auto picks
+# bf16 autocast only where the CPU has AVX512-BF16/AMX, float32 elsewhere (emulated bf16 is ~15x slower: 47-51 s per
+# step on a Zen 3, i.e. 3.5 hours for this demo). Training step, batch 64, channels_last, 2 threads (2026-12-01,
+# process CPU time / 2 on a shared machine; the Zen 3 figure from issue 17, measured with --amp off):
+#   AMD EPYC Zen 4, AVX512-BF16, auto = bf16                                      0.75 s/step (85 img/s): ~1.2 min
+#   the same CPU as AVX2-only (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2), auto = fp32   1.77 s/step (36 img/s)
+#   AMD EPYC Zen 3, AVX2 only, fp32                                               2.1 s/step (30 img/s): ~3.4 min
+# plus ~10 s of start-up and ~10-25 s for the gallery, so a second run (venv in place) stays under 6 minutes on both.
 # Output: runs/demo-vae123 (OUT=... to change): grids/, log.csv, checkpoint.pt, gallery/gallery.md.
 # Running it again continues (or, when finished, just re-draws) the same run; extra arguments go to train.py.
 set -euo pipefail
@@ -17,7 +24,7 @@ if [ -f "$out/checkpoint.pt" ]; then
   echo "== $out already holds a demo run: continuing it (delete the folder, or set OUT=..., for a fresh one)"
   resume=(--resume)
 fi
-"$venv/bin/python" examples/dfcvae/train.py --preset vae123 --data "$data" --subset 8192 --epochs 2 --amp bf16 \
+"$venv/bin/python" examples/dfcvae/train.py --preset vae123 --data "$data" --subset 3072 --epochs 2 --amp auto \
   --channels-last --device cpu --out "$out" "${resume[@]}" "$@"
 echo "demo training finished: reconstructions and samples in $out/grids, log in $out/log.csv, checkpoint $out/checkpoint.pt"
 "$venv/bin/python" examples/dfcvae/gallery.py --data "$data" --out "$out/gallery"
