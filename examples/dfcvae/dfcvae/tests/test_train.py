@@ -271,3 +271,32 @@ def test_amp_is_recorded_and_kept_on_resume(data_dir, tmp_path, monkeypatch, cap
     assert run(data_dir, out, "--max-steps", "3", "--resume", "--amp", "fp16") == 2
     err = capsys.readouterr().err
     assert "keep the run's own --amp off (or start afresh with another --out)" in err
+
+
+def test_a_checkpoint_without_this_ranks_random_state_resumes_and_says_so(data_dir, tmp_path, capsys):
+    from dfcvae.checkpointing import pack_rng
+
+    out = tmp_path / "int"
+    assert run(data_dir, out, "--max-steps", "2") == 0
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state["rng"] = pack_rng([None])  # as rank 1.. of an interrupted multi-process run finds it
+    torch.save(state, out / "checkpoint.pt")
+    assert run(data_dir, out, "--max-steps", "3", "--resume") == 0
+    assert "holds no random state for this process" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["script", "module"])
+def test_the_programs_run_without_path_edits(how):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(train.__file__).resolve().parents[1]  # examples/dfcvae
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if how == "script":  # as documented: python examples/dfcvae/train.py, from anywhere
+        cmd, cwd = [sys.executable, str(example / "train.py"), "--help"], example.parents[1]
+    else:
+        cmd, cwd = [sys.executable, "-m", "dfcvae.pretrained", "verify"], example
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert ("--amp" in proc.stdout) if how == "script" else ("vae123: ok" in proc.stdout)
