@@ -36,11 +36,17 @@ def test_allow_recompiles_raises_the_limit_and_never_lowers_it(monkeypatch):
     import torch._dynamo.config as config
 
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    monkeypatch.setattr(config, name, 8)
-    bl.allow_recompiles(64)
-    assert getattr(config, name) == 64
-    bl.allow_recompiles(16)
-    assert getattr(config, name) == 64
+    saved = getattr(config, name)
+    # not monkeypatch.setattr: its undo deletes a config entry that is not in the module's __dict__ (an alias
+    # such as recompile_limit), which breaks every later torch.compile in the process
+    setattr(config, name, 8)
+    try:
+        bl.allow_recompiles(64)
+        assert getattr(config, name) == 64
+        bl.allow_recompiles(16)
+        assert getattr(config, name) == 64
+    finally:
+        setattr(config, name, saved)
 
 
 @pytest.mark.parametrize("vendor, family, model, arch", [
