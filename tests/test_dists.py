@@ -117,13 +117,11 @@ def test_missing_alpha_beta_says_what_to_install(monkeypatch, tmp_path):
 
 def test_missing_trunk_names_the_torchvision_file(tmp_path, monkeypatch):
     monkeypatch.setenv("PERCEPTLOSS_HOME", str(tmp_path / "home"))
-    saved = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        with pytest.raises(WeightsNotFoundError, match="vgg16-397923af.pth"):
-            DISTS()
-    finally:
-        torch.hub.set_dir(saved)
+    # TORCH_HOME, not torch.hub.set_dir: restoring set_dir(get_dir()) would pin the hub folder for every
+    # later test in the process (get_dir() then no longer follows TORCH_HOME)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(WeightsNotFoundError, match="vgg16-397923af.pth"):
+        DISTS()
     with pytest.raises(KeyError, match="or an existing file"):
         DISTS(weights=str(tmp_path / "nope.pth"))
 
