@@ -4,12 +4,13 @@
 # from the shipped, fully trained models (examples/dfcvae/pretrained) in a few seconds.
 # Size: 3,072 training images x 2 epochs = 96 steps of 64, sized for the slowest CPU we know of. --amp auto picks
 # bf16 autocast only where the CPU has AVX512-BF16/AMX, float32 elsewhere (emulated bf16 is ~15x slower: 47-51 s per
-# step on a Zen 3, i.e. 3.5 hours for this demo). Training step, batch 64, channels_last, 2 threads (2026-12-01,
-# process CPU time / 2 on a shared machine; the Zen 3 figure from issue 17, measured with --amp off):
-#   AMD EPYC Zen 4, AVX512-BF16, auto = bf16                                      0.75 s/step (85 img/s): ~1.2 min
-#   the same CPU as AVX2-only (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2), auto = fp32   1.77 s/step (36 img/s)
-#   AMD EPYC Zen 3, AVX2 only, fp32                                               2.1 s/step (30 img/s): ~3.4 min
-# plus ~10 s of start-up and ~10-25 s for the gallery, so a second run (venv in place) stays under 6 minutes on both.
+# step on a Zen 3, i.e. 3.5 hours for this demo). Training step in train.py, batch 64, channels_last, 2 threads
+# (2026-12-01, quiet spells of a shared machine; the Zen 3 figure is issue 17's, fp32, measured with older code):
+#   AMD EPYC Zen 4, AVX512-BF16, auto = bf16                                       0.39 s/step (165 img/s): ~40 s
+#   the same CPU as AVX2-only (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2), auto = fp32  1.0 s/step (63 img/s): ~100 s
+#     (forcing bf16 there, as this script used to: 12.3 s/step)
+#   AMD EPYC Zen 3, AVX2 only, fp32                                                2.1 s/step (30 img/s): ~3.4 min
+# plus ~10 s of start-up and face decoding and 5-15 s for the gallery: under 6 minutes on every one of them.
 # Output: runs/demo-vae123 (OUT=... to change): grids/, log.csv, checkpoint.pt, gallery/gallery.md.
 # Running it again continues (or, when finished, just re-draws) the same run; extra arguments go to train.py.
 set -euo pipefail
