@@ -4,7 +4,7 @@
 # from the shipped, fully trained models (examples/dfcvae/pretrained) in a few seconds.
 # Size: 3,072 training images x 2 epochs = 96 steps of 64, sized for the slowest CPU we know of. --amp auto picks
 # bf16 autocast only where the CPU has AVX512-BF16/AMX, float32 elsewhere (emulated bf16 is ~15x slower: 47-51 s per
-# step on a Zen 3, i.e. 3.5 hours for this demo). Training step in train.py, batch 64, channels_last, 2 threads
+# step on a Zen 3: the former demo took 3.5 hours there). Training step in train.py, batch 64, channels_last, 2 threads
 # (2026-12-01, quiet spells of a shared machine; the Zen 3 figure is issue 17's, fp32, measured with older code):
 #   AMD EPYC Zen 4, AVX512-BF16, auto = bf16                                       0.39 s/step (165 img/s): ~40 s
 #   the same CPU as AVX2-only (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2), auto = fp32  1.0 s/step (63 img/s): ~100 s
