@@ -23,7 +23,7 @@ Subclasses implement ``representation(features)`` and ``compare(input_repr, targ
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import nn

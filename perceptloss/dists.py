@@ -28,9 +28,8 @@ safetensors like the LPIPS heads.
 """
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
@@ -39,7 +38,7 @@ from ._dtypes import accumulation_dtype
 from .backbones.vgg_l2pool import DISTS_LAYERS
 from .factory import create_backbone
 from .preprocessing import IMAGENET
-from .weights import StateDict, WeightEntry, load_state_dict_file, register_weights, resolve
+from .weights import StateDict, WeightEntry, load_state_dict_file, package_file, register_weights, resolve
 
 #: Channels of DISTS' layers: the image itself, then relu1_2, relu2_2, relu3_3, relu4_3, relu5_3.
 DISTS_CHANNELS: tuple[int, ...] = (3, 64, 128, 256, 512, 512)
@@ -48,19 +47,6 @@ C1 = 1e-6
 C2 = 1e-6
 #: sha256 of ``DISTS_pytorch/weights.pt`` in the dists-pytorch 0.1 wheel (torchmetrics >= 1.7 ships the same bytes).
 DISTS_WEIGHTS_SHA256 = "f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218"
-
-
-def _package_file(package: str, relative: str) -> Callable[[], Path | None]:
-    """A finder for ``relative`` inside the installed distribution ``package`` (None when not installed)."""
-
-    def find() -> Path | None:
-        try:
-            dist = importlib.metadata.distribution(package)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-        return Path(str(dist.locate_file(relative)))
-
-    return find
 
 
 def convert_dists_weights(path: Path) -> StateDict:
@@ -85,8 +71,8 @@ DISTS_ENTRY = register_weights(WeightEntry(
     filename="dists-v0.1.safetensors",
     convert=convert_dists_weights,
     finders=(
-        _package_file("dists-pytorch", "DISTS_pytorch/weights.pt"),
-        _package_file("torchmetrics", "torchmetrics/functional/image/dists_models/weights.pt"),
+        package_file("dists-pytorch", "DISTS_pytorch/weights.pt"),
+        package_file("torchmetrics", "torchmetrics/functional/image/dists_models/weights.pt"),
     ),
     source_sha256=DISTS_WEIGHTS_SHA256,
     hint="pip install dists-pytorch==0.1 --no-deps (its wheel ships alpha/beta as DISTS_pytorch/weights.pt)",

@@ -18,7 +18,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ._base import PerceptualLoss, Reduction
 from ._validation import check_choice

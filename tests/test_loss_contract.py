@@ -18,6 +18,7 @@ def _losses():
         "feature": lambda **kw: FeatureLoss("vgg19", "dfc123", weights=None, **kw),
         "style": lambda **kw: StyleLoss("vgg19", ["relu1_1", "relu2_1"], weights=None, **kw),
         "lpips": lambda **kw: LPIPS("alex", weights=None, **kw),
+        "dists": lambda **kw: perceptloss.DISTS(weights=None, **kw),
     }
 
 
