@@ -115,7 +115,8 @@ def check_image_pair(
         if t.dim() == 5:
             raise ValueError(
                 f"{role} has shape {tuple(t.shape)}: (N, C, D, H, W) volumes are not images; compare them slice by "
-                f"slice (a 2.5D loss over 2D slices) or pass (N, {channels}, H, W) images"
+                f"slice with perceptloss.VolumeLoss(<this loss built with reduction='none'>) (a 2.5D loss over "
+                f"the 2D slices along each axis), or pass (N, {channels}, H, W) images"
             )
         if t.dim() != 4 or t.shape[1] != channels:
             raise ValueError(

@@ -17,8 +17,10 @@ def python_blocks(text: str) -> list[str]:
 
 @pytest.fixture
 def offline_hub(tmp_path, monkeypatch, caffe_weights):
-    """torch hub cache with a stand-in for ``alexnet-owt-7be5be79.pth`` (random weights, same tensor names)."""
+    """torch hub cache with stand-ins for torchvision's ``alexnet-owt-7be5be79.pth``, ``vgg16-397923af.pth`` and
+    ``vgg19-dcbb9e9d.pth`` (random weights, the same tensor names; the trunks only)."""
     from torchvision.models import alexnet
+    from torchvision.models.vgg import cfgs, make_layers
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("PERCEPTLOSS_HOME", str(tmp_path / "home"))
@@ -26,6 +28,9 @@ def offline_hub(tmp_path, monkeypatch, caffe_weights):
     checkpoints.mkdir(parents=True)
     torch.manual_seed(0)
     torch.save(alexnet(weights=None).state_dict(), checkpoints / "alexnet-owt-7be5be79.pth")
+    for cfg, name in (("D", "vgg16-397923af.pth"), ("E", "vgg19-dcbb9e9d.pth")):
+        trunk = make_layers(cfgs[cfg])
+        torch.save({f"features.{k}": v for k, v in trunk.state_dict().items()}, checkpoints / name)
     return checkpoints
 
 
