@@ -22,6 +22,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A private weights cache: PERCEPTLOSS_HOME=tmp_path; returns its weights folder."""
+    monkeypatch.setenv("PERCEPTLOSS_HOME", str(tmp_path))
+    return tmp_path / "weights"
+
+
 @pytest.fixture(scope="session")
 def has_caffe_weights() -> bool:
     from perceptloss.registry import VGG19_CAFFE

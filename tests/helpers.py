@@ -30,3 +30,10 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 def lpips_trunk_state(ref) -> dict[str, torch.Tensor]:
     """lpips' ``net.sliceK.<index>.*`` trunk tensors in torchvision's ``features.<index>.*`` naming."""
     return {re.sub(r"^net\.slice\d+\.", "features.", k): v for k, v in ref.state_dict().items() if k.startswith("net.")}
+
+
+def tiny_loss(net, **kw):
+    """A FeatureLoss over TinyNet's two activations (weights 1 and 0.5), images as given (IDENTITY)."""
+    from perceptloss import IDENTITY, FeatureLoss
+
+    return FeatureLoss(net, ["act1", "act2"], layer_weights=[1.0, 0.5], normalization=IDENTITY, **kw)

@@ -9,8 +9,7 @@ import perceptloss
 from perceptloss import FeatureLoss, IDENTITY
 
 
-def tiny_loss(net, **kw):
-    return FeatureLoss(net, ["act1", "act2"], layer_weights=[1.0, 0.5], normalization=IDENTITY, **kw)
+from .helpers import tiny_loss
 
 
 def test_frozen_by_construction(tiny_net):

@@ -2,34 +2,15 @@
 arrays and dtypes, and every submodule in eval."""
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-import subprocess
-import sys
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import perceptloss
-from perceptloss import IDENTITY, FeatureLoss
-from perceptloss.__main__ import main as cli
-from perceptloss.weights import WeightEntry, WeightsChecksumError, load_checked, resolve, save_checked
+from perceptloss import FeatureLoss
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_loss(net, **kw):
-    return FeatureLoss(net, ["act1", "act2"], layer_weights=[1.0, 0.5], normalization=IDENTITY, **kw)
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("PERCEPTLOSS_HOME", str(tmp_path))
-    return tmp_path / "weights"
-
+from .helpers import tiny_loss
 
 
 # --------------------------------------------------------------------------- (5) value checks when compiled

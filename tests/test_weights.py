@@ -1,6 +1,5 @@
 """Weight resolution: checksummed cache round trip, corruption, offline errors, explicit files, CLI."""
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,12 +16,6 @@ from perceptloss.weights import (
     resolve,
     save_checked,
 )
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("PERCEPTLOSS_HOME", str(tmp_path))
-    return tmp_path / "weights"
 
 
 def test_save_and_load_round_trip(home):

@@ -4,32 +4,14 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import subprocess
-import sys
-import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-import perceptloss
 from perceptloss import IDENTITY, FeatureLoss
 from perceptloss.__main__ import main as cli
 from perceptloss.weights import WeightEntry, WeightsChecksumError, load_checked, resolve, save_checked
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_loss(net, **kw):
-    return FeatureLoss(net, ["act1", "act2"], layer_weights=[1.0, 0.5], normalization=IDENTITY, **kw)
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("PERCEPTLOSS_HOME", str(tmp_path))
-    return tmp_path / "weights"
-
 
 
 # ------------------------------------------------------------------ (2) concurrent fills of an empty cache

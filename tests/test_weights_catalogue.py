@@ -21,12 +21,6 @@ from perceptloss.weights import (
 )
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("PERCEPTLOSS_HOME", str(tmp_path))
-    return tmp_path
-
-
 def printed_commands(text: str) -> list[list[str]]:
     """The `python -m perceptloss ...` commands a message prints, as argument lists for the CLI."""
     found = re.findall(r"python -m perceptloss ([^`\n]+?)(?:`|$| says)", text)
