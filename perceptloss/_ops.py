@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from ._dtypes import accumulation_dtype
+
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "0") not in ("", "0", "false", "False")
@@ -102,10 +104,6 @@ def _warn_if_unavailable() -> None:
 _warn_if_unavailable()  # once per process: a module is imported once
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _backward_of_backward(grad, inputs, targets, weights, p, grads_ga, grads_gb, need_grad, need_a, need_b):
     """Derivative of ``feature_distance_backward``, in plain torch ops (so it is itself differentiable).
 
@@ -146,7 +144,7 @@ if HAS_EXT:
     @torch.library.register_fake("perceptloss::feature_distance")
     def _feature_distance_fake(inputs, targets, weights, p=2):
         torch._check(len(inputs) > 0, lambda: "feature_distance needs at least one layer")
-        return inputs[0].new_empty((inputs[0].shape[0], len(inputs)), dtype=_acc_dtype(inputs[0].dtype))
+        return inputs[0].new_empty((inputs[0].shape[0], len(inputs)), dtype=accumulation_dtype(inputs[0].dtype))
 
     @torch.library.register_fake("perceptloss::feature_distance_backward")
     def _feature_distance_backward_fake(grad, inputs, targets, weights, input_grad, target_grad, p=2):
