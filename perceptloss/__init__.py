@@ -37,6 +37,7 @@ from .weights import (
     get_weights,
     list_weight_entries,
     register_weights,
+    sha256_file,
     weights_home,
 )
 
@@ -84,6 +85,7 @@ __all__ = [
     "get_weights",
     "list_weight_entries",
     "register_weights",
+    "sha256_file",
     "WeightsChecksumError",
     "WeightsNotFoundError",
     "weights_home",

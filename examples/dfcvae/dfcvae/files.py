@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
+
+from perceptloss import sha256_file  # noqa: F401  (re-exported: the example hashes files with the library's helper)
 
 #: errno values that mean "the disk (or the user's quota) is full".
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -54,13 +55,6 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file's bytes (read in chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def unwritable_reason(folder: str | Path) -> str | None:
