@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crop", default="released", choices=list(CROPS))
     p.add_argument("--subset", type=int, default=0, help="use only the first N training images (0: all)")
     p.add_argument("--max-steps", type=int, default=0, help="stop (with a checkpoint) after this many steps in all (0: no limit)")
+    p.add_argument("--time-budget", type=float, default=0.0,
+                   help="stop (with a checkpoint) once training has run this many seconds in this process (0: no "
+                        "limit); running again with --resume continues. Single process only (ranks would disagree)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--amp", default=None, choices=AMP_CHOICES,
                    help="autocast for the VAE and VGG; auto (default): bf16 where the device computes it natively "
@@ -89,6 +92,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0 (0: {'all images' if name == 'subset' else 'no limit'}), "
                     f"got {getattr(args, name)}")
+    if args.time_budget < 0:
+        p.error(f"--time-budget must be >= 0 seconds (0: no limit), got {args.time_budget}")
+    if args.time_budget and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        p.error("--time-budget needs a single process (every rank must stop at the same step); use --max-steps")
     if args.workers is not None and args.workers <= 0:
         p.error(f"--workers must be positive (default: up to 8), got {args.workers}")
     if not 0 <= args.beta1 < 1:
@@ -403,8 +410,11 @@ def grid_inputs(run: Training, images: np.ndarray) -> tuple[torch.Tensor, torch.
 
 
 def train_loop(args: argparse.Namespace, run: Training, images: np.ndarray, device: torch.device, dist: Distributed,
-               out: Path, logger: Logger) -> None:
-    """Train from ``run.step`` to the end (or --max-steps); checkpoints every --checkpoint-every steps and at epoch ends."""
+               out: Path, logger: Logger) -> bool:
+    """Train from ``run.step`` to the end (or --max-steps); checkpoints every --checkpoint-every steps and at epoch ends.
+
+    Returns True when --time-budget stopped it before the end (the caller saves the checkpoint and grids).
+    """
     n, per_step = len(images), args.batch_size * dist.world
     steps_per_epoch = run.config["steps_per_epoch"]
     total_steps = steps_per_epoch * args.epochs
@@ -463,6 +473,8 @@ def train_loop(args: argparse.Namespace, run: Training, images: np.ndarray, devi
                     progress.update(1)
                 if run.step % args.checkpoint_every == 0:
                     save_checkpoint(run, out / "checkpoint.pt", dist)
+                if args.time_budget and time.perf_counter() - t_start >= args.time_budget and run.step < stop_at:
+                    return True
             if it == steps_per_epoch:  # epoch finished: halve the lr for the next one, write its grids
                 run.scheduler.step()
                 if dist.main:
@@ -471,6 +483,7 @@ def train_loop(args: argparse.Namespace, run: Training, images: np.ndarray, devi
     finally:
         if progress is not None:
             progress.close()
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -500,14 +513,15 @@ def main(argv: list[str] | None = None) -> int:
                               "longer need it)", file=sys.stderr)
                     write_text_atomic(out / "config.json", json.dumps(config, indent=2))
                 logger = Logger(out, dist.main, run.step)
-                train_loop(args, run, images, args.device, dist, out, logger)
+                if train_loop(args, run, images, args.device, dist, out, logger):
+                    stopped_by = f"the time budget (--time-budget {args.time_budget:g} s)"
             except (KeyboardInterrupt, Terminated) as e:
                 stopped_by = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
                 code = 143 if isinstance(e, Terminated) else 130
                 if run is None:
                     raise SetupError(f"stopped by {stopped_by} before training started; nothing to save") from None
             ignore_sigterm()  # let the final save finish (it is atomic anyway)
-            save_checkpoint(run, out / "checkpoint.pt", dist, interrupted=bool(stopped_by))
+            save_checkpoint(run, out / "checkpoint.pt", dist, interrupted=bool(code))
             if dist.main:
                 save_grids(run.model, *grid_inputs(run, images), out / "grids", "last")
     except SetupError as e:

@@ -300,3 +300,21 @@ def test_the_programs_run_without_path_edits(how):
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert ("--amp" in proc.stdout) if how == "script" else ("vae123: ok" in proc.stdout)
+
+
+def test_time_budget_stops_with_a_checkpoint_and_resume_continues(data_dir, tmp_path, capsys):
+    # a budget smaller than one step: it stops after the first step, saves, and says how to continue
+    assert run(data_dir, tmp_path / "b", "--epochs", "2", "--time-budget", "1e-9") == 0
+    err = capsys.readouterr().err
+    assert "time budget" in err and "step 1/10" in err and "--resume" in err
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["step"] == 1
+    assert (tmp_path / "b" / "grids" / "recon_last.png").is_file()
+    assert run(data_dir, tmp_path / "b", "--epochs", "2", "--resume") == 0
+    assert run(data_dir, tmp_path / "a", "--epochs", "2") == 0
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 10
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    with pytest.raises(SystemExit):
+        train.main(["--preset", "pvae", "--time-budget", "-1"])
