@@ -6,8 +6,8 @@ representations per sample and layer, and reduces the (N, L) terms over layers a
 owns everything but the representation and the comparison:
 
 - argument checks with messages that say what to do (ranges, reductions, dtypes, layouts);
-- the network: frozen by construction (its weights are non-persistent buffers: no parent's
-  ``requires_grad_(True)`` or optimiser can train them, and they stay out of a parent's ``state_dict``),
+- the network: frozen by construction (its weights are buffers, so no parent's ``requires_grad_(True)`` or
+  optimiser can train them, and a state-dict hook keeps them out of a parent's ``state_dict``),
   always in eval mode, run in ``dtype`` (``"auto"``: bfloat16 only where the hardware computes it natively)
   and ``memory_format``;
 - preprocessing from the declared ``input_range`` to what the weights expect, in float32 before any cast;
@@ -302,11 +302,10 @@ def _drop_network_keys(module: PerceptualLoss, state_dict, prefix, local_metadat
     Their ``<prefix>net.*`` tensors and LPIPS' ``head<k>`` tensors are dropped: the weights come from the
     weights cache. The network's own tensors stand in for them, so that a strict load reports nothing missing.
     """
-    persistent = set(module.state_dict(keep_vars=True))
-    every = {n for n, _ in module.named_buffers()}
+    own_non_persistent = module._non_persistent_buffers_set  # heads, alpha/beta, set_target's buffers
     for key in [k for k in state_dict if k.startswith(prefix)]:
         rel = key[len(prefix):]
-        if rel.startswith("net.") or (rel in every and rel not in persistent):
+        if rel.startswith("net.") or rel in own_non_persistent:
             del state_dict[key]
     net = getattr(module, "net", None)
     if net is not None:

@@ -116,7 +116,7 @@ class DISTS(PerceptualLoss):
         reduction: "none" (default, (N,) as the official code), "mean" or "sum".
         check_range, check_inputs, dtype, memory_format, channels, channel_reduction: as for ``FeatureLoss``.
 
-    Frozen by construction: the trunk's weights and α, β are non-persistent buffers (not trainable, not in a
+    Frozen by construction: the trunk's weights and α, β are buffers left out of the state dict (not trainable, not in a
     parent's ``state_dict``), it stays in eval mode. ``set_target(y)`` keeps a reference image's features for
     ``loss(x)`` (a batch of 1 is compared with every input). The target's features are computed under
     ``no_grad`` unless it requires grad. ``per_layer`` gives the (N, 6) similarity terms; DISTS = 1 - their sum.

@@ -83,10 +83,12 @@ def _load_entry(spec: BackboneSpec, extractor: FeatureExtractor, entry: WeightEn
 def _load_file(
     spec: BackboneSpec, extractor: FeatureExtractor, path: Path, normalization: Normalization | None
 ) -> tuple[FeatureExtractor, Normalization]:
-    entry = entry_for_file(path)
     own = extractor.weight_tensors()
     state = load_state_dict_file(path) if path.suffix in (".safetensors", ".pth", ".pt") else None
-    if state is None or not any(k in state for k in own):
+    needs_conversion = state is None or not any(k in state for k in own)
+    # pinned checksums belong to source files that need converting: only those are worth hashing
+    entry = entry_for_file(path, by_checksum=needs_conversion)
+    if needs_conversion:
         converter = entry if entry is not None and entry.backbone == spec.name else None
         if converter is None:
             converter = spec.weights.get(spec.default_weights) if spec.default_weights else None

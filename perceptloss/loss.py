@@ -79,7 +79,7 @@ class FeatureLoss(PerceptualLoss):
         channels, channel_reduction: how grey and N-channel images reach the RGB network ("rgb" default,
             "replicate", "per_channel", "groups"; see ``perceptloss.channels``).
 
-    The network is frozen by construction (its weights are non-persistent buffers: not trainable, not in a
+    The network is frozen by construction (its weights are buffers, left out of the state dict: not trainable, not in a
     parent model's ``state_dict``), stays in eval mode and is truncated after the deepest requested layer.
     The target's features are computed under ``no_grad`` unless the target requires grad.
     """

@@ -56,7 +56,7 @@ class LPIPS(PerceptualLoss):
         check_range, check_inputs, fused, dtype, memory_format, channels, channel_reduction: as for
             ``FeatureLoss`` (``channels="replicate"`` for grey images, ...; see ``perceptloss.channels``).
 
-    Frozen by construction: the trunk's weights and the heads are non-persistent buffers (not trainable, not
+    Frozen by construction: the trunk's weights and the heads are buffers left out of the state dict (not trainable, not
     in a parent's ``state_dict``), there is no dropout and the trunk stays in eval mode. Distances are
     computed in float32 (under autocast and for fp16/bf16 images too). ``set_target`` fixes a reference.
     """

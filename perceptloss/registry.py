@@ -70,7 +70,7 @@ def register_backbone(spec: BackboneSpec, *, overwrite: bool = False) -> Backbon
     if spec.default_weights is not None and spec.default_weights not in spec.weights:
         raise ValueError(f"default weights {spec.default_weights!r} are not among {sorted(spec.weights)}")
     for entry in spec.weights.values():
-        register_weights(entry, overwrite=True)
+        register_weights(entry, default=entry.name == spec.default_weights, overwrite=True)
     _BACKBONES[spec.name] = spec
     return spec
 

