@@ -194,6 +194,16 @@ def without_grad_cache(fn: Callable[[], object]) -> Callable[[], object]:
     return run
 
 
+def without_prefetch(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with the fused CPU forward's input prefetch off (hardware prefetch only)."""
+    from perceptloss.cpu_kernels import forced_prefetch_threshold
+
+    def run():
+        with forced_prefetch_threshold(-1):
+            return fn()
+    return run
+
+
 def proc_status_mib(field: str) -> float:
     """A memory figure of this process from /proc/self/status (Linux), e.g. "VmRSS" or "VmHWM" (peak), in MiB."""
     with open("/proc/self/status") as f:

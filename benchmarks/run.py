@@ -79,6 +79,8 @@ def operator_cells(device: str, cases: list[str], dtypes: list[torch.dtype], has
                 fwd = {"fused op": lambda a=a, b=b, w=w: bl.fused(a, b, w), **fwd}
                 bwd = {"fused op": grad(bl.fused), **bwd}
                 if device == "cpu":
+                    fwd["fused op, no prefetch"] = bl.without_prefetch(lambda a=a, b=b, w=w: bl.fused(a, b, w))
+                    bwd["fused op, no prefetch"] = bl.without_prefetch(grad(bl.fused))
                     bwd["fused op, gradient cache off"] = bl.without_grad_cache(grad(bl.fused))
             cells[(case, _dt(dtype))] = (nbytes, fwd, bwd)
     return cells
@@ -115,7 +117,9 @@ def bench_operator(device: str, repeats: int, cases: list[str], dtypes: list[tor
                "`torch.dot(a, b)` and one `a.sum() + b.sum()` per layer (each element read once). torch.compile "
                "compiles the per-sample eager distance (`feature_distance_reference`), dynamic=False, built once "
                "(one compiled function, one graph per input signature). \"gradient cache off\" allocates fresh "
-               "gradient buffers every call (`perceptloss.set_cpu_grad_cache(False)`).")
+               "gradient buffers every call (`perceptloss.set_cpu_grad_cache(False)`). \"no prefetch\": the forward "
+               "without its non-temporal input prefetch (`perceptloss.cpu_kernels.forced_prefetch_threshold(-1)`; "
+               "by default inputs over twice the last-level cache are prefetched).")
     if device.startswith("cuda"):
         out.append("GPU targets (issue 18): fused >= 3x eager, faster than compile, >= 85% of copy bandwidth.")
     if has and device == "cpu" and levels:

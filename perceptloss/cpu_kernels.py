@@ -11,6 +11,12 @@ float32/bfloat16 and several shapes keeps every size it keeps using; sizes not r
 requests) are freed, and the whole cache holds at most twice the most gradient bytes live at once in the window.
 ``empty_cpu_cache()`` returns that memory to the system; ``set_cpu_grad_cache(False)`` or the environment
 variable ``PERCEPTLOSS_CPU_GRAD_CACHE=0`` turns the cache off.
+
+The forward prefetches its inputs ahead with a non-temporal hint when one call reads more than twice the
+last-level cache (the inputs then come from memory: 2-11% faster measured on an AMD Zen 5; on inputs that fit
+the cache the hint would cost up to 10%, so smaller calls run without it). The cache size is read from Linux's
+sysfs; where it is unknown nothing is prefetched. ``PERCEPTLOSS_CPU_PREFETCH=0`` turns prefetching off; results
+are the same either way.
 """
 from __future__ import annotations
 
@@ -72,3 +78,31 @@ def set_cpu_grad_cache(enabled: bool) -> bool:
     """
     _require()
     return bool(torch.ops.perceptloss._set_cpu_grad_cache(bool(enabled)))
+
+
+def last_level_cache_bytes() -> int:
+    """Bytes of the last-level data cache one core uses (Linux sysfs, e.g. an AMD CCD's L3); 0 when unknown."""
+    _require()
+    return int(torch.ops.perceptloss._cpu_last_level_cache())
+
+
+def prefetch_threshold_bytes() -> int:
+    """The forward prefetches its inputs when one call reads more bytes than this; -1 means never."""
+    _require()
+    return int(torch.ops.perceptloss._cpu_prefetch_threshold())
+
+
+@contextlib.contextmanager
+def forced_prefetch_threshold(nbytes: int) -> Iterator[None]:
+    """Sets the forward's prefetch threshold inside the block: 0 prefetches always, -1 never (for comparisons).
+
+    Process-wide, not thread-local: meant for tests and benchmarks.
+    """
+    _require()
+    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < -1:
+        raise ValueError(f"nbytes must be an int >= 0, or -1 for never; got {nbytes!r}")
+    before = torch.ops.perceptloss._set_cpu_prefetch_threshold(nbytes)
+    try:
+        yield
+    finally:
+        torch.ops.perceptloss._set_cpu_prefetch_threshold(before)

@@ -161,10 +161,11 @@ def test_results_do_not_depend_on_thread_count(p):
     a, b, w = make(3, [(64, 40, 40), (8, 5, 5)], torch.float32, "cpu")
     threads = torch.get_num_threads()
     try:
+        # The threads split the elements (not the items) evenly: 2 and 3 threads cut inside different layers.
         torch.set_num_threads(1)
         one = op(a, b, w, p)
-        torch.set_num_threads(max(2, threads))
-        for _ in range(2):
+        for count in (2, 3, max(2, threads)):
+            torch.set_num_threads(count)
             assert torch.equal(op(a, b, w, p), one)
     finally:
         torch.set_num_threads(threads)
