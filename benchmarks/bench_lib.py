@@ -183,6 +183,29 @@ def read_floor_sum(a, b, w):
     return [x.sum() + y.sum() for x, y in zip(a, b)]
 
 
+def plain_op_twin(a, b) -> Callable[[], object]:
+    """The traffic of a forward+backward done with plain eager ops into memory that is already mapped.
+
+    Per layer: one pass reading a and b (``torch.dot`` in float32/float64, ``sum`` in reduced precision,
+    whichever reads at the floor), then ``torch.sub(a, b, out=g)`` into a buffer allocated once (two reads, one
+    write with ordinary stores, no page faults). This is what any backward that writes the gradient with
+    ordinary stores into recycled memory costs at best, e.g. a compiled backward when the allocator hands it
+    memory that is already mapped.
+    """
+    a = [t.detach() for t in a]
+    out = [torch.empty_like(t) for t in a]
+    reduced = a[0].dtype in (torch.bfloat16, torch.float16)
+
+    def run():
+        for x, y, g in zip(a, b, out):
+            if reduced:
+                x.sum() + y.sum()
+            else:
+                torch.dot(x.reshape(-1), y.reshape(-1))
+            torch.sub(x, y, out=g)
+    return run
+
+
 def without_grad_cache(fn: Callable[[], object]) -> Callable[[], object]:
     """``fn`` with the fused backward's gradient-memory cache off (fresh buffers every call)."""
     def run():
@@ -194,12 +217,12 @@ def without_grad_cache(fn: Callable[[], object]) -> Callable[[], object]:
     return run
 
 
-def without_prefetch(fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` with the fused CPU forward's input prefetch off (hardware prefetch only)."""
-    from perceptloss.cpu_kernels import forced_prefetch_threshold
+def without_streaming(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with the fused CPU kernels' streaming off (hardware prefetch only, ordinary gradient stores)."""
+    from perceptloss.cpu_kernels import forced_streaming_threshold
 
     def run():
-        with forced_prefetch_threshold(-1):
+        with forced_streaming_threshold(-1):
             return fn()
     return run
 

@@ -96,10 +96,11 @@ def _print_info() -> None:
               f"{', '.join(cpu_kernels.cpu_kernel_levels())}; ATEN_CPU_CAPABILITY lowers it)")
         print(f"CPU gradient cache: {cpu_kernels.cpu_cache_bytes() / 2**20:.0f} MiB held "
               "(PERCEPTLOSS_CPU_GRAD_CACHE=0 turns it off)")
-        llc, threshold = cpu_kernels.last_level_cache_bytes(), cpu_kernels.prefetch_threshold_bytes()
+        llc, threshold = cpu_kernels.last_level_cache_bytes(), cpu_kernels.streaming_threshold_bytes()
         llc_text = f"last-level cache {llc / 2**20:.0f} MiB" if llc else "last-level cache size unknown"
-        when = "never" if threshold < 0 else f"inputs over {threshold / 2**20:.0f} MiB"
-        print(f"CPU forward prefetch: {when} ({llc_text}; PERCEPTLOSS_CPU_PREFETCH=0 turns it off)")
+        when = "never" if threshold < 0 else f"calls over {threshold / 2**20:.0f} MiB"
+        print(f"CPU streaming (non-temporal prefetch and gradient stores): {when} ({llc_text}; "
+              "PERCEPTLOSS_CPU_STREAMING=0 turns it off)")
     if torch.cuda.is_available():
         print(f"CUDA: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")
     from .hardware import auto_dtype, bf16_native

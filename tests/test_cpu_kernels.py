@@ -1,5 +1,5 @@
-"""The CPU kernels at every built instruction level, the level choice, the forward's prefetch policy and the
-backward's gradient-memory cache."""
+"""The CPU kernels at every built instruction level, the level choice, the streaming policy and the backward's
+gradient-memory cache."""
 import os
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import torch
 
 import perceptloss
 from perceptloss.cpu_kernels import (cpu_cache_bytes, cpu_kernel_level, cpu_kernel_levels, forced_cpu_kernel_level,
-                                     forced_prefetch_threshold, last_level_cache_bytes, prefetch_threshold_bytes)
+                                     forced_streaming_threshold, last_level_cache_bytes, streaming_threshold_bytes)
 from perceptloss.functional import feature_distance_reference
 
 from .test_fused_op import SHAPES, TOL, make
@@ -79,46 +79,49 @@ def test_aten_cpu_capability_lowers_the_level(env, expected):
     assert out.stdout.strip().splitlines()[-1] == expected
 
 
-# ------------------------------------------------------------------------------------ forward input prefetch
+# ------------------------------------------------------------------------------------ streaming
 
 
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("p", [1, 2])
-def test_prefetch_changes_no_result(level, dtype, p):
-    # Prefetching is a hint: results are bit-identical with it always on (threshold 0) and off (-1), including
-    # vector tails, many work items and channels_last.
+def test_streaming_changes_no_result(level, dtype, p):
+    # Prefetch hints and non-temporal stores: results and gradients are bit-identical with streaming always on
+    # (threshold 0) and off (-1), with vector tails, many work items and channels_last.
     a, b, w = make(3, [(64, 33, 31), (16, 64, 65), (512, 2, 2)], dtype, "cpu")
     a[0] = a[0].to(memory_format=torch.channels_last)
     b[0] = b[0].to(memory_format=torch.channels_last)
+    a = [t.requires_grad_() for t in a]
+    runs = []
     with forced_cpu_kernel_level(level):
-        with forced_prefetch_threshold(0):
-            on = op(a, b, w, p)
-        with forced_prefetch_threshold(-1):
-            off = op(a, b, w, p)
-    assert torch.equal(on, off)
+        for threshold in (0, -1):
+            with forced_streaming_threshold(threshold):
+                out = op(a, b, w, p)
+                runs.append((out, *torch.autograd.grad(out, a, torch.ones_like(out))))
+    for on, off in zip(*runs):
+        assert torch.equal(on, off)
 
 
-def test_prefetch_threshold_is_twice_the_last_level_cache():
+def test_streaming_threshold_is_twice_the_last_level_cache():
     llc = last_level_cache_bytes()
     if os.path.exists("/sys/devices/system/cpu/cpu0/cache/index0/size"):
         assert llc > 0
-    assert prefetch_threshold_bytes() == (2 * llc if llc else -1)
-    with forced_prefetch_threshold(123):
-        assert prefetch_threshold_bytes() == 123
-    assert prefetch_threshold_bytes() == (2 * llc if llc else -1)
+    assert streaming_threshold_bytes() == (2 * llc if llc else -1)
+    with forced_streaming_threshold(123):
+        assert streaming_threshold_bytes() == 123
+    assert streaming_threshold_bytes() == (2 * llc if llc else -1)
 
 
 @pytest.mark.parametrize("bad", [-2, 1.5, True])
-def test_prefetch_threshold_refuses_what_is_not_a_byte_count(bad):
+def test_streaming_threshold_refuses_what_is_not_a_byte_count(bad):
     with pytest.raises(ValueError, match="-1 for never"):
-        with forced_prefetch_threshold(bad):
+        with forced_streaming_threshold(bad):
             pass
 
 
-def test_prefetch_can_be_turned_off_by_the_environment():
-    code = "import perceptloss.cpu_kernels as k; print(k.prefetch_threshold_bytes())"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PERCEPTLOSS_CPU_PREFETCH": "0"},
+def test_streaming_can_be_turned_off_by_the_environment():
+    code = "import perceptloss.cpu_kernels as k; print(k.streaming_threshold_bytes())"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PERCEPTLOSS_CPU_STREAMING": "0"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "-1"
 
@@ -257,4 +260,4 @@ def test_info_command_names_the_level_in_use(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert f"CPU kernel level: {cpu_kernel_level()}" in out and "fused operator: kernels for cpu" in out
-    assert "CPU forward prefetch: " in out
+    assert "CPU streaming (non-temporal prefetch and gradient stores): " in out

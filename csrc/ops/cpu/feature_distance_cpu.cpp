@@ -1,12 +1,13 @@
 // CPU entry points of perceptloss::feature_distance: parallel over (layer, sample, chunk) work items with
 // at::parallel_for; each item runs the inner loop of the CPU level in use (kernels/feature_distance_kernel.cpp, compiled
 // per level, chosen in cpu_dispatch.cpp). Chunk partials are combined in a fixed order, so results do not depend
-// on the thread count. Gradient buffers come from grad_buffer_cache (reused memory, see there); the forward
-// prefetches inputs that come from memory (prefetch_policy.h).
+// on the thread count. Gradient buffers come from grad_buffer_cache (reused memory, see there). Data well beyond
+// the last-level cache is streamed: prefetched ahead in the forward, gradients stored non-temporally in the
+// backward (memory_streaming.h).
 #include "../feature_distance.h"
 #include "cpu_dispatch.h"
 #include "grad_buffer_cache.h"
-#include "prefetch_policy.h"
+#include "memory_streaming.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -84,7 +85,7 @@ at::Tensor feature_distance_cpu(at::TensorList inputs, at::TensorList targets, a
   std::vector<double> partial(items.size());
   const KernelTable& k = cpu::kernels();
   const int64_t read_bytes = 2 * total_elements(items) * inputs[0].element_size();
-  const bool prefetch = cpu::prefetch_inputs(read_bytes);
+  const bool prefetch = cpu::streams_through_memory(read_bytes);
   parallel_over_items(layers, items, [&](int64_t i, const WorkItem& w, const PreparedLayer& L, int64_t offset) {
     partial[i] = k.diff_norm_sum(dtype, p, static_cast<const char*>(L.a.const_data_ptr()) + offset,
                                  static_cast<const char*>(L.b.const_data_ptr()) + offset, w.end - w.begin, prefetch);
@@ -123,6 +124,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> feature_distance_ba
   if (input_grad || target_grad) {
     const auto items = make_work(layers, n);
     const KernelTable& k = cpu::kernels();
+    const int64_t sides = 2 + int64_t{input_grad} + int64_t{target_grad};  // a and b read, gradients written
+    const bool stream = cpu::streams_through_memory(sides * total_elements(items) * inputs[0].element_size());
     parallel_over_items(layers, items, [&](int64_t, const WorkItem& w, const PreparedLayer& L, int64_t offset) {
       // d/da of |a - b|^p: p (a - b)^(p - 1), i.e. 2 (a - b) for p = 2 and sign(a - b) for p = 1.
       const double s = static_cast<double>(p) * L.scale * gp[w.sample * num_layers + w.layer];
@@ -130,7 +133,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> feature_distance_ba
       auto* pb = static_cast<char*>(gb.data(w.layer));
       k.scaled_diff(dtype, p, static_cast<const char*>(L.a.const_data_ptr()) + offset,
                     static_cast<const char*>(L.b.const_data_ptr()) + offset, pa ? pa + offset : nullptr,
-                    pb ? pb + offset : nullptr, s, w.end - w.begin);
+                    pb ? pb + offset : nullptr, s, w.end - w.begin, stream);
     });
   }
   return {ga.finish(), gb.finish()};

@@ -55,7 +55,7 @@ using math::grad_term;
 using math::norm_term;
 
 // Prefetches the cache lines of [p, p + bytes) kPrefetchAhead bytes ahead, non-temporal (locality 0): for streams
-// from memory, whose lines are used once (prefetch_policy.h). A prefetch past the end of an allocation does not
+// from memory, whose lines are used once (memory_streaming.h). A prefetch past the end of an allocation does not
 // fault.
 constexpr int64_t kPrefetchAhead = 2048;
 constexpr int64_t kCacheLine = 64;
@@ -115,8 +115,9 @@ double diff_norm_sum(const scalar_t* a, const scalar_t* b, int64_t len) {
   return static_cast<double>(sum);
 }
 
-// ga = s * grad_term(a - b) (when kA) and gb = -ga (when kB), over len elements.
-template <typename scalar_t, int P, bool kA, bool kB>
+// ga = s * grad_term(a - b) (when kA) and gb = -ga (when kB), over len elements; kStream: ga alone is written
+// with non-temporal stores (data beyond the caches, memory_streaming.h).
+template <typename scalar_t, int P, bool kA, bool kB, bool kStream>
 void scaled_diff_impl(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, scalar_t* __restrict__ ga,
                       scalar_t* __restrict__ gb, at::opmath_type<scalar_t> s, int64_t len) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -127,12 +128,13 @@ void scaled_diff_impl(const scalar_t* __restrict__ a, const scalar_t* __restrict
   int64_t i = 0;
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   constexpr int64_t kAlign = sizeof(Vec);
-  if constexpr (kA && !kB) {
-    // The input gradient alone (a loss's backward): non-temporal stores. A gradient write otherwise first reads
-    // its cache line (read-for-ownership) and evicts a and b; streaming it halves the traffic. Measured in one
-    // process alternating fp32/bf16 and N=64 64^2 / N=16 256^2 (benchmarks/mixed_cache.py, AVX-512 CPU): fused
-    // fwd+bwd 18.9 -> 10.4 ms (fp32 64^2), 10.8 -> 6.3 (bf16), 69.5 -> 34.5 (fp32 256^2), 36.1 -> 19.8 (bf16);
-    // the whole FeatureLoss fwd+bwd unchanged within noise. Scalar prologue up to the vector alignment of ga.
+  if constexpr (kA && !kB && kStream) {
+    // The input gradient alone (a loss's backward) of data beyond the caches: non-temporal stores. A gradient
+    // write otherwise first reads its cache line (read-for-ownership) and evicts a and b; streaming it halves the
+    // traffic. Measured in one process alternating fp32/bf16 and N=64 64^2 / N=16 256^2
+    // (benchmarks/mixed_cache.py, AVX-512 CPU): fused fwd+bwd 18.9 -> 10.4 ms (fp32 64^2), 10.8 -> 6.3 (bf16),
+    // 69.5 -> 34.5 (fp32 256^2), 36.1 -> 19.8 (bf16); the whole FeatureLoss fwd+bwd unchanged within noise.
+    // Scalar prologue up to the vector alignment of ga.
     for (; i < len && (reinterpret_cast<uintptr_t>(ga + i) % kAlign) != 0; ++i) {
       const acc_t t = grad_term<P>(static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i]));
       ga[i] = static_cast<scalar_t>(t * s);
@@ -184,18 +186,20 @@ void scaled_diff_impl(const scalar_t* __restrict__ a, const scalar_t* __restrict
 }
 
 template <typename scalar_t, int P>
-void scaled_diff_typed(const void* a, const void* b, void* ga, void* gb, double s, int64_t len) {
+void scaled_diff_typed(const void* a, const void* b, void* ga, void* gb, double s, int64_t len, bool stream) {
   auto* pa = static_cast<const scalar_t*>(a);
   auto* pb = static_cast<const scalar_t*>(b);
   auto* qa = static_cast<scalar_t*>(ga);
   auto* qb = static_cast<scalar_t*>(gb);
   const auto sc = static_cast<at::opmath_type<scalar_t>>(s);
   if (qa && qb) {
-    scaled_diff_impl<scalar_t, P, true, true>(pa, pb, qa, qb, sc, len);
+    scaled_diff_impl<scalar_t, P, true, true, false>(pa, pb, qa, qb, sc, len);
+  } else if (qa && stream) {
+    scaled_diff_impl<scalar_t, P, true, false, true>(pa, pb, qa, qb, sc, len);
   } else if (qa) {
-    scaled_diff_impl<scalar_t, P, true, false>(pa, pb, qa, qb, sc, len);
+    scaled_diff_impl<scalar_t, P, true, false, false>(pa, pb, qa, qb, sc, len);
   } else if (qb) {
-    scaled_diff_impl<scalar_t, P, false, true>(pa, pb, qa, qb, sc, len);
+    scaled_diff_impl<scalar_t, P, false, true, false>(pa, pb, qa, qb, sc, len);
   }
 }
 
@@ -215,12 +219,12 @@ double diff_norm_sum_any(c10::ScalarType dtype, int64_t p, const void* a, const 
 }
 
 void scaled_diff_any(c10::ScalarType dtype, int64_t p, const void* a, const void* b, void* ga, void* gb, double s,
-                     int64_t len) {
+                     int64_t len, bool stream) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "feature_distance_backward_cpu", [&] {
     if (p == 1) {
-      scaled_diff_typed<scalar_t, 1>(a, b, ga, gb, s, len);
+      scaled_diff_typed<scalar_t, 1>(a, b, ga, gb, s, len, stream);
     } else {
-      scaled_diff_typed<scalar_t, 2>(a, b, ga, gb, s, len);
+      scaled_diff_typed<scalar_t, 2>(a, b, ga, gb, s, len, stream);
     }
   });
 }

@@ -1,10 +1,14 @@
-// The prefetch policy of the CPU forward (prefetch_policy.h). Measured on an AMD EPYC Zen 5 (2 cores, 1 MiB L2
-// per core, 32 MiB L3), one process, interleaved medians, prefetchnta 2 KiB ahead against hardware prefetch only:
-// VGG19 relu1_1..relu5_1 features at N=64 64x64 and N=16 256x256 (256 MiB - 1 GiB, from memory): forward
-// +4-11%, forward+backward +2-9%, fp32 and bf16; at N=8 64x64 float32 (32 MiB, the L3's size) -8-18%. Hence the
-// threshold: twice the last-level cache, read from the system rather than assumed (no prefetch where it is not
-// known).
-#include "prefetch_policy.h"
+// The streaming policy of the CPU kernels (memory_streaming.h). Measured on an AMD EPYC Zen 5 (2 cores, 1 MiB L2
+// per core, 32 MiB L3), one process, interleaved medians:
+// - forward, prefetchnta 2 KiB ahead against hardware prefetch only: VGG19 relu1_1..relu5_1 features at N=64
+//   64x64 and N=16 256x256 (256 MiB - 1 GiB, from memory) +3-11%, fp32 and bf16, natively and with AVX2
+//   kernels; at N=8 64x64 float32 (32 MiB, the L3's size) -8-18%;
+// - backward, non-temporal gradient stores against ordinary ones: fused forward+backward at N=64 64x64 from
+//   18.9 to 10.4 ms (fp32), 10.8 to 6.3 ms (bf16); on 6 MiB of features (N=4 32x32 fp32) followed by the ops
+//   that read the gradient next (mul, relu) the whole backward was 19% slower with them.
+// Hence one threshold for both: twice the last-level cache, read from the system rather than assumed (no
+// streaming where it is not known).
+#include "memory_streaming.h"
 
 #include <c10/util/Exception.h>
 #include <torch/library.h>
@@ -61,7 +65,7 @@ int64_t sysfs_last_level_cache() {
 }
 
 int64_t default_threshold() {
-  const char* env = std::getenv("PERCEPTLOSS_CPU_PREFETCH");
+  const char* env = std::getenv("PERCEPTLOSS_CPU_STREAMING");
   if (env != nullptr && std::strcmp(env, "0") == 0) {
     return kNever;
   }
@@ -74,13 +78,13 @@ std::atomic<int64_t>& threshold() {
   return value;
 }
 
-int64_t prefetch_threshold() {
+int64_t streaming_threshold() {
   return threshold().load();
 }
 
-// Sets the threshold in bytes (-1: never prefetch, 0: always); returns the one in use before.
-int64_t set_prefetch_threshold(int64_t bytes) {
-  TORCH_CHECK(bytes >= kNever, "perceptloss: the prefetch threshold is a number of bytes >= 0, or -1 for never; got ",
+// Sets the threshold in bytes (-1: never stream, 0: always); returns the one in use before.
+int64_t set_streaming_threshold(int64_t bytes) {
+  TORCH_CHECK(bytes >= kNever, "perceptloss: the streaming threshold is a number of bytes >= 0, or -1 for never; got ",
               bytes);
   return threshold().exchange(bytes);
 }
@@ -92,8 +96,8 @@ int64_t last_level_cache_bytes() {
   return bytes;
 }
 
-bool prefetch_inputs(int64_t bytes) {
-  const int64_t t = prefetch_threshold();
+bool streams_through_memory(int64_t bytes) {
+  const int64_t t = streaming_threshold();
   return t != kNever && bytes > t;
 }
 
@@ -103,6 +107,6 @@ bool prefetch_inputs(int64_t bytes) {
 
 TORCH_LIBRARY_FRAGMENT(perceptloss, m) {
   m.def("_cpu_last_level_cache() -> int", &perceptloss::ops::cpu::last_level_cache_bytes);
-  m.def("_cpu_prefetch_threshold() -> int", &perceptloss::ops::cpu::prefetch_threshold);
-  m.def("_set_cpu_prefetch_threshold(int bytes) -> int", &perceptloss::ops::cpu::set_prefetch_threshold);
+  m.def("_cpu_streaming_threshold() -> int", &perceptloss::ops::cpu::streaming_threshold);
+  m.def("_set_cpu_streaming_threshold(int bytes) -> int", &perceptloss::ops::cpu::set_streaming_threshold);
 }
