@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     times = bench_lib.interleaved_medians(cells, "cpu", warmup=args.warmup, repeats=args.repeats)
     lines = [f"- {k}: {v}" for k, v in bench_lib.machine_info("cpu").items()]
     lines.append(f"- PERCEPTLOSS_CPU_GRAD_CACHE: {os.environ.get('PERCEPTLOSS_CPU_GRAD_CACHE', 'not set (on)')}")
-    lines.append(f"- one process, {len(cells)} cells in one rotation, median of {args.repeats} (warm-up {args.warmup})")
+    lines.append(f"- one process, {len(cells)} cells in one rotation (a new seeded random order each), median of {args.repeats} (warm-up {args.warmup})")
     lines += ["", "| case | dtype | fused fwd+bwd ms | compile fwd+bwd ms | fused vs compile |", "| --- | --- | --- | --- | --- |"]
     for case, tag, kind in cells:
         if kind != "fused":

@@ -11,8 +11,8 @@ Prints markdown tables and writes them to benchmarks/results/<device>-<date>-<ki
 CPU's core and top instruction set, "emulated" when the variables above lower it, or the GPU), headed by the
 machine description (CPU model and flags, ATen capability, oneDNN ISA limit, the fused operator's CPU level).
 
-Timing: round-robin (A B C A B C ...) over every contender of a section, medians, warm-up first, CUDA
-synchronised through events. The operator section interleaves every (shape, dtype) cell in one rotation, so
+Timing: round-robin over every contender of a section (a new seeded random order per round), medians, warm-up
+first, CUDA synchronised through events. The operator section interleaves every (shape, dtype) cell in one rotation, so
 float32 and bfloat16 cases of both shapes alternate in one process, as in a training job that mixes them.
 """
 from __future__ import annotations
@@ -113,7 +113,8 @@ def bench_operator(device: str, repeats: int, cases: list[str], dtypes: list[tor
     out.append(table(["case", "dtype", "pass", "contender", "ms", "speed vs compile", "of read floor",
                       "GB/s read", "of copy BW"], rows))
     out.append("\nInterleaved medians on the same inputs: one rotation runs every contender of every (case, dtype) "
-               "cell in turn, so float32 and bfloat16 cases of both shapes alternate in one process. VGG19 "
+               "cell once, in a new (seeded) random order per rotation, so float32 and bfloat16 cases of both "
+               "shapes alternate in one process and no contender always runs first after another cell's data. VGG19 "
                "relu1_1..relu5_1 feature shapes, `a` requires grad, `b` does not. Read floor: the faster of one "
                "`torch.dot(a, b)` and one `a.sum() + b.sum()` per layer (each element read once). torch.compile "
                "compiles the per-sample eager distance (`feature_distance_reference`), dynamic=False, built once "

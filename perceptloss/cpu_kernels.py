@@ -23,7 +23,7 @@ are the same either way.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -33,6 +33,17 @@ from . import _ops
 def _require() -> None:
     if not _ops.has_kernel("cpu"):
         raise RuntimeError(_ops.unavailable_reason(torch.device("cpu")))
+
+
+@contextlib.contextmanager
+def _process_setting(setter: Callable[[object], object], value: object) -> Iterator[None]:
+    """Applies ``setter(value)`` (which returns the setting it replaced) inside the block and restores it after."""
+    _require()
+    before = setter(value)
+    try:
+        yield
+    finally:
+        setter(before)
 
 
 def cpu_kernel_levels() -> list[str]:
@@ -47,18 +58,13 @@ def cpu_kernel_level() -> str:
     return torch.ops.perceptloss._cpu_kernel_level()
 
 
-@contextlib.contextmanager
-def forced_cpu_kernel_level(level: str) -> Iterator[None]:
+def forced_cpu_kernel_level(level: str) -> contextlib.AbstractContextManager[None]:
     """Runs the CPU kernels at ``level`` (one of ``cpu_kernel_levels()``) inside the block, e.g. to compare levels.
 
     Process-wide, not thread-local: meant for tests and benchmarks.
     """
     _require()
-    before = torch.ops.perceptloss._set_cpu_kernel_level(level)  # returns the level in use until now
-    try:
-        yield
-    finally:
-        torch.ops.perceptloss._set_cpu_kernel_level(before)
+    return _process_setting(torch.ops.perceptloss._set_cpu_kernel_level, level)
 
 
 def empty_cpu_cache() -> int:
@@ -94,8 +100,7 @@ def streaming_threshold_bytes() -> int:
     return int(torch.ops.perceptloss._cpu_streaming_threshold())
 
 
-@contextlib.contextmanager
-def forced_streaming_threshold(nbytes: int) -> Iterator[None]:
+def forced_streaming_threshold(nbytes: int) -> contextlib.AbstractContextManager[None]:
     """Sets the streaming threshold inside the block: 0 streams always, -1 never (for comparisons).
 
     Process-wide, not thread-local: meant for tests and benchmarks.
@@ -103,8 +108,4 @@ def forced_streaming_threshold(nbytes: int) -> Iterator[None]:
     _require()
     if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < -1:
         raise ValueError(f"nbytes must be an int >= 0, or -1 for never; got {nbytes!r}")
-    before = torch.ops.perceptloss._set_cpu_streaming_threshold(nbytes)
-    try:
-        yield
-    finally:
-        torch.ops.perceptloss._set_cpu_streaming_threshold(before)
+    return _process_setting(torch.ops.perceptloss._set_cpu_streaming_threshold, nbytes)
