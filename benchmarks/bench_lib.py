@@ -226,7 +226,7 @@ def without_grad_cache(fn: Callable[[], object]) -> Callable[[], object]:
 
 
 def without_streaming(fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` with the fused CPU kernels' streaming off (hardware prefetch only, ordinary gradient stores)."""
+    """``fn`` with the fused CPU backward's streaming off (ordinary gradient stores at every size)."""
     from perceptloss.cpu_kernels import forced_streaming_threshold
 
     def run():

@@ -79,7 +79,6 @@ def operator_cells(device: str, cases: list[str], dtypes: list[torch.dtype], has
                 fwd = {"fused op": lambda a=a, b=b, w=w: bl.fused(a, b, w), **fwd}
                 bwd = {"fused op": grad(bl.fused), **bwd}
                 if device == "cpu":
-                    fwd["fused op, no streaming"] = bl.without_streaming(lambda a=a, b=b, w=w: bl.fused(a, b, w))
                     bwd["fused op, no streaming"] = bl.without_streaming(grad(bl.fused))
                     bwd["fused op, gradient cache off"] = bl.without_grad_cache(grad(bl.fused))
             bwd["plain-op twin: read pass, then sub(a, b, out=reused)"] = bl.plain_op_twin(a, b)
@@ -119,10 +118,9 @@ def bench_operator(device: str, repeats: int, cases: list[str], dtypes: list[tor
                "`torch.dot(a, b)` and one `a.sum() + b.sum()` per layer (each element read once). torch.compile "
                "compiles the per-sample eager distance (`feature_distance_reference`), dynamic=False, built once "
                "(one compiled function, one graph per input signature). \"gradient cache off\" allocates fresh "
-               "gradient buffers every call (`perceptloss.set_cpu_grad_cache(False)`). \"no streaming\": without the "
-               "non-temporal input prefetch of the forward and gradient stores of the backward "
-               "(`perceptloss.cpu_kernels.forced_streaming_threshold(-1)`; by default calls touching more than "
-               "twice the last-level cache stream). \"plain-op twin\": the same "
+               "gradient buffers every call (`perceptloss.set_cpu_grad_cache(False)`). \"no streaming\": the backward with ordinary "
+               "gradient stores (`perceptloss.cpu_kernels.forced_streaming_threshold(-1)`; by default calls touching "
+               "more than twice the last-level cache store the gradient non-temporally). \"plain-op twin\": the same "
                "memory traffic with plain eager ops, a read pass over a and b, then `torch.sub(a, b, out=g)` into "
                "a buffer allocated once: what a backward with ordinary stores into already-mapped memory costs at "
                "best (e.g. a compiled backward when the allocator recycles its memory).")

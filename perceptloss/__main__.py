@@ -99,7 +99,7 @@ def _print_info() -> None:
         llc, threshold = cpu_kernels.last_level_cache_bytes(), cpu_kernels.streaming_threshold_bytes()
         llc_text = f"last-level cache {llc / 2**20:.0f} MiB" if llc else "last-level cache size unknown"
         when = "never" if threshold < 0 else f"calls over {threshold / 2**20:.0f} MiB"
-        print(f"CPU streaming (non-temporal prefetch and gradient stores): {when} ({llc_text}; "
+        print(f"CPU streaming (non-temporal gradient stores): {when} ({llc_text}; "
               "PERCEPTLOSS_CPU_STREAMING=0 turns it off)")
     if torch.cuda.is_available():
         print(f"CUDA: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")

@@ -12,13 +12,12 @@ requests) are freed, and the whole cache holds at most twice the most gradient b
 ``empty_cpu_cache()`` returns that memory to the system; ``set_cpu_grad_cache(False)`` or the environment
 variable ``PERCEPTLOSS_CPU_GRAD_CACHE=0`` turns the cache off.
 
-Data well beyond the last-level cache is streamed: when one call touches more than twice that cache, the forward
-prefetches its inputs ahead with a non-temporal hint and the backward writes the input gradient with
-non-temporal stores (measured on an AMD Zen 5: forward 3-11% faster on 256 MiB - 1 GiB of features, the
-backward about twice as fast). On data that fits the cache both would cost (up to 10% in the forward, up to 19%
-in the op that next reads the gradient), so smaller calls run without. The cache size is read from Linux's
-sysfs; where it is unknown nothing is streamed. ``PERCEPTLOSS_CPU_STREAMING=0`` turns streaming off; results
-are the same either way.
+The backward writes the input gradient with non-temporal stores when one call touches (a and b read, gradients
+written) more than twice the last-level cache: no read-for-ownership of every gradient line (measured on an AMD
+Zen 5: forward+backward 13-16% faster on 192 MiB - 1.5 GiB of features). On data that fits the cache those
+stores would push the gradient out to memory, where the op that reads it next must fetch it again (19% slower
+on 6 MiB), so smaller calls store normally. The cache size is read from Linux's sysfs; where it is unknown
+nothing is streamed. ``PERCEPTLOSS_CPU_STREAMING=0`` turns streaming off; results are the same either way.
 """
 from __future__ import annotations
 

@@ -86,7 +86,7 @@ def test_aten_cpu_capability_lowers_the_level(env, expected):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("p", [1, 2])
 def test_streaming_changes_no_result(level, dtype, p):
-    # Prefetch hints and non-temporal stores: results and gradients are bit-identical with streaming always on
+    # Non-temporal gradient stores: results and gradients are bit-identical with streaming always on
     # (threshold 0) and off (-1), with vector tails, many work items and channels_last.
     a, b, w = make(3, [(64, 33, 31), (16, 64, 65), (512, 2, 2)], dtype, "cpu")
     a[0] = a[0].to(memory_format=torch.channels_last)
@@ -260,4 +260,4 @@ def test_info_command_names_the_level_in_use(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert f"CPU kernel level: {cpu_kernel_level()}" in out and "fused operator: kernels for cpu" in out
-    assert "CPU streaming (non-temporal prefetch and gradient stores): " in out
+    assert "CPU streaming (non-temporal gradient stores): " in out

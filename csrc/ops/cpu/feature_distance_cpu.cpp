@@ -1,9 +1,8 @@
 // CPU entry points of perceptloss::feature_distance: parallel over (layer, sample, chunk) work items with
 // at::parallel_for; each item runs the inner loop of the CPU level in use (kernels/feature_distance_kernel.cpp, compiled
 // per level, chosen in cpu_dispatch.cpp). Chunk partials are combined in a fixed order, so results do not depend
-// on the thread count. Gradient buffers come from grad_buffer_cache (reused memory, see there). Data well beyond
-// the last-level cache is streamed: prefetched ahead in the forward, gradients stored non-temporally in the
-// backward (memory_streaming.h).
+// on the thread count. Gradient buffers come from grad_buffer_cache (reused memory, see there); the gradients of
+// data well beyond the last-level cache are written with non-temporal stores (memory_streaming.h).
 #include "../feature_distance.h"
 #include "cpu_dispatch.h"
 #include "grad_buffer_cache.h"
@@ -84,11 +83,9 @@ at::Tensor feature_distance_cpu(at::TensorList inputs, at::TensorList targets, a
   const auto items = make_work(layers, n);
   std::vector<double> partial(items.size());
   const KernelTable& k = cpu::kernels();
-  const int64_t read_bytes = 2 * total_elements(items) * inputs[0].element_size();
-  const bool prefetch = cpu::streams_through_memory(read_bytes);
   parallel_over_items(layers, items, [&](int64_t i, const WorkItem& w, const PreparedLayer& L, int64_t offset) {
     partial[i] = k.diff_norm_sum(dtype, p, static_cast<const char*>(L.a.const_data_ptr()) + offset,
-                                 static_cast<const char*>(L.b.const_data_ptr()) + offset, w.end - w.begin, prefetch);
+                                 static_cast<const char*>(L.b.const_data_ptr()) + offset, w.end - w.begin);
   });
   // Items are ordered layer-major, sample, chunk: reduce each (layer, sample) run in that fixed order.
   std::vector<double> total(static_cast<size_t>(n * num_layers), 0.0);

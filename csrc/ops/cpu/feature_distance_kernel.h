@@ -20,10 +20,7 @@ namespace cpu {
 struct KernelTable {
   const char* level;  // "DEFAULT", "AVX2", "AVX512"
   // sum over len elements of |a - b|^p (p = 1 or 2), accumulated in float (double for double) within the call.
-  // With `prefetch`, a and b are prefetched ahead with a non-temporal hint (for inputs that come from memory,
-  // see memory_streaming.h); the result is the same either way.
-  double (*diff_norm_sum)(c10::ScalarType dtype, int64_t p, const void* a, const void* b, int64_t len,
-                          bool prefetch);
+  double (*diff_norm_sum)(c10::ScalarType dtype, int64_t p, const void* a, const void* b, int64_t len);
   // ga = s * (a - b) (p = 2) or s * sign(a - b) (p = 1), gb = -ga, over len elements; ga or gb may be nullptr.
   // With `stream` and ga alone (a loss's backward), ga is written with non-temporal stores (memory_streaming.h).
   void (*scaled_diff)(c10::ScalarType dtype, int64_t p, const void* a, const void* b, void* ga, void* gb, double s,

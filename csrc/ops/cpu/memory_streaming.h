@@ -1,9 +1,8 @@
-// When the CPU kernels treat their data as a stream from and to memory: only when what one call touches is well
-// beyond the last-level cache. Then the forward prefetches a and b ahead with a non-temporal hint and the backward
-// writes the input gradient with non-temporal stores (no read-for-ownership, no eviction of a and b). On data
-// that fits the caches both would cost: the hint up to 10% in the forward, the stores up to 19% in the op that
-// next reads the gradient, which would find it in memory instead of the cache (measured on an AMD Zen 5, 32 MiB
-// L3; figures in memory_streaming.cpp).
+// When the CPU backward writes the input gradient with non-temporal stores: only when what one call touches (a and
+// b read, gradients written) is well beyond the last-level cache. There the stores skip the read-for-ownership of
+// every gradient line and leave a and b in the caches; on data that fits the caches they would push the gradient
+// out to memory, where the op that reads it next (a ReLU's or convolution's backward) has to fetch it again
+// (measured on an AMD Zen 5, 32 MiB L3; figures in memory_streaming.cpp).
 #pragma once
 
 #include <cstdint>

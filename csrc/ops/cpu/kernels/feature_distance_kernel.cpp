@@ -54,26 +54,8 @@ using math::add_norm_term;
 using math::grad_term;
 using math::norm_term;
 
-// Prefetches the cache lines of [p, p + bytes) kPrefetchAhead bytes ahead, non-temporal (locality 0): for streams
-// from memory, whose lines are used once (memory_streaming.h). A prefetch past the end of an allocation does not
-// fault.
-constexpr int64_t kPrefetchAhead = 2048;
-constexpr int64_t kCacheLine = 64;
-
-template <int64_t kBytes>
-inline void prefetch_ahead(const void* p) {
-#if defined(__GNUC__) || defined(__clang__)
-  const char* c = static_cast<const char*>(p) + kPrefetchAhead;
-  for (int64_t k = 0; k < kBytes; k += kCacheLine) {
-    __builtin_prefetch(c + k, 0, 0);
-  }
-#else
-  (void)p;
-#endif
-}
-
-// sum(|a - b|^P) over len elements, accumulated in opmath (float, or double for double); kPrefetch: see above.
-template <typename scalar_t, int P, bool kPrefetch>
+// sum(|a - b|^P) over len elements, accumulated in opmath (float, or double for double).
+template <typename scalar_t, int P>
 double diff_norm_sum(const scalar_t* a, const scalar_t* b, int64_t len) {
   using acc_t = at::opmath_type<scalar_t>;
   using AccVec = at::vec::Vectorized<acc_t>;
@@ -83,10 +65,6 @@ double diff_norm_sum(const scalar_t* a, const scalar_t* b, int64_t len) {
   if constexpr (is_reduced_v<scalar_t>) {
     // One reduced-precision vector holds 2 float vectors' worth: two loads give four independent chains.
     for (; i + 2 * Vec::size() <= len; i += 2 * Vec::size()) {
-      if constexpr (kPrefetch) {
-        prefetch_ahead<2 * sizeof(Vec)>(a + i);
-        prefetch_ahead<2 * sizeof(Vec)>(b + i);
-      }
       auto [a0, a1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(a + i));
       auto [b0, b1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(b + i));
       auto [a2, a3] = at::vec::convert_to_float<scalar_t>(Vec::loadu(a + i + Vec::size()));
@@ -98,10 +76,6 @@ double diff_norm_sum(const scalar_t* a, const scalar_t* b, int64_t len) {
     }
   } else {
     for (; i + 4 * Vec::size() <= len; i += 4 * Vec::size()) {
-      if constexpr (kPrefetch) {
-        prefetch_ahead<4 * sizeof(Vec)>(a + i);
-        prefetch_ahead<4 * sizeof(Vec)>(b + i);
-      }
       s0 = add_norm_term<P>(Vec::loadu(a + i) - Vec::loadu(b + i), s0);
       s1 = add_norm_term<P>(Vec::loadu(a + i + Vec::size()) - Vec::loadu(b + i + Vec::size()), s1);
       s2 = add_norm_term<P>(Vec::loadu(a + i + 2 * Vec::size()) - Vec::loadu(b + i + 2 * Vec::size()), s2);
@@ -203,17 +177,12 @@ void scaled_diff_typed(const void* a, const void* b, void* ga, void* gb, double 
   }
 }
 
-double diff_norm_sum_any(c10::ScalarType dtype, int64_t p, const void* a, const void* b, int64_t len,
-                         bool prefetch) {
+double diff_norm_sum_any(c10::ScalarType dtype, int64_t p, const void* a, const void* b, int64_t len) {
   double sum = 0.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "feature_distance_cpu", [&] {
     auto* pa = static_cast<const scalar_t*>(a);
     auto* pb = static_cast<const scalar_t*>(b);
-    if (prefetch) {
-      sum = p == 1 ? diff_norm_sum<scalar_t, 1, true>(pa, pb, len) : diff_norm_sum<scalar_t, 2, true>(pa, pb, len);
-    } else {
-      sum = p == 1 ? diff_norm_sum<scalar_t, 1, false>(pa, pb, len) : diff_norm_sum<scalar_t, 2, false>(pa, pb, len);
-    }
+    sum = p == 1 ? diff_norm_sum<scalar_t, 1>(pa, pb, len) : diff_norm_sum<scalar_t, 2>(pa, pb, len);
   });
   return sum;
 }
