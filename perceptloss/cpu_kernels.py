@@ -14,9 +14,10 @@ variable ``PERCEPTLOSS_CPU_GRAD_CACHE=0`` turns the cache off.
 
 The backward writes the input gradient with non-temporal stores when one call touches (a and b read, gradients
 written) more than twice the last-level cache: no read-for-ownership of every gradient line (measured on an AMD
-Zen 5: forward+backward 13-16% faster on 192 MiB - 1.5 GiB of features). On data that fits the cache those
-stores would push the gradient out to memory, where the op that reads it next must fetch it again (19% slower
-on 6 MiB), so smaller calls store normally. The cache size is read from Linux's sysfs; where it is unknown
+Zen 5: forward+backward 8-17% faster on 192 MiB - 1.5 GiB of features). On data that fits the cache those
+stores would push the gradient out to memory, where the op that reads it next must fetch it again, so smaller
+calls store normally (the vendors' rule for non-temporal stores; below the threshold no difference was
+measurable here). The cache size is read from Linux's sysfs; where it is unknown
 nothing is streamed. ``PERCEPTLOSS_CPU_STREAMING=0`` turns streaming off; results are the same either way.
 """
 from __future__ import annotations

@@ -1,10 +1,11 @@
 // The streaming policy of the CPU backward (memory_streaming.h). Measured on an AMD EPYC Zen 5 (2 cores, 1 MiB L2
 // per core, 32 MiB L3), fused forward+backward with non-temporal against ordinary gradient stores, one process,
-// shuffled interleaved medians: VGG19 relu1_1..relu5_1 features at N=64 64x64 and N=16 256x256 (192 MiB - 1.5
-// GiB touched) 13-16% faster natively, 1-13% with the AVX2 kernels (an earlier build without the threshold:
-// 18.9 -> 10.4 ms fp32 at N=64 64x64); on 6 MiB of features (N=4 32x32 fp32) followed by the ops that read the
-// gradient next (mul, relu), the whole backward was 19% slower with them. Hence the threshold: twice the
-// last-level cache, read from the system rather than assumed (no streaming where it is not known).
+// shuffled interleaved medians (benchmarks/run.py): VGG19 relu1_1..relu5_1 features at N=64 64x64 and N=16
+// 256x256 (192 MiB - 1.5 GiB touched) 12-16% faster natively, 8-17% with the AVX2 kernels. On 3-46 MiB of
+// features followed by the ops that read the gradient next (mul, relu) no difference was measurable either way
+// (median ratios 0.95-1.09 over 60 shuffled rounds, within the noise). The threshold follows the vendors' rule for
+// non-temporal stores (data larger than the caches, not read again soon): twice the last-level cache, read from
+// the system rather than assumed (no streaming where it is not known).
 // Also tried and not kept: prefetching a and b ahead in the forward (prefetchnta / prefetcht1, 512 B - 8 KiB
 // ahead): -9% to +3% in shuffled-order runs, depending on the machine's load (the +4-11% of the first runs came
 // from a fixed benchmark order); no robust gain over the hardware prefetchers.

@@ -2,7 +2,7 @@
 // b read, gradients written) is well beyond the last-level cache. There the stores skip the read-for-ownership of
 // every gradient line and leave a and b in the caches; on data that fits the caches they would push the gradient
 // out to memory, where the op that reads it next (a ReLU's or convolution's backward) has to fetch it again
-// (measured on an AMD Zen 5, 32 MiB L3; figures in memory_streaming.cpp).
+// (figures from an AMD Zen 5, 32 MiB L3, in memory_streaming.cpp).
 #pragma once
 
 #include <cstdint>
