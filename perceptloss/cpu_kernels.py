@@ -17,8 +17,8 @@ written) more than twice the last-level cache: no read-for-ownership of every gr
 Zen 5: forward+backward 8-17% faster on 192 MiB - 1.5 GiB of features). On data that fits the cache those
 stores would push the gradient out to memory, where the op that reads it next must fetch it again, so smaller
 calls store normally (the vendors' rule for non-temporal stores; below the threshold no difference was
-measurable here). The cache size is read from Linux's sysfs; where it is unknown
-nothing is streamed. ``PERCEPTLOSS_CPU_STREAMING=0`` turns streaming off; results are the same either way.
+measurable here). The cache size is read from Linux's sysfs (else the C library's sysconf); where it is
+unknown nothing is streamed. ``PERCEPTLOSS_CPU_STREAMING=0`` turns streaming off; results are the same either way.
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def set_cpu_grad_cache(enabled: bool) -> bool:
 
 
 def last_level_cache_bytes() -> int:
-    """Bytes of the last-level data cache one core uses (Linux sysfs, e.g. an AMD CCD's L3); 0 when unknown."""
+    """Bytes of the last-level data cache one core uses (Linux sysfs, e.g. an AMD CCD's L3; else sysconf); 0 if unknown."""
     _require()
     return int(torch.ops.perceptloss._cpu_last_level_cache())
 

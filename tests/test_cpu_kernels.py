@@ -119,9 +119,10 @@ def test_streaming_threshold_refuses_what_is_not_a_byte_count(bad):
             pass
 
 
-def test_streaming_can_be_turned_off_by_the_environment():
+@pytest.mark.parametrize("value", ["0", "false"])
+def test_streaming_can_be_turned_off_by_the_environment(value):
     code = "import perceptloss.cpu_kernels as k; print(k.streaming_threshold_bytes())"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PERCEPTLOSS_CPU_STREAMING": "0"},
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PERCEPTLOSS_CPU_STREAMING": value},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "-1"
 

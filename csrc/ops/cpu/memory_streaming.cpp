@@ -19,6 +19,9 @@
 #include <cstring>
 #include <fstream>
 #include <string>
+#if __has_include(<unistd.h>)
+#include <unistd.h>
+#endif
 
 namespace perceptloss {
 namespace ops {
@@ -65,9 +68,21 @@ int64_t sysfs_last_level_cache() {
   return best_bytes;
 }
 
+// Where sysfs has no cache information (some containers, non-Linux): the C library's figure for the L3 (or L2).
+// It can overstate what a core uses (the package's sum above), which only makes the threshold more cautious.
+int64_t sysconf_last_level_cache() {
+#if defined(_SC_LEVEL3_CACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE)
+  for (const int name : {_SC_LEVEL3_CACHE_SIZE, _SC_LEVEL2_CACHE_SIZE}) {
+    const long v = ::sysconf(name);
+    if (v > 0) return static_cast<int64_t>(v);
+  }
+#endif
+  return 0;
+}
+
 int64_t default_threshold() {
   const char* env = std::getenv("PERCEPTLOSS_CPU_STREAMING");
-  if (env != nullptr && std::strcmp(env, "0") == 0) {
+  if (env != nullptr && (std::strcmp(env, "0") == 0 || std::strcmp(env, "false") == 0)) {
     return kNever;
   }
   const int64_t cache = last_level_cache_bytes();
@@ -93,7 +108,10 @@ int64_t set_streaming_threshold(int64_t bytes) {
 }  // namespace
 
 int64_t last_level_cache_bytes() {
-  static const int64_t bytes = sysfs_last_level_cache();
+  static const int64_t bytes = [] {
+    const int64_t from_sysfs = sysfs_last_level_cache();
+    return from_sysfs > 0 ? from_sysfs : sysconf_last_level_cache();
+  }();
   return bytes;
 }
 

@@ -11,11 +11,12 @@ namespace perceptloss {
 namespace ops {
 namespace cpu {
 
-// Bytes of the last-level data cache one core of this machine uses (Linux sysfs), 0 when unknown.
+// Bytes of the last-level data cache one core of this machine uses (Linux sysfs; else the C library's sysconf),
+// 0 when unknown.
 int64_t last_level_cache_bytes();
 
 // True when a call that reads and writes `bytes` in all should stream them (bytes > the threshold, which is twice
-// the last-level cache unless set; never when the cache size is unknown or PERCEPTLOSS_CPU_STREAMING=0).
+// the last-level cache unless set; never when the cache size is unknown or PERCEPTLOSS_CPU_STREAMING=0 / false).
 bool streams_through_memory(int64_t bytes);
 
 }  // namespace cpu
