@@ -351,6 +351,15 @@ def machine_info(device: str) -> dict[str, str]:
                                   or "not set"),
            "perceptloss CPU kernel level": kernel_level()}
     try:
+        from perceptloss import cpu_kernels
+
+        llc, threshold = cpu_kernels.last_level_cache_bytes(), cpu_kernels.streaming_threshold_bytes()
+        out["perceptloss CPU streaming"] = (
+            ("never" if threshold < 0 else f"non-temporal gradient stores for calls over {threshold / 2**20:.0f} MiB")
+            + (f" (last-level cache {llc / 2**20:.0f} MiB)" if llc else " (last-level cache size unknown)"))
+    except Exception:  # noqa: BLE001 - no fused CPU operator, or one without the streaming policy
+        pass
+    try:
         from perceptloss import hardware
 
         native, reason = hardware.bf16_native(device)
