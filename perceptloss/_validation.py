@@ -89,6 +89,17 @@ def check_layer_weights(layers: Sequence[str], layer_weights: object) -> list[fl
     return out
 
 
+def check_same_batch(input: torch.Tensor, target: torch.Tensor) -> None:
+    """Input and target have one shape and at least one sample (images and volumes alike)."""
+    if input.shape != target.shape:
+        raise ValueError(f"input and target shapes differ: {tuple(input.shape)} vs {tuple(target.shape)}")
+    if input.shape[0] == 0:
+        raise ValueError(
+            f"input and target are an empty batch (shape {tuple(input.shape)}): skip empty batches before "
+            f"calling the loss (its mean over no samples is undefined)"
+        )
+
+
 def check_image_pair(
     input: torch.Tensor, target: torch.Tensor, channels: int = 3, allow_dtype_mismatch: bool | None = None
 ) -> None:
@@ -128,13 +139,7 @@ def check_image_pair(
                 f"{role} must be a floating-point tensor, got {t.dtype}; convert uint8 images with "
                 f"x.float() / 255 and declare input_range=(0, 1)"
             )
-    if input.shape != target.shape:
-        raise ValueError(f"input and target shapes differ: {tuple(input.shape)} vs {tuple(target.shape)}")
-    if input.shape[0] == 0:
-        raise ValueError(
-            f"input and target are an empty batch (shape {tuple(input.shape)}): skip empty batches before "
-            f"calling the loss (its mean over no samples is undefined)"
-        )
+    check_same_batch(input, target)
     if input.shape[2] == 0 or input.shape[3] == 0:
         raise ValueError(f"input and target images are empty (shape {tuple(input.shape)}); pass images of size H, W > 0")
     if input.device != target.device:

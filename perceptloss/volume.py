@@ -34,6 +34,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from ._validation import check_same_batch
+
 VOLUME_AXES = (2, 3, 4)
 
 
@@ -108,10 +110,7 @@ class VolumeLoss(nn.Module):
                     f"{role} must be a batch of volumes of shape (N, C, D, H, W), got {shape}; add a batch or "
                     f"channel dimension with x[None] / x[:, None], or use the 2D loss for images"
                 )
-        if input.shape != target.shape:
-            raise ValueError(f"input and target shapes differ: {tuple(input.shape)} vs {tuple(target.shape)}")
-        if input.shape[0] == 0:
-            raise ValueError("input and target are an empty batch (N = 0): skip empty batches before calling the loss")
+        check_same_batch(input, target)
 
     def _values(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = self.loss(x, y)
