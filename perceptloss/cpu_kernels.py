@@ -38,7 +38,6 @@ def _require() -> None:
 @contextlib.contextmanager
 def _process_setting(setter: Callable[[object], object], value: object) -> Iterator[None]:
     """Applies ``setter(value)`` (which returns the setting it replaced) inside the block and restores it after."""
-    _require()
     before = setter(value)
     try:
         yield
