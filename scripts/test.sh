@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # The test command: make a virtualenv (.venv-test), install everything, compile the operator (CUDA too when
-# nvcc exists) and run pytest. Extra arguments go to pytest. Exit code 5 (no tests collected) is a failure.
+# nvcc exists) and run pytest, one worker per core. Extra arguments go to pytest. Exit code 5 (no tests collected) is a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv-test}
-bash scripts/setup_venv.sh "$venv" pytest timm pillow lpips
+bash scripts/setup_venv.sh "$venv" pytest pytest-xdist timm pillow lpips
 # Wheels read for a data file only (their pinned dependencies, an old torch, must not be installed).
 "$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps dists-pytorch==0.1 2>&1 | { grep -v "is ignored" || true; }
 # The DFC-VAE example's extra dependencies, all in one place: examples/dfcvae/requirements*.txt.
 example=examples/dfcvae
 "$venv/bin/python" -m pip --disable-pip-version-check -q install -r "$example/requirements.txt" 2>&1 | { grep -v "is ignored" || true; }
 "$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps -r "$example/requirements-nodeps.txt" 2>&1 | { grep -v "is ignored" || true; }
+# One pytest-xdist worker per core (PYTEST_WORKERS=1 for a single process); conftest splits the cores' threads.
+workers=${PYTEST_WORKERS:-$(nproc)}
+parallel=()
+if [ "$workers" -gt 1 ]; then parallel=(-n "$workers"); fi
 set +e
-"$venv/bin/python" -m pytest -p no:cacheprovider -q "$@"
+"$venv/bin/python" -m pytest -p no:cacheprovider -q "${parallel[@]}" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -10,7 +10,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 _HOME = tempfile.mkdtemp(prefix="perceptloss-test-home-")
 os.environ["PERCEPTLOSS_HOME"] = _HOME
 
-from .helpers import SHARED_CELEBA, TinyNet  # noqa: F401  (re-exported for older imports)
+from .helpers import TinyNet
+
+# Under pytest-xdist (scripts/test.sh runs one worker per core) each worker gets its share of the cores, so the
+# workers' intra-op threads do not oversubscribe the machine.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -13,6 +13,7 @@ if str(BENCH) not in sys.path:
 
 import bench_lib as bl  # noqa: E402
 import run as bench_run  # noqa: E402
+from .helpers import assert_close
 
 
 def test_compiled_contender_is_built_once(monkeypatch):
@@ -28,7 +29,7 @@ def test_compiled_contender_is_built_once(monkeypatch):
     values = [compiled(a, b, w) for _ in range(3)]
     assert built == [{"dynamic": False}]
     for v in values:
-        torch.testing.assert_close(v, bl.eager_per_sample(a, b, w))
+        assert_close(v, bl.eager_per_sample(a, b, w))
     assert isinstance(bl.compiled_eager, bl.CompiledOnce) and bl.compiled_eager.fn is bl.eager_per_sample
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from perceptloss.channels import ChannelPolicy, channel_policy, merge_channels, split_channels
+from .helpers import assert_close
 
 
 def batch(n=2, c=5, size=16, seed=0):
@@ -33,7 +34,7 @@ def test_split_by_hand():
 
 def test_merge_by_hand():
     terms = torch.arange(12.0).reshape(6, 2)  # N=2 samples, G=3 groups, 2 layers
-    torch.testing.assert_close(merge_channels(terms, 2, 3), torch.tensor([[2.0, 3.0], [8.0, 9.0]]))
+    assert_close(merge_channels(terms, 2, 3), torch.tensor([[2.0, 3.0], [8.0, 9.0]]))
     kept = merge_channels(terms, 2, 3, "none")
     assert kept.shape == (2, 3, 2) and torch.equal(kept[1, 2], terms[5])
     policy = ChannelPolicy("per_channel", "none")
@@ -44,7 +45,7 @@ def test_merge_by_hand():
 def test_gradient_of_replication_sums_the_copies():
     grey = torch.rand(2, 1, 4, 4, requires_grad=True)
     split_channels(grey, "replicate").sum().backward()
-    torch.testing.assert_close(grey.grad, torch.full_like(grey, 3.0))
+    assert_close(grey.grad, torch.full_like(grey, 3.0))
 
 
 @pytest.mark.parametrize(
@@ -97,35 +98,35 @@ def test_replicate_equals_explicit_replication(trunk_state):
     x, y = batch(3, 1)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     got, expected = grey(xa, y), rgb(xb.repeat(1, 3, 1, 1), y.repeat(1, 3, 1, 1))
-    torch.testing.assert_close(got, expected)
+    assert_close(got, expected)
     got.sum().backward()
     expected.sum().backward()
-    torch.testing.assert_close(xa.grad, xb.grad)
-    torch.testing.assert_close(grey(*batch(3, 3)), rgb(*batch(3, 3)))  # RGB images pass unchanged
+    assert_close(xa.grad, xb.grad)
+    assert_close(grey(*batch(3, 3)), rgb(*batch(3, 3)))  # RGB images pass unchanged
 
 
 def test_per_channel_and_groups_equal_explicit_loops(trunk_state):
     rgb = feature_loss(trunk_state)
     x, y = batch(2, 5)
     columns = torch.stack([rgb(x[:, c:c + 1].repeat(1, 3, 1, 1), y[:, c:c + 1].repeat(1, 3, 1, 1)) for c in range(5)], 1)
-    torch.testing.assert_close(feature_loss(trunk_state, channels="per_channel")(x, y), columns.mean(1))
+    assert_close(feature_loss(trunk_state, channels="per_channel")(x, y), columns.mean(1))
     kept = feature_loss(trunk_state, channels="per_channel", channel_reduction="none")
-    torch.testing.assert_close(kept(x, y), columns)
+    assert_close(kept(x, y), columns)
     assert kept.per_layer(x, y).shape == (2, 5, 2)
     x6, y6 = batch(2, 6)
     groups = torch.stack([rgb(x6[:, 3 * g:3 * g + 3], y6[:, 3 * g:3 * g + 3]) for g in range(2)], 1)
-    torch.testing.assert_close(feature_loss(trunk_state, channels="groups")(x6, y6), groups.mean(1))
+    assert_close(feature_loss(trunk_state, channels="groups")(x6, y6), groups.mean(1))
     mean_loss = feature_loss(trunk_state, channels="groups")
     mean_loss.reduction = "mean"
-    torch.testing.assert_close(mean_loss(x6, y6), groups.mean())
+    assert_close(mean_loss(x6, y6), groups.mean())
 
 
 def test_set_target_with_groups(trunk_state):
     loss = feature_loss(trunk_state, channels="per_channel", channel_reduction="none")
     x, y = batch(3, 4)
     expected = loss(x, y[:1].expand_as(x))
-    torch.testing.assert_close(loss.set_target(y[:1])(x), expected)
-    torch.testing.assert_close(loss.set_target(y)(x), loss(x, y))
+    assert_close(loss.set_target(y[:1])(x), expected)
+    assert_close(loss.set_target(y)(x), loss(x, y))
 
 
 def test_the_printed_fix_works(trunk_state):
@@ -149,21 +150,21 @@ def test_every_loss_accepts_channels(trunk_state):
     style_rgb = StyleLoss("vgg16", ["relu1_2", "relu2_1"], weights=None, reduction="none")
     for s in (style, style_rgb):
         s.net.load_trunk_state_dict(trunk_state)
-    torch.testing.assert_close(style(x, y), style_rgb(xr, yr))
+    assert_close(style(x, y), style_rgb(xr, yr))
     lp, lp_rgb = (LPIPS("vgg", weights=None, heads=None, **kw) for kw in ({"channels": "replicate"}, {}))
     lp.net.load_trunk_state_dict(trunk_state)
     lp_rgb.net.load_trunk_state_dict(trunk_state)
-    torch.testing.assert_close(lp(x, y), lp_rgb(xr, yr))
+    assert_close(lp(x, y), lp_rgb(xr, yr))
     x4, y4 = batch(2, 4, size=32)
     maps = LPIPS("vgg", weights=None, heads=None, spatial=True, channels="per_channel", channel_reduction="none")
     maps.net.load_trunk_state_dict(trunk_state)
     assert maps(x4, y4).shape == (2, 4, 1, 32, 32)
-    torch.testing.assert_close(maps(x4, y4)[:, 2], _spatial(trunk_state, x4[:, 2:3], y4[:, 2:3]))
+    assert_close(maps(x4, y4)[:, 2], _spatial(trunk_state, x4[:, 2:3], y4[:, 2:3]))
     d, d_rgb = DISTS(weights=None, channels="per_channel"), DISTS(weights=None)
     d.net.load_trunk_state_dict(trunk_state)
     d_rgb.net.load_trunk_state_dict(trunk_state)
     expected = torch.stack([d_rgb(x4[:, c:c + 1].repeat(1, 3, 1, 1), y4[:, c:c + 1].repeat(1, 3, 1, 1)) for c in range(4)], 1)
-    torch.testing.assert_close(d(x4, y4), expected.mean(1))
+    assert_close(d(x4, y4), expected.mean(1))
 
 
 def _spatial(trunk_state, x, y):
@@ -180,5 +181,5 @@ def test_volume_of_grey_images(trunk_state):
     g = torch.Generator().manual_seed(3)
     x, y = torch.rand(1, 1, 4, 16, 16, generator=g), torch.rand(1, 1, 4, 16, 16, generator=g)
     grey, rgb = feature_loss(trunk_state, channels="replicate"), feature_loss(trunk_state)
-    torch.testing.assert_close(VolumeLoss(grey, axes=(2,))(x, y),
+    assert_close(VolumeLoss(grey, axes=(2,))(x, y),
                                VolumeLoss(rgb, axes=(2,))(x.repeat(1, 3, 1, 1, 1), y.repeat(1, 3, 1, 1, 1)))

@@ -13,6 +13,7 @@ from perceptloss.cpu_kernels import (cpu_cache_bytes, cpu_kernel_level, cpu_kern
 from perceptloss.functional import feature_distance_reference
 
 from .test_fused_op import SHAPES, TOL, make
+from .helpers import assert_close
 
 pytestmark = pytest.mark.skipif(not perceptloss.has_kernel("cpu"), reason="fused CPU operator not built")
 op = torch.ops.perceptloss.feature_distance if perceptloss.HAS_EXT else None
@@ -59,7 +60,7 @@ def test_levels_agree_closely_in_fp32():
         with forced_cpu_kernel_level(level):
             outs.append(op(a, b, w))
     for o in outs[1:]:
-        torch.testing.assert_close(o, outs[0], rtol=1e-6, atol=0)
+        assert_close(o, outs[0], rtol=1e-6, atol=0)
 
 
 def test_unknown_level_is_refused_with_the_choices():
@@ -185,7 +186,7 @@ def test_held_gradients_are_never_overwritten():
         torch.testing.assert_close(got.double(), exp)
     for got, exp in zip(g2, expected_grads(a, [t * 0.5 for t in b], w)):
         torch.testing.assert_close(got.double(), exp)
-    torch.testing.assert_close(kept[0], g1[0])
+    assert_close(kept[0], g1[0])
 
 
 def test_accumulated_parameter_gradients_stay_correct_over_steps():

@@ -13,6 +13,7 @@ import perceptloss
 from perceptloss.functional import feature_distance, feature_distance_reference
 
 from .test_fused_op import NORMS, TOL, make
+from .helpers import assert_close, assert_equal
 
 pytestmark = pytest.mark.skipif(not perceptloss.HAS_EXT, reason="fused operator not built")
 op = torch.ops.perceptloss.feature_distance if perceptloss.HAS_EXT else None
@@ -77,7 +78,7 @@ def test_empty_batch_gives_an_empty_result_on_every_device(device, p):
     assert [g.shape for g in grads] == [t.shape for t in a + b]
     ga, gb = op_backward(torch.zeros(0, 2, device=device), a, b, w, True, False, p)
     assert [t.shape for t in ga] == [t.shape for t in a] and gb == []
-    torch.testing.assert_close(feature_distance(a, b, w, fused=False, p=p), out)  # the same as the reference
+    assert_close(feature_distance(a, b, w, fused=False, p=p), out)  # the same as the reference
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -128,9 +129,9 @@ def test_backward_under_cuda_graph_capture(p):
         graph.replay()
         fresh = [t.requires_grad_() for t in fresh]
         expected = torch.autograd.grad(op(fresh, b, w, p), fresh, static_g)
-        torch.testing.assert_close(static_out, op(fresh, b, w, p), rtol=0, atol=0)
+        assert_equal(static_out, op(fresh, b, w, p))
         for got, exp in zip(static_grads, expected):
-            torch.testing.assert_close(got, exp, rtol=0, atol=0)
+            assert_equal(got, exp)
 
 
 @pytest.mark.cuda
@@ -160,7 +161,7 @@ def test_offsets_past_2_to_the_31_elements(p):
     except torch.OutOfMemoryError:
         pytest.skip("not enough GPU memory for 2^31-element offsets")
     expected = torch.tensor([[1.0], [1.0 + (5.0 ** p - 1.0) / per_sample], [2.0 ** p]], device="cuda")
-    torch.testing.assert_close(out, expected, rtol=1e-6, atol=0)
+    assert_close(out, expected, rtol=1e-6, atol=0)
     s = p / per_sample  # p * w / (C H W) * g
     grad = ga[0]
     for sample, value in ((0, 1.0), (2, 2.0 if p == 2 else 1.0)):

@@ -8,6 +8,7 @@ import torch
 
 import perceptloss
 from perceptloss.functional import feature_distance_reference
+from .helpers import assert_close
 
 pytestmark = pytest.mark.skipif(not perceptloss.HAS_EXT, reason="fused operator not built")
 op = torch.ops.perceptloss.feature_distance if perceptloss.HAS_EXT else None
@@ -70,7 +71,7 @@ def test_hessian_vector_product_matches_reference(p):
     fused = second_order(lambda *args: op(*args), a, b)
     ref = second_order(lambda x, y, w, p: feature_distance_reference(x, y, w, p=p), a, b)
     for got, exp in zip(fused, ref):
-        torch.testing.assert_close(got, exp, rtol=1e-12, atol=1e-12)
+        assert_close(got, exp, rtol=1e-12, atol=1e-12)
 
 
 def test_backward_op_compiles_fullgraph():
@@ -86,7 +87,7 @@ def test_backward_op_compiles_fullgraph():
         return sum(t.square().sum() for t in ga + gb)
 
     expected = f(g, a, b)
-    torch.testing.assert_close(torch.compile(f, fullgraph=True)(g, a, b), expected)
+    assert_close(torch.compile(f, fullgraph=True)(g, a, b), expected)
 
 
 def _second_order(loss, x, y):
@@ -107,7 +108,7 @@ def _assert_fused_equals_eager(make_loss, shape=(2, 3, 32, 32), nonzero=True):
     h_fused, h_eager = _second_order(fused, x, y), _second_order(eager, x, y)
     if nonzero:  # an L1 distance over a ReLU network is piecewise linear: its second derivative is 0 a.e.
         assert h_eager.abs().max() > 0
-    torch.testing.assert_close(h_fused, h_eager, rtol=1e-5, atol=1e-5 * h_eager.abs().max().item())
+    assert_close(h_fused, h_eager, rtol=1e-5, atol=1e-5 * h_eager.abs().max().item())
 
 
 @pytest.mark.parametrize("distance", ["l2", "l1"])

@@ -9,7 +9,7 @@ import perceptloss
 from perceptloss import FeatureLoss, IDENTITY
 
 
-from .helpers import tiny_loss
+from .helpers import assert_close, tiny_loss
 
 
 def test_frozen_by_construction(tiny_net):
@@ -39,7 +39,7 @@ def test_truncated_after_deepest_layer_and_inplace_relu_only_where_nothing_read_
         h = torch.relu(h) if isinstance(m, torch.nn.ReLU) else m(h)
         reference[i] = h
     for got, i in zip((conv31, relu11, conv21), (10, 1, 5)):
-        torch.testing.assert_close(got, reference[i])
+        assert_close(got, reference[i])
 
 
 def test_gradcheck_float64_tiny_backbone(tiny_net):
@@ -165,7 +165,7 @@ def test_torch_compile_module_using_the_loss(tiny_net):
     x = torch.rand(2, 3, 8, 8)
     eager = model(x)
     compiled = torch.compile(model, fullgraph=True)
-    torch.testing.assert_close(compiled(x), eager, rtol=1e-5, atol=1e-6)
+    assert_close(compiled(x), eager, rtol=1e-5, atol=1e-6)
 
 
 def _ddp_worker(rank, world, port, results):
@@ -208,7 +208,7 @@ def test_ddp_two_process_gloo_step():
     results = manager.dict()
     mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2, join=True)
     assert set(results.keys()) == {0, 1}
-    torch.testing.assert_close(results[0], results[1])  # gradients were averaged: identical updates
+    assert_close(results[0], results[1])  # gradients were averaged: identical updates
 
 
 def test_autocast_accepts_a_low_precision_input_next_to_a_float_target(tiny_net):
@@ -235,8 +235,8 @@ def test_memory_format_changes_speed_not_results():
         results[str(mf)] = (value, grad)
     ref_value, ref_grad = results["contiguous"]
     for value, grad in results.values():
-        torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-7)
+        assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
+        assert_close(grad, ref_grad, rtol=1e-4, atol=1e-7)
     xcl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
     loss.memory_format = "contiguous"
     (grad,) = torch.autograd.grad(loss(xcl, y), xcl)
@@ -258,7 +258,7 @@ def test_reduced_precision_network_close_to_float32():
     (grad,) = torch.autograd.grad(value.sum(), x)
     assert grad.dtype == torch.float32
     (ref_grad,) = torch.autograd.grad(ref(x, y).sum(), x)
-    torch.testing.assert_close(value, ref(x, y), rtol=0.05, atol=0)
+    assert_close(value, ref(x, y), rtol=0.05, atol=0)
     assert torch.nn.functional.cosine_similarity(grad.flatten(), ref_grad.flatten(), dim=0) > 0.98
     with pytest.raises(ValueError, match="floating torch.dtype"):
         FeatureLoss("vgg19", "dfc123", weights=None, dtype=torch.int8)

@@ -7,6 +7,7 @@ import perceptloss
 from perceptloss import FeatureLoss
 from perceptloss.registry import VGG19_CAFFE
 from perceptloss.weights import resolve
+from .helpers import assert_close
 
 # torchvision VGG19 `features` indices of the layers used below.
 TV_INDEX = {"conv1_1": 0, "relu1_1": 1, "relu2_1": 6, "conv3_1": 10, "relu3_1": 11, "relu4_1": 20, "relu5_1": 29, "pool5": 36}
@@ -45,11 +46,11 @@ def test_matches_torchvision_reference(caffe_weights, images, layers, fused):
     )
     got = loss.per_layer(x, y)
     assert got.shape == (3, 3) and got.dtype == torch.float32
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-3)
-    torch.testing.assert_close(loss(x, y), expected.sum(1).mean(), rtol=1e-4, atol=1e-3)
+    assert_close(got, expected, rtol=1e-4, atol=1e-3)
+    assert_close(loss(x, y), expected.sum(1).mean(), rtol=1e-4, atol=1e-3)
     terms = loss.per_layer_dict(x, y)
     assert list(terms) == layers
-    torch.testing.assert_close(terms[layers[1]], expected[:, 1], rtol=1e-4, atol=1e-3)
+    assert_close(terms[layers[1]], expected[:, 1], rtol=1e-4, atol=1e-3)
 
 
 def test_presets_and_reductions(caffe_weights, images):
@@ -58,8 +59,8 @@ def test_presets_and_reductions(caffe_weights, images):
     assert per_sample.shape == (3,)
     assert FeatureLoss("vgg19", "dfc123").layers == ("relu1_1", "relu2_1", "relu3_1")
     assert FeatureLoss("vgg19", "dfc345").layers == ("relu3_1", "relu4_1", "relu5_1")
-    torch.testing.assert_close(FeatureLoss("vgg19", "dfc123", reduction="sum")(x, y), per_sample.sum())
-    torch.testing.assert_close(FeatureLoss("vgg19", "dfc123")(x, y), per_sample.mean())
+    assert_close(FeatureLoss("vgg19", "dfc123", reduction="sum")(x, y), per_sample.sum())
+    assert_close(FeatureLoss("vgg19", "dfc123")(x, y), per_sample.mean())
     assert perceptloss.PRESETS["lpips"] == ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 
 
@@ -72,7 +73,7 @@ def test_input_range_minus_one_one_is_equivalent(caffe_weights, images):
     x, y = images
     a = FeatureLoss("vgg19", "dfc123")(x, y)
     b = FeatureLoss("vgg19", "dfc123", input_range=(-1, 1))(x * 2 - 1, y * 2 - 1)
-    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-2)
+    assert_close(a, b, rtol=1e-4, atol=1e-2)
 
 
 def test_real_weights_separate_similar_from_dissimilar_images(caffe_weights):
@@ -92,8 +93,8 @@ def test_channels_last_and_bf16_autocast(caffe_weights, images):
     cl = loss.to(memory_format=torch.channels_last).per_layer(
         x.to(memory_format=torch.channels_last), y.to(memory_format=torch.channels_last)
     )
-    torch.testing.assert_close(cl, ref, rtol=1e-4, atol=1e-2)
+    assert_close(cl, ref, rtol=1e-4, atol=1e-2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = loss.per_layer(x, y)
     assert low.dtype == torch.float32
-    torch.testing.assert_close(low, ref, rtol=0.1, atol=1.0)
+    assert_close(low, ref, rtol=0.1, atol=1.0)

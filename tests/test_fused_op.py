@@ -10,6 +10,7 @@ import torch
 import perceptloss
 from perceptloss import IDENTITY, FeatureLoss
 from perceptloss.functional import feature_distance, feature_distance_reference
+from .helpers import assert_close, assert_equal
 
 pytestmark = pytest.mark.skipif(not perceptloss.HAS_EXT, reason="fused operator not built")
 op = torch.ops.perceptloss.feature_distance if perceptloss.HAS_EXT else None
@@ -51,7 +52,7 @@ def test_forward_and_backward_match_reference(device, p, dtype, n, shapes):
     ref = feature_distance_reference([t.double() for t in a], [t.double() for t in b], w, p=p)
     manual = torch.stack([wl * ((x.double() - y.double()).abs() ** p).flatten(1).mean(1)
                           for x, y, wl in zip(a, b, w)], dim=1)
-    torch.testing.assert_close(ref, manual)
+    assert_close(ref, manual)
     assert out.shape == (n, len(shapes))
     assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     torch.testing.assert_close(out.double(), ref, **TOL[dtype])
@@ -99,19 +100,19 @@ def test_channels_last_noncontiguous_and_mixed_layouts(device, p):
     a, b, w = make(2, [(8, 6, 5), (4, 7, 7)], torch.float32, device)
     ref = op(a, b, w, p)
     cl = [t.to(memory_format=torch.channels_last) for t in a]
-    torch.testing.assert_close(op(cl, [t.to(memory_format=torch.channels_last) for t in b], w, p), ref)
-    torch.testing.assert_close(op(cl, b, w, p), ref)  # input channels_last, target NCHW
+    assert_close(op(cl, [t.to(memory_format=torch.channels_last) for t in b], w, p), ref)
+    assert_close(op(cl, b, w, p), ref)  # input channels_last, target NCHW
     wide = [torch.stack([t, t], dim=-1)[..., 0] for t in a]  # strided views equal to a
-    torch.testing.assert_close(op(wide, b, w, p), ref)
-    torch.testing.assert_close(op(a, [torch.stack([t, t], dim=-1)[..., 0] for t in b], w, p), ref)  # strided b
+    assert_close(op(wide, b, w, p), ref)
+    assert_close(op(a, [torch.stack([t, t], dim=-1)[..., 0] for t in b], w, p), ref)  # strided b
     perm = [t.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2) for t in a]  # dense, H/W swapped in memory
-    torch.testing.assert_close(op(perm, b, w, p), ref)
+    assert_close(op(perm, b, w, p), ref)
     ga = [t.clone().requires_grad_() for t in cl]
     (op(ga, b, w, p) * torch.arange(1.0, 3.0, device=device)[:, None]).sum().backward()
     ra = [t.clone().requires_grad_() for t in a]
     (feature_distance_reference(ra, b, w, p=p) * torch.arange(1.0, 3.0, device=device)[:, None]).sum().backward()
     for x, y in zip(ga, ra):
-        torch.testing.assert_close(x.grad, y.grad)
+        assert_close(x.grad, y.grad)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -186,9 +187,9 @@ def test_compile_fullgraph_no_graph_breaks(device, p):
         expected = fn(a, b)
         eager_grads = torch.autograd.grad(expected, a + b)
         got = torch.compile(fn, fullgraph=True)(a, b)
-        torch.testing.assert_close(got, expected)
+        assert_close(got, expected)
         for x, y in zip(torch.autograd.grad(got, a + b), eager_grads):
-            torch.testing.assert_close(x, y)
+            assert_close(x, y)
 
 
 def test_errors_are_clear():
@@ -226,7 +227,7 @@ def test_feature_loss_uses_the_fused_op_with_identical_results(caffe_weights):
     x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     fused = perceptloss.FeatureLoss("vgg19", "style", fused=True)
     eager = perceptloss.FeatureLoss("vgg19", "style", fused=False)
-    torch.testing.assert_close(fused.per_layer(x, y), eager.per_layer(x, y), rtol=1e-5, atol=1e-3)
+    assert_close(fused.per_layer(x, y), eager.per_layer(x, y), rtol=1e-5, atol=1e-3)
 
 
 def test_feature_loss_l1_value_and_gradients(tiny_net):
@@ -243,7 +244,7 @@ def test_feature_loss_l1_value_and_gradients(tiny_net):
     f2, g2 = tiny_net.act2(tiny_net.conv2(a1)), tiny_net.act2(tiny_net.conv2(b1))
     manual = (a1 - b1).abs().flatten(1).mean(1) + 0.5 * (f2 - g2).abs().flatten(1).mean(1)
     for loss in losses.values():
-        torch.testing.assert_close(loss(x, y), manual)
+        assert_close(loss(x, y), manual)
     assert torch.autograd.gradcheck(lambda a: losses[None](a, y + 0.25), (x,))  # ReLU zeros tie: shift y
     assert "distance='l1'" in repr(losses[None])
 
@@ -254,7 +255,7 @@ def test_feature_loss_l1_vgg_fused_equals_eager():
     fused = FeatureLoss("vgg19", "style", weights=None, distance="l1", fused=True)
     eager = FeatureLoss("vgg19", "style", weights=None, distance="l1", fused=False)
     eager.net.load_state_dict(fused.net.state_dict())  # the loss's state_dict leaves the network out
-    torch.testing.assert_close(fused.per_layer(x, y), eager.per_layer(x, y), rtol=1e-5, atol=1e-6)
+    assert_close(fused.per_layer(x, y), eager.per_layer(x, y), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(fused.per_layer(x, y), FeatureLoss("vgg19", "style", weights=None).per_layer(x, y))
 
 
@@ -275,7 +276,7 @@ def test_cuda_graph_capture_and_replay():
         for s, f in zip(static_a, fresh):
             s.copy_(f)
         graph.replay()
-        torch.testing.assert_close(static_out, op(fresh, b, w), rtol=0, atol=0)
+        assert_equal(static_out, op(fresh, b, w))
 
 
 @pytest.mark.cuda

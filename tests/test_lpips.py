@@ -10,7 +10,7 @@ import perceptloss
 from perceptloss import LPIPS
 from perceptloss.lpips import LPIPS_NETS, unit_normalize
 from perceptloss.lpips_heads import head_entry
-from .helpers import lpips_trunk_state as trunk_state, relative
+from .helpers import assert_close, lpips_trunk_state as trunk_state, relative
 from perceptloss.weights import WeightsChecksumError, WeightsNotFoundError, cache_path, convert_to_cache, find_source
 
 
@@ -48,7 +48,7 @@ def test_parity_with_lpips(lpips_pkg, net):
     assert relative(got, expected) <= 1e-5
     assert relative(eager, expected) <= 1e-5
     assert per_layer.shape == (3, len(LPIPS_NETS[net][1]))
-    torch.testing.assert_close(per_layer.sum(1), got)
+    assert_close(per_layer.sum(1), got)
     # lpips' own [-1, 1] convention, declared as such
     ours_pm = LPIPS(net, weights=None, input_range=(-1, 1))
     ours_pm.net.load_trunk_state_dict(trunk_state(ref))
@@ -156,11 +156,11 @@ def test_reductions_and_autocast():
     for reduction, expected in (("mean", per_sample.mean()), ("sum", per_sample.sum())):
         reduced = LPIPS("alex", weights=None, reduction=reduction)
         reduced.net.load_state_dict(metric.net.state_dict())  # the loss's state_dict leaves the trunk out
-        torch.testing.assert_close(reduced(x, y), expected)
+        assert_close(reduced(x, y), expected)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = metric(x, y)
     assert low.dtype == torch.float32
-    torch.testing.assert_close(low, per_sample, rtol=5e-2, atol=5e-3)
+    assert_close(low, per_sample, rtol=5e-2, atol=5e-3)
 
 
 @pytest.mark.parametrize(
@@ -203,8 +203,11 @@ def test_compile_fullgraph():
     metric = LPIPS("alex", weights=None, reduction="mean")
     x, y = torch.rand(2, 3, 64, 64, requires_grad=True), torch.rand(2, 3, 64, 64)
     eager = metric(x, y)
-    compiled = torch.compile(metric, fullgraph=True)(x, y)
-    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    # aot_eager: the claim is a full graph (no break) through AlexNet and its heads, with right values and a
+    # gradient; inductor's code generation for AlexNet would cost a cold CI 1-4 minutes of C++ compiles and is
+    # covered on tiny networks (test_feature_loss_api, test_input_checks, test_style_loss).
+    compiled = torch.compile(metric, fullgraph=True, backend="aot_eager")(x, y)
+    assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     compiled.backward()
     assert torch.isfinite(x.grad).all()
 
@@ -249,7 +252,7 @@ def test_ddp_two_process_gloo_steps():
     results = manager.dict()
     mp.spawn(_ddp_worker, args=(2, port, results), nprocs=2, join=True)
     assert set(results.keys()) == {0, 1}
-    torch.testing.assert_close(results[0], results[1])
+    assert_close(results[0], results[1])
 
 
 def test_numpy_arrays_get_a_clear_type_error():

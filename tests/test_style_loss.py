@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from perceptloss import IDENTITY, FeatureLoss, StyleLoss, gram_matrix
+from .helpers import assert_close
 
 
 def tiny_style(net, **kw):
@@ -17,8 +18,8 @@ def test_gram_matrix_against_a_hand_computation():
         for i in range(3):
             for j in range(3):
                 expected = sum(f[n, i, h, w] * f[n, j, h, w] for h in range(4) for w in range(5)) / (3 * 4 * 5)
-                torch.testing.assert_close(g[n, i, j], expected)
-    torch.testing.assert_close(g, g.transpose(1, 2))
+                assert_close(g[n, i, j], expected)
+    assert_close(g, g.transpose(1, 2))
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         gram_matrix(torch.randn(3, 4, 5))
 
@@ -28,7 +29,7 @@ def test_gram_matrix_accumulates_in_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         g = gram_matrix(f)
     assert g.dtype == torch.float32
-    torch.testing.assert_close(g, gram_matrix(f))  # not lowered to bf16
+    assert_close(g, gram_matrix(f))  # not lowered to bf16
     assert gram_matrix(f.bfloat16()).dtype == torch.float32
     assert gram_matrix(f.double()).dtype == torch.float64
 
@@ -53,10 +54,10 @@ def test_style_loss_value_by_hand(tiny_net, fused):
     expected = torch.stack([((a - b) ** 2).sum(dim=(1, 2)) for a, b in zip(gx, gy)], dim=1) * torch.tensor(
         [1.0, 0.5], dtype=torch.float64
     )
-    torch.testing.assert_close(loss.per_layer(x, y), expected)
-    torch.testing.assert_close(loss(x, y), expected.sum(1))
+    assert_close(loss.per_layer(x, y), expected)
+    assert_close(loss(x, y), expected.sum(1))
     mean = tiny_style(tiny_net, fused=fused).double()
-    torch.testing.assert_close(mean(x, y), expected.sum(1).mean())
+    assert_close(mean(x, y), expected.sum(1).mean())
 
 
 def test_style_loss_gradcheck_float64(tiny_net):
@@ -77,12 +78,12 @@ def test_set_target_is_equivalent_to_passing_the_target(tiny_net, cls):
     assert loss.set_target(y) is loss
     cached = loss(x)
     (g_cached,) = torch.autograd.grad(cached.sum(), x)
-    torch.testing.assert_close(cached, direct)
-    torch.testing.assert_close(g_cached, g_direct)
-    torch.testing.assert_close(loss.per_layer(x), loss.per_layer(x, y))
+    assert_close(cached, direct)
+    assert_close(g_cached, g_direct)
+    assert_close(loss.per_layer(x), loss.per_layer(x, y))
     # a target batch of 1 is compared with every input
     loss.set_target(y[:1])
-    torch.testing.assert_close(loss(x), loss(x, y[:1].expand(3, -1, -1, -1)))
+    assert_close(loss(x), loss(x, y[:1].expand(3, -1, -1, -1)))
     # cleared: a clear error
     loss.set_target(None)
     with pytest.raises(ValueError, match="set_target"):
@@ -137,7 +138,7 @@ def test_style_loss_fused_equals_eager_on_vgg():
     eager = StyleLoss("vgg19", weights=None, fused=False)
     eager.net.load_state_dict(fused.net.state_dict())  # the loss's own state_dict leaves the network out
     x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
-    torch.testing.assert_close(fused.per_layer(x, y), eager.per_layer(x, y), rtol=1e-5, atol=1e-8)
+    assert_close(fused.per_layer(x, y), eager.per_layer(x, y), rtol=1e-5, atol=1e-8)
 
 
 def test_style_loss_under_autocast_is_float32(tiny_net):
@@ -148,8 +149,8 @@ def test_style_loss_under_autocast_is_float32(tiny_net):
         loss.set_target(y)
         cached = loss.per_layer(x)
     assert out.dtype == torch.float32 and cached.dtype == torch.float32
-    torch.testing.assert_close(out, loss.per_layer(x, y), rtol=5e-2, atol=1e-3)
-    torch.testing.assert_close(cached, out)
+    assert_close(out, loss.per_layer(x, y), rtol=5e-2, atol=1e-3)
+    assert_close(cached, out)
 
 
 def test_compile_fullgraph_with_a_fixed_style_target(tiny_net):
@@ -158,6 +159,6 @@ def test_compile_fullgraph_with_a_fixed_style_target(tiny_net):
     x = torch.rand(2, 3, 8, 8, requires_grad=True)
     eager = loss(x)
     compiled = torch.compile(loss, fullgraph=True)(x)
-    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-7)
+    assert_close(compiled, eager, rtol=1e-5, atol=1e-7)
     compiled.backward()
     assert x.grad is not None

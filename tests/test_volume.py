@@ -11,6 +11,7 @@ import torch
 
 from perceptloss import FeatureLoss
 from perceptloss.volume import VolumeLoss, volume_slices
+from .helpers import assert_close
 
 
 @pytest.fixture(scope="module")
@@ -57,26 +58,26 @@ def test_equals_the_slice_loop(loss64, chunk, stride, axes):
     vol = VolumeLoss(loss2d, axes, stride=stride, chunk=chunk, reduction="none")
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     got, expected = vol(xa, y), explicit(loss2d, xb, y, axes, stride)
-    torch.testing.assert_close(got, expected)
+    assert_close(got, expected)
     got.sum().backward()
     expected.sum().backward()
-    torch.testing.assert_close(xa.grad, xb.grad)
+    assert_close(xa.grad, xb.grad)
     assert vol.per_axis(x, y).shape == (2, len(axes))
 
 
 def test_reductions_without_checkpoint_and_no_grad(loss2d):
     x, y = volumes()
     per_sample = VolumeLoss(loss2d, reduction="none")(x, y)
-    torch.testing.assert_close(VolumeLoss(loss2d)(x, y), per_sample.mean())
-    torch.testing.assert_close(VolumeLoss(loss2d, reduction="sum")(x, y), per_sample.sum())
+    assert_close(VolumeLoss(loss2d)(x, y), per_sample.mean())
+    assert_close(VolumeLoss(loss2d, reduction="sum")(x, y), per_sample.sum())
     xr = x.clone().requires_grad_()
     plain = VolumeLoss(loss2d, checkpoint=False, chunk=3)(xr, y)
     plain.backward()
     xc = x.clone().requires_grad_()
     VolumeLoss(loss2d, chunk=3)(xc, y).backward()
-    torch.testing.assert_close(xr.grad, xc.grad)
+    assert_close(xr.grad, xc.grad)
     with torch.no_grad():
-        torch.testing.assert_close(VolumeLoss(loss2d, chunk=2)(x, y), per_sample.mean())
+        assert_close(VolumeLoss(loss2d, chunk=2)(x, y), per_sample.mean())
 
 
 def test_errors(loss2d):
