@@ -7,6 +7,8 @@ per entry, so before parsing this rewrites
 
 - ``.. math:: x`` (or ``.. math::`` and an indented block) to ``\\[ x \\]`` and ``:math:`x``` to ``\\( x \\)``,
   which ``pymdownx.arithmatex`` hands to MathJax;
+- Sphinx cross-reference roles (``:class:`ChannelPolicy```, ``:func:`~torch.nn.functional.mse_loss```) to
+  code spans (``ChannelPolicy``, ``mse_loss``);
 - ``<name>`` placeholders outside code (``"timm:<model>"``) to ``&lt;name&gt;``, which Markdown would
   otherwise drop as an unknown HTML tag;
 - ``a, b: text`` in an ``Args:`` section to ``a: text`` and ``b: See `a`.``, so that every name is still
@@ -22,6 +24,12 @@ from typing import Any
 import griffe
 
 _ROLE = re.compile(r":math:`([^`]+)`")
+_XREF = re.compile(r":(?:py:)?(?:class|func|meth|attr|data|mod|obj|exc|const):`(~?)([^`]+)`")
+
+
+def xref_roles_to_code(text: str) -> str:
+    """``:class:`x``` -> ``x`` as code; ``:func:`~a.b.c``` -> ``c`` (Sphinx's ``~``: the last component)."""
+    return _XREF.sub(lambda m: f"`{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}`", text)
 _SECTION = re.compile(r"^(\s*)(Args|Arguments|Parameters|Keyword Args|Keyword Arguments|Other Parameters):\s*$")
 _GROUPED = re.compile(r"^(\s+)(\*{0,2}\w+(?:\s*,\s*\*{0,2}\w+)+):(.*)$")
 
@@ -118,6 +126,8 @@ class TorchStyle(griffe.Extension):
         value = obj.docstring.value
         if "math:" in value:
             value = rst_math_to_arithmatex(value)
+        if ":`" in value:
+            value = xref_roles_to_code(value)
         if "<" in value:
             value = escape_placeholders(value)
         if "," in value:
