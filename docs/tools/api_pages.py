@@ -92,7 +92,7 @@ def index_markdown(groups: list[tuple[str, str, str, list[str]]]) -> str:
 def on_config(config, **kwargs):
     groups = pages()
     nav = config["nav"]
-    entry = {"API reference": ["reference/index.md"] + [{title: f"reference/{page}.md"} for page, title, _, _ in groups]}
+    entry = {"API reference": [{"Overview": "reference/index.md"}] + [{title: f"reference/{page}.md"} for page, title, _, _ in groups]}
     config["nav"] = [e for e in nav if not (isinstance(e, dict) and "API reference" in e)] + [entry]
     config["extra"]["api_pages"] = groups
     return config
