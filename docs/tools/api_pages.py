@@ -10,8 +10,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from mkdocs.structure.files import File
-
 ROOT = Path(__file__).resolve().parents[2]
 INIT = ROOT / "perceptloss" / "__init__.py"
 
@@ -99,6 +97,8 @@ def on_config(config, **kwargs):
 
 
 def on_files(files, config, **kwargs):
+    from mkdocs.structure.files import File  # imported here so that the tests can read this file without mkdocs
+
     groups = config["extra"]["api_pages"]
     files.append(File.generated(config, "reference/index.md", content=index_markdown(groups)))
     for page, title, intro, names in groups:
