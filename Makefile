@@ -1,5 +1,5 @@
 # The two set-up commands of the README, and helpers.
-.PHONY: test demo bench build-cuda clean gpu-check
+.PHONY: test demo docs bench build-cuda clean gpu-check
 
 # Runs the tests in .venv-test (created and installed on first use; CUDA kernels compiled when nvcc exists).
 test:
@@ -8,6 +8,10 @@ test:
 # Trains a short VAE-123 run on ../shared/data/celeba on the CPU, in .venv-demo; see README.
 demo:
 	bash scripts/demo.sh
+
+# The documentation site (docs/, API reference from the docstrings) into site/, in .venv-docs; strict: a warning fails.
+docs:
+	bash scripts/docs.sh
 
 # Benchmarks of the fused operator and the loss (writes benchmarks/results/).
 bench:
@@ -26,4 +30,4 @@ build-cuda:
 	cmake -S . -B build -DCMAKE_PREFIX_PATH=$$(.venv-test/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)') && cmake --build build -j2
 
 clean:
-	rm -rf build perceptloss/_C*.so *.egg-info
+	rm -rf build site perceptloss/_C*.so *.egg-info

@@ -1,8 +1,12 @@
 """perceptloss: perceptual (deep-feature) losses with a fused C++/CUDA distance operator.
 
->>> from perceptloss import FeatureLoss
->>> loss = FeatureLoss("vgg19", ["relu1_1", "relu2_1", "relu3_1"])   # the DFC-VAE paper's VAE-123 loss
->>> value = loss(x, y)        # x, y: (N, 3, H, W) RGB in [0, 1]
+Example:
+    >>> import torch
+    >>> from perceptloss import FeatureLoss
+    >>> loss = FeatureLoss("vgg19", ["relu1_1", "relu2_1", "relu3_1"])   # the DFC-VAE paper's VAE-123 loss
+    >>> x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)       # (N, 3, H, W) RGB in [0, 1]
+    >>> loss(x, y).shape
+    torch.Size([])
 """
 from ._ops import HAS_EXT, FusedOperatorUnavailableWarning, has_kernel
 from .cpu_kernels import cpu_kernel_level, cpu_kernel_levels, empty_cpu_cache, set_cpu_grad_cache

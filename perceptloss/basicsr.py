@@ -1,28 +1,6 @@
-"""BasicSR's ``PerceptualLoss`` (BasicSR, Real-ESRGAN, GFPGAN, mmagic's copy) in perceptloss terms.
+"""BasicSR's ``PerceptualLoss`` (BasicSR, Real-ESRGAN, GFPGAN, mmagic's copy) in perceptloss terms: :func:`from_basicsr`.
 
-``from_basicsr(options)`` takes the options dict of BasicSR's ``PerceptualLoss`` (the ``perceptual_opt`` /
-``perceptual_loss`` block of its YAML configs) and returns a module with the same values, the same
-``(percep_loss, style_loss)`` return convention (None for a term whose weight is 0) and the same preprocessing:
-
-==================  =====================================================================================
-BasicSR option      perceptloss
-==================  =====================================================================================
-``layer_weights``   the layers and their weights: BasicSR's names are ours (``conv5_4`` is the convolution
-                    output before relu5_4, ``relu1_1`` after it, ``pool1`` ...)
-``vgg_type``        "vgg19" or "vgg16", torchvision's ImageNet weights (``weights="torchvision"``: BasicSR
-                    loads torchvision's ``vgg19-dcbb9e9d.pth``)
-``use_input_norm``  True: ImageNet mean/std (``normalization="imagenet"``); False: the images as they are
-``range_norm``      True: the images are in [-1, 1] (``input_range=(-1, 1)``; BasicSR maps them to [0, 1])
-``criterion``       "l1" -> ``distance="l1"`` (``nn.L1Loss``: mean absolute difference), "l2" ->
-                    ``distance="l2"`` (``nn.MSELoss``); "fro" (a Frobenius norm over the whole batch, not a
-                    per-sample loss) is refused
-``perceptual_weight``  multiplies the feature term's layer weights (0: no feature term)
-``style_weight``    multiplies the style term's layer weights (0, the default: no style term): Gram matrices
-                    G = F Fᵀ / (C·H·W) compared with the same criterion, a *mean* over the C×C entries
-                    (``StyleLoss(distance="l1")``; "l2": ``StyleLoss``'s Frobenius sum divided by C²)
-==================  =====================================================================================
-
-Both terms share one network (the features are computed once per call). The target (BasicSR's ``gt``) is
+Both of its terms share one network (the features are computed once per call); the target (BasicSR's ``gt``) is
 detached, as in BasicSR.
 """
 from __future__ import annotations
@@ -112,12 +90,46 @@ def from_basicsr(
     weights: str | Path | None = "torchvision",
     **loss_kwargs: Any,
 ) -> BasicSRPerceptualLoss:
-    """The perceptloss equivalent of BasicSR's ``PerceptualLoss(**options)`` (see the module docstring).
+    """The perceptloss equivalent of BasicSR's ``PerceptualLoss(**options)``: the same values and conventions.
 
-    ``options``: BasicSR's keyword arguments (``layer_weights`` required; a ``type: PerceptualLoss`` key, as
-    in its YAML files, is accepted). ``weights``: the VGG weights ("torchvision" as BasicSR, a file, or None
-    for a random network in tests). ``loss_kwargs`` go to both losses (``dtype``, ``memory_format``,
-    ``check_range``, ...).
+    It returns a module whose ``forward(x, gt)`` gives ``(percep_loss, style_loss)`` as BasicSR's does (None for
+    a term whose weight is 0), with the same preprocessing. BasicSR's options map as follows:
+
+    | BasicSR option        | perceptloss                                                                 |
+    | --------------------- | --------------------------------------------------------------------------- |
+    | ``layer_weights``     | the layers and their weights (BasicSR's layer names are ours)               |
+    | ``vgg_type``          | "vgg19" or "vgg16" with torchvision's ImageNet weights                      |
+    | ``use_input_norm``    | True: ImageNet mean/std; False: the images as they are                      |
+    | ``range_norm``        | True: the images are in [-1, 1] (``input_range=(-1, 1)``)                   |
+    | ``criterion``         | "l1" -> ``distance="l1"`` (``nn.L1Loss``), "l2" -> ``distance="l2"``        |
+    | ``perceptual_weight`` | multiplies the feature term's layer weights (0: no feature term)            |
+    | ``style_weight``      | multiplies the style term's layer weights (0, the default: no style term)   |
+
+    ``conv5_4`` is the convolution output before relu5_4, as in BasicSR. ``criterion="fro"`` (a Frobenius norm
+    over the whole batch, not a per-sample loss) is refused.
+
+    The style term compares the Gram matrices :math:`G = F F^\top / (C H W)` with the same criterion, as a
+    *mean* over the :math:`C \times C` entries.
+
+    Args:
+        options: BasicSR's keyword arguments (``layer_weights`` required; a ``type: PerceptualLoss`` key, as in
+            its YAML files, is accepted).
+        weights: the VGG weights: "torchvision" as BasicSR, a file, or None for a random network (tests).
+        loss_kwargs: passed to both losses (``dtype``, ``memory_format``, ``check_range``, ...).
+
+    Returns:
+        The module; ``.perceptual`` is its :class:`FeatureLoss`, ``.style`` its :class:`StyleLoss` or None.
+
+    Shape:
+        - x, gt: :math:`(N, 3, H, W)`, in [0, 1] (or [-1, 1] with ``range_norm``)
+        - Output: two scalars (or None)
+
+    Example:
+        >>> import torch, perceptloss
+        >>> basicsr = perceptloss.from_basicsr({"layer_weights": {"conv5_4": 1.0}}, weights=None)  # random VGG19
+        >>> percep, style = basicsr(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+        >>> percep.shape, style
+        (torch.Size([]), None)
     """
     opts = dict(options)
     kind = opts.pop("type", "PerceptualLoss")

@@ -1,29 +1,9 @@
 """Channel policies: how images that are not RGB reach an RGB loss network (``channels=`` of every loss).
 
-Every trunk of this library was trained on RGB images, so a loss compares (N, 3, H, W) batches. A policy maps
-an (N, C, H, W) batch in ``input_range`` to a batch of RGB images, (N*G, 3, H, W) with G "groups" per sample,
-before any normalisation; each of those images is then normalised exactly as an RGB image would be (the weight
-entry's own preprocessing: ImageNet mean/std per R, G, B, Caffe's BGR mean pixel, ...). The per-sample terms of
-the N*G images are merged back per sample:
-
-=================  ==========================  ===  ===========================================================
-``channels``       accepted C                  G    each RGB image
-=================  ==========================  ===  ===========================================================
-``"rgb"``          3                           1    the image itself (default; anything else is an error that
-                                                    names the other policies)
-``"replicate"``    1 (3 passes unchanged)      1    the grey channel copied to R, G and B (the LPIPS author's
-                                                    advice for grey images)
-``"per_channel"``  any C >= 1                  C    channel c copied to R, G and B (MONAI's ``channel_wise``:
-                                                    multispectral, LiDAR, RGBA, medical multi-contrast)
-``"groups"``       C divisible by 3            C/3  channels 3g, 3g+1, 3g+2 as R, G, B (stacked RGB frames)
-=================  ==========================  ===  ===========================================================
-
-``channel_reduction`` ("mean" default, or "none") says what happens to the G terms of a sample: their mean,
-or all of them kept on a new axis 1 (the per-sample output is then (N, G) instead of (N,)); "none" needs
-"per_channel" or "groups". Images are ordered sample-major: RGB image ``n*G + g`` is group g of sample n.
-
-Ambiguous or impossible choices are errors that say what to pass: 4 channels with "groups", 3 channels with
-"replicate" is fine (unchanged), 2 channels with "replicate" is not (use "per_channel").
+Every trunk of this library was trained on RGB images, so a loss compares (N, 3, H, W) batches. A policy
+(:class:`ChannelPolicy`) maps an (N, C, H, W) batch in ``input_range`` to (N*G, 3, H, W) RGB images, G per
+sample, before any normalisation; each of those images is then normalised exactly as an RGB image would be,
+and the per-image terms are merged back per sample (:func:`split_channels`, :func:`merge_channels`).
 """
 from __future__ import annotations
 
@@ -50,7 +30,37 @@ def _advice(c: int) -> str:
 
 @dataclass(frozen=True)
 class ChannelPolicy:
-    """A checked ``channels=`` / ``channel_reduction=`` pair; see the module docstring for the modes."""
+    """A checked ``channels=`` / ``channel_reduction=`` pair: how (N, C, H, W) images reach an RGB network.
+
+    An (N, C, H, W) batch in ``input_range`` becomes N*G RGB images, G per sample, before any normalisation;
+    each is then normalised exactly as an RGB image would be (the weight entry's own preprocessing):
+
+    | ``mode``          | accepted C             | G   | each RGB image                        |
+    | ----------------- | ---------------------- | --- | ------------------------------------- |
+    | ``"rgb"``         | 3                      | 1   | the image itself                      |
+    | ``"replicate"``   | 1 (3 passes unchanged) | 1   | the grey channel copied to R, G and B |
+    | ``"per_channel"`` | any C >= 1             | C   | channel c copied to R, G and B        |
+    | ``"groups"``      | C divisible by 3       | C/3 | channels 3g, 3g+1, 3g+2 as R, G, B    |
+
+    "replicate" is the LPIPS author's advice for grey images; "per_channel" is MONAI's ``channel_wise``
+    (multispectral, RGBA, multi-contrast MR); "groups" takes stacked RGB frames. Under "rgb", other channel
+    counts are an error that names the other policies.
+
+    RGB image ``n*G + g`` is group g of sample n. Ambiguous or impossible choices are errors that say what to
+    pass: 3 channels with "replicate" pass unchanged, 2 do not (use "per_channel").
+
+    Args:
+        mode: the policy, a loss's ``channels=`` argument.
+        reduction: what happens to the G terms of a sample, a loss's ``channel_reduction=``: "mean" (default)
+            averages them; "none" keeps them on a new axis 1, so a per-sample output is (N, G) instead of (N,)
+            (it needs "per_channel" or "groups").
+
+    Example:
+        >>> import perceptloss
+        >>> policy = perceptloss.ChannelPolicy("groups")
+        >>> policy.groups(6)
+        2
+    """
 
     mode: Channels = "rgb"
     reduction: ChannelReduction = "mean"
@@ -128,10 +138,27 @@ def channel_policy(channels: str | ChannelPolicy = "rgb", channel_reduction: str
 
 
 def split_channels(images: torch.Tensor, policy: ChannelPolicy | str = "rgb") -> torch.Tensor:
-    """(N, C, H, W) images -> (N*G, 3, H, W) RGB images for ``policy`` (see the module docstring).
+    """The RGB images a loss network sees for (N, C, H, W) images under ``policy``.
 
-    RGB image ``n*G + g`` is group g of sample n. No normalisation is applied here: every output image is still
-    in the caller's ``input_range`` and is normalised afterwards like any RGB image.
+    RGB image ``n*G + g`` is group g of sample n (see :class:`ChannelPolicy` for G). No normalisation is
+    applied here: every output image is still in the caller's ``input_range``. The result is a view or an
+    expansion of ``images`` where possible.
+
+    Args:
+        images: the batch, in any range.
+        policy: a :class:`ChannelPolicy` or its mode ("rgb", "replicate", "per_channel", "groups").
+
+    Returns:
+        The (N*G, 3, H, W) RGB images.
+
+    Shape:
+        - images: :math:`(N, C, H, W)`
+        - Output: :math:`(N G, 3, H, W)`
+
+    Example:
+        >>> import torch, perceptloss
+        >>> perceptloss.split_channels(torch.rand(2, 5, 8, 8), "per_channel").shape
+        torch.Size([10, 3, 8, 8])
     """
     policy = channel_policy(policy)
     if images.dim() != 4:
@@ -147,7 +174,26 @@ def split_channels(images: torch.Tensor, policy: ChannelPolicy | str = "rgb") ->
 
 
 def merge_channels(terms: torch.Tensor, n: int, groups: int, reduction: ChannelReduction = "mean") -> torch.Tensor:
-    """(N*G, ...) per-image terms -> (N, ...) mean over the G groups of each sample, or (N, G, ...) for "none"."""
+    """Per-image terms of :func:`split_channels`' images merged back per sample.
+
+    Args:
+        terms: one row per RGB image, ordered as :func:`split_channels` orders them (sample-major).
+        n: N, the number of samples.
+        groups: G, the number of RGB images per sample.
+        reduction: "mean" averages the G terms of each sample; "none" keeps them on axis 1.
+
+    Returns:
+        (N, ...) for "mean", (N, G, ...) for "none".
+
+    Shape:
+        - terms: :math:`(N G, *)`
+        - Output: :math:`(N, *)` or :math:`(N, G, *)`
+
+    Example:
+        >>> import torch, perceptloss
+        >>> perceptloss.merge_channels(torch.tensor([1.0, 3.0, 5.0, 7.0]), n=2, groups=2)
+        tensor([2., 6.])
+    """
     if terms.shape[0] != n * groups:
         raise ValueError(f"expected {n}*{groups} = {n * groups} rows of terms, got shape {tuple(terms.shape)}")
     if reduction not in ("mean", "none"):

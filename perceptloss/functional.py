@@ -59,9 +59,32 @@ def _check_p(p: int) -> int:
 def feature_distance_reference(
     inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], weights: Sequence[float], p: int = 2
 ) -> torch.Tensor:
-    """Pure-PyTorch oracle and fallback: (N, L) distances, differentiable by autograd.
+    r"""The maths of :func:`feature_distance` in plain PyTorch: its oracle, and its fallback.
 
-    ``p=1`` uses ``abs``, whose autograd gradient is sign(a - b) with 0 at a = b, like the fused operator.
+    .. math:: D[n, l] = \frac{w_l}{C_l H_l W_l} \sum_{c,h,w} \lvert a_l[n] - b_l[n] \rvert^p
+
+    accumulated in float32 (float64 for float64 features) and differentiable by autograd; for ``p=1`` the
+    gradient of ``abs`` is :math:`\operatorname{sign}(a - b)`, 0 at :math:`a = b`, as the fused operator's.
+
+    Args:
+        inputs: the L input feature maps, each (N, ...) with the same N.
+        targets: the L target feature maps, each of its input's shape, dtype and device.
+        weights: one weight per layer.
+        p: 2 for the mean squared difference, 1 for the mean absolute difference.
+
+    Returns:
+        The (N, L) distances.
+
+    Shape:
+        - inputs[l], targets[l]: :math:`(N, C_l, H_l, W_l)`, or any :math:`(N, *)`
+        - Output: :math:`(N, L)`
+
+    Example:
+        >>> import torch, perceptloss
+        >>> a, b = [torch.full((2, 3, 4, 4), 3.0)], [torch.ones(2, 3, 4, 4)]
+        >>> perceptloss.feature_distance_reference(a, b, [0.5], p=1)
+        tensor([[1.],
+                [1.]])
     """
     _check_features(inputs, targets, weights)
     p = _check_p(p)
@@ -81,13 +104,41 @@ def feature_distance(
     fused: bool | None = None,
     p: int = 2,
 ) -> torch.Tensor:
-    """(N, L) weighted per-sample, per-layer distances between two lists of (N, C, H, W) feature maps.
+    r"""Weighted per-sample, per-layer distances between two lists of feature maps, in one fused call.
 
-    ``p``: 2 for the mean squared difference (default), 1 for the mean absolute difference.
+    For layer :math:`l` with features :math:`a_l, b_l` of shape :math:`(N, C_l, H_l, W_l)` and weight
+    :math:`w_l`:
 
-    ``fused``: None uses the compiled operator when it supports the device, True requires it, False uses the
-    pure-PyTorch reference. Both give the same values within floating-point tolerance. Inside ``torch.func``
-    transforms (``grad``, ``vmap``, ...) the reference runs: the compiled operator has no functorch rules.
+    .. math:: D[n, l] = \frac{w_l}{C_l H_l W_l} \sum_{c,h,w} \lvert a_l[n] - b_l[n] \rvert^p
+
+    The fused operator reads every layer in one call and writes both gradients in one pass; the result is
+    float32 (float64 for float64 features) whatever the feature dtype, and differentiable to second order.
+
+    Args:
+        inputs: the L input feature maps, each (N, ...) with the same N.
+        targets: the L target feature maps, each of its input's shape, dtype and device.
+        weights: one weight per layer (default 1 each).
+        fused: None uses the compiled operator when it supports the device, True requires it (else a
+            RuntimeError says how to build it), False uses :func:`feature_distance_reference`. Both give the
+            same values within floating-point tolerance. Inside ``torch.func`` transforms (``grad``, ``vmap``)
+            the reference runs: the compiled operator has no functorch rules.
+        p: 2 for the mean squared difference (default), 1 for the mean absolute difference (gradient
+            :math:`\operatorname{sign}(a - b)`, 0 at :math:`a = b`).
+
+    Returns:
+        The (N, L) distances.
+
+    Shape:
+        - inputs[l], targets[l]: :math:`(N, C_l, H_l, W_l)`, or any :math:`(N, *)`
+        - Output: :math:`(N, L)`
+
+    Example:
+        >>> import torch, perceptloss
+        >>> a = [torch.ones(2, 4, 8, 8), torch.ones(2, 16, 4, 4)]
+        >>> b = [torch.zeros(2, 4, 8, 8), torch.zeros(2, 16, 4, 4)]
+        >>> perceptloss.feature_distance(a, b, [1.0, 0.5])
+        tensor([[1.0000, 0.5000],
+                [1.0000, 0.5000]])
     """
     inputs, targets = list(inputs), list(targets)
     p = _check_p(p)

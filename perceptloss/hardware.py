@@ -1,18 +1,19 @@
 """Which network precision is fast on the hardware in use: the rule behind ``dtype="auto"`` and ``--amp auto``.
 
 bfloat16 halves the memory traffic of a convolution network, but it is only faster where the hardware has
-bf16 arithmetic: on the CPU, AVX512-BF16 or AMX (oneDNN emulates bf16 otherwise, about 15x slower than
-float32 on an AVX2-only Zen 3); on CUDA, compute capability 8.0 and later (Ampere, Hopper, ...). Everywhere
-else float32 is the fast choice.
+bf16 arithmetic: on the CPU, AVX512-BF16 or AMX (oneDNN emulates bf16 otherwise, much slower than float32); on
+CUDA, compute capability 8.0 and later (Ampere, Hopper, ...). Everywhere else float32 is the fast choice.
 
 The CPU check honours the two settings that lower what the libraries use on a bigger CPU (and that emulate
 a smaller one): ``ATEN_CPU_CAPABILITY`` (ATen's vectorised kernels, read back through
 ``torch.backends.cpu.get_cpu_capability()``) and ``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA`` (oneDNN's
 convolutions).
 
->>> import perceptloss
->>> perceptloss.auto_dtype("cpu")          # torch.bfloat16 on a CPU with AVX512-BF16, else torch.float32
->>> perceptloss.bf16_native("cpu")         # (True, 'this CPU has AVX512-BF16 ...')
+Example:
+    >>> import torch, perceptloss
+    >>> native, reason = perceptloss.bf16_native("cpu")
+    >>> perceptloss.auto_dtype("cpu") == (torch.bfloat16 if native else torch.float32)
+    True
 """
 from __future__ import annotations
 
@@ -29,7 +30,11 @@ _ONEDNN_BF16_ISAS = frozenset({
 
 
 class SlowPrecisionWarning(UserWarning):
-    """A 16-bit network dtype was asked for on hardware that emulates it (much slower than float32)."""
+    """A 16-bit network dtype was asked for on hardware that emulates it (much slower than float32).
+
+    Issued once per device type and setting by the losses, for ``dtype=torch.bfloat16`` or CPU bf16 autocast
+    where :func:`bf16_native` is False. ``dtype="auto"`` never triggers it: it picks float32 there.
+    """
 
 
 def _cpu_has(check: str) -> bool:
@@ -57,7 +62,24 @@ def _aten_capability() -> str:
 
 
 def bf16_native(device: torch.device | str = "cpu") -> tuple[bool, str]:
-    """Whether ``device`` computes in bfloat16 natively, and why (a sentence for logs and ``info``)."""
+    """Whether ``device`` computes in bfloat16 natively, and why.
+
+    True on a CPU with AVX512-BF16 or AMX, unless ``ATEN_CPU_CAPABILITY`` (below AVX512) or
+    ``ONEDNN_MAX_CPU_ISA`` (below ``AVX512_CORE_BF16``) keeps the libraries off those instructions; True on a
+    CUDA device of compute capability 8.0 or later; False everywhere else.
+
+    Args:
+        device: the device to decide for ("cpu", "cuda", "cuda:1", a ``torch.device``).
+
+    Returns:
+        ``(native, reason)``: the answer, and a sentence saying why (for logs and ``python -m perceptloss info``).
+
+    Example:
+        >>> import perceptloss
+        >>> native, reason = perceptloss.bf16_native("cpu")
+        >>> isinstance(native, bool) and isinstance(reason, str)
+        True
+    """
     device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -85,7 +107,19 @@ def bf16_native(device: torch.device | str = "cpu") -> tuple[bool, str]:
 
 
 def auto_dtype(device: torch.device | str = "cpu") -> torch.dtype:
-    """``torch.bfloat16`` where ``bf16_native(device)`` holds, ``torch.float32`` otherwise."""
+    """The dtype that ``dtype="auto"`` picks for ``device``: the fast one there.
+
+    Args:
+        device: the device to decide for ("cpu", "cuda", a ``torch.device``).
+
+    Returns:
+        ``torch.bfloat16`` where :func:`bf16_native` holds for ``device``, ``torch.float32`` otherwise.
+
+    Example:
+        >>> import torch, perceptloss
+        >>> perceptloss.auto_dtype("cpu") in (torch.bfloat16, torch.float32)
+        True
+    """
     return torch.bfloat16 if bf16_native(device)[0] else torch.float32
 
 

@@ -9,10 +9,29 @@ from torch import nn
 
 @dataclass(frozen=True)
 class Normalization:
-    """What a set of weights expects as input.
+    r"""What a set of weights expects as input: a range, a channel order and a per-channel mean and std.
 
-    Pixels are first brought to ``[0, scale]``, channels reordered to BGR when ``bgr`` is set, then
-    ``(x - mean) / std`` per channel, with ``mean`` and ``std`` given in that scale and channel order.
+    RGB images :math:`x` in a loss's ``input_range`` :math:`(lo, hi)` reach the network as
+
+    .. math:: x'_c = \frac{s \, (x_{\pi(c)} - lo) / (hi - lo) - \mu_c}{\sigma_c}
+
+    with :math:`s` = ``scale``, :math:`\pi` the BGR order when ``bgr`` is set (else the identity), and
+    :math:`\mu, \sigma` = ``mean``, ``std`` given in that scale and channel order; the loss folds this into one
+    affine map. Pass one as a loss's ``normalization=`` for weights whose provenance perceptloss cannot know.
+
+    Args:
+        mean: per-channel mean, in ``scale`` units and the network's channel order.
+        std: per-channel standard deviation, likewise.
+        scale: the pixel scale the network was trained on (1.0 for [0, 1], 255.0 for [0, 255]).
+        bgr: True when the network takes BGR channels (Caffe).
+        name: a short name for ``repr`` and error messages.
+
+    Example:
+        >>> import perceptloss
+        >>> perceptloss.CAFFE.scale, perceptloss.CAFFE.bgr
+        (255.0, True)
+        >>> perceptloss.Normalization(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), name="tanh").std
+        (0.5, 0.5, 0.5)
     """
 
     mean: tuple[float, float, float]
@@ -22,12 +41,12 @@ class Normalization:
     name: str = ""
 
 
-#: Caffe / original VGG: BGR, 0-255, minus the ImageNet mean pixel (as in the DFC-VAE paper's Torch code).
 CAFFE = Normalization(mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), scale=255.0, bgr=True, name="caffe")
-#: torchvision / timm ImageNet models: RGB, 0-1, mean/std normalised.
+"""Caffe / original VGG: BGR, 0-255, minus the ImageNet mean pixel (as in the DFC-VAE paper's Torch code)."""
 IMAGENET = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), name="imagenet")
-#: No change: the network takes the images as they are declared (custom modules, tests).
+"""torchvision / timm ImageNet models: RGB, 0-1, normalised by the ImageNet mean and std."""
 IDENTITY = Normalization(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), scale=1.0, name="identity")
+"""No change: the network takes the images as they are passed (custom modules, tests); ``input_range`` is ignored."""
 
 
 class Preprocess(nn.Module):

