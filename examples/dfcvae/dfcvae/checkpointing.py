@@ -1,12 +1,14 @@
 """Atomic checkpoints (temp file + rename) holding everything needed to resume bit for bit."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .files import atomic_write
+from .vae import VAE
 
 #: Config entries that must match for a checkpoint to be resumed (the rest, e.g. epochs or max_steps, may change).
 RESUME_KEYS = ("preset", "balance", "alpha", "beta", "batch_size", "lr", "beta1", "seed", "crop", "subset",
@@ -66,19 +68,79 @@ class CheckpointError(ValueError):
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A training checkpoint's contents, with a clear :class:`CheckpointError` for a missing, truncated, foreign
-    or config-less file."""
+    or config-less file.
+
+    The file is data, never code: it is read with ``weights_only=True`` (tensors and plain values only), so a
+    crafted pickle is refused without running anything."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train one with examples/dfcvae/train.py --out {path.parent}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated zip, pickle garbage, not a torch file at all
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} holds Python objects other than tensors and plain values ({first[:120]}); "
+                              "it is refused unread, since loading it could run code: give a checkpoint.pt written "
+                              "by examples/dfcvae/train.py") from None
+    except Exception as e:  # truncated zip, garbage, not a torch file at all
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e)[:120]}); it may be "
                               "truncated or another kind of file: pick another, or start afresh") from None
     if not isinstance(state, dict) or not {"model", "config", "step"} <= state.keys():
         raise CheckpointError(f"{path} is not a DFC-VAE training checkpoint (it lacks model/config/step); "
                               "give a checkpoint.pt written by examples/dfcvae/train.py")
+    if not isinstance(state["config"], dict) or not isinstance(state["step"], int):
+        raise CheckpointError(f"{path} is not a DFC-VAE training checkpoint (its config is not a dict or its step "
+                              "not an integer); give a checkpoint.pt written by examples/dfcvae/train.py")
     return state
+
+
+def weights_mismatch(model: torch.nn.Module, weights: Any) -> str | None:
+    """None when ``weights`` is a state dict that ``model.load_state_dict`` takes as it is, else why not (missing and
+    unexpected names, shape differences), in a few words."""
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        return "its model entry is not a state dict of tensors"
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [f"{k} {tuple(weights[k].shape)} vs the model's {tuple(v.shape)}" for k, v in own.items()
+              if k in weights and weights[k].shape != v.shape]
+    parts = []
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes)):
+        if names:
+            parts.append(f"{label}: {', '.join(names[:2])}{f' and {len(names) - 2} more' if len(names) > 2 else ''}")
+    return "; ".join(parts) or None
+
+
+def nonfinite_weights(weights: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of ``weights`` that hold a NaN or an infinity."""
+    return [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def load_model_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
+    """Load a checkpoint's ``state["model"]`` into ``model`` after checking that it fits it exactly and is finite
+    (:class:`CheckpointError` naming what differs otherwise; ``model`` is then untouched)."""
+    config = state.get("config", {})
+    if reason := weights_mismatch(model, state["model"]):
+        raise CheckpointError(f"{path} does not fit the DFC-VAE of its config (latent {config.get('latent', 100)}): "
+                              f"{reason}; it holds another model: give a checkpoint.pt written by "
+                              "examples/dfcvae/train.py")
+    if bad := nonfinite_weights(state["model"]):
+        raise CheckpointError(f"{path} holds non-finite weights ({', '.join(bad[:2])}"
+                              f"{f' and {len(bad) - 2} more' if len(bad) > 2 else ''}): its run had diverged; "
+                              "use an earlier checkpoint, or train again with a lower --lr")
+    model.load_state_dict(state["model"])
+
+
+def vae_from_checkpoint(state: dict[str, Any], path: str | Path) -> VAE:
+    """The float32 :class:`VAE` (train mode, CPU) a checkpoint's ``state`` (from :func:`read_checkpoint`) holds,
+    validated by :func:`load_model_weights`."""
+    latent = state["config"].get("latent", 100)
+    if not isinstance(latent, int) or isinstance(latent, bool) or latent <= 0:
+        raise CheckpointError(f"{path}'s config has latent {latent!r}, not a positive integer; give a checkpoint.pt "
+                              "written by examples/dfcvae/train.py")
+    model = VAE(latent)
+    load_model_weights(model, state, path)
+    return model
 
 
 class CheckpointMismatch(ValueError):

@@ -86,6 +86,15 @@ class Distributed:
         torch.distributed.gather_object(obj, out, dst=0)
         return out
 
+    def everywhere(self, ok: torch.Tensor) -> bool:
+        """Whether the 0-dim bool tensor ``ok`` holds on every rank (one all-reduce when there are several: a
+        collective, all ranks must call it)."""
+        if self.world == 1:
+            return bool(ok)
+        flag = ok.to(torch.int32).reshape(1)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag)
+
     def close(self) -> None:
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -1,4 +1,4 @@
-"""Files: one atomic-write helper, a file lock, a checksum, a writability probe and a free-space check.
+"""Files: one atomic-write helper, file locks, a checksum, a writability probe, a free-space check and a size.
 
 Every file the example writes (checkpoints, logs, model cards, weights, the decoded-face cache, reports) goes
 through :func:`atomic_write`: the content is written to a temporary file in the same folder and renamed over
@@ -13,7 +13,9 @@ import errno
 import fcntl
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -94,3 +96,46 @@ def file_lock(path: str | Path) -> Iterator[bool]:
             yield waited
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+class LockHeld(RuntimeError):
+    """Another process holds the lock :func:`hold_lock` asked for; ``holder`` is what it wrote in the lock file
+    ("PID <pid> on <host> since <time>", or "" when it had not written it yet)."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path} is held by {holder or 'another process'}")
+        self.path, self.holder = path, holder
+
+
+@contextlib.contextmanager
+def hold_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed) for the duration, without waiting.
+
+    Raises :class:`LockHeld`, naming the holder, when another process (or another open of the file) holds it.
+    While held, the file says "PID <pid> on <host> since <time>"; the kernel releases the lock when the block
+    ends or the process dies (``kill -9`` included), so a stale file never blocks a later run."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise LockHeld(path, holder) from None
+    try:
+        f.truncate(0)
+        f.write(f"PID {os.getpid()} on {socket.gethostname()} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
+        f.flush()
+        yield
+    finally:
+        f.truncate(0)
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        f.close()
+
+
+def tree_bytes(folder: str | Path) -> int:
+    """Bytes held by the files under ``folder`` (0 when it does not exist)."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file() and not p.is_symlink())

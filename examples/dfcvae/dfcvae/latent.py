@@ -9,15 +9,17 @@ import numpy as np
 import torch
 
 from .celeba import to_float
-from .checkpointing import read_checkpoint
+from .checkpointing import read_checkpoint, vae_from_checkpoint
 from .vae import VAE
 
 
 def load_vae(checkpoint: str | Path, device: str = "cpu") -> tuple[VAE, dict]:
-    """The VAE of a training checkpoint in eval mode, and the run's config (plus its ``step``)."""
+    """The VAE of a training checkpoint in eval mode, and the run's config (plus its ``step``).
+
+    :class:`checkpointing.CheckpointError` for a file that is not a checkpoint of this VAE or holds non-finite
+    weights."""
     state = read_checkpoint(checkpoint)
-    model = VAE(state["config"].get("latent", 100))
-    model.load_state_dict(state["model"])
+    model = vae_from_checkpoint(state, checkpoint)
     return model.to(device).eval(), dict(state["config"], step=state["step"])
 
 

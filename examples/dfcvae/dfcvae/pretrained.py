@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 
+from .checkpointing import CheckpointError, read_checkpoint, vae_from_checkpoint, weights_mismatch
 from .files import atomic_write, sha256_file, write_text_atomic
 from .vae import VAE
 
@@ -94,6 +95,10 @@ def load_pretrained(name: str, folder: str | Path | None = None, device: str | t
                               f"restore it from git or re-export it")
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(weights)).items()}
     model = VAE(int(card.get("latent", 100)))
+    if reason := weights_mismatch(model, state):
+        raise PretrainedError(f"{weights} does not fit the VAE its card describes (latent {card.get('latent', 100)}): "
+                              f"{reason}; re-export it: python examples/dfcvae/pretrained.py export --name {name} "
+                              f"--checkpoint <its run's checkpoint.pt> --folder {weights.parent} --overwrite")
     model.load_state_dict(state)
     return model.to(device).eval()
 
@@ -153,11 +158,19 @@ def export(checkpoint: str | Path, name: str, folder: str | Path | None = None,
             f"{' (the shipped model: its card holds the report figures)' if shipped else ''}; export to another "
             f"--folder (then load_pretrained({name!r}, folder), gallery.py --pretrained FOLDER or report.py "
             "--pretrained FOLDER use it), or add --overwrite to replace it")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    config = state.get("config", {}) if isinstance(state, dict) else {}
+    try:  # a file the user passes is data: read without unpickling, then checked against the model it must be
+        state = read_checkpoint(checkpoint)
+        vae_from_checkpoint(state, checkpoint)
+    except CheckpointError as e:
+        raise PretrainedError(str(e)) from None
+    config = state["config"]
     if config.get("preset") != name:
         raise PretrainedError(f"{checkpoint} was trained with preset {config.get('preset')!r}, not {name!r}")
     tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sorted(state["model"].items())}
+    if overflow := [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]:
+        raise PretrainedError(f"{checkpoint} holds weights beyond float16's range (±65504) in {', '.join(overflow[:2])}"
+                              f"{f' and {len(overflow) - 2} more' if len(overflow) > 2 else ''}: the exported fp16 "
+                              "model would hold infinities; export an earlier checkpoint of the run")
     # no metadata: safetensors orders it through a hash map, so the bytes would vary
     atomic_write(weights, lambda tmp: save_file(tensors, str(tmp)))
     steps = int(state["step"])

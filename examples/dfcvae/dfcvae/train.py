@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import csv
 import json
+import math
 import os
 import signal
 import sys
@@ -26,11 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .arguments import finite_float
 from .celeba import DEFAULT_DATA, CROPS, CelebAError, build_cache, cache_key, load_celeba, to_float
-from .checkpointing import (CheckpointError, CheckpointMismatch, check_compatible, pack_rng, rank_rng,
-                           read_checkpoint, rng_state, save_atomic, set_rng_state)
+from .checkpointing import (CheckpointError, CheckpointMismatch, check_compatible, load_model_weights,
+                           nonfinite_weights, pack_rng, rank_rng, read_checkpoint, rng_state, save_atomic,
+                           set_rng_state)
 from .distributed import DeviceError, Distributed, launch_env, pick_device
-from .files import atomic_write, unwritable_reason, write_text_atomic
+from .files import LockHeld, atomic_write, hold_lock, tree_bytes, unwritable_reason, write_text_atomic
 from .objective import BALANCES, DEFAULT_BETA, PRESETS, DFCObjective
 from .vae import VAE
 
@@ -44,10 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="output folder (default: runs/<preset>)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64, help="per process")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--beta1", type=float, default=0.5)
-    p.add_argument("--alpha", type=float, default=1.0, help="KL weight")
-    p.add_argument("--beta", type=float, default=None,
+    p.add_argument("--lr", type=finite_float, default=5e-4)
+    p.add_argument("--beta1", type=finite_float, default=0.5)
+    p.add_argument("--alpha", type=finite_float, default=1.0, help="KL weight")
+    p.add_argument("--beta", type=finite_float, default=None,
                    help="reconstruction weight (default: the released code's, 0.5 for vae123/vae345, 1 for pvae)")
     p.add_argument("--balance", default="released", choices=BALANCES,
                    help="released: the authors' Torch code; per-sample: the paper's Eq. 4-5 literally (see objective.py)")
@@ -55,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crop", default="released", choices=list(CROPS))
     p.add_argument("--subset", type=int, default=0, help="use only the first N training images (0: all)")
     p.add_argument("--max-steps", type=int, default=0, help="stop (with a checkpoint) after this many steps in all (0: no limit)")
-    p.add_argument("--time-budget", type=float, default=0.0,
+    p.add_argument("--time-budget", type=finite_float, default=0.0,
                    help="stop (with a checkpoint) once training has run this many seconds in this process (0: no "
                         "limit); running again with --resume continues. Single process only (ranks would disagree)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -68,10 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fused", default="auto", choices=["auto", "on", "off"], help="fused distance operator")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", default=None, nargs="?", const="auto",
-                   help="checkpoint to resume (no value: <out>/checkpoint.pt)")
+                   help="checkpoint to resume (no value: <out>/checkpoint.pt); another run's checkpoint continues "
+                        "in --out, which must then hold no run (or add --overwrite)")
     p.add_argument("--overwrite", action="store_true",
-                   help="start afresh in an --out that holds a run: the old run is moved to <out>.previous-<time> "
-                        "once the new one has started")
+                   help="start afresh (or continue another run's --resume checkpoint) in an --out that holds a run: "
+                        "the old run is moved to <out>.previous-<time> once the new one has started")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--workers", type=int, default=None, help="processes decoding the image cache")
@@ -102,8 +106,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--beta1 must be in [0, 1), got {args.beta1}")
     if args.alpha < 0 or args.beta < 0:
         p.error("--alpha and --beta must be >= 0")
-    if args.resume and args.overwrite:
-        p.error("--resume and --overwrite contradict each other: choose one")
+    if args.overwrite and resumes_own_run(args):
+        p.error(f"--resume {'' if args.resume == 'auto' else args.resume + ' '}continues the run in --out {args.out} "
+                "and --overwrite would move it aside: choose one")
     world, _, local_rank = launch_env()
     try:
         args.device = pick_device(args.device, local_rank, world)
@@ -113,6 +118,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
+
+
+def resumes_own_run(args: argparse.Namespace) -> bool:
+    """Whether --resume names --out's own checkpoint (however the path is spelled)."""
+    if not args.resume:
+        return False
+    if args.resume == "auto":
+        return True
+    own, given = Path(args.out) / "checkpoint.pt", Path(args.resume)
+    if own.exists() and given.exists():
+        return os.path.samefile(own, given)
+    return own.resolve() == given.resolve()
 
 
 def resolve_amp(asked: str | None, device: torch.device, saved: str | None = None) -> tuple[str, str]:
@@ -247,18 +264,39 @@ class SetupError(RuntimeError):
 RUN_FILES = ("checkpoint.pt", "config.json", "log.csv")
 #: Everything a run writes in --out (moved aside together by --overwrite).
 RUN_ITEMS = RUN_FILES + ("grids", "tb")
+#: The lock file in --out that the main process holds for the whole run (it stays in --out, empty when free).
+LOCK_FILE = "train.lock"
 
 
-def prepare_output(args: argparse.Namespace, dist: Distributed) -> Path:
-    """Check --out before any expensive work: writable, and never an existing run unless --resume/--overwrite."""
+def prepare_output(args: argparse.Namespace, dist: Distributed, held: contextlib.ExitStack) -> Path:
+    """Check --out before any expensive work: writable, not in use by another train.py, and never an existing run
+    unless --resume continues it or --overwrite moves it aside.
+
+    The main process takes an exclusive lock on ``--out/train.lock`` (:func:`files.hold_lock`) into ``held`` first,
+    so that the check and the whole run are one process's: a second train.py on the same --out fails at once,
+    naming the PID and host that hold it."""
     out = Path(args.out)
+    if dist.main:
+        if reason := unwritable_reason(out):
+            raise SetupError(f"cannot write to --out {out} ({reason}); choose a writable folder")
+        try:
+            held.enter_context(hold_lock(out / LOCK_FILE))
+        except LockHeld as e:
+            holder = e.holder or "a process that has not written its PID yet"
+            raise SetupError(f"{out} is in use by another train.py ({holder}); wait for it to end (or stop it), "
+                             "or choose another --out") from None
+        except OSError as e:
+            raise SetupError(f"cannot lock {out / LOCK_FILE} ({e.strerror or e}); choose an --out on a file system "
+                             "with file locks") from None
     existing = [name for name in RUN_FILES if (out / name).exists()]
-    if existing and not args.resume:
-        if not args.overwrite:
+    if existing and not args.overwrite:
+        if not args.resume:
             raise SetupError(f"{out} already holds a run ({', '.join(existing)}); use --resume to continue it, "
                              "--overwrite to start over (the old run is moved aside), or another --out")
-    if dist.main and (reason := unwritable_reason(out)):
-        raise SetupError(f"cannot write to --out {out} ({reason}); choose a writable folder")
+        if not resumes_own_run(args):
+            raise SetupError(f"{out} already holds a run ({', '.join(existing)}) and --resume {args.resume} is another "
+                             f"run's checkpoint: continuing it there would replace that run; add --overwrite (the run "
+                             f"in {out} is moved aside first), or resume into another --out")
     return out
 
 
@@ -280,6 +318,19 @@ def move_previous_run(out: Path) -> Path | None:
     for item in items:
         os.replace(item, aside / item.name)
     return aside
+
+
+def moved_note(out: Path, aside: Path) -> str:
+    """The line --overwrite prints: where the previous run went, its size, and the older copies beside it."""
+    note = (f"--overwrite: moved the previous run in {out} to {aside} ({tree_bytes(aside) / 1e6:.1f} MB; delete it "
+            "when you no longer need it)")
+    pattern = f"{out.resolve().name}.previous-*"
+    older = [p for p in aside.parent.glob(pattern) if p.is_dir() and p != aside]
+    if older:
+        size = sum(tree_bytes(p) for p in older)
+        note += (f"; {len(older)} older previous run{'s' if len(older) != 1 else ''} beside it "
+                 f"hold{'s' if len(older) == 1 else ''} {size / 1e6:.1f} MB ({aside.parent / pattern})")
+    return note
 
 
 def load_data(args: argparse.Namespace, dist: Distributed) -> tuple[np.ndarray, dict]:
@@ -314,6 +365,8 @@ class Training:
     scaler: torch.amp.GradScaler
     config: dict
     step: int = 0
+    #: The step of the last checkpoint in --out known to be good (written or resumed by this process), or None.
+    saved_step: int | None = None
 
     def state(self, rng: dict) -> dict:
         """The checkpoint's contents; ``rng`` is :func:`checkpointing.pack_rng` of every rank's random state."""
@@ -359,7 +412,7 @@ def resume(run: Training, path: Path, state: dict, dist: Distributed) -> None:
     """Load a checkpoint's ``state`` (read from ``path``) into ``run``, refusing one from another configuration."""
     try:
         check_compatible(state["config"], run.config, path)
-        run.model.load_state_dict(state["model"])
+        load_model_weights(run.model, state, path)
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         run.scaler.load_state_dict(state["scaler"])
@@ -387,7 +440,13 @@ def save_checkpoint(run: Training, path: Path, dist: Distributed, interrupted: b
 
     A collective: all ranks call it at the same step. After Ctrl-C or SIGTERM (``interrupted``) the ranks of a
     multi-process run may be a step apart, so nothing is gathered: rank 0 saves its own state only (a resume from
-    such a checkpoint says that it is not bit for bit)."""
+    such a checkpoint says that it is not bit for bit).
+
+    Non-finite model weights are never saved: FloatingPointError instead (the run diverged; the previous checkpoint
+    is kept). Every rank holds the same weights, so all raise together."""
+    if bad := nonfinite_weights(run.model.state_dict()):
+        raise FloatingPointError(f"the model's weights became non-finite at step {run.step} ({bad[0]}"
+                                 f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''})")
     own = rng_state(dist.device)
     if interrupted and dist.world > 1:
         states = [own] + [None] * (dist.world - 1) if dist.main else None
@@ -400,6 +459,26 @@ def save_checkpoint(run: Training, path: Path, dist: Distributed, interrupted: b
     except OSError as e:
         raise SetupError(f"could not write {path} ({e.strerror or e}); the previous checkpoint is intact: free space "
                          "(or choose another --out) and continue with --resume") from None
+    run.saved_step = run.step
+
+
+def check_step(dist: Distributed, what: str, ok: torch.Tensor, step: int, value: torch.Tensor | None = None) -> None:
+    """FloatingPointError ("the <what> became <value> at step <step>") unless ``ok`` (a 0-dim bool tensor) holds on
+    every process (one synchronisation, and one all-reduce under torchrun, so that all ranks stop together)."""
+    if dist.everywhere(ok):
+        return
+    shown = "non-finite"
+    if value is not None and not math.isfinite(v := value.item()):
+        shown = str(v)
+    raise FloatingPointError(f"the {what} became {shown} at step {step}")
+
+
+def all_finite(*tensors: torch.Tensor) -> torch.Tensor:
+    """A 0-dim bool tensor: whether every element of ``tensors`` is finite (no synchronisation)."""
+    ok = torch.isfinite(tensors[0]).all()
+    for t in tensors[1:]:
+        ok = ok & torch.isfinite(t).all()
+    return ok
 
 
 def grid_inputs(run: Training, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -451,7 +530,10 @@ def train_loop(args: argparse.Namespace, run: Training, images: np.ndarray, devi
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast():
                     recon, mean, logvar = forward(x)
+                    # every step, before the loss (whose input check would raise) and before any save
+                    check_step(dist, "model's output", all_finite(recon, mean, logvar), run.step + 1)
                     terms = loss_fn(recon, x, mean, logvar)
+                check_step(dist, "loss", all_finite(terms.total), run.step + 1, terms.total)
                 run.optimizer.zero_grad(set_to_none=True)
                 run.scaler.scale(terms.total).backward()
                 run.scaler.step(run.optimizer)
@@ -462,8 +544,6 @@ def train_loop(args: argparse.Namespace, run: Training, images: np.ndarray, devi
                     row = {"step": run.step, "epoch": epoch, "lr": run.optimizer.param_groups[0]["lr"],
                            "loss": terms.total.item(), "kl": terms.kl.item(), "rec": terms.rec.item(),
                            "images_per_s": seen / (now - t_last), "elapsed_s": now - t_start}
-                    if not np.isfinite(row["loss"]):
-                        raise FloatingPointError(f"loss became {row['loss']} at step {run.step}; try --amp off or a lower --lr")
                     logger.log(row)
                     if progress is not None:
                         progress.set_postfix(loss=f"{row['loss']:.4g}", kl=f"{row['kl']:.3g}", rec=f"{row['rec']:.4g}",
@@ -477,9 +557,9 @@ def train_loop(args: argparse.Namespace, run: Training, images: np.ndarray, devi
                     return True
             if it == steps_per_epoch:  # epoch finished: halve the lr for the next one, write its grids
                 run.scheduler.step()
+                save_checkpoint(run, out / "checkpoint.pt", dist)  # first: it refuses non-finite weights
                 if dist.main:
                     save_grids(run.model, fixed, z_fixed, out / "grids", f"e{epoch + 1:02d}")
-                save_checkpoint(run, out / "checkpoint.pt", dist)
     finally:
         if progress is not None:
             progress.close()
@@ -491,10 +571,11 @@ def main(argv: list[str] | None = None) -> int:
     dist = Distributed(args.device)
     logger, run, out = None, None, Path(args.out)
     code, stopped_by = 0, ""
+    held = contextlib.ExitStack()  # the --out lock, released last
     try:
         with sigterm_as_interrupt():
             try:
-                out = prepare_output(args, dist)
+                out = prepare_output(args, dist, held)
                 path, saved = read_resume(args, out) if args.resume else (None, None)
                 args.amp, why = resolve_amp(args.amp, args.device, saved and saved["config"].get("amp", "off"))
                 if dist.main:
@@ -507,10 +588,11 @@ def main(argv: list[str] | None = None) -> int:
                 run = build(args, args.device, config, dist.rank)
                 if saved is not None:
                     resume(run, path, saved, dist)
+                    if resumes_own_run(args):
+                        run.saved_step = run.step
                 if dist.main:
                     if args.overwrite and (aside := move_previous_run(out)) is not None:
-                        print(f"--overwrite: moved the previous run in {out} to {aside} (delete it when you no "
-                              "longer need it)", file=sys.stderr)
+                        print(moved_note(out, aside), file=sys.stderr)
                     write_text_atomic(out / "config.json", json.dumps(config, indent=2))
                 logger = Logger(out, dist.main, run.step)
                 if train_loop(args, run, images, args.device, dist, out, logger):
@@ -528,13 +610,18 @@ def main(argv: list[str] | None = None) -> int:
         if dist.main:
             print(f"error: {e}", file=sys.stderr)
         return code or 2
-    except FloatingPointError as e:  # the last checkpoint (before the divergence) is kept as it is
+    except FloatingPointError as e:  # diverged: nothing non-finite was saved, the last good checkpoint is kept
         if dist.main:
-            print(f"error: {e}; the last checkpoint in {out} is from before it", file=sys.stderr)
+            good = run.saved_step if run is not None else None
+            kept = (f"the last good checkpoint, {out / 'checkpoint.pt'} (step {good}), is kept" if good is not None
+                    else f"no checkpoint had been written in {out}")
+            print(f"error: training diverged: {e}; {kept}; start a new run with --amp off or a lower --lr "
+                  "(another --out, or --overwrite)", file=sys.stderr)
         return 1
     finally:
         if logger is not None:
             logger.close()
+        held.close()
         dist.close()
     if dist.main:
         total = run.config["steps_per_epoch"] * args.epochs

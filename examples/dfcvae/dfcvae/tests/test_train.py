@@ -102,8 +102,8 @@ def test_resume_is_bit_for_bit(data_dir, tmp_path):
     assert run(data_dir, tmp_path / "a", "--epochs", "2", "--max-steps", "8") == 0
     assert run(data_dir, tmp_path / "b", "--epochs", "2", "--max-steps", "3") == 0
     assert run(data_dir, tmp_path / "b", "--epochs", "2", "--max-steps", "8", "--resume") == 0
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == 8
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -141,7 +141,7 @@ def test_ctrl_c_saves_a_checkpoint(data_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.optim.Adam, "step", step)
     assert run(data_dir, tmp_path / "i", "--max-steps", "6") == 130
-    assert torch.load(tmp_path / "i" / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert torch.load(tmp_path / "i" / "checkpoint.pt", weights_only=True)["step"] == 2
 
 
 def _ddp_train(rank, world, port, data_dir, out, *extra):
@@ -165,12 +165,12 @@ def test_ddp_resume_is_bit_for_bit_with_each_ranks_own_random_state(data_dir, tm
     run(data_dir, tmp_path / "warm", "--max-steps", "1")  # build the cache once beforehand
     _spawn(2, data_dir, tmp_path / "a", "--max-steps", "4")
     _spawn(2, data_dir, tmp_path / "b", "--max-steps", "2")
-    b2 = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    b2 = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert b2["config"]["world_size"] == 2 and len(b2["rng"]["ranks"]) == 2
     assert not torch.equal(b2["rng"]["ranks"][0]["torch"], b2["rng"]["ranks"][1]["torch"])
     _spawn(2, data_dir, tmp_path / "b", "--max-steps", "4", "--resume")
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -278,7 +278,7 @@ def test_a_checkpoint_without_this_ranks_random_state_resumes_and_says_so(data_d
 
     out = tmp_path / "int"
     assert run(data_dir, out, "--max-steps", "2") == 0
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
     state["rng"] = pack_rng([None])  # as rank 1.. of an interrupted multi-process run finds it
     torch.save(state, out / "checkpoint.pt")
     assert run(data_dir, out, "--max-steps", "3", "--resume") == 0
@@ -307,12 +307,12 @@ def test_time_budget_stops_with_a_checkpoint_and_resume_continues(data_dir, tmp_
     assert run(data_dir, tmp_path / "b", "--epochs", "2", "--time-budget", "1e-9") == 0
     err = capsys.readouterr().err
     assert "time budget" in err and "step 1/10" in err and "--resume" in err
-    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["step"] == 1
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 1
     assert (tmp_path / "b" / "grids" / "recon_last.png").is_file()
     assert run(data_dir, tmp_path / "b", "--epochs", "2", "--resume") == 0
     assert run(data_dir, tmp_path / "a", "--epochs", "2") == 0
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == 10
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
