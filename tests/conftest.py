@@ -10,7 +10,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 _HOME = tempfile.mkdtemp(prefix="perceptloss-test-home-")
 os.environ["PERCEPTLOSS_HOME"] = _HOME
 
-from .helpers import SHARED_CELEBA, TinyNet  # noqa: F401  (re-exported for older imports)
+from .helpers import TinyNet
 
 
 def pytest_collection_modifyitems(config, items):
@@ -31,7 +31,7 @@ def home(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def has_caffe_weights() -> bool:
-    from perceptloss.registry import VGG19_CAFFE
+    from perceptloss.backbones.vgg import VGG19_CAFFE
     from perceptloss.weights import find_source
 
     return find_source(VGG19_CAFFE) is not None

