@@ -245,7 +245,7 @@ def run_op(args: argparse.Namespace) -> int:
 
     device = args.device
     print(f"device {device}" + (f" ({torch.cuda.get_device_name(torch.device(device))})" if device.startswith("cuda") else ""))
-    if not perceptloss.has_kernel(torch.device(device).type):
+    if not perceptloss.backends.has_kernel(torch.device(device).type):
         print(f"FAIL fused operator: no {device} kernel in this build: "
               f"{perceptloss._ops.unavailable_reason(torch.device(device))}")
         return 1

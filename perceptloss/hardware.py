@@ -12,7 +12,7 @@ convolutions).
 
 >>> import perceptloss
 >>> perceptloss.auto_dtype("cpu")          # torch.bfloat16 on a CPU with AVX512-BF16, else torch.float32
->>> perceptloss.bf16_native("cpu")         # (True, 'this CPU has AVX512-BF16 ...')
+>>> perceptloss.hardware.bf16_native("cpu")         # (True, 'this CPU has AVX512-BF16 ...')
 """
 from __future__ import annotations
 

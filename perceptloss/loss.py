@@ -33,7 +33,7 @@ class FeatureLoss(PerceptualLoss):
         backbone: registered name ("vgg19", "vgg16", "timm:<model>") or an ``nn.Module`` (layers are then
             torch.fx node names and ``normalization`` defaults to identity).
         layers: layer names (e.g. ``["relu1_1", "relu2_1"]``) or a preset ("dfc123", "dfc345", "lpips",
-            "style"); see ``perceptloss.list_layers`` and ``perceptloss.PRESETS``. Default: "dfc123", or
+            "style"); see ``perceptloss.list_layers`` and ``perceptloss.registry.PRESETS``. Default: "dfc123", or
             the keys of ``layer_weights`` when that is a dict.
         layer_weights: one finite weight >= 0 per layer (default 1 each), as a sequence in layer order or a
             dict ``{layer: weight}`` (BasicSR's form).

@@ -115,7 +115,7 @@ info() {
 import sys, torch, perceptloss
 from perceptloss import hardware
 d = sys.argv[1]
-print(f"HAS_EXT {perceptloss.HAS_EXT}; kernels: cpu {perceptloss.has_kernel('cpu')}, cuda {perceptloss.has_kernel('cuda')}")
+print(f"HAS_EXT {perceptloss.HAS_EXT}; kernels: cpu {perceptloss.backends.has_kernel('cpu')}, cuda {perceptloss.backends.has_kernel('cuda')}")
 if d == "cuda":
     print(f"dtype='auto' on cuda: {hardware.auto_dtype(d)} ({hardware.bf16_native(d)[1]})")
 from perceptloss import _validation as v  # the value checks inside torch.compile use private torch APIs
@@ -126,7 +126,7 @@ print("compiled value checks (perceptloss::_check_values): " + ("registered" if 
 if d == "cuda":
     p = torch.cuda.get_device_properties(0)
     print(f"GPU {p.name}: capability {p.major}.{p.minor}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB")
-    sys.exit(0 if perceptloss.has_kernel("cuda") else 1)
+    sys.exit(0 if perceptloss.backends.has_kernel("cuda") else 1)
 EOF
     local rc=$?
     if [[ $DEVICE == cuda ]]; then

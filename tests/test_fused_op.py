@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import perceptloss
-from perceptloss import IDENTITY, FeatureLoss
+from perceptloss import FeatureLoss
 from perceptloss.functional import feature_distance, feature_distance_reference
+from perceptloss.preprocessing import IDENTITY
 
 pytestmark = pytest.mark.skipif(not perceptloss.HAS_EXT, reason="fused operator not built")
 op = torch.ops.perceptloss.feature_distance if perceptloss.HAS_EXT else None

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from perceptloss import IDENTITY, FeatureLoss, StyleLoss, gram_matrix
+from perceptloss import FeatureLoss, StyleLoss, gram_matrix
+from perceptloss.preprocessing import IDENTITY
 
 
 def tiny_style(net, **kw):

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from perceptloss import IDENTITY, FeatureLoss
+from perceptloss import FeatureLoss
 from perceptloss.__main__ import main as cli
+from perceptloss.preprocessing import IDENTITY
 from perceptloss.weights import WeightEntry, WeightsChecksumError, load_checked, resolve, save_checked
 
 

@@ -1,4 +1,5 @@
-"""Files: one atomic-write helper, a file lock, a checksum, a writability probe and a free-space check.
+"""Files: one atomic-write helper, a file lock, a writability probe and a free-space check (checksums:
+``perceptloss.weights.sha256_file``).
 
 Every file the example writes (checkpoints, logs, model cards, weights, the decoded-face cache, reports) goes
 through :func:`atomic_write`: the content is written to a temporary file in the same folder and renamed over
@@ -16,8 +17,6 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
-
-from perceptloss import sha256_file  # noqa: F401  (re-exported: the example hashes files with the library's helper)
 
 #: errno values that mean "the disk (or the user's quota) is full".
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)

@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
+from perceptloss.weights import sha256_file
 
-from .files import atomic_write, sha256_file, write_text_atomic
+from .files import atomic_write, write_text_atomic
 from .vae import VAE
 
 #: examples/dfcvae/pretrained: the shipped models and their cards.
