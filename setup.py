@@ -75,7 +75,8 @@ first, then reinstall with the build error shown:
 
 def extension_modules():
     if _flag("PERCEPTLOSS_NO_EXT"):
-        print("perceptloss: PERCEPTLOSS_NO_EXT=1: building the pure-PyTorch package only", file=sys.stderr)
+        print("perceptloss: PERCEPTLOSS_NO_EXT=1: building the pure-PyTorch package only (importing it warns once; "
+              "PERCEPTLOSS_NO_EXT_WARNING=1 silences that)", file=sys.stderr)
         return [], {}
     try:
         import torch

@@ -217,17 +217,17 @@ def plain_op_twin(a, b) -> Callable[[], object]:
 def without_grad_cache(fn: Callable[[], object]) -> Callable[[], object]:
     """``fn`` with the fused backward's gradient-memory cache off (fresh buffers every call)."""
     def run():
-        before = perceptloss.set_cpu_grad_cache(False)
+        before = perceptloss.backends.cpu.set_grad_cache(False)
         try:
             return fn()
         finally:
-            perceptloss.set_cpu_grad_cache(before)
+            perceptloss.backends.cpu.set_grad_cache(before)
     return run
 
 
 def without_streaming(fn: Callable[[], object]) -> Callable[[], object]:
     """``fn`` with the fused CPU backward's streaming off (ordinary gradient stores at every size)."""
-    from perceptloss.cpu_kernels import forced_streaming_threshold
+    from perceptloss.backends.cpu import forced_streaming_threshold
 
     def run():
         with forced_streaming_threshold(-1):
@@ -308,7 +308,7 @@ def aten_capability() -> str:
 def kernel_level() -> str:
     """The fused operator's CPU kernel level in use, or why there is none."""
     try:
-        return perceptloss.cpu_kernel_level()
+        return perceptloss.backends.cpu.kernel_level()
     except Exception as e:  # noqa: BLE001 - no extension
         return f"none ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})"
 
@@ -351,9 +351,9 @@ def machine_info(device: str) -> dict[str, str]:
                                   or "not set"),
            "perceptloss CPU kernel level": kernel_level()}
     try:
-        from perceptloss import cpu_kernels
+        from perceptloss.backends import cpu
 
-        llc, threshold = cpu_kernels.last_level_cache_bytes(), cpu_kernels.streaming_threshold_bytes()
+        llc, threshold = cpu.last_level_cache_bytes(), cpu.streaming_threshold_bytes()
         out["perceptloss CPU streaming"] = (
             ("never" if threshold < 0 else f"non-temporal gradient stores for calls over {threshold / 2**20:.0f} MiB")
             + (f" (last-level cache {llc / 2**20:.0f} MiB)" if llc else " (last-level cache size unknown)"))

@@ -245,7 +245,7 @@ def run_op(args: argparse.Namespace) -> int:
 
     device = args.device
     print(f"device {device}" + (f" ({torch.cuda.get_device_name(torch.device(device))})" if device.startswith("cuda") else ""))
-    if not perceptloss.has_kernel(torch.device(device).type):
+    if not perceptloss.backends.has_kernel(torch.device(device).type):
         print(f"FAIL fused operator: no {device} kernel in this build: "
               f"{perceptloss._ops.unavailable_reason(torch.device(device))}")
         return 1
@@ -267,7 +267,7 @@ def _grad_cos(g: torch.Tensor, ref: torch.Tensor) -> float:
 def run_losses(args: argparse.Namespace) -> int:
     """Each way of running the losses on ``device`` against the float32 eager result."""
     from perceptloss import LPIPS, FeatureLoss, StyleLoss
-    from perceptloss.registry import VGG19_CAFFE
+    from perceptloss.backbones.vgg import VGG19_CAFFE
     from perceptloss.weights import find_source
 
     device, kind = args.device, torch.device(args.device).type

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         f, c = times[(case, tag, "fused")], times[(case, tag, "compile")]
         lines.append(f"| {case} | {tag} | {1e3 * f:.1f} | {1e3 * c:.1f} | {c / f:.2f}x |")
-    lines.append(f"\ncache held at the end: {bench_lib.perceptloss.cpu_kernels.cpu_cache_bytes() / 2**20:.0f} MiB, "
+    lines.append(f"\ncache held at the end: {bench_lib.perceptloss.backends.cpu.cache_bytes() / 2**20:.0f} MiB, "
                  f"peak RSS {bench_lib.proc_status_mib('VmHWM'):.0f} MiB")
     text = "\n".join(lines)
     print(text)

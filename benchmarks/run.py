@@ -118,8 +118,8 @@ def bench_operator(device: str, repeats: int, cases: list[str], dtypes: list[tor
                "`torch.dot(a, b)` and one `a.sum() + b.sum()` per layer (each element read once). torch.compile "
                "compiles the per-sample eager distance (`feature_distance_reference`), dynamic=False, built once "
                "(one compiled function, one graph per input signature). \"gradient cache off\" allocates fresh "
-               "gradient buffers every call (`perceptloss.set_cpu_grad_cache(False)`). \"no streaming\": the backward with ordinary "
-               "gradient stores (`perceptloss.cpu_kernels.forced_streaming_threshold(-1)`; by default calls touching "
+               "gradient buffers every call (`perceptloss.backends.cpu.set_grad_cache(False)`). \"no streaming\": the backward with ordinary "
+               "gradient stores (`perceptloss.backends.cpu.forced_streaming_threshold(-1)`; by default calls touching "
                "more than twice the last-level cache store the gradient non-temporally). \"plain-op twin\": the same "
                "memory traffic with plain eager ops, a read pass over a and b, then `torch.sub(a, b, out=g)` into "
                "a buffer allocated once: what a backward with ordinary stores into already-mapped memory costs at "
@@ -133,7 +133,7 @@ def bench_operator(device: str, repeats: int, cases: list[str], dtypes: list[tor
 
 def bench_levels(repeats: int, case: str) -> str:
     """The fused operator at each CPU instruction level built into it."""
-    from perceptloss.cpu_kernels import cpu_kernel_levels, forced_cpu_kernel_level
+    from perceptloss.backends.cpu import forced_kernel_level, kernel_levels
 
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
@@ -141,26 +141,26 @@ def bench_levels(repeats: int, case: str) -> str:
 
         def at(level, fn):
             def run():
-                with forced_cpu_kernel_level(level):
+                with forced_kernel_level(level):
                     return fn()
             return run
 
         with torch.no_grad():
-            tf = bl.interleaved_medians({lv: at(lv, lambda: bl.fused(a, b, w)) for lv in cpu_kernel_levels()}, "cpu",
+            tf = bl.interleaved_medians({lv: at(lv, lambda: bl.fused(a, b, w)) for lv in kernel_levels()}, "cpu",
                                         repeats=repeats)
         tb = bl.interleaved_medians({lv: at(lv, lambda: torch.autograd.grad(bl.fused(a, b, w).sum(), a))
-                                     for lv in cpu_kernel_levels()}, "cpu", repeats=repeats)
+                                     for lv in kernel_levels()}, "cpu", repeats=repeats)
         for lv in tf:
             rows.append([case, _dt(dtype), lv, _ms(tf[lv]), _ms(tb[lv])])
     return ("Fused operator per CPU level (`ATEN_CPU_CAPABILITY` picks the default; "
-            "`perceptloss.cpu_kernels.forced_cpu_kernel_level` here):\n\n" +
+            "`perceptloss.backends.cpu.forced_kernel_level` here):\n\n" +
             table(["case", "dtype", "level", "forward ms", "forward+backward ms"], rows))
 
 
 def perceptloss_has(device: str) -> bool:
     import perceptloss
 
-    return perceptloss.has_kernel(torch.device(device).type)
+    return perceptloss.backends.has_kernel(torch.device(device).type)
 
 
 # ------------------------------------------------------------------------------------------- whole loss

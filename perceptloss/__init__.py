@@ -7,12 +7,19 @@ Example:
     >>> x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)       # (N, 3, H, W) RGB in [0, 1]
     >>> loss(x, y).shape
     torch.Size([])
+
+The top level holds the losses, their functional forms, the backbone look-ups and the exception and warning
+types. The rest is imported from its module, as in torchvision and timm: ``perceptloss.registry`` (registering
+backbones, ``PRESETS``), ``perceptloss.weights`` (the weights catalogue and cache), ``perceptloss.channels``
+(channel policies), ``perceptloss.preprocessing`` (``CAFFE``, ``IMAGENET``, ...), ``perceptloss.functional``,
+``perceptloss.hardware`` (``bf16_native``) and ``perceptloss.backends`` (the fused operator's kernels and
+``perceptloss.backends.cpu``'s settings).
 """
-from ._ops import HAS_EXT, FusedOperatorUnavailableWarning, has_kernel
-from .cpu_kernels import cpu_kernel_level, cpu_kernel_levels, empty_cpu_cache, set_cpu_grad_cache
-from .functional import feature_distance, feature_distance_reference
-from .hardware import SlowPrecisionWarning, auto_dtype, bf16_native
+from ._ops import HAS_EXT, FusedOperatorUnavailableWarning
+from .functional import feature_distance
+from .hardware import SlowPrecisionWarning, auto_dtype
 from . import backbones  # noqa: F401  (registers every backbone family)
+from . import backends  # noqa: F401  (perceptloss.backends.cpu without a second import)
 from ._base import PerceptualLoss
 from .factory import create_backbone
 from .loss import FeatureLoss
@@ -20,77 +27,37 @@ from .lpips import LPIPS
 from .style import StyleLoss, gram_matrix
 from .dists import DISTS
 from .volume import VolumeLoss
-from .channels import ChannelPolicy, split_channels, merge_channels
 from .basicsr import from_basicsr
-from .preprocessing import CAFFE, IDENTITY, IMAGENET, Normalization
-from .registry import (
-    PRESETS,
-    BackboneSpec,
-    get_backbone,
-    list_backbones,
-    list_layers,
-    list_weights,
-    register_backbone,
-    register_resolver,
-    resolve_layers,
-)
-from .weights import (
-    WeightEntry,
-    WeightsChecksumError,
-    WeightsNotFoundError,
-    get_weights,
-    list_weight_entries,
-    register_weights,
-    sha256_file,
-    weights_home,
-)
+from .preprocessing import Normalization
+from .registry import list_backbones, list_layers, list_weights
+from .weights import WeightsChecksumError, WeightsNotFoundError
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "HAS_EXT",
-    "FusedOperatorUnavailableWarning",
-    "has_kernel",
-    "cpu_kernel_level",
-    "cpu_kernel_levels",
-    "empty_cpu_cache",
-    "set_cpu_grad_cache",
+    # losses
     "FeatureLoss",
-    "PerceptualLoss",
     "LPIPS",
-    "StyleLoss",
-    "gram_matrix",
     "DISTS",
+    "StyleLoss",
     "VolumeLoss",
-    "ChannelPolicy",
-    "split_channels",
-    "merge_channels",
+    "PerceptualLoss",
     "from_basicsr",
+    # functional forms
     "feature_distance",
-    "auto_dtype",
-    "bf16_native",
-    "SlowPrecisionWarning",
-    "feature_distance_reference",
-    "Normalization",
-    "CAFFE",
-    "IMAGENET",
-    "IDENTITY",
-    "PRESETS",
-    "BackboneSpec",
+    "gram_matrix",
+    # backbones
     "create_backbone",
-    "get_backbone",
     "list_backbones",
     "list_layers",
     "list_weights",
-    "register_backbone",
-    "register_resolver",
-    "resolve_layers",
-    "WeightEntry",
-    "get_weights",
-    "list_weight_entries",
-    "register_weights",
-    "sha256_file",
-    "WeightsChecksumError",
+    "Normalization",
+    # the operator and precision
+    "HAS_EXT",
+    "auto_dtype",
+    # exceptions and warnings
     "WeightsNotFoundError",
-    "weights_home",
+    "WeightsChecksumError",
+    "FusedOperatorUnavailableWarning",
+    "SlowPrecisionWarning",
 ]

@@ -85,18 +85,19 @@ def _print_info() -> None:
     """What runs where: for bug reports and for checking that the fast paths are in use."""
     import torch
 
-    from . import _ops, cpu_kernels
+    from . import _ops
+    from .backends import cpu
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"ATen CPU capability {torch.backends.cpu.get_cpu_capability()}")
     kernels = [d for d in ("cpu", "cuda") if _ops.has_kernel(d)]
     print(f"fused operator: {'kernels for ' + ', '.join(kernels) if kernels else _ops.unavailable_reason(torch.device('cpu'))}")
     if _ops.has_kernel("cpu"):
-        print(f"CPU kernel level: {cpu_kernels.cpu_kernel_level()} (built and runnable here: "
-              f"{', '.join(cpu_kernels.cpu_kernel_levels())}; ATEN_CPU_CAPABILITY lowers it)")
-        print(f"CPU gradient cache: {cpu_kernels.cpu_cache_bytes() / 2**20:.0f} MiB held "
+        print(f"CPU kernel level: {cpu.kernel_level()} (built and runnable here: "
+              f"{', '.join(cpu.kernel_levels())}; ATEN_CPU_CAPABILITY lowers it)")
+        print(f"CPU gradient cache: {cpu.cache_bytes() / 2**20:.0f} MiB held "
               "(PERCEPTLOSS_CPU_GRAD_CACHE=0 turns it off)")
-        llc, threshold = cpu_kernels.last_level_cache_bytes(), cpu_kernels.streaming_threshold_bytes()
+        llc, threshold = cpu.last_level_cache_bytes(), cpu.streaming_threshold_bytes()
         llc_text = f"last-level cache {llc / 2**20:.0f} MiB" if llc else "last-level cache size unknown"
         when = "never" if threshold < 0 else f"calls over {threshold / 2**20:.0f} MiB"
         print(f"CPU streaming (non-temporal gradient stores): {when} ({llc_text}; "

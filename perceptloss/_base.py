@@ -96,7 +96,8 @@ class PerceptualLoss(nn.Module):
         self._num_targets = 0
         self._target_samples = 0  # the batch size of set_target's images (1: compared with every input)
         self._register_state_dict_hook(_omit_network_keys)
-        self._register_load_state_dict_pre_hook(_drop_network_keys, with_module=True)
+        self._register_load_state_dict_pre_hook(_refuse_network_keys, with_module=True)
+        self.register_load_state_dict_post_hook(_network_keys_are_not_missing)
 
     # ------------------------------------------------------------------------------------------ network
 
@@ -296,18 +297,27 @@ def _omit_network_keys(module: PerceptualLoss, state_dict, prefix, local_metadat
         del state_dict[key]
 
 
-def _drop_network_keys(module: PerceptualLoss, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
-    """Accept checkpoints saved before the network's weights left the state dict (perceptloss 0.1).
+def _refuse_network_keys(module: PerceptualLoss, state_dict, prefix, local_metadata, strict, missing, unexpected,
+                         errors) -> None:
+    """Loading never writes the frozen network: ``<prefix>net.*`` tensors in a state dict are unexpected keys.
 
-    Their ``<prefix>net.*`` tensors and LPIPS' ``head<k>`` tensors are dropped: the weights come from the
-    weights cache. The network's own tensors stand in for them, so that a strict load reports nothing missing.
+    ``state_dict()`` leaves them out, and the network's weights come from ``weights=`` at construction, so a
+    strict load refuses a state dict that has them (torch's "Unexpected key(s)" error names them) and a
+    non-strict one ignores them. Also notes the loss's prefix for ``_network_keys_are_not_missing``.
     """
-    own_non_persistent = module._non_persistent_buffers_set  # heads, alpha/beta, set_target's buffers
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        rel = key[len(prefix):]
-        if rel.startswith("net.") or rel in own_non_persistent:
-            del state_dict[key]
-    net = getattr(module, "net", None)
-    if net is not None:
-        for name, tensor in net.state_dict(keep_vars=True).items():
-            state_dict[f"{prefix}net.{name}"] = tensor
+    module._load_prefix = prefix
+    found = [k for k in state_dict if k.startswith(prefix + "net.")]
+    for key in found:
+        del state_dict[key]  # torch.nn.Module.load_state_dict passes a copy: the caller's dict is unchanged
+    unexpected.extend(found)
+
+
+def _network_keys_are_not_missing(module: PerceptualLoss, incompatible_keys) -> None:
+    """A strict ``load_state_dict`` of what ``state_dict()`` gave does not report the network as missing.
+
+    The network's weights are left out of the state dict (``_omit_network_keys``): they come with the loss's
+    construction, so loading does not ask for them. Every other key is reported as usual.
+    """
+    net_prefix = getattr(module, "_load_prefix", "") + "net."
+    missing = incompatible_keys.missing_keys
+    missing[:] = [k for k in missing if not k.startswith(net_prefix)]

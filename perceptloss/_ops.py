@@ -9,13 +9,11 @@ penalties, Hessian-vector products) are exact.
 
 Without the compiled operator (no compiler at install time) the library runs on the pure-PyTorch path and
 importing this module warns ONCE with :class:`FusedOperatorUnavailableWarning`, saying why and how to build the
-operator. ``PERCEPTLOSS_NO_EXT_WARNING=1`` (or ``PERCEPTLOSS_NO_EXT=1``, the build-time choice of a pure-PyTorch
-package, set in the environment) silences it. ``PERCEPTLOSS_DISABLE_EXT=1`` skips loading ``_C`` (a switch for
-tests of the fallback; ``HAS_EXT`` is then False).
+operator. ``PERCEPTLOSS_NO_EXT_WARNING=1`` silences it. ``PERCEPTLOSS_DISABLE_EXT=1`` skips loading ``_C`` (a
+switch for tests of the fallback; ``HAS_EXT`` is then False). See ``perceptloss._env`` for every variable.
 """
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -23,18 +21,14 @@ from pathlib import Path
 import torch
 
 from ._dtypes import accumulation_dtype
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "0") not in ("", "0", "false", "False")
-
+from ._env import flag
 
 class FusedOperatorUnavailableWarning(UserWarning):
     """The compiled operator is not available: the losses run on the slower pure-PyTorch path."""
 
 
 _IMPORT_ERROR: Exception | None = None
-if _env_flag("PERCEPTLOSS_DISABLE_EXT"):
+if flag("PERCEPTLOSS_DISABLE_EXT"):
     HAS_EXT = False
     _IMPORT_ERROR = ImportError("PERCEPTLOSS_DISABLE_EXT=1 is set: perceptloss._C was not loaded; unset it to load the built one")
 else:
@@ -96,7 +90,7 @@ def unavailable_reason(device: torch.device) -> str:
 
 
 def _warn_if_unavailable() -> None:
-    if HAS_EXT or _env_flag("PERCEPTLOSS_NO_EXT_WARNING") or _env_flag("PERCEPTLOSS_NO_EXT"):
+    if HAS_EXT or flag("PERCEPTLOSS_NO_EXT_WARNING"):
         return
     warnings.warn(unavailable_reason(torch.device("cpu")), FusedOperatorUnavailableWarning, stacklevel=1)
 

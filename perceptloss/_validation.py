@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from ._dtypes import autocast_enabled, cast_to_network_dtype  # noqa: F401  (cast_to_network_dtype: re-export)
+from ._dtypes import autocast_enabled
 
 
 def suggest(name: str, valid: Iterable[str]) -> str:

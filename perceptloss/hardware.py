@@ -11,7 +11,7 @@ convolutions).
 
 Example:
     >>> import torch, perceptloss
-    >>> native, reason = perceptloss.bf16_native("cpu")
+    >>> native, reason = perceptloss.hardware.bf16_native("cpu")
     >>> perceptloss.auto_dtype("cpu") == (torch.bfloat16 if native else torch.float32)
     True
 """

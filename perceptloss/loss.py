@@ -8,15 +8,7 @@ import torch
 from torch import nn
 
 from ._base import PerceptualLoss, Reduction
-from ._dtypes import autocast_enabled as _autocast_enabled  # noqa: F401  (kept for one release)
-from ._layout import (  # noqa: F401  (layout helpers moved to perceptloss._layout; re-exported for one release)
-    MEMORY_FORMATS as _MEMORY_FORMATS,
-    MemoryFormat,
-    _ToLayout,
-    activation_layout,
-    check_memory_format,
-    to_activation_layout,
-)
+from ._layout import MemoryFormat
 from ._validation import check_choice, check_layer_weights
 from .factory import create_backbone
 from .functional import charbonnier_distance, feature_distance, unit_normalize
@@ -41,7 +33,7 @@ class FeatureLoss(PerceptualLoss):
         backbone: registered name ("vgg19", "vgg16", "timm:<model>") or an ``nn.Module`` (layers are then
             torch.fx node names and ``normalization`` defaults to identity).
         layers: layer names (e.g. ``["relu1_1", "relu2_1"]``) or a preset ("dfc123", "dfc345", "lpips",
-            "style"); see ``perceptloss.list_layers`` and ``perceptloss.PRESETS``. Default: "dfc123", or
+            "style"); see ``perceptloss.list_layers`` and ``perceptloss.registry.PRESETS``. Default: "dfc123", or
             the keys of ``layer_weights`` when that is a dict.
         layer_weights: one finite weight >= 0 per layer (default 1 each), as a sequence in layer order or a
             dict ``{layer: weight}`` (BasicSR's form).

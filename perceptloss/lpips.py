@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ._base import PerceptualLoss, Reduction
 from ._validation import check_choice
 from .factory import create_backbone
-from .functional import feature_distance, unit_normalize  # noqa: F401  (unit_normalize: perceptloss.lpips.unit_normalize)
+from .functional import feature_distance, unit_normalize
 from .lpips_heads import LPIPS_NORMALIZATION, LPIPS_V00_NORMALIZATION, VERSIONS, load_heads
 
 #: LPIPS' trunk for each ``net``: (registered backbone, tapped layers, channels per layer).

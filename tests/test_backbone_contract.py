@@ -33,10 +33,10 @@ def test_every_layer_of_every_backbone(backbone):
 
 
 def test_every_backbone_has_catalogued_weights(backbone):
-    spec = perceptloss.get_backbone(backbone)
+    spec = perceptloss.registry.get_backbone(backbone)
     assert spec.default_weights in spec.weights
     for name, entry in spec.weights.items():
-        assert perceptloss.get_weights(entry.key) is entry
+        assert perceptloss.weights.get_weights(entry.key) is entry
 
 
 def test_registry_imports_no_family():

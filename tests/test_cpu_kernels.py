@@ -8,22 +8,22 @@ import pytest
 import torch
 
 import perceptloss
-from perceptloss.cpu_kernels import (cpu_cache_bytes, cpu_kernel_level, cpu_kernel_levels, forced_cpu_kernel_level,
-                                     forced_streaming_threshold, last_level_cache_bytes, streaming_threshold_bytes)
+from perceptloss.backends.cpu import (cache_bytes, forced_kernel_level, forced_streaming_threshold, kernel_level,
+                                      kernel_levels, last_level_cache_bytes, streaming_threshold_bytes)
 from perceptloss.functional import feature_distance_reference
 
 from .test_fused_op import SHAPES, TOL, make
 from .helpers import assert_close
 
-pytestmark = pytest.mark.skipif(not perceptloss.has_kernel("cpu"), reason="fused CPU operator not built")
+pytestmark = pytest.mark.skipif(not perceptloss.backends.has_kernel("cpu"), reason="fused CPU operator not built")
 op = torch.ops.perceptloss.feature_distance if perceptloss.HAS_EXT else None
-LEVELS = cpu_kernel_levels() if perceptloss.has_kernel("cpu") else []
+LEVELS = kernel_levels() if perceptloss.backends.has_kernel("cpu") else []
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 
 
 def test_levels_are_built_for_this_cpu():
     assert LEVELS[0] == "DEFAULT"
-    assert cpu_kernel_level() == LEVELS[-1]  # the highest runnable level is the default choice
+    assert kernel_level() == LEVELS[-1]  # the highest runnable level is the default choice
     if os.uname().machine == "x86_64" and torch.backends.cpu.get_cpu_capability() == "AVX512":
         assert LEVELS == ["DEFAULT", "AVX2", "AVX512"]
 
@@ -38,8 +38,8 @@ def test_every_level_matches_the_reference(level, dtype, p):
         if len(shapes) > 1:
             a = [a[0].detach().to(memory_format=torch.channels_last).requires_grad_()] + a[1:]
             b = [b[0].detach().to(memory_format=torch.channels_last).requires_grad_()] + b[1:]
-        with forced_cpu_kernel_level(level):
-            assert cpu_kernel_level() == level
+        with forced_kernel_level(level):
+            assert kernel_level() == level
             out = op(a, b, w, p)
             g = torch.rand(out.shape, dtype=out.dtype)
             grads = torch.autograd.grad(out, a + b, g)
@@ -57,7 +57,7 @@ def test_levels_agree_closely_in_fp32():
     a, b, w = make(3, [(64, 32, 32), (128, 16, 15)], torch.float32, "cpu")
     outs = []
     for level in LEVELS:
-        with forced_cpu_kernel_level(level):
+        with forced_kernel_level(level):
             outs.append(op(a, b, w))
     for o in outs[1:]:
         assert_close(o, outs[0], rtol=1e-6, atol=0)
@@ -65,16 +65,16 @@ def test_levels_agree_closely_in_fp32():
 
 def test_unknown_level_is_refused_with_the_choices():
     with pytest.raises(RuntimeError, match="not available here; built and runnable: DEFAULT"):
-        with forced_cpu_kernel_level("SSE9"):
+        with forced_kernel_level("SSE9"):
             pass
-    assert cpu_kernel_level() == LEVELS[-1]
+    assert kernel_level() == LEVELS[-1]
 
 
 @pytest.mark.parametrize("env, expected", [("default", "DEFAULT"), ("avx2", "AVX2")])
 def test_aten_cpu_capability_lowers_the_level(env, expected):
     if expected not in LEVELS:
         pytest.skip(f"{expected} kernels are not runnable here")
-    code = "import torch, perceptloss; print(perceptloss.cpu_kernel_level())"
+    code = "import torch, perceptloss; print(perceptloss.backends.cpu.kernel_level())"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ATEN_CPU_CAPABILITY": env},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == expected
@@ -94,7 +94,7 @@ def test_streaming_changes_no_result(level, dtype, p):
     b[0] = b[0].to(memory_format=torch.channels_last)
     a = [t.requires_grad_() for t in a]
     runs = []
-    with forced_cpu_kernel_level(level):
+    with forced_kernel_level(level):
         for threshold in (0, -1):
             with forced_streaming_threshold(threshold):
                 out = op(a, b, w, p)
@@ -122,7 +122,7 @@ def test_streaming_threshold_refuses_what_is_not_a_byte_count(bad):
 
 @pytest.mark.parametrize("value", ["0", "false"])
 def test_streaming_can_be_turned_off_by_the_environment(value):
-    code = "import perceptloss.cpu_kernels as k; print(k.streaming_threshold_bytes())"
+    code = "import perceptloss.backends.cpu as k; print(k.streaming_threshold_bytes())"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PERCEPTLOSS_CPU_STREAMING": value},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "-1"
@@ -145,13 +145,13 @@ def expected_grads(a, b, w):
 
 
 def test_freed_gradient_memory_is_reused_and_bounded():
-    perceptloss.empty_cpu_cache()
+    perceptloss.backends.cpu.empty_cache()
     a, b, w = big_features()
     grads = torch.autograd.grad(op(a, b, w).sum(), a)
     ptrs = {t.data_ptr() for t in grads}
     nbytes = sum(t.numel() * t.element_size() for t in grads)
     del grads  # freed: back to the cache
-    assert cpu_cache_bytes() >= nbytes
+    assert cache_bytes() >= nbytes
     again = torch.autograd.grad(op(a, b, w).sum(), a)
     assert {t.data_ptr() for t in again} == ptrs
     for got, exp in zip(again, expected_grads(a, b, w)):
@@ -159,14 +159,14 @@ def test_freed_gradient_memory_is_reused_and_bounded():
     del again
     for _ in range(5):  # steady state: the cache never holds more than one backward's worth
         torch.autograd.grad(op(a, b, w).sum(), a)
-        assert cpu_cache_bytes() <= 2 * nbytes
-    assert perceptloss.empty_cpu_cache() > 0
-    assert cpu_cache_bytes() == 0
+        assert cache_bytes() <= 2 * nbytes
+    assert perceptloss.backends.cpu.empty_cache() > 0
+    assert cache_bytes() == 0
 
 
 def test_held_gradients_are_never_overwritten():
     """Retained graph, double forward and a hook that keeps the gradient: the next backward gets new memory."""
-    perceptloss.empty_cpu_cache()
+    perceptloss.backends.cpu.empty_cache()
     a, b, w = big_features()
     kept = []
     h = a[0].register_hook(lambda g: kept.append(g))
@@ -191,7 +191,7 @@ def test_held_gradients_are_never_overwritten():
 
 def test_accumulated_parameter_gradients_stay_correct_over_steps():
     """Leaf .grad accumulation across steps (autograd may keep the first gradient tensor as .grad)."""
-    perceptloss.empty_cpu_cache()
+    perceptloss.backends.cpu.empty_cache()
     a, b, w = big_features()
     for _ in range(3):
         op(a, b, w).sum().backward()
@@ -209,7 +209,7 @@ def test_reuse_survives_a_mix_of_dtypes_and_shapes():
 
     All sizes together (7.75 MiB) fit the cache's bound, twice the most bytes live at once (4 MiB).
     """
-    perceptloss.empty_cpu_cache()
+    perceptloss.backends.cpu.empty_cache()
     fp32 = make(2, [(64, 64, 64), (128, 32, 64)], torch.float32, "cpu")  # 2 MiB twice: one size, two blocks
     bf16 = make(2, [(96, 64, 64), (64, 64, 64)], torch.bfloat16, "cpu")  # 1.5 MiB and 1 MiB
     wide = make(1, [(128, 64, 40)], torch.float32, "cpu")                 # 1.25 MiB, another shape
@@ -219,7 +219,7 @@ def test_reuse_survives_a_mix_of_dtypes_and_shapes():
     for _ in range(3):
         for c, (ptrs, _) in zip(cases, first):
             assert _grad_ptrs(*c)[0] == ptrs  # the very blocks of the previous round: no fresh memory
-            assert cpu_cache_bytes() <= 2 * most_live
+            assert cache_bytes() <= 2 * most_live
     for c in cases:  # still correct
         a, b, w = c
         got = torch.autograd.grad(op(a, b, w).sum(), a)
@@ -229,7 +229,7 @@ def test_reuse_survives_a_mix_of_dtypes_and_shapes():
 
 def test_sizes_no_longer_used_are_freed():
     """A size not requested for two epochs (2 x 256 requests) leaves the cache."""
-    perceptloss.empty_cpu_cache()
+    perceptloss.backends.cpu.empty_cache()
     old, _, _ = big_features()
     a, b, w = big_features()
     old_ptrs, _ = _grad_ptrs(a, b, w)
@@ -237,23 +237,23 @@ def test_sizes_no_longer_used_are_freed():
     target = [torch.rand(2, 1 << 17)]
     for _ in range(2 * 256 + 8):
         torch.autograd.grad(op(small, target, [1.0]).sum(), small)
-    assert cpu_cache_bytes() == small[0].numel() * 4
+    assert cache_bytes() == small[0].numel() * 4
 
 
 def test_cache_off_still_correct():
-    before = perceptloss.set_cpu_grad_cache(False)
-    perceptloss.empty_cpu_cache()
+    before = perceptloss.backends.cpu.set_grad_cache(False)
+    perceptloss.backends.cpu.empty_cache()
     try:
-        assert cpu_cache_bytes() == 0
+        assert cache_bytes() == 0
         a, b, w = big_features()
         grads = torch.autograd.grad(op(a, b, w).sum(), a)
         del grads
-        assert cpu_cache_bytes() == 0
+        assert cache_bytes() == 0
         again = torch.autograd.grad(op(a, b, w).sum(), a)
         for got, exp in zip(again, expected_grads(a, b, w)):
             torch.testing.assert_close(got.double(), exp)
     finally:
-        perceptloss.set_cpu_grad_cache(before)
+        perceptloss.backends.cpu.set_grad_cache(before)
 
 
 def test_info_command_names_the_level_in_use(capsys):
@@ -261,5 +261,5 @@ def test_info_command_names_the_level_in_use(capsys):
 
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert f"CPU kernel level: {cpu_kernel_level()}" in out and "fused operator: kernels for cpu" in out
+    assert f"CPU kernel level: {kernel_level()}" in out and "fused operator: kernels for cpu" in out
     assert "CPU streaming (non-temporal gradient stores): " in out

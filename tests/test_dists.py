@@ -93,8 +93,8 @@ def test_parity_float32(official):
 def test_catalogue_and_registry():
     import perceptloss
 
-    assert perceptloss.get_weights("dists.v0.1") is DISTS_ENTRY
-    assert perceptloss.get_weights("dists") is DISTS_ENTRY
+    assert perceptloss.weights.get_weights("dists.v0.1") is DISTS_ENTRY
+    assert perceptloss.weights.get_weights("dists") is DISTS_ENTRY
     assert "vgg16_l2pool" in perceptloss.list_backbones()
     assert perceptloss.DISTS is DISTS
 

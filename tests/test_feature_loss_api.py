@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import perceptloss
-from perceptloss import FeatureLoss, IDENTITY
+from perceptloss import FeatureLoss
+from perceptloss.preprocessing import IDENTITY
 
 
 from .helpers import assert_close, tiny_loss
@@ -121,15 +122,15 @@ def test_registry_lists_and_registers():
     assert len(layers) == 16 * 2 + 5
     assert "relu5_3" in perceptloss.list_layers("vgg16") and "relu5_4" not in perceptloss.list_layers("vgg16")
     assert perceptloss.list_weights("vgg19")[0] == "caffe"
-    spec = perceptloss.get_backbone("vgg16")
-    custom = perceptloss.BackboneSpec(
+    spec = perceptloss.registry.get_backbone("vgg16")
+    custom = perceptloss.registry.BackboneSpec(
         name="my-vgg", layers=spec.layers, build=spec.build, load=spec.load, weights={}, default_weights=None
     )
-    perceptloss.register_backbone(custom)
+    perceptloss.registry.register_backbone(custom)
     try:
         assert "my-vgg" in perceptloss.list_backbones()
         with pytest.raises(ValueError, match="already registered"):
-            perceptloss.register_backbone(custom)
+            perceptloss.registry.register_backbone(custom)
         assert FeatureLoss("my-vgg", "lpips", weights=None).layers[-1] == "relu5_3"
     finally:
         perceptloss.registry._BACKBONES.pop("my-vgg")

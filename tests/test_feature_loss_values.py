@@ -5,7 +5,7 @@ import torchvision
 
 import perceptloss
 from perceptloss import FeatureLoss
-from perceptloss.registry import VGG19_CAFFE
+from perceptloss.backbones.vgg import VGG19_CAFFE
 from perceptloss.weights import resolve
 from .helpers import assert_close
 
@@ -61,7 +61,7 @@ def test_presets_and_reductions(caffe_weights, images):
     assert FeatureLoss("vgg19", "dfc345").layers == ("relu3_1", "relu4_1", "relu5_1")
     assert_close(FeatureLoss("vgg19", "dfc123", reduction="sum")(x, y), per_sample.sum())
     assert_close(FeatureLoss("vgg19", "dfc123")(x, y), per_sample.mean())
-    assert perceptloss.PRESETS["lpips"] == ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
+    assert perceptloss.registry.PRESETS["lpips"] == ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 
 
 def test_identical_images_give_zero(caffe_weights, images):

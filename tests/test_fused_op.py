@@ -8,8 +8,10 @@ import pytest
 import torch
 
 import perceptloss
-from perceptloss import IDENTITY, FeatureLoss
+from perceptloss import FeatureLoss
 from perceptloss.functional import feature_distance, feature_distance_reference
+from perceptloss.preprocessing import IDENTITY
+
 from .helpers import assert_close, assert_equal
 
 pytestmark = pytest.mark.skipif(not perceptloss.HAS_EXT, reason="fused operator not built")

@@ -43,7 +43,7 @@ def test_help_and_bad_option():
     assert bad.returncode == 2 and "unknown option --gpu" in bad.stderr
 
 
-@pytest.mark.skipif(not perceptloss.has_kernel("cpu"), reason="fused operator not built")
+@pytest.mark.skipif(not perceptloss.backends.has_kernel("cpu"), reason="fused operator not built")
 def test_operator_driver_passes_on_the_cpu_kernels(capsys):
     assert gpu_driver.main(["op", "--device", "cpu", "--dtypes", "float32,bfloat16"]) == 0
     text = capsys.readouterr().out
@@ -52,7 +52,7 @@ def test_operator_driver_passes_on_the_cpu_kernels(capsys):
         assert case in text, case
 
 
-@pytest.mark.skipif(not perceptloss.has_kernel("cpu"), reason="fused operator not built")
+@pytest.mark.skipif(not perceptloss.backends.has_kernel("cpu"), reason="fused operator not built")
 def test_operator_driver_reports_a_wrong_result(monkeypatch, capsys):
     import torch
 
@@ -77,7 +77,7 @@ def test_synthetic_celeba_folder_loads(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not perceptloss.has_kernel("cpu"), reason="fused operator not built")
+@pytest.mark.skipif(not perceptloss.backends.has_kernel("cpu"), reason="fused operator not built")
 def test_cpu_mode_runs_the_phases_and_writes_few_small_files(tmp_path):
     out = tmp_path / "out"
     proc = run_check(out, "build,info,driver,tests,memcheck,losses")

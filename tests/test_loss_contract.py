@@ -55,27 +55,34 @@ def test_frozen_by_construction_against_a_parent(make_loss):
     assert all(torch.equal(before[k], v) for k, v in loss.net.state_dict().items())
 
 
-def test_state_dict_leaves_the_network_out_and_old_checkpoints_load(make_loss):
+def test_state_dict_leaves_the_network_out_and_loads_strictly(make_loss):
     loss = make_loss()
     model = Holder(loss)
     keys = list(model.state_dict())
     assert keys == ["decoder.weight", "decoder.bias"]
-    # a checkpoint from perceptloss 0.1 carried loss.net.* (and LPIPS' heads): it loads, strictly
-    old = dict(model.state_dict())
-    old.update({f"loss.net.{k}": v.clone() for k, v in loss.net.state_dict().items()})
-    if isinstance(loss, LPIPS):
-        old.update({f"loss.head{k}": h.clone() for k, h in enumerate(loss.heads)})
-    result = Holder(make_loss()).load_state_dict(old, strict=True)
+    result = Holder(make_loss()).load_state_dict(model.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
+
+
+def test_a_state_dict_never_writes_the_network(make_loss):
+    """``<prefix>net.*`` tensors are unexpected keys: refused by a strict load, ignored by a non-strict one."""
+    model = Holder(make_loss())
+    before = {k: v.clone() for k, v in model.loss.net.state_dict().items()}
+    carrying = dict(model.state_dict())
+    carrying.update({f"loss.net.{k}": torch.full_like(v, 7.0) for k, v in before.items()})
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\) in state_dict: \"loss\.net\."):
+        model.load_state_dict(carrying, strict=True)
+    result = model.load_state_dict(carrying, strict=False)
+    assert sorted(result.unexpected_keys) == sorted(f"loss.net.{k}" for k in before) and not result.missing_keys
+    assert all(torch.equal(before[k], v) for k, v in model.loss.net.state_dict().items())
+    assert len(carrying) == 2 + len(before)  # the caller's dict is left as it was
 
 
 def test_switching_layers_keeps_checkpoints_loadable():
     a = Holder(FeatureLoss("vgg19", "dfc123", weights=None))
     b = Holder(FeatureLoss("vgg19", "dfc345", weights=None))
     b.load_state_dict(a.state_dict(), strict=True)
-    old = dict(b.state_dict())
-    old.update({f"loss.net.{k}": v for k, v in b.loss.net.state_dict().items()})  # a 0.1 dfc345 checkpoint
-    a.load_state_dict(old, strict=True)
+    a.load_state_dict(b.state_dict(), strict=True)
 
 
 def test_user_module_is_left_as_it_was():

@@ -8,7 +8,8 @@ import torch
 
 import perceptloss
 from perceptloss import LPIPS
-from perceptloss.lpips import LPIPS_NETS, unit_normalize
+from perceptloss.functional import unit_normalize
+from perceptloss.lpips import LPIPS_NETS
 from perceptloss.lpips_heads import head_entry
 from .helpers import assert_close, lpips_trunk_state as trunk_state, relative
 from perceptloss.weights import WeightsChecksumError, WeightsNotFoundError, cache_path, convert_to_cache, find_source

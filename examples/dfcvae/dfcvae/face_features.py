@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .files import sha256_file
+from perceptloss.weights import sha256_file
 
 ONET_SHA256 = "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"  # facenet-pytorch 2.6.0
 

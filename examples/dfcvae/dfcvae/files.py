@@ -1,4 +1,4 @@
-"""Files: one atomic-write helper, file locks, a checksum, a writability probe, a free-space check and a size.
+"""Files: one atomic-write helper, file locks, a writability probe, a free-space check and a size.
 
 Every file the example writes (checkpoints, logs, model cards, weights, the decoded-face cache, reports) goes
 through :func:`atomic_write`: the content is written to a temporary file in the same folder and renamed over
@@ -18,8 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator
-
-from perceptloss import sha256_file  # noqa: F401  (re-exported: the example hashes files with the library's helper)
 
 #: errno values that mean "the disk (or the user's quota) is full".
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)

@@ -26,9 +26,10 @@ from typing import Any
 
 import torch
 
+from perceptloss.weights import sha256_file
 
 from .checkpointing import CheckpointError, read_checkpoint, vae_from_checkpoint, weights_mismatch
-from .files import atomic_write, sha256_file, write_text_atomic
+from .files import atomic_write, write_text_atomic
 from .vae import VAE
 
 #: examples/dfcvae/pretrained: the shipped models and their cards.

@@ -37,7 +37,7 @@ from .files import LockHeld, atomic_write, hold_lock, tree_bytes, unwritable_rea
 from .objective import BALANCES, DEFAULT_BETA, PRESETS, DFCObjective
 from .vae import VAE
 
-from perceptloss import bf16_native
+from perceptloss.hardware import bf16_native
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -135,7 +135,7 @@ def resumes_own_run(args: argparse.Namespace) -> bool:
 def resolve_amp(asked: str | None, device: torch.device, saved: str | None = None) -> tuple[str, str]:
     """The autocast mode to train with ('off', 'bf16' or 'fp16') and why, as one phrase for the log.
 
-    ``asked`` is --amp (None or 'auto': follow the hardware, see :func:`perceptloss.bf16_native`); ``saved`` the
+    ``asked`` is --amp (None or 'auto': follow the hardware, see :func:`perceptloss.hardware.bf16_native`); ``saved`` the
     mode recorded in the config of the run being resumed, which auto keeps. An explicit mode that differs from a
     resumed run's raises :class:`SetupError` when fp16 is on either side (its gradient scaler's state does not
     carry over); off and bf16 may be switched (the continuation is then not bit for bit)."""

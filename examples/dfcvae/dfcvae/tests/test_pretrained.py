@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dfcvae import celeba, gallery, latent, pretrained, vae
-from dfcvae.files import sha256_file
+from perceptloss.weights import sha256_file
 
 from .helpers import make_celeba
 
