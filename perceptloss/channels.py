@@ -57,7 +57,7 @@ class ChannelPolicy:
 
     Example:
         >>> import perceptloss
-        >>> policy = perceptloss.ChannelPolicy("groups")
+        >>> policy = perceptloss.channels.ChannelPolicy("groups")
         >>> policy.groups(6)
         2
     """
@@ -157,7 +157,7 @@ def split_channels(images: torch.Tensor, policy: ChannelPolicy | str = "rgb") ->
 
     Example:
         >>> import torch, perceptloss
-        >>> perceptloss.split_channels(torch.rand(2, 5, 8, 8), "per_channel").shape
+        >>> perceptloss.channels.split_channels(torch.rand(2, 5, 8, 8), "per_channel").shape
         torch.Size([10, 3, 8, 8])
     """
     policy = channel_policy(policy)
@@ -191,7 +191,7 @@ def merge_channels(terms: torch.Tensor, n: int, groups: int, reduction: ChannelR
 
     Example:
         >>> import torch, perceptloss
-        >>> perceptloss.merge_channels(torch.tensor([1.0, 3.0, 5.0, 7.0]), n=2, groups=2)
+        >>> perceptloss.channels.merge_channels(torch.tensor([1.0, 3.0, 5.0, 7.0]), n=2, groups=2)
         tensor([2., 6.])
     """
     if terms.shape[0] != n * groups:

@@ -82,7 +82,7 @@ def feature_distance_reference(
     Example:
         >>> import torch, perceptloss
         >>> a, b = [torch.full((2, 3, 4, 4), 3.0)], [torch.ones(2, 3, 4, 4)]
-        >>> perceptloss.feature_distance_reference(a, b, [0.5], p=1)
+        >>> perceptloss.functional.feature_distance_reference(a, b, [0.5], p=1)
         tensor([[1.],
                 [1.]])
     """

@@ -76,7 +76,7 @@ def bf16_native(device: torch.device | str = "cpu") -> tuple[bool, str]:
 
     Example:
         >>> import perceptloss
-        >>> native, reason = perceptloss.bf16_native("cpu")
+        >>> native, reason = perceptloss.hardware.bf16_native("cpu")
         >>> isinstance(native, bool) and isinstance(reason, str)
         True
     """

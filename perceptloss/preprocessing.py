@@ -28,7 +28,7 @@ class Normalization:
 
     Example:
         >>> import perceptloss
-        >>> perceptloss.CAFFE.scale, perceptloss.CAFFE.bgr
+        >>> perceptloss.preprocessing.CAFFE.scale, perceptloss.preprocessing.CAFFE.bgr
         (255.0, True)
         >>> perceptloss.Normalization(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), name="tanh").std
         (0.5, 0.5, 0.5)

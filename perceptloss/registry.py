@@ -8,7 +8,7 @@ Example:
     >>> import perceptloss
     >>> perceptloss.list_weights("vgg19")
     ['caffe', 'torchvision']
-    >>> perceptloss.resolve_layers("vgg19", "dfc123")
+    >>> perceptloss.registry.resolve_layers("vgg19", "dfc123")
     ('relu1_1', 'relu2_1', 'relu3_1')
 """
 from __future__ import annotations
@@ -128,7 +128,7 @@ def get_backbone(name: str) -> BackboneSpec:
 
     Example:
         >>> import perceptloss
-        >>> perceptloss.get_backbone("vgg19").default_weights
+        >>> perceptloss.registry.get_backbone("vgg19").default_weights
         'caffe'
     """
     if name in _BACKBONES:
@@ -174,7 +174,7 @@ def resolve_layers(backbone: str, layers: str | Sequence[str]) -> tuple[str, ...
 
     Example:
         >>> import perceptloss
-        >>> perceptloss.resolve_layers("vgg19", "dfc123")
+        >>> perceptloss.registry.resolve_layers("vgg19", "dfc123")
         ('relu1_1', 'relu2_1', 'relu3_1')
     """
     valid = list_layers(backbone)
