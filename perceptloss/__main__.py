@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "fetch":
             entry = _entry(args.backbone, args.weights)
             target = weights.cache_path(entry)
-            weights.resolve(entry, force=args.force)
+            weights.resolve(entry, force=args.force, require_cache=True)
             print(f"{entry.key}: {target} (sha256 {weights.sha256_file(target)})")
         elif args.command == "info":
             _print_info()
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                     bad += 1
                     print(f"CORRUPT  {e}")
             return 1 if bad else 0
-    except (UsageError, KeyError, ValueError, FileNotFoundError, weights.WeightsChecksumError) as e:
+    except (UsageError, KeyError, ValueError, FileNotFoundError, weights.WeightsChecksumError, weights.WeightsCacheError) as e:
         text = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
         if not isinstance(e, weights.WeightsNotFoundError):  # that one lists the ways to get the weights
             text = " ".join(text.split())  # one line

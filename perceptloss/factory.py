@@ -6,12 +6,13 @@ from typing import Sequence
 
 import torch
 
-from ._validation import unknown_name_error
+from ._validation import suggest
 from .backbones.base import FeatureExtractor
 from .backbones.module import ModuleFeatures
 from .preprocessing import CAFFE, IDENTITY, IMAGENET, Normalization
 from .registry import BackboneSpec, get_backbone, list_weights, resolve_layers
-from .weights import WeightEntry, cache_path, entry_for_file, fetch_command, load_state_dict_file, resolve
+from .weights import WeightEntry, cache_path, fetch_command, load_backbone_file, resolve
+from .weights._files import check_weights_path, looks_like_path
 
 _NORMALIZATIONS = {"caffe": CAFFE, "imagenet": IMAGENET, "identity": IDENTITY}
 
@@ -40,9 +41,10 @@ def create_backbone(
     ``backbone``: a registered name, a prefixed name ('timm:<model>'), or an ``nn.Module`` (then ``layers``
     are fx node names, ``normalization`` defaults to IDENTITY, and the module is copied and frozen unless
     ``share_module=True``; see ``ModuleFeatures``). ``weights``: "default", an entry name (see
-    ``list_weights``), a file path, or None for random init (tests of mechanics only). For a file, the
-    preprocessing comes from its provenance when perceptloss can know it (a file it wrote, or a known
-    published file name); otherwise pass ``normalization=`` ("caffe", "imagenet", or a Normalization).
+    ``list_weights``), a file path, or None for random init (tests of mechanics only). A file must hold this
+    backbone's weights for ``layers`` (the rules: ``perceptloss.weights._provenance``); its preprocessing
+    comes from its provenance when perceptloss can know it (a file it wrote, a known published file name or
+    checksum); otherwise pass ``normalization=`` ("caffe", "imagenet", or a Normalization).
     """
     normalization = normalization_from(normalization)
     if isinstance(backbone, torch.nn.Module):
@@ -63,10 +65,20 @@ def create_backbone(
         entry = spec.weights[entry_name]
         _load_entry(spec, extractor, entry)
         return extractor.freeze(), normalization or entry.normalization
-    path = Path(str(weights))
-    if not path.is_file():
-        raise unknown_name_error(f"weights of {backbone} (or an existing file)", str(weights), list_weights(backbone))
-    return _load_file(spec, extractor, path, normalization)
+    if not looks_like_path(weights):
+        entries = list_weights(backbone)
+        raise KeyError(
+            f"unknown weights {weights!r} for {backbone}: neither one of its entries ({', '.join(entries) or 'none'}) "
+            f"nor an existing file.{suggest(str(weights), entries)}"
+        )
+    path = check_weights_path(weights)
+    state, norm = load_backbone_file(spec, path, extractor.weight_tensors(), names, normalization)
+    try:
+        spec.load(extractor, state)
+    except (KeyError, ValueError) as e:
+        reason = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ValueError(f"{path} does not fit {spec.name}: {reason}") from e
+    return extractor.freeze(), norm
 
 
 def _load_entry(spec: BackboneSpec, extractor: FeatureExtractor, entry: WeightEntry) -> None:
@@ -78,38 +90,3 @@ def _load_entry(spec: BackboneSpec, extractor: FeatureExtractor, entry: WeightEn
             f"the cached weights {cache_path(entry)} do not fit {spec.name} ({reason}); they were written by "
             f"something else: rebuild them with `{fetch_command(entry)}`"
         ) from e
-
-
-def _load_file(
-    spec: BackboneSpec, extractor: FeatureExtractor, path: Path, normalization: Normalization | None
-) -> tuple[FeatureExtractor, Normalization]:
-    own = extractor.weight_tensors()
-    state = load_state_dict_file(path) if path.suffix in (".safetensors", ".pth", ".pt") else None
-    needs_conversion = state is None or not any(k in state for k in own)
-    # pinned checksums belong to source files that need converting: only those are worth hashing
-    entry = entry_for_file(path, by_checksum=needs_conversion)
-    if needs_conversion:
-        converter = entry if entry is not None and entry.backbone == spec.name else None
-        if converter is None:
-            converter = spec.weights.get(spec.default_weights) if spec.default_weights else None
-        if converter is None:
-            raise ValueError(f"{path} does not hold {spec.name} weights in torchvision naming")
-        state = converter.convert(path)
-        entry = entry or converter
-    try:
-        spec.load(extractor, state)
-    except (KeyError, ValueError) as e:
-        reason = e.args[0] if isinstance(e, KeyError) and e.args else e
-        raise ValueError(f"{path} does not fit {spec.name}: {reason}") from e
-    if normalization is None:
-        if entry is None:
-            choices = ", ".join(f"{e.name}: {e.normalization.name}" for e in spec.weights.values())
-            raise ValueError(
-                f"cannot tell how images must be preprocessed for the weights in {path}: the file is not one "
-                f"perceptloss wrote or a known published file. Pass normalization='imagenet' (torchvision / "
-                f"PyTorch-trained weights: RGB, ImageNet mean/std) or normalization='caffe' (original Caffe "
-                f"weights: BGR, 0-255 minus the mean pixel), or a perceptloss.Normalization "
-                f"({spec.name}'s entries: {choices})"
-            )
-        normalization = entry.normalization
-    return extractor.freeze(), normalization

