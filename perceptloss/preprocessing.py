@@ -1,6 +1,7 @@
 """Per-weight input normalisation folded with the user's declared input range into one affine map."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,7 @@ class Normalization:
 
     Pixels are first brought to ``[0, scale]``, channels reordered to BGR when ``bgr`` is set, then
     ``(x - mean) / std`` per channel, with ``mean`` and ``std`` given in that scale and channel order.
+    ``mean``: three finite numbers; ``std``: three finite numbers > 0; ``scale``: finite, > 0.
     """
 
     mean: tuple[float, float, float]
@@ -20,6 +22,18 @@ class Normalization:
     scale: float = 1.0
     bgr: bool = False
     name: str = ""
+
+    def __post_init__(self) -> None:
+        for field, values, positive in (("mean", self.mean, False), ("std", self.std, True)):
+            try:
+                numbers = tuple(float(v) for v in values)
+            except (TypeError, ValueError):
+                raise ValueError(f"Normalization {field} must be three numbers (R, G, B), got {values!r}") from None
+            if len(numbers) != 3 or not all(math.isfinite(v) and (v > 0 or not positive) for v in numbers):
+                need = "finite numbers > 0" if positive else "finite numbers"
+                raise ValueError(f"Normalization {field} must be three {need} (R, G, B), got {values!r}")
+        if isinstance(self.scale, bool) or not (math.isfinite(float(self.scale)) and float(self.scale) > 0):
+            raise ValueError(f"Normalization scale must be a finite number > 0 (1 or 255), got {self.scale!r}")
 
 
 #: Caffe / original VGG: BGR, 0-255, minus the ImageNet mean pixel (as in the DFC-VAE paper's Torch code).
@@ -33,10 +47,15 @@ IDENTITY = Normalization(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), scale=1.0, n
 class Preprocess(nn.Module):
     """Map RGB images in ``input_range`` to what a network expects, as ``x[:, order] * a + b``.
 
-    Input: (N, 3, H, W) RGB in ``input_range``; output: same shape, normalised per ``norm``.
+    Input: (N, 3, H, W) RGB in ``input_range``; output: same shape, normalised per ``norm``. The constants
+    a, b are float32 buffers (``dtype`` at construction); whenever ``.to()`` / ``.double()`` / ``.half()``
+    changes their dtype they are computed again from ``norm`` and ``input_range`` in float64 and rounded once
+    to that dtype, so a float64 loss holds them exactly, not float32's rounding of them.
     """
 
-    def __init__(self, norm: Normalization, input_range: tuple[float, float] = (0.0, 1.0)) -> None:
+    def __init__(
+        self, norm: Normalization, input_range: tuple[float, float] = (0.0, 1.0), dtype: torch.dtype = torch.float32
+    ) -> None:
         super().__init__()
         lo, hi = (float(v) for v in input_range)
         if not hi > lo:
@@ -45,11 +64,26 @@ class Preprocess(nn.Module):
             lo, hi = 0.0, 1.0  # identity means "as given": no range mapping either
         self.norm = norm
         self.input_range = (lo, hi)
-        unit = norm.scale / (hi - lo)
-        std = torch.tensor(norm.std, dtype=torch.float32)
-        mean = torch.tensor(norm.mean, dtype=torch.float32)
-        self.register_buffer("a", (unit / std).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("b", ((-lo * unit - mean) / std).view(1, 3, 1, 1), persistent=False)
+        a, b = self._constants(dtype)
+        self.register_buffer("a", a, persistent=False)
+        self.register_buffer("b", b, persistent=False)
+
+    def _constants(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """a, b as (1, 3, 1, 1) tensors of ``dtype`` (float32 computed in float32, as ever; others from float64)."""
+        lo, hi = self.input_range
+        work = torch.float32 if dtype == torch.float32 else torch.float64
+        unit = self.norm.scale / (hi - lo)
+        std = torch.tensor(self.norm.std, dtype=work)
+        mean = torch.tensor(self.norm.mean, dtype=work)
+        return (unit / std).view(1, 3, 1, 1).to(dtype), ((-lo * unit - mean) / std).view(1, 3, 1, 1).to(dtype)
+
+    def _apply(self, fn, recurse: bool = True):
+        dtype = self.a.dtype
+        out = super()._apply(fn, recurse)
+        if self.a.dtype != dtype and self.a.is_floating_point():
+            a, b = self._constants(self.a.dtype)
+            self.a, self.b = a.to(self.a.device), b.to(self.b.device)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm.bgr:
