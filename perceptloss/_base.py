@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import _ops
-from ._dtypes import cast_to_network_dtype, network_dtype
+from ._dtypes import accumulation_dtype, cast_to_network_dtype, network_dtype
 from ._layout import MemoryFormat, check_memory_format, to_activation_layout
 from ._validation import check_choice, check_image_pair, check_input_range, check_values
 from .channels import ChannelPolicy, channel_policy
@@ -102,14 +102,36 @@ class PerceptualLoss(nn.Module):
     # ------------------------------------------------------------------------------------------ network
 
     def _set_network(self, net: FeatureExtractor, normalization: Normalization) -> None:
-        """Install the frozen ``net`` and the preprocessing from ``input_range`` to ``normalization``."""
+        """Install the frozen ``net`` and the preprocessing from ``input_range`` to ``normalization``.
+
+        A shared module (``share_module=True``) is the owner's and keeps its own dtype: a ``dtype=`` it does
+        not have cannot apply and is refused (converting it would change the owner's model).
+        """
+        if getattr(net, "shared", False) and self._net_dtype is not None:
+            own = network_dtype(net)
+            if self._dtype_request == "auto" or (own is not None and own != self._net_dtype):
+                asked = "'auto'" if self._dtype_request == "auto" else str(self._net_dtype)
+                raise ValueError(
+                    f"share_module=True reads your module as it is, in its own dtype ({own}), so dtype={asked} cannot "
+                    f"apply (converting it would change your model): convert the module yourself (module.to(dtype)) "
+                    f"and leave dtype unset, run the loss under torch.autocast, or drop share_module=True for a "
+                    f"private frozen copy in that dtype"
+                )
         self.net = net
         self.layers: tuple[str, ...] = tuple(net.layers)
-        self.preprocess = Preprocess(normalization, self.input_range)
         if self._net_dtype is not None and not getattr(net, "shared", False):
             self.net.to(self._net_dtype)
+        self.preprocess = Preprocess(normalization, self.input_range, self._constant_dtype)
         if self._dtype_request is None:
             warn_if_emulated(self._net_dtype, "cpu")
+
+    @property
+    def _constant_dtype(self) -> torch.dtype:
+        """The dtype of the loss's constants (preprocessing, α/β, heads): float64 in a float64 loss, float32 in
+        every other (a 16-bit loss accumulates its statistics in float32, so its constants stay float32)."""
+        net = getattr(self, "net", None)
+        dtype = (network_dtype(net) if net is not None else None) or self._net_dtype or torch.float32
+        return accumulation_dtype(dtype)
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -223,6 +245,7 @@ class PerceptualLoss(nn.Module):
             self.register_buffer(f"_target{k}", r.detach(), persistent=False)
         self._num_targets = len(self.layers)
         self._target_samples = int(target.shape[0])
+        self._target_channels = int(target.shape[1])
         return self
 
     @property
@@ -230,11 +253,26 @@ class PerceptualLoss(nn.Module):
         """True when ``set_target`` fixed a target."""
         return self._num_targets > 0
 
-    def _cached_target(self, input_repr: list[torch.Tensor], n: int | None = None) -> list[torch.Tensor]:
-        """The set_target representation, expanded to the input's N samples (``n``) of G RGB images each."""
+    def _cached_target(
+        self, input_repr: list[torch.Tensor], n: int | None = None, channels: int | None = None
+    ) -> list[torch.Tensor]:
+        """The set_target representation, expanded to the input's N samples (``n``) of G RGB images each.
+
+        ``channels``: the input's C. It must be the target's: with "per_channel" or "groups" the target's
+        channels become rows of its representation, and another C would pair input sample i with target
+        channel (or group) i.
+        """
         if not self._num_targets:
             raise ValueError(
                 "no target: call loss(input, target), or fix a target once with loss.set_target(target)"
+            )
+        target_c = getattr(self, "_target_channels", None)
+        if channels is not None and target_c is not None and int(channels) != target_c:
+            raise ValueError(
+                f"the target fixed with set_target has {target_c} channel(s) but the input has {int(channels)} "
+                f"(channels={self.channel_policy.mode!r}): their channel layouts must match, else input images would "
+                f"be paired with the wrong target channels; pass inputs of {target_c} channel(s), or call "
+                f"loss.set_target(target) with a target of {int(channels)} channel(s)"
             )
         out = []
         for k, (name, r) in enumerate(zip(self.layers, input_repr)):
@@ -263,7 +301,8 @@ class PerceptualLoss(nn.Module):
         if target is None:
             self._check(input=input)
             input_repr = self.representation(self.features(self._split(input)))
-            return self._merge(self.compare(input_repr, self._cached_target(input_repr, n)), n)
+            channels = input.shape[1] if isinstance(input, torch.Tensor) and input.dim() == 4 else None
+            return self._merge(self.compare(input_repr, self._cached_target(input_repr, n, channels)), n)
         self._check(input=input, target=target)
         input_repr = self.representation(self.features(self._split(input)))
         return self._merge(self.compare(input_repr, self._target_representation(self._split(target))), n)

@@ -36,6 +36,27 @@ def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
         raise ValueError(f"{name} must be {' or '.join(repr(c) for c in choices)}, got {value!r}")
 
 
+def check_number(name: str, value: object, *, minimum: float | None = None, positive: bool = False) -> float:
+    """``value`` as a finite float, or a ValueError naming ``name``; ``positive``: > 0; ``minimum``: >= it.
+
+    The rule for every float argument of the library: NaN and +-Inf are refused (an infinite eps or weight
+    makes every value infinite or NaN, silently), and so are values outside what the argument means.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if positive and not number > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{name} must be >= {minimum:g}, got {value!r}")
+    return number
+
+
 def check_input_range(input_range: object) -> tuple[float, float]:
     """``input_range`` as two finite floats (low, high) with high > low, or a ValueError saying what to pass."""
     try:
@@ -155,6 +176,14 @@ def check_image_pair(
         )
 
 
+class InputRangeWarning(UserWarning):
+    """Images whose values suggest that ``input_range`` was declared wrongly, where real images can look so too."""
+
+
+#: (kind, input_range, role) already warned about: a check that can be wrong warns once per declared range.
+_WARNED_RANGE: set[tuple[str, tuple[float, float], str]] = set()
+
+
 def _check_values_eager(
     tensors: Sequence[torch.Tensor], roles: Sequence[str], input_range: tuple[float, float] | None, on_range: str
 ) -> None:
@@ -168,42 +197,60 @@ def _check_values_eager(
             raise ValueError(f"{role} contains Inf; check the model producing it or clamp it")
         if input_range is None or on_range == "off":
             continue
-        msg = range_mismatch(lo, hi, input_range, role)
-        if msg is not None:
+        found = range_mismatch(lo, hi, input_range, role)
+        if found is None:
+            continue
+        kind, msg = found
+        if kind == "outside":  # cannot be wrong about a real image: raises by default
             if on_range == "raise":
                 raise ValueError(msg)
             warnings.warn(msg, stacklevel=4)
+            continue
+        key = (kind, tuple(input_range), role)  # can be wrong: a warning, once per declared range
+        if key not in _WARNED_RANGE:
+            _WARNED_RANGE.add(key)
+            warnings.warn(msg, InputRangeWarning, stacklevel=4)
 
 
-def range_mismatch(lo: float, hi: float, input_range: tuple[float, float], role: str) -> str | None:
-    """What is wrong with images whose values span [lo, hi] for the declared ``input_range`` (None: nothing).
+def range_mismatch(lo: float, hi: float, input_range: tuple[float, float], role: str) -> tuple[str, str] | None:
+    """What may be wrong with images whose values span [lo, hi] for the declared ``input_range``: (kind,
+    message), or None.
 
-    Caught: values beyond the range by more than half its width ([0, 255] images declared as (0, 1), [-1, 1]
-    images declared as (0, 1)); and the reverse mistakes, where the values fill only a sliver of a wide range
-    ([0, 1] images declared as (0, 255): all within its lowest 1%) or only the upper half of a symmetric
-    range while spanning much of it ([0, 1] images declared as (-1, 1)). A constant image is never flagged
-    by the reverse checks (a black frame is a legitimate image in any range).
+    The rule: a check that cannot be wrong about a real image may raise; one that can be wrong warns.
+
+    - "outside": values beyond the declared range by more than half its width ([0, 255] images declared as
+      (0, 1), [-1, 1] images declared as (0, 1)). No image in the declared range has such values, so this
+      cannot be wrong about one: it raises under ``check_range="raise"`` (the default), warns under "warn".
+      (A decoder overshooting by a few percent is well within the margin.)
+    - "sliver": all values within the lowest 1% of a wide range ([0, 1] images declared as (0, 255)?), and
+      "upper-half": no value in the lower half of a symmetric range while spanning a quarter of it ([0, 1]
+      images declared as (-1, 1)?). These guess a mistake from the values alone, and real images look like
+      that too (a near-black frame in 0-255 with values <= 2, a bright sky in [-1, 1] with values 0.1-1):
+      they only warn (``InputRangeWarning``, once per declared range and role), under "raise" and "warn".
+      A constant image is never flagged by them.
+
+    ``check_range="off"`` turns every range check off.
     """
     a, b = input_range
     width = b - a
-    fix = "or set check_range='warn'/'off' if these values are intended"
     if lo < a - 0.5 * width or hi > b + 0.5 * width:
-        return (
+        return "outside", (
             f"{role} values lie in [{lo:.4g}, {hi:.4g}] but input_range={tuple(input_range)} was declared; "
             f"pass images in that range or declare the range they are in (e.g. input_range=(-1, 1) or "
-            f"(0, 255)), {fix}"
+            f"(0, 255)), or set check_range='warn'/'off' if these values are intended"
         )
+    quiet = "shown once per declared range; set check_range='off' if these images are as intended"
     if hi > lo and width >= 10 and lo >= a - 0.01 * width and hi <= a + 0.01 * width:
-        return (
+        return "sliver", (
             f"{role} values lie in [{lo:.4g}, {hi:.4g}], within the lowest 1% of the declared "
-            f"input_range={tuple(input_range)}: images in [0, 1] declared as (0, 255)? Declare the range they are "
-            f"in (input_range=(0, 1)), {fix}"
+            f"input_range={tuple(input_range)}: images in [0, 1] declared as (0, 255)? If so, declare the range "
+            f"they are in (input_range=(0, 1)); a very dark image looks like this too ({quiet})"
         )
     if a < 0 < b and abs(a + b) <= 1e-6 * width and lo >= 0 and hi - lo >= 0.25 * width:
-        return (
+        return "upper-half", (
             f"{role} values lie in [{lo:.4g}, {hi:.4g}]: not one value in the lower half of the declared "
-            f"input_range={tuple(input_range)}: images in [0, {b:g}] declared as ({a:g}, {b:g})? Declare the range "
-            f"they are in (e.g. input_range=(0, 1)), {fix}"
+            f"input_range={tuple(input_range)}: images in [0, {b:g}] declared as ({a:g}, {b:g})? If so, declare "
+            f"the range they are in (e.g. input_range=(0, 1)); a bright image looks like this too ({quiet})"
         )
     return None
 
@@ -257,7 +304,8 @@ def _warn_compiled_check_missing() -> None:
 def check_values(
     tensors: dict[str, torch.Tensor], input_range: tuple[float, float] | None, on_range: str
 ) -> None:
-    """Raise on NaN/Inf; raise or warn (``on_range``) on values clearly outside ``input_range``.
+    """Raise on NaN/Inf; raise or warn (``on_range``) on values clearly outside ``input_range``; warn where
+    the values only suggest a wrongly declared range (see ``range_mismatch`` for the rule).
 
     "Clearly outside" means beyond the declared range by more than half its width: [0, 255] images declared as
     (0, 1), or [-1, 1] images declared as (0, 1), are caught; a decoder overshooting by a few percent is not.

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ._validation import check_image_pair, check_values
+from ._validation import check_image_pair, check_number, check_values
 from .loss import FeatureLoss
 from .preprocessing import IMAGENET, Normalization
 from .style import StyleLoss
@@ -144,7 +144,7 @@ def from_basicsr(
             f"{', '.join(BASICSR_DEFAULTS)}"
         )
     o = {**BASICSR_DEFAULTS, **opts}
-    layer_weights = {str(k): float(v) for k, v in dict(o["layer_weights"]).items()}
+    layer_weights = {str(k): check_number(f"layer_weights[{k!r}]", v, minimum=0.0) for k, v in dict(o["layer_weights"]).items()}
     if o["vgg_type"] not in ("vgg19", "vgg16"):
         raise ValueError(f"vgg_type {o['vgg_type']!r} is not available: perceptloss has 'vgg19' and 'vgg16' (torchvision weights)")
     criterion = o["criterion"]
@@ -153,8 +153,9 @@ def from_basicsr(
             f"criterion {criterion!r} is not supported: 'l1' (BasicSR's default) and 'l2' are; 'fro' is a Frobenius "
             f"norm over the whole batch, not a per-sample loss (use 'l2', its square divided by the element count)"
         )
-    pw, sw = float(o["perceptual_weight"]), float(o["style_weight"])
-    if pw < 0 or sw < 0 or pw == sw == 0:
+    pw = check_number("perceptual_weight", o["perceptual_weight"], minimum=0.0)
+    sw = check_number("style_weight", o["style_weight"], minimum=0.0)
+    if pw == sw == 0:
         raise ValueError(f"perceptual_weight={pw} and style_weight={sw}: both must be >= 0 and at least one > 0")
     common = dict(
         weights=weights,

@@ -45,6 +45,11 @@ DISTS_CHANNELS: tuple[int, ...] = (3, 64, 128, 256, 512, 512)
 #: The constants of the official code (both 1e-6).
 C1 = 1e-6
 C2 = 1e-6
+#: The smallest image side DISTS takes: its deepest layer (relu5_3, after four stride-2 L2 poolings) is
+#: ceil(side / 16), and 17 is the least side that leaves it 2x2 positions. On a 1x1 feature map the spatial
+#: variances and covariance are 0, so the texture term S2 is 1 whatever the images: that layer's texture is
+#: not compared at all. (DISTS was calibrated on 256x256 images.)
+DISTS_MIN_SIZE = 17
 #: sha256 of ``DISTS_pytorch/weights.pt`` in the dists-pytorch 0.1 wheel (torchmetrics >= 1.7 ships the same bytes).
 DISTS_WEIGHTS_SHA256 = "f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218"
 
@@ -80,7 +85,8 @@ DISTS_ENTRY = register_weights(WeightEntry(
 
 
 def load_alpha_beta(alpha_beta: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1475,) α and β: ``alpha_beta`` is "default" (the published v0.1 values) or a file (the official or ours)."""
+    """(1475,) float32 α and β: ``alpha_beta`` is "default" (the published v0.1 values) or a file (the official or
+    ours)."""
     state = resolve(DISTS_ENTRY) if str(alpha_beta) == "default" else convert_dists_weights(Path(alpha_beta))
     return state["alpha"].float(), state["beta"].float()
 
@@ -116,8 +122,12 @@ class DISTS(PerceptualLoss):
         reduction: "none" (default, (N,) as the official code), "mean" or "sum".
         check_range, check_inputs, dtype, memory_format, channels, channel_reduction: as for ``FeatureLoss``.
 
+    Values: 1 - (the weighted similarity terms), clamped at 0 (identical images give 0, not the -1e-7 of
+    rounding); images need H, W >= ``DISTS_MIN_SIZE`` (17: every layer then has 2x2 positions for its
+    variances; smaller images are a ValueError).
+
     Frozen by construction: the trunk's weights and α, β are buffers left out of the state dict (not trainable, not in a
-    parent's ``state_dict``), it stays in eval mode. ``set_target(y)`` keeps a reference image's features for
+    parent's ``state_dict``), it stays in eval mode. α, β are float64 in a float64 loss, float32 otherwise. ``set_target(y)`` keeps a reference image's features for
     ``loss(x)`` (a batch of 1 is compared with every input). The target's features are computed under
     ``no_grad`` unless it requires grad. ``per_layer`` gives the (N, 6) similarity terms; DISTS = 1 - their sum.
     """
@@ -143,20 +153,29 @@ class DISTS(PerceptualLoss):
         self._set_network(trunk, IMAGENET)
         self.layers = ("image",) + DISTS_LAYERS
         alpha, beta = load_alpha_beta(alpha_beta)
-        self.register_buffer("alpha", alpha.clone(), persistent=False)
-        self.register_buffer("beta", beta.clone(), persistent=False)
+        self.register_buffer("alpha", alpha.to(self._constant_dtype, copy=True), persistent=False)
+        self.register_buffer("beta", beta.to(self._constant_dtype, copy=True), persistent=False)
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """[the images mapped to [0, 1] (N, 3, H, W), then the five trunk activations] for RGB images in
-        ``input_range``."""
-        wide = images if images.dtype in (torch.float32, torch.float64) else images.float()
+        ``input_range``; the first in float32, or float64 for float64 images or a float64 loss."""
+        h, w = images.shape[-2:]
+        if h < DISTS_MIN_SIZE or w < DISTS_MIN_SIZE:
+            raise ValueError(
+                f"images of size {(int(h), int(w))} are too small for DISTS: it needs at least "
+                f"{DISTS_MIN_SIZE}x{DISTS_MIN_SIZE} (its deepest layer, relu5_3, is 1/16 of the image and needs 2x2 "
+                f"positions for the variances its texture term compares; DISTS was calibrated on 256x256 images); "
+                f"pass larger images (e.g. upsample them with torch.nn.functional.interpolate)"
+            )
+        wide = images.to(torch.float64 if torch.float64 in (images.dtype, self.dtype) else torch.float32)
         lo, hi = self.input_range
         unit = wide if (lo, hi) == (0.0, 1.0) else (wide - lo) / (hi - lo)
         return [unit] + list(super().features(images))
 
     def _weights(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        total = self.alpha.sum() + self.beta.sum()
-        return list(torch.split(self.alpha / total, DISTS_CHANNELS)), list(torch.split(self.beta / total, DISTS_CHANNELS))
+        alpha, beta = self.alpha.to(self._constant_dtype), self.beta.to(self._constant_dtype)  # not 16 bits after .half()
+        total = alpha.sum() + beta.sum()
+        return list(torch.split(alpha / total, DISTS_CHANNELS)), list(torch.split(beta / total, DISTS_CHANNELS))
 
     def compare(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
         """(N, 6) per-layer similarity terms sum_c (α S1 + β S2) of two feature lists (float32)."""
@@ -168,8 +187,12 @@ class DISTS(PerceptualLoss):
         return torch.stack(cols, dim=1)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        """DISTS(input, target): (N,) float32, or a scalar when reduced (target None: ``set_target``'s)."""
-        return self.reduce(1.0 - self.per_layer(input, target).sum(dim=-1))
+        """DISTS(input, target): (N,) float32 in [0, 1], or a scalar when reduced (target None: ``set_target``'s).
+
+        Clamped at 0: the similarity terms of identical images sum to 1 up to rounding, and a distance below 0
+        is only that rounding (where it is clamped the gradient is 0, as at the minimum it stands for).
+        """
+        return self.reduce((1.0 - self.per_layer(input, target).sum(dim=-1)).clamp_min(0.0))
 
     def extra_repr(self) -> str:
         return f"layers={list(self.layers)}, reduction={self.reduction!r}, input_range={self.input_range}"

@@ -45,13 +45,27 @@ def create_backbone(
     backbone's weights for ``layers`` (the rules: ``perceptloss.weights._provenance``); its preprocessing
     comes from its provenance when perceptloss can know it (a file it wrote, a known published file name or
     checksum); otherwise pass ``normalization=`` ("caffe", "imagenet", or a Normalization).
+
+    Options that cannot apply are refused: ``weights`` other than "default" with an ``nn.Module`` (it runs its
+    own weights), ``share_module=True`` with a registered name (there is no module of yours to share).
     """
     normalization = normalization_from(normalization)
     if isinstance(backbone, torch.nn.Module):
+        if not (isinstance(weights, str) and weights == "default"):
+            raise ValueError(
+                f"weights={str(weights)!r} cannot apply to an nn.Module backbone: the loss runs the module's own "
+                f"weights; load them into the module first (module.load_state_dict(...)) and leave weights unset"
+            )
         names = (layers,) if isinstance(layers, str) else tuple(layers)
         return ModuleFeatures(backbone, names, share=share_module), normalization or IDENTITY
     if not isinstance(backbone, str):
         raise TypeError(f"backbone must be a registered name or an nn.Module, got {type(backbone).__name__}")
+    if share_module:
+        raise ValueError(
+            f"share_module=True shares an nn.Module you pass as backbone; with the registered backbone "
+            f"{backbone!r} the loss builds its own frozen network, so there is nothing to share: drop "
+            f"share_module=True, or pass your module as backbone"
+        )
     spec = get_backbone(backbone)
     names = resolve_layers(backbone, layers)
     if spec.create is not None:

@@ -24,6 +24,14 @@ import torch
 
 from . import _ops
 from ._dtypes import accumulation_dtype, functorch_transform_active
+from ._validation import check_number
+
+
+def _check_weights(weights: Sequence[float] | None, layers: int) -> list[float]:
+    """One finite weight >= 0 per layer (1.0 each when None)."""
+    if weights is None:
+        return [1.0] * layers
+    return [check_number(f"the weight of layer {l} (weights[{l}])", w, minimum=0.0) for l, w in enumerate(weights)]
 
 
 def _check_features(inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], weights: Sequence[float]) -> None:
@@ -142,7 +150,7 @@ def feature_distance(
     """
     inputs, targets = list(inputs), list(targets)
     p = _check_p(p)
-    weights = [1.0] * len(inputs) if weights is None else [float(w) for w in weights]
+    weights = _check_weights(weights, len(inputs))
     use = _ops.supports(inputs[0].device) if fused is None and inputs else bool(fused)
     if use and functorch_transform_active():
         use = False  # torch.func.grad / vmap: the operator has no functorch rules; the reference is the same math
@@ -158,8 +166,9 @@ def unit_normalize(features: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     """(N, C, H, W) -> float32 (N, C, H, W) divided by (its L2 norm over C + eps) at each position.
 
     Same values as lpips' ``normalize_tensor``; where a position's norm is 0 the gradient is finite (a plain
-    sqrt(0) backward gives NaN). float64 features stay float64.
+    sqrt(0) backward gives NaN). float64 features stay float64. ``eps``: finite, >= 0.
     """
+    eps = check_number("unit_normalize's eps", eps, minimum=0.0)
     f = features.to(accumulation_dtype(features.dtype))
     squared = f.square().sum(dim=1, keepdim=True)
     positive = squared > 0
@@ -178,10 +187,8 @@ def charbonnier_distance(
     Computed in float32 (float64 for float64 features) in plain PyTorch: the fused operator has no such form.
     """
     inputs, targets = list(inputs), list(targets)
-    weights = [1.0] * len(inputs) if weights is None else [float(w) for w in weights]
-    eps = float(eps)
-    if not eps > 0:
-        raise ValueError(f"the Charbonnier eps must be > 0 (e.g. 1e-3), got {eps!r}")
+    weights = _check_weights(weights, len(inputs))
+    eps = check_number("the Charbonnier eps", eps, positive=True)
     _check_features(inputs, targets, weights)
     acc = accumulation_dtype(inputs[0].dtype)
     cols = [

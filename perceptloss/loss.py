@@ -9,7 +9,7 @@ from torch import nn
 
 from ._base import PerceptualLoss, Reduction
 from ._layout import MemoryFormat
-from ._validation import check_choice, check_layer_weights
+from ._validation import check_choice, check_layer_weights, check_number
 from .factory import create_backbone
 from .functional import charbonnier_distance, feature_distance, unit_normalize
 from .preprocessing import Normalization
@@ -47,8 +47,8 @@ class FeatureLoss(PerceptualLoss):
             2 (1 - cos), averaged over positions: LPIPS without heads, for any backbone) -- these three run on
             the fused operator -- or "charbonnier" (mean of sqrt(d^2 + eps^2) over C*H*W, a smooth L1; plain
             PyTorch, the operator has no such form).
-        charbonnier_eps: the eps of ``distance="charbonnier"`` (> 0, default 1e-3; BasicSR's
-            ``CharbonnierLoss(eps=e)`` is ``charbonnier_eps=sqrt(e)``).
+        charbonnier_eps: the eps of ``distance="charbonnier"`` (finite, > 0; None: 1e-3; BasicSR's
+            ``CharbonnierLoss(eps=e)`` is ``charbonnier_eps=sqrt(e)``); refused with any other distance.
         check_range: "raise" | "warn" | "off" for images clearly outside ``input_range``.
         check_inputs: check shapes/dtypes/devices and NaN/Inf (one host synchronisation per call).
         fused: None uses the compiled operator when present for the device, True requires it, False uses
@@ -93,7 +93,7 @@ class FeatureLoss(PerceptualLoss):
         dtype: torch.dtype | str | None = None,
         memory_format: MemoryFormat | torch.memory_format = "auto",
         share_module: bool = False,
-        charbonnier_eps: float = 1e-3,
+        charbonnier_eps: float | None = None,
         channels: str = "rgb",
         channel_reduction: str = "mean",
     ) -> None:
@@ -101,9 +101,18 @@ class FeatureLoss(PerceptualLoss):
                          check_inputs=check_inputs, fused=fused, dtype=dtype, memory_format=memory_format,
                          channels=channels, channel_reduction=channel_reduction)
         check_choice("distance", distance, self._DISTANCES)
-        if isinstance(charbonnier_eps, bool) or not isinstance(charbonnier_eps, (int, float)) or not charbonnier_eps > 0:
-            raise ValueError(f"charbonnier_eps must be a number > 0 (e.g. 1e-3), got {charbonnier_eps!r}")
-        self.charbonnier_eps = float(charbonnier_eps)
+        if charbonnier_eps is not None and distance != "charbonnier":
+            raise ValueError(
+                f"charbonnier_eps={charbonnier_eps!r} cannot apply with distance={distance!r}: it is the eps of "
+                f"distance='charbonnier'; pass distance='charbonnier' or drop charbonnier_eps"
+            )
+        if fused and distance == "charbonnier":
+            raise ValueError(
+                "fused=True requires the fused operator, but distance='charbonnier' has no fused form (it runs in "
+                "plain PyTorch): leave fused unset (None) or pass fused=False"
+            )
+        self.charbonnier_eps = 1e-3 if charbonnier_eps is None else check_number(
+            "charbonnier_eps", charbonnier_eps, positive=True)
         if layers is None:
             layers = list(layer_weights) if isinstance(layer_weights, Mapping) else self._DEFAULT_LAYERS
         net, norm = create_backbone(backbone, layers, weights, normalization, share_module=share_module)

@@ -94,9 +94,14 @@ class LPIPS(PerceptualLoss):
         self._set_network(trunk, norm)
         head_list = [torch.ones(c) for c in channels] if heads is None else load_heads(net, heads, list(channels), version)
         for k, w in enumerate(head_list):
-            self.register_buffer(f"head{k}", w.clone(), persistent=False)
+            self.register_buffer(f"head{k}", w.to(self._constant_dtype, copy=True), persistent=False)
         # The fused path folds sqrt(w) into the features; negative weights (foreign heads) take the direct path.
         self._fusable = all(bool((w >= 0).all()) for w in head_list)
+        if fused and not self._fusable:
+            raise ValueError(
+                "fused=True cannot apply: these heads have negative weights, which the fused form (sqrt(w) folded "
+                "into the features) cannot take, so they run in plain PyTorch; leave fused unset or pass fused=False"
+            )
         self.spatial = bool(spatial)
 
     @property
@@ -147,7 +152,7 @@ class LPIPS(PerceptualLoss):
         if target is None:
             self._check(input=input)
             na = self.representation(self.features(self._split(input)))
-            nb = self._cached_target(na, n)
+            nb = self._cached_target(na, n, input.shape[1])
         else:
             self._check(input=input, target=target)
             na = self.representation(self.features(self._split(input)))

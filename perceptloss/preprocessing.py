@@ -1,6 +1,7 @@
 """Per-weight input normalisation folded with the user's declared input range into one affine map."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -20,8 +21,8 @@ class Normalization:
     affine map. Pass one as a loss's ``normalization=`` for weights whose provenance perceptloss cannot know.
 
     Args:
-        mean: per-channel mean, in ``scale`` units and the network's channel order.
-        std: per-channel standard deviation, likewise.
+        mean: per-channel mean, three finite numbers, in ``scale`` units and the network's channel order.
+        std: per-channel standard deviation, three finite numbers > 0, likewise.
         scale: the pixel scale the network was trained on (1.0 for [0, 1], 255.0 for [0, 255]).
         bgr: True when the network takes BGR channels (Caffe).
         name: a short name for ``repr`` and error messages.
@@ -40,6 +41,18 @@ class Normalization:
     bgr: bool = False
     name: str = ""
 
+    def __post_init__(self) -> None:
+        for field, values, positive in (("mean", self.mean, False), ("std", self.std, True)):
+            try:
+                numbers = tuple(float(v) for v in values)
+            except (TypeError, ValueError):
+                raise ValueError(f"Normalization {field} must be three numbers (R, G, B), got {values!r}") from None
+            if len(numbers) != 3 or not all(math.isfinite(v) and (v > 0 or not positive) for v in numbers):
+                need = "finite numbers > 0" if positive else "finite numbers"
+                raise ValueError(f"Normalization {field} must be three {need} (R, G, B), got {values!r}")
+        if isinstance(self.scale, bool) or not (math.isfinite(float(self.scale)) and float(self.scale) > 0):
+            raise ValueError(f"Normalization scale must be a finite number > 0 (1 or 255), got {self.scale!r}")
+
 
 CAFFE = Normalization(mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), scale=255.0, bgr=True, name="caffe")
 """Caffe / original VGG: BGR, 0-255, minus the ImageNet mean pixel (as in the DFC-VAE paper's Torch code)."""
@@ -52,10 +65,15 @@ IDENTITY = Normalization(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), scale=1.0, n
 class Preprocess(nn.Module):
     """Map RGB images in ``input_range`` to what a network expects, as ``x[:, order] * a + b``.
 
-    Input: (N, 3, H, W) RGB in ``input_range``; output: same shape, normalised per ``norm``.
+    Input: (N, 3, H, W) RGB in ``input_range``; output: same shape, normalised per ``norm``. The constants
+    a, b are float32 buffers (``dtype`` at construction); whenever ``.to()`` / ``.double()`` / ``.half()``
+    changes their dtype they are computed again from ``norm`` and ``input_range`` in float64 and rounded once
+    to that dtype, so a float64 loss holds them exactly, not float32's rounding of them.
     """
 
-    def __init__(self, norm: Normalization, input_range: tuple[float, float] = (0.0, 1.0)) -> None:
+    def __init__(
+        self, norm: Normalization, input_range: tuple[float, float] = (0.0, 1.0), dtype: torch.dtype = torch.float32
+    ) -> None:
         super().__init__()
         lo, hi = (float(v) for v in input_range)
         if not hi > lo:
@@ -64,11 +82,26 @@ class Preprocess(nn.Module):
             lo, hi = 0.0, 1.0  # identity means "as given": no range mapping either
         self.norm = norm
         self.input_range = (lo, hi)
-        unit = norm.scale / (hi - lo)
-        std = torch.tensor(norm.std, dtype=torch.float32)
-        mean = torch.tensor(norm.mean, dtype=torch.float32)
-        self.register_buffer("a", (unit / std).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("b", ((-lo * unit - mean) / std).view(1, 3, 1, 1), persistent=False)
+        a, b = self._constants(dtype)
+        self.register_buffer("a", a, persistent=False)
+        self.register_buffer("b", b, persistent=False)
+
+    def _constants(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """a, b as (1, 3, 1, 1) tensors of ``dtype`` (float32 computed in float32, as ever; others from float64)."""
+        lo, hi = self.input_range
+        work = torch.float32 if dtype == torch.float32 else torch.float64
+        unit = self.norm.scale / (hi - lo)
+        std = torch.tensor(self.norm.std, dtype=work)
+        mean = torch.tensor(self.norm.mean, dtype=work)
+        return (unit / std).view(1, 3, 1, 1).to(dtype), ((-lo * unit - mean) / std).view(1, 3, 1, 1).to(dtype)
+
+    def _apply(self, fn, recurse: bool = True):
+        dtype = self.a.dtype
+        out = super()._apply(fn, recurse)
+        if self.a.dtype != dtype and self.a.is_floating_point():
+            a, b = self._constants(self.a.dtype)
+            self.a, self.b = a.to(self.a.device), b.to(self.b.device)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm.bgr:

@@ -21,6 +21,13 @@ class ModuleFeatures(FeatureExtractor):
     reach its parameters when they require grad). Use it for feature matching against a network that keeps
     learning, e.g. a GAN discriminator.
 
+    The loss reads a shared module, it does not train it: in train mode its normalisation layers
+    (BatchNorm, InstanceNorm with ``track_running_stats``) normalise with each batch's statistics as that
+    mode says, but their running statistics (and ``num_batches_tracked``) are left as they were. Otherwise
+    every loss call would count as two training batches of the module (input and target, generated images
+    among them), and the module's statistics would depend on how often the loss is evaluated; the owner's
+    own forward passes still update them.
+
     The module's layers must not modify the requested outputs in place (avoid ``inplace=True`` activations
     right after a requested node).
     """
@@ -41,6 +48,11 @@ class ModuleFeatures(FeatureExtractor):
             self.body.train(was_training)
         else:
             self.freeze()
+        # the normalisation layers whose running statistics a train-mode forward would update
+        self._stat_layers = [
+            (name, m) for name, m in self.body.named_modules()
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
+        ] if share else []
 
     def freeze(self) -> "FeatureExtractor":
         if self.shared:
@@ -54,5 +66,14 @@ class ModuleFeatures(FeatureExtractor):
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out = self.body(x)
+        updating = [(name, m) for name, m in self._stat_layers if m.training]
+        if updating:  # run on copies of the running statistics: the module's own stay as they were
+            copies = {
+                f"{name}.{b}" if name else b: getattr(m, b).clone()
+                for name, m in updating for b in ("running_mean", "running_var", "num_batches_tracked")
+                if getattr(m, b, None) is not None
+            }
+            out = torch.func.functional_call(self.body, copies, (x,), strict=False)
+        else:
+            out = self.body(x)
         return [out[n] for n in self.layers]

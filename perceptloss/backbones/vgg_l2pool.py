@@ -40,6 +40,11 @@ class L2Pool2d(nn.Module):
     Depthwise, stride 2, padding 1, the 3x3 window of ``hanning_window(5)``. The window is a constant, not a
     buffer (it is no weight: state dicts and weight files never hold it); it is cast to the input's device and
     dtype at each call (9 numbers).
+
+    16-bit inputs (``dtype=`` or autocast) are pooled in float32, autocast off, and the result cast back: the
+    pooling is a sum of squares (accumulated in float32 like every statistic of the library), and its
+    ``+ 1e-12`` is 0 in float16, so that an all-zero window (common after a ReLU) would have the gradient
+    sqrt'(0) = inf, and inf * 0 = NaN. In float32 that slope is at most 5e5 and multiplies a zero: finite.
     """
 
     def __init__(self, channels: int, filter_size: int = 5, stride: int = 2) -> None:
@@ -50,9 +55,12 @@ class L2Pool2d(nn.Module):
         self.window = hanning_window(filter_size).float()  # float32, as the official code's filter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.window.to(device=x.device, dtype=x.dtype).expand(x.shape[1], 1, *self.window.shape)
-        out = F.conv2d(x.square(), g, stride=self.stride, padding=self.padding, groups=x.shape[1])
-        return (out + 1e-12).sqrt()
+        wide = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            g = self.window.to(device=x.device, dtype=wide.dtype).expand(x.shape[1], 1, *self.window.shape)
+            out = F.conv2d(wide.square(), g, stride=self.stride, padding=self.padding, groups=x.shape[1])
+            pooled = (out + 1e-12).sqrt()
+        return pooled.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, stride={self.stride}, padding={self.padding}"
