@@ -23,12 +23,12 @@ import torch
 from torch import nn
 
 import perceptloss
-from perceptloss import DISTS, IDENTITY, LPIPS, FeatureLoss, StyleLoss, VolumeLoss
+from perceptloss import DISTS, LPIPS, FeatureLoss, StyleLoss, VolumeLoss
 from perceptloss import _validation, functional
 from perceptloss.basicsr import from_basicsr
-from perceptloss.preprocessing import Normalization
+from perceptloss.preprocessing import IDENTITY, Normalization
 
-from .helpers import TinyNet
+from .helpers import assert_close, TinyNet
 
 SHALLOW = ["relu1_1", "relu2_1"]
 
@@ -146,8 +146,8 @@ def test_item3_set_target_channel_layout_must_match_the_input(channels, target_s
 def test_item3_a_matching_target_still_works(channels, c):
     loss = FeatureLoss("vgg19", SHALLOW, weights=None, channels=channels)
     x, t = torch.rand(3, c, 16, 16), torch.rand(1, c, 16, 16)
-    torch.testing.assert_close(loss.set_target(t)(x), loss(x, t.expand_as(x)))
-    torch.testing.assert_close(loss.set_target(t.expand_as(x).clone())(x), loss(x, t.expand_as(x)))
+    assert_close(loss.set_target(t)(x), loss(x, t.expand_as(x)))
+    assert_close(loss.set_target(t.expand_as(x).clone())(x), loss(x, t.expand_as(x)))
 
 
 # ----------------------------------------------------------------------------------------------- item 5
@@ -184,7 +184,7 @@ def test_item5_every_buffer_follows_the_loss_dtype(name):
     a = make(dtype=torch.float64)
     torch.manual_seed(0)
     b = make().double()
-    torch.testing.assert_close(a(x, y), b(x, y), rtol=1e-13, atol=1e-15)
+    assert_close(a(x, y), b(x, y), rtol=1e-13, atol=1e-15)
 
 
 def test_item5_dists_float64_matches_the_official_code():
@@ -299,14 +299,14 @@ def test_shared_module_in_train_mode_keeps_its_batchnorm_statistics():
     twin.load_state_dict(disc.state_dict())
     twin.train()
     expected = (twin(x) - twin(y)).square().mean()
-    torch.testing.assert_close(value, expected)
+    assert_close(value, expected)
     assert disc.conv.weight.grad is not None and disc.bn.weight.grad is not None  # it still learns through it
     # the owner's own forward still updates them
     disc(x.detach())
     assert not torch.equal(disc.bn.running_mean, before["running_mean"])
     # in eval mode the running statistics are used, as before
     disc.eval()
-    torch.testing.assert_close(loss(x, y), (disc(x) - disc(y)).square().mean())
+    assert_close(loss(x, y), (disc(x) - disc(y)).square().mean())
 
 
 # ----------------------------------------------------------------------------------------------- item 11
