@@ -91,6 +91,7 @@ class PerceptualMetric(Metric):
         if not self.per_sample:
             raise ValueError("per-sample values are kept only with PerceptualMetric(loss, per_sample=True)")
         with self.sync_context(should_sync=self.sync_on_compute, should_unsync=True):
-            if not self.samples:
+            samples = self.samples  # a list of (n,) tensors, or one tensor once synchronised across ranks
+            if isinstance(samples, list) and not samples:
                 return torch.empty(0, dtype=self._value_dtype, device=self.total.device)
-            return dim_zero_cat(self.samples)
+            return dim_zero_cat(samples).clone()
