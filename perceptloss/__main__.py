@@ -7,6 +7,8 @@
     python -m perceptloss fetch vgg19.caffe [--force]     # by catalogue key (or: fetch vgg19 --weights caffe)
     python -m perceptloss verify                # re-check every cached file against its sha256
     python -m perceptloss info                  # torch, the fused operator's kernels, CPU level, threads
+    python -m perceptloss score REF DIST --metric lpips-vgg --metric vgg19:dfc123 [--csv F] [--json F]
+                                                # metrics between two image folders (score --help)
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import sys
 from typing import Iterator, NoReturn
 
 from . import registry, weights
+from .score.errors import ScoreError
 
 
 class UsageError(Exception):
@@ -126,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="rebuild the cached file")
     sub.add_parser("verify", help="check every cached weights file against its recorded sha256")
     sub.add_parser("info", help="torch version, fused operator kernels, the CPU kernel level in use, threads")
+    from .score.cli import add_arguments as add_score_arguments
+
+    add_score_arguments(sub)
     try:
         args = parser.parse_args(argv)
         if args.command == "list":
@@ -150,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{entry.key}: {target} (sha256 {weights.sha256_file(target)})")
         elif args.command == "info":
             _print_info()
+        elif args.command == "score":
+            from .score.cli import run as run_score
+
+            return run_score(args)
         elif args.command == "verify":
             bad = 0
             for entry, _ in _entries(None):
@@ -172,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                     bad += 1
                     print(f"CORRUPT  {e}")
             return 1 if bad else 0
-    except (UsageError, KeyError, ValueError, FileNotFoundError, weights.WeightsChecksumError, weights.WeightsCacheError) as e:
+    except (UsageError, ScoreError, KeyError, ValueError, FileNotFoundError, weights.WeightsChecksumError, weights.WeightsCacheError) as e:
         text = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
         if not isinstance(e, weights.WeightsNotFoundError):  # that one lists the ways to get the weights
             text = " ".join(text.split())  # one line

@@ -162,6 +162,22 @@ class PerceptualLoss(nn.Module):
             f"use torch.compile(loss) or torch.export.export(loss, (x, y)) instead"
         )
 
+    @property
+    def signature(self) -> str:
+        """One line, ``key:value|...``, stating how this loss computes its numbers: metric, network, weights
+        source and sha256 prefixes of its weight tensors, layers and their weights, input range, channel
+        policy, distance, reduction, dtype, perceptloss and torch versions (``perceptloss._signature``).
+        Two numbers with the same signature are comparable."""
+        from ._signature import loss_signature
+
+        return loss_signature(self)
+
+    def _signature_fields(self) -> dict[str, object]:
+        """This loss's own signature fields, in order (the network's and the layers by default)."""
+        from ._signature import network_fields
+
+        return {**network_fields(self), "layers": ",".join(self.layers)}
+
     # ------------------------------------------------------------------------------------------ features
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:

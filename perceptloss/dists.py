@@ -194,5 +194,11 @@ class DISTS(PerceptualLoss):
         """
         return self.reduce((1.0 - self.per_layer(input, target).sum(dim=-1)).clamp_min(0.0))
 
+    def _signature_fields(self) -> dict[str, object]:
+        from ._signature import tensors_digest
+
+        return {**super()._signature_fields(), "alpha_beta_sha256": tensors_digest({"alpha": self.alpha, "beta": self.beta}),
+                "distance": "dists"}
+
     def extra_repr(self) -> str:
         return f"layers={list(self.layers)}, reduction={self.reduction!r}, input_range={self.input_range}"

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 
+from ._signature import records_weights_source
 from ._validation import suggest
 from .backbones.base import FeatureExtractor
 from .backbones.module import ModuleFeatures
@@ -28,6 +29,7 @@ def normalization_from(value: Normalization | str | None) -> Normalization | Non
     )
 
 
+@records_weights_source
 def create_backbone(
     backbone: str | torch.nn.Module,
     layers: str | Sequence[str],

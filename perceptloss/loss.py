@@ -140,6 +140,12 @@ class FeatureLoss(PerceptualLoss):
             input_repr, target_repr, self.layer_weights, fused=self.fused, p=1 if self.distance == "l1" else 2
         )
 
+    def _signature_fields(self) -> dict[str, object]:
+        from ._signature import number, numbers
+
+        distance = self.distance + (f"/eps={number(self.charbonnier_eps)}" if self.distance == "charbonnier" else "")
+        return {**super()._signature_fields(), "layer_weights": numbers(self.layer_weights), "distance": distance}
+
     def extra_repr(self) -> str:
         return (
             f"layers={list(self.layers)}, layer_weights={self.layer_weights}, reduction={self.reduction!r}, "

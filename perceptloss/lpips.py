@@ -164,6 +164,13 @@ class LPIPS(PerceptualLoss):
         )
         return self.reduce(self._merge(out, n))
 
+    def _signature_fields(self) -> dict[str, object]:
+        from ._signature import tensors_digest
+
+        heads = {f"head{k}": w for k, w in enumerate(self.heads)}
+        fields = {**super()._signature_fields(), "net": self.net_name, "version": self.version}
+        return {**fields, "heads_sha256": tensors_digest(heads), "distance": "lpips", "spatial": "yes" if self.spatial else "no"}
+
     def extra_repr(self) -> str:
         return (f"net={self.net_name!r}, version={self.version!r}, layers={list(self.layers)}, "
                 f"reduction={self.reduction!r}, spatial={self.spatial}")

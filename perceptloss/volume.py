@@ -165,5 +165,20 @@ class VolumeLoss(nn.Module):
             return per_sample.sum()
         return per_sample
 
+    @property
+    def signature(self) -> str:
+        """The slice loss's signature (``metric`` and ``reduction`` renamed ``slice_metric``, ``slice_reduction``)
+        after this loss's own fields: ``metric:VolumeLoss|axes|stride|reduction``."""
+        from ._signature import format_signature, parse_signature
+
+        inner = getattr(self.loss, "signature", None)
+        fields = {"metric": "VolumeLoss", "axes": ",".join(map(str, self.axes)), "stride": self.stride,
+                  "reduction": self.reduction}
+        if inner is None:
+            fields["slice_metric"] = getattr(self.loss, "__qualname__", type(self.loss).__name__)
+        else:
+            fields.update({("slice_" + k if k in ("metric", "reduction") else k): v for k, v in parse_signature(inner).items()})
+        return format_signature(fields)
+
     def extra_repr(self) -> str:
         return f"axes={self.axes}, stride={self.stride}, chunk={self.chunk}, reduction={self.reduction!r}"

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv-test}
-bash scripts/setup_venv.sh "$venv" pytest pytest-xdist timm pillow lpips
+bash scripts/setup_venv.sh "$venv" pytest pytest-xdist timm pillow lpips torchmetrics
 # Wheels read for a data file only (their pinned dependencies, an old torch, must not be installed).
 "$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps dists-pytorch==0.1 2>&1 | { grep -v "is ignored" || true; }
 # The DFC-VAE example's extra dependencies, all in one place: examples/dfcvae/requirements*.txt.

@@ -1,0 +1,97 @@
+"""``PerceptualMetric``: any loss of this library as a ``torchmetrics.Metric`` for evaluation inside training loops.
+
+It accumulates per-sample values over batches and, through torchmetrics' state synchronisation, over the
+ranks of a distributed job (``compute()`` gives the mean over every sample seen by every rank). Needs the
+optional extra ``pip install perceptloss[metrics]`` (torchmetrics).
+
+>>> from perceptloss import LPIPS
+>>> from perceptloss.metric import PerceptualMetric
+>>> metric = PerceptualMetric(LPIPS("vgg"), per_sample=True)
+>>> for x, y in batches:          # (N, 3, H, W) in the loss's input_range
+...     metric.update(x, y)
+>>> metric.compute(), metric.values()   # mean (0-dim), every per-sample value (M,)
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    from torchmetrics import Metric
+    from torchmetrics.utilities import dim_zero_cat
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "perceptloss.metric needs torchmetrics: pip install 'perceptloss[metrics]' (or pip install torchmetrics)"
+    ) from e
+
+
+class PerceptualMetric(Metric):
+    """The mean of ``loss(input, target)``'s per-sample values over every batch and rank.
+
+    Args:
+        loss: a loss of this library built with ``reduction="none"`` (FeatureLoss, StyleLoss, LPIPS, DISTS),
+            or any module returning one value per sample, (N,), for (N, C, H, W) pairs.
+        per_sample: also keep every per-sample value (``values()``).
+        **kwargs: torchmetrics' ``Metric`` options (``sync_on_compute``, ``process_group``, ...).
+
+    ``update(input, target)`` takes the loss's images; the values are computed without gradient (detached),
+    the loss and the states move to the inputs' device on first use. Sums are kept in float64;
+    ``compute()`` and ``values()`` return the dtype of the loss's output (float32, float64 for float64 images).
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, loss: torch.nn.Module, *, per_sample: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        reduction = getattr(loss, "reduction", "none")
+        if reduction != "none":
+            raise ValueError(
+                f"PerceptualMetric needs one value per sample, but the loss has reduction={reduction!r}; build it "
+                f"with reduction='none'"
+            )
+        self.loss = loss
+        self.per_sample = bool(per_sample)
+        self._value_dtype = torch.float32
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        if self.per_sample:
+            self.add_state("samples", [], dist_reduce_fx="cat")
+
+    @property
+    def signature(self) -> str:
+        """The loss's signature (``PerceptualLoss.signature``)."""
+        return self.loss.signature
+
+    def update(self, input: torch.Tensor, target: torch.Tensor) -> None:
+        """Add the (N,) values of a batch: ``input``, ``target`` (N, C, H, W) as the loss takes them."""
+        if self.total.device != input.device:
+            self.to(input.device)
+        with torch.no_grad():
+            values = self.loss(input, target).detach()
+        if values.dim() != 1 or values.shape[0] != input.shape[0]:
+            raise ValueError(
+                f"the loss gave {tuple(values.shape)} for a batch of {input.shape[0]}; PerceptualMetric needs one "
+                f"value per sample: build the loss without spatial=True or channel_reduction='none'"
+            )
+        self._value_dtype = values.dtype
+        self.total += values.double().sum()
+        self.count += values.shape[0]
+        if self.per_sample:
+            self.samples.append(values)
+
+    def compute(self) -> torch.Tensor:
+        """The mean over every sample of every rank (0-dim, the loss's output dtype); NaN before any update."""
+        if int(self.count) == 0:
+            return torch.tensor(float("nan"), dtype=self._value_dtype, device=self.total.device)
+        return (self.total / self.count).to(self._value_dtype)
+
+    def values(self) -> torch.Tensor:
+        """Every per-sample value (M,), in update order, ranks concatenated in rank order (``per_sample=True``)."""
+        if not self.per_sample:
+            raise ValueError("per-sample values are kept only with PerceptualMetric(loss, per_sample=True)")
+        with self.sync_context(should_sync=self.sync_on_compute, should_unsync=True):
+            samples = self.samples  # a list of (n,) tensors, or one tensor once synchronised across ranks
+            if isinstance(samples, list) and not samples:
+                return torch.empty(0, dtype=self._value_dtype, device=self.total.device)
+            return dim_zero_cat(samples).clone()

@@ -1,0 +1,113 @@
+"""The ``score`` subcommand: its arguments and the run from folders to CSV / JSON / screen."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .decoding import CROPS, DECODING_POLICY, RESIZE_FILTERS
+from .errors import ScoreError
+from .metrics import DTYPES, METRIC_HELP, build_metric, parse_weights
+
+EPILOG = f"""pairing: REF/a/b.png is paired with DIST/a/b.<any image extension>; files without a partner are listed
+and skipped (--strict: an error). Unreadable files are named and their pair skipped (--strict: an error).
+
+decoding: {DECODING_POLICY}
+
+sizes: two images of a pair with different sizes are an error unless --resize FILTER (the distorted image
+resampled to the reference's size; the signature then records it) or --crop center.
+
+output: --csv FILE (one row per pair, one column per metric), --json FILE (per metric n, mean, std, the 95%
+t-interval and the signature); the summary is printed. Sharded: torchrun --nproc_per_node K -m perceptloss score ...
+(gloo on the CPU, NCCL on CUDA; rank 0 writes the files; the values are those of one process).
+"""
+
+
+def add_arguments(sub) -> None:
+    """Add the ``score`` subparser to the subparsers of ``python -m perceptloss``."""
+    p = sub.add_parser("score", help="perceptual metrics between two image folders (paired by relative path)",
+                       description="Score every image of DIST against its partner in REF.", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("ref", type=Path, help="folder of reference images")
+    p.add_argument("dist", type=Path, help="folder of distorted images (same relative paths, any image extension)")
+    p.add_argument("--metric", action="append", required=True, metavar="NAME", help=METRIC_HELP + "; repeatable")
+    p.add_argument("--csv", type=Path, default=None, help="write per-image values here")
+    p.add_argument("--json", type=Path, default=None, help="write the per-metric summary here")
+    p.add_argument("--strict", action="store_true", help="unmatched or unreadable files are errors, not skipped")
+    p.add_argument("--resize", choices=RESIZE_FILTERS, default=None, metavar="FILTER",
+                   help=f"resample a distorted image of another size to the reference's size ({', '.join(RESIZE_FILTERS)})")
+    p.add_argument("--crop", choices=CROPS, default=None, help="crop both images of a pair to their common size")
+    p.add_argument("--batch-size", type=int, default=16, help="pairs per batch (batches hold images of one size)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes decoding the images (0: none)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun, cuda is cuda:<local rank>)")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32",
+                   help="network dtype; auto: bfloat16 where the device computes it natively")
+    p.add_argument("--tile", type=int, default=None, metavar="N", help="evaluate in N x N tiles (perceptloss.tiling)")
+    p.add_argument("--weights", action="append", default=[], metavar="METRIC=FILE",
+                   help="trunk weights for a metric: a file (e.g. lpips-alex=alexnet-owt-7be5be79.pth) or an entry name")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary on screen")
+
+
+def _warn(text: str) -> None:
+    print(f"perceptloss: warning: {' '.join(text.split())}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score the folders; returns 0 (ScoreError for misuse and bad files)."""
+    from .batching import make_batches, plan_pairs
+    from .output import print_summary, summary_document, write_csv, write_json
+    from .pairing import describe_unmatched, pair_folders
+    from .running import apply_tiling, rank_device, score_batches, start_ranks, stop_ranks
+    from .statistics import summarize
+
+    names = list(dict.fromkeys(args.metric))
+    weights = parse_weights(args.weights, names)
+    pairing = pair_folders(args.ref, args.dist, strict=args.strict)
+    plan = plan_pairs(pairing.pairs, resize=args.resize, crop=args.crop, strict=args.strict)
+    batches = make_batches(plan, args.batch_size)
+    ranks = start_ranks(args.device)
+    try:
+        device = rank_device(args.device, ranks)
+        metrics = {n: build_metric(n, weights=weights.get(n), dtype=args.dtype).to(device) for n in names}
+        signatures = {n: m.signature + _size_policy(plan) for n, m in metrics.items()}
+        if ranks.is_main:
+            if pairing.unmatched:
+                _warn(f"{describe_unmatched(pairing, args.ref, args.dist)} (skipped)")
+            for reason in plan.failed.values():
+                _warn(f"{reason} (pair skipped)")
+        results = score_batches(plan, batches, apply_tiling(metrics, args.tile), device, workers=args.workers,
+                                ranks=ranks, progress=not args.quiet)
+        if not ranks.is_main:
+            return 0
+        failed = {plan.items[i].pair.key: reason for i, reason in results.failed.items()}
+        if failed and args.strict:
+            raise ScoreError(f"{next(iter(failed.values()))}; remove or replace the file, or drop --strict to skip the pair")
+        for reason in failed.values():
+            _warn(f"{reason} (pair skipped)")
+        scored = [i for i in range(len(plan.items)) if i not in results.failed]
+        if not scored:
+            raise ScoreError("no pair could be scored: every pair has an unreadable file (see the warnings)")
+        values = {n: [results.values[n][i] for i in scored] for n in names}
+        rows = [(plan.items[i].pair.key, str(plan.items[i].pair.ref), str(plan.items[i].pair.dist)) for i in scored]
+        document = summary_document(
+            {n: summarize(values[n]) for n in names}, signatures, ref=str(args.ref), dist=str(args.dist),
+            pairs=len(scored), ref_only=pairing.ref_only, dist_only=pairing.dist_only, failed={**plan.failed, **failed},
+        )
+        if args.csv is not None:
+            write_csv(args.csv, rows, names, values)
+        if args.json is not None:
+            write_json(args.json, document)
+        if not args.quiet:
+            print_summary(document, sys.stdout)
+        return 0
+    finally:
+        stop_ranks(ranks)
+
+
+def _size_policy(plan) -> str:
+    """The signature fields the CLI adds when it changed sizes: ``|resize:<filter>`` or ``|crop:center``."""
+    if plan.resized:
+        return f"|resize:{plan.resize}"
+    if plan.cropped:
+        return f"|crop:{plan.crop}"
+    return ""
