@@ -10,6 +10,8 @@ from .functional import feature_distance, feature_distance_reference
 from .hardware import SlowPrecisionWarning, auto_dtype, bf16_native
 from . import backbones  # noqa: F401  (registers every backbone family)
 from ._base import PerceptualLoss
+from ._options import LossOptions
+from ._sizes import ImageTooSmallError
 from .factory import create_backbone
 from .loss import FeatureLoss
 from .lpips import LPIPS
@@ -53,6 +55,8 @@ __all__ = [
     "set_cpu_grad_cache",
     "FeatureLoss",
     "PerceptualLoss",
+    "LossOptions",
+    "ImageTooSmallError",
     "LPIPS",
     "StyleLoss",
     "gram_matrix",

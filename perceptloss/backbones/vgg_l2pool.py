@@ -54,6 +54,11 @@ class L2Pool2d(nn.Module):
         out = F.conv2d(x.square(), g, stride=self.stride, padding=self.padding, groups=x.shape[1])
         return (out + 1e-12).sqrt()
 
+    def output_size(self, size: int) -> int:
+        """The output length along H or W for an input of length ``size`` (<= 0: no output)."""
+        window = int(self.window.shape[-1])
+        return (size + 2 * self.padding - window) // self.stride + 1 if size + 2 * self.padding >= window else 0
+
     def extra_repr(self) -> str:
         return f"channels={self.channels}, stride={self.stride}, padding={self.padding}"
 
