@@ -21,6 +21,8 @@ from .hardware import SlowPrecisionWarning, auto_dtype
 from . import backbones  # noqa: F401  (registers every backbone family)
 from . import backends  # noqa: F401  (perceptloss.backends.cpu without a second import)
 from ._base import PerceptualLoss
+from ._options import LossOptions
+from ._sizes import ImageTooSmallError
 from .factory import create_backbone
 from .loss import FeatureLoss
 from .lpips import LPIPS
@@ -60,4 +62,7 @@ __all__ = [
     "WeightsChecksumError",
     "FusedOperatorUnavailableWarning",
     "SlowPrecisionWarning",
+    "ImageTooSmallError",
+    # the options every loss takes
+    "LossOptions",
 ]

@@ -5,13 +5,16 @@ representation (the activations themselves, Gram matrices, unit-normalised featu
 representations per sample and layer, and reduces the (N, L) terms over layers and the batch. The base class
 owns everything but the representation and the comparison:
 
-- argument checks with messages that say what to do (ranges, reductions, dtypes, layouts);
+- the common options (``perceptloss._options.LossOptions``: what a loss accepts, returns and how it runs),
+  each checked once, with messages that say what to do;
 - the network: frozen by construction (its weights are buffers, so no parent's ``requires_grad_(True)`` or
   optimiser can train them, and a state-dict hook keeps them out of a parent's ``state_dict``),
   always in eval mode, run in ``dtype`` (``"auto"``: bfloat16 only where the hardware computes it natively)
   and ``memory_format``;
 - preprocessing from the declared ``input_range`` to what the weights expect, in float32 before any cast;
-- input checks (type, shape, NaN/Inf, range), also inside ``torch.compile``;
+- input checks (type, shape, NaN/Inf, range), also inside ``torch.compile``, and the smallest image size the
+  network's layers take, checked before running it (``ImageTooSmallError``);
+- activation checkpointing of the network (``checkpoint=True``);
 - the target's features under ``no_grad`` unless it requires grad, and ``set_target`` (kept as buffers, so
   they follow ``.to()`` / ``.cuda()`` / ``.half()``);
 - the reduction ("mean" | "sum" | "none" over the batch), in float32 (float64 for float64 images);
@@ -23,16 +26,17 @@ Subclasses implement ``representation(features)`` and ``compare(input_repr, targ
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal, Unpack
 
 import torch
 from torch import nn
 
-from . import _ops
 from ._dtypes import accumulation_dtype, cast_to_network_dtype, network_dtype
-from ._layout import MemoryFormat, check_memory_format, to_activation_layout
-from ._validation import check_choice, check_image_pair, check_input_range, check_values
-from .channels import ChannelPolicy, channel_policy
+from ._layout import check_memory_format, to_activation_layout
+from ._options import LossOptions, options_signature, resolve_options, with_options_doc
+from ._sizes import ImageTooSmallError, too_small_message
+from ._validation import check_image_pair, check_values
+from .channels import channel_policy
 from .backbones.base import FeatureExtractor
 from .hardware import autocast_warning, resolve_dtype, warn_if_emulated
 from .preprocessing import Normalization, Preprocess
@@ -44,55 +48,43 @@ RangeCheck = Literal["raise", "warn", "off"]
 class PerceptualLoss(nn.Module):
     """Base class of the losses: checks, frozen network, preprocessing, target handling and reduction.
 
-    Args (keyword-only in every subclass):
-        input_range: the range of the images you pass, e.g. (0, 1), (-1, 1) or (0, 255).
-        reduction: "mean" | "sum" over the batch, or "none" for (N,) per-sample values.
-        check_range: "raise" | "warn" | "off" for images that do not fit ``input_range``.
-        check_inputs: check types, shapes, NaN/Inf and the range (one host synchronisation per call).
-        fused: None uses the compiled operator when present for the device, True requires it, False uses
-            the pure-PyTorch path.
-        dtype: the network's dtype: None (float32), a floating ``torch.dtype``, or "auto" (bfloat16 where
-            the device computes it natively, float32 elsewhere: ``perceptloss.auto_dtype``).
-        memory_format: layout of the network's activations ("auto": channels_last on the CPU).
-        channels: how images that are not RGB reach the network: "rgb" (default: 3 channels required),
-            "replicate" (grey images copied to R, G, B), "per_channel" (each channel copied to RGB, its terms
-            averaged), "groups" (each 3 channels one RGB image); see ``perceptloss.channels``.
-        channel_reduction: "mean" (default) over a sample's channel groups, or "none": the per-sample output
-            gets a group axis, (N, G) instead of (N,) ("per_channel" and "groups" only).
+    It takes the common options (``perceptloss.LossOptions``, keyword-only in every loss), each defined,
+    documented and checked once in ``perceptloss._options``; a subclass's constructor lists only what defines
+    it and passes ``**options`` on. Its signature and docstring get one entry per option (with the subclass's
+    defaults, ``_option_defaults``) when the subclass is defined.
     """
 
     #: How many representations a target holds; ``set_target`` stores them as buffers ``_target{k}``.
     _num_targets: int
+    #: Defaults of common options that differ for this loss (e.g. ``{"reduction": "none"}``).
+    _option_defaults: ClassVar[dict[str, object]] = {}
+    #: True when the loss's layers are part of its definition (LPIPS, DISTS): no "shallower layers" advice.
+    _fixed_layers: ClassVar[bool] = False
 
-    def __init__(
-        self,
-        *,
-        input_range: tuple[float, float] = (0.0, 1.0),
-        reduction: Reduction = "mean",
-        check_range: RangeCheck = "raise",
-        check_inputs: bool = True,
-        fused: bool | None = None,
-        dtype: torch.dtype | str | None = None,
-        memory_format: MemoryFormat | torch.memory_format = "auto",
-        channels: str | ChannelPolicy = "rgb",
-        channel_reduction: str = "mean",
-    ) -> None:
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__.__signature__ = options_signature(cls.__init__, cls._option_defaults)  # type: ignore[attr-defined]
+        if "__doc__" in cls.__dict__ and cls.__doc__:
+            cls.__doc__ = with_options_doc(cls.__doc__, cls._option_defaults)
+
+    def __init__(self, **options: Unpack[LossOptions]) -> None:
         super().__init__()
-        check_memory_format(memory_format)
-        self.channel_policy = channel_policy(channels, channel_reduction)
-        check_choice("reduction", reduction, ("mean", "sum", "none"))
-        check_choice("check_range", check_range, ("raise", "warn", "off"))
-        self.input_range = check_input_range(input_range)
+        for name, value in resolve_options(type(self), options, self._option_defaults).items():
+            setattr(self, name, value)
+        self.channel_policy = channel_policy(self.channels, self.channel_reduction)
+        self.input_range: tuple[float, float]
+        dtype = self._dtype_option
         self._dtype_request = dtype if isinstance(dtype, str) else None
         self._net_dtype = resolve_dtype(dtype, "cpu")  # "auto" follows the device again on .to()/.cuda()
         self._dtype_device = "cpu"
-        self.memory_format = memory_format
-        self.reduction = reduction
-        self.check_range = check_range
-        self.check_inputs = bool(check_inputs)
-        if fused and not _ops.HAS_EXT:
-            raise RuntimeError(_ops.unavailable_reason(torch.device("cpu")))
-        self.fused = fused
+        if self.checkpoint and self.share_module:
+            raise ValueError(
+                "checkpoint=True with share_module=True would run your module's forward twice per step (its "
+                "batch-norm statistics would update twice in train mode); pass checkpoint=False, or "
+                "share_module=False for a frozen copy"
+            )
+        self._min_sizes: dict[str, tuple[int, int]] | None = None
         self._num_targets = 0
         self._target_samples = 0  # the batch size of set_target's images (1: compared with every input)
         self._register_state_dict_hook(_omit_network_keys)
@@ -119,6 +111,12 @@ class PerceptualLoss(nn.Module):
                 )
         self.net = net
         self.layers: tuple[str, ...] = tuple(net.layers)
+        if self.share_module and not getattr(net, "shared", False):
+            raise ValueError(
+                f"share_module=True reads an nn.Module backbone itself, but {type(self).__name__} runs its own "
+                f"frozen network; pass share_module=False, or the module as the backbone of a FeatureLoss"
+            )
+        self._min_sizes = net.min_input_sizes()
         if self._net_dtype is not None and not getattr(net, "shared", False):
             self.net.to(self._net_dtype)
         self.preprocess = Preprocess(normalization, self.input_range, self._constant_dtype)
@@ -148,6 +146,14 @@ class PerceptualLoss(nn.Module):
                 self._net_dtype = resolve_dtype("auto", device)
                 self.net.to(self._net_dtype)
         return out
+
+    def to(self, *args, **kwargs):
+        """``nn.Module.to``; ``memory_format=`` (keyword-only, as in torch) also sets the layout the network's
+        activations run in (the ``memory_format`` option)."""
+        if kwargs.get("memory_format") is not None:
+            check_memory_format(kwargs["memory_format"])
+            self.memory_format = kwargs["memory_format"]
+        return super().to(*args, **kwargs)
 
     def train(self, mode: bool = True) -> "PerceptualLoss":
         """The loss stays in eval mode whatever ``mode`` is (a shared user module keeps its own mode)."""
@@ -187,25 +193,31 @@ class PerceptualLoss(nn.Module):
         preprocessing runs in float32 (or float64) first: Caffe's 0-255 scale and mean subtraction lose
         precision in 16-bit floats.
         """
+        self._check_size(images)
         wide = images if images.dtype in (torch.float32, torch.float64) else images.float()
         x = to_activation_layout(cast_to_network_dtype(self.preprocess(wide), self.net), self.memory_format)
-        try:
-            feats = self.net(x)
-        except RuntimeError as e:
-            if "too small" not in str(e) and "Output size" not in str(e):
-                raise
-            raise ValueError(
-                f"images of size {tuple(images.shape[-2:])} are too small for layers {list(self.layers)} "
-                f"({e}); use larger images or shallower layers"
-            ) from e
+        feats = self.net.forward_checkpointed(x) if self.checkpoint and torch.is_grad_enabled() else self.net(x)
         if not torch.compiler.is_compiling():
-            for name, f in zip(self.layers, feats):
-                if f.shape[1:].numel() == 0:
-                    raise ValueError(
-                        f"images of size {tuple(images.shape[-2:])} are too small for layer {name} "
-                        f"(its features have shape {tuple(f.shape)}); use larger images or shallower layers"
+            for name, f in zip(self.net.layers, feats):
+                if f.shape[1:].numel() == 0:  # a network that cannot tell its smallest input up front
+                    raise ImageTooSmallError(
+                        f"images of size {images.shape[-2]}x{images.shape[-1]} are too small for layer {name} "
+                        f"(its features have shape {tuple(f.shape)}); use larger images or shallower layers",
+                        size=(int(images.shape[-2]), int(images.shape[-1])), min_size=None, layers=(name,),
                     )
         return feats
+
+    def _check_size(self, images: torch.Tensor) -> None:
+        """Raise ImageTooSmallError before running the network when ``images`` are smaller than its layers take."""
+        if self._min_sizes is None or images.dim() != 4:
+            return
+        h, w = int(images.shape[-2]), int(images.shape[-1])
+        need_h = max(mh for mh, _ in self._min_sizes.values())
+        need_w = max(mw for _, mw in self._min_sizes.values())
+        if h >= need_h and w >= need_w:
+            return
+        message, bad = too_small_message((h, w), self._min_sizes, f"{type(self).__name__}'s layers", self._fixed_layers)
+        raise ImageTooSmallError(message, size=(h, w), min_size=(need_h, need_w), layers=bad)
 
     def representation(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """What is compared per layer (default: the activations themselves)."""

@@ -29,11 +29,13 @@ safetensors like the LPIPS heads.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Unpack
 
 import torch
 
-from ._base import PerceptualLoss, Reduction
+from ._base import PerceptualLoss
+from ._options import LossOptions
+from ._sizes import ImageTooSmallError
 from ._dtypes import accumulation_dtype
 from .backbones.vgg_l2pool import DISTS_LAYERS
 from .factory import create_backbone
@@ -109,46 +111,65 @@ def dists_statistics(fx: torch.Tensor, fy: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 class DISTS(PerceptualLoss):
-    """The DISTS distance between two image batches: (N,) per sample, about 0 for identical images.
+    r"""The DISTS distance between two image batches (Ding et al., TPAMI 2020): about 0 for identical images.
+
+    With per-channel spatial means :math:`\mu`, variances :math:`\sigma^2` and the cross-covariance
+    :math:`\sigma_{xy}` of the two images' features at the image itself ("layer 0") and relu1_2 ... relu5_3 of
+    VGG16 with L2 pooling, and the published weights :math:`\alpha, \beta`:
+
+    .. math:: \mathrm{DISTS}(x, y) = 1 - \frac{\sum_{l,c} \alpha_{l,c} S1_{l,c} + \beta_{l,c} S2_{l,c}}
+              {\sum_{l,c} \alpha_{l,c} + \beta_{l,c}}
+
+    with :math:`S1` the structure and :math:`S2` the texture terms of the module docstring. Value-identical
+    to the official ``DISTS_pytorch`` 0.1 given the same trunk weights. Frozen by construction: the trunk's
+    weights and :math:`\alpha, \beta` are buffers left out of the state dict, it stays in eval mode.
+    ``set_target(y)`` keeps a reference image's features for ``loss(x)`` (a batch of 1 is compared with every
+    input). ``per_layer`` gives the (N, 6) similarity terms; DISTS = 1 - their sum. DISTS does not run on the
+    fused distance operator (``fused`` must stay None or False).
 
     Args:
-        weights: the VGG16 trunk: "default" / "torchvision" (torchvision's ImageNet weights, resolved offline like
-            every entry: cache, torch's hub cache ``vgg16-397923af.pth``, download where online, else an error
-            naming the file), a torchvision-format VGG16 file, or None (random trunk: tests only).
-        alpha_beta: "default" (DISTS' published α/β from the installed ``dists-pytorch`` or ``torchmetrics``
-            wheel, sha256-checked and cached) or a file in the official ``weights.pt`` format.
-        input_range: the range of the images you pass, (0, 1) by default (what DISTS expects); they are mapped to
-            [0, 1] for "layer 0" and ImageNet-normalised for the trunk.
-        reduction: "none" (default, (N,) as the official code), "mean" or "sum".
-        check_range, check_inputs, dtype, memory_format, channels, channel_reduction: as for ``FeatureLoss``.
+        weights: the VGG16 trunk: "default" / "torchvision" (torchvision's ImageNet weights, resolved offline
+            like every entry: cache, torch's hub cache ``vgg16-397923af.pth``, download where online, else an
+            error naming the file), a torchvision-format VGG16 file, or None (a random trunk: tests only).
+        alpha_beta: "default" (DISTS' published :math:`\alpha, \beta` from the installed ``dists-pytorch``
+            or ``torchmetrics`` wheel, sha256-checked and cached) or a file in the official ``weights.pt``
+            format.
 
     Values: 1 - (the weighted similarity terms), clamped at 0 (identical images give 0, not the -1e-7 of
     rounding); images need H, W >= ``DISTS_MIN_SIZE`` (17: every layer then has 2x2 positions for its
     variances; smaller images are a ValueError).
 
-    Frozen by construction: the trunk's weights and α, β are buffers left out of the state dict (not trainable, not in a
-    parent's ``state_dict``), it stays in eval mode. α, β are float64 in a float64 loss, float32 otherwise. ``set_target(y)`` keeps a reference image's features for
-    ``loss(x)`` (a batch of 1 is compared with every input). The target's features are computed under
-    ``no_grad`` unless it requires grad. ``per_layer`` gives the (N, 6) similarity terms; DISTS = 1 - their sum.
+
+    Shape:
+        - input, target: :math:`(N, C, H, W)` in ``input_range`` ((0, 1) is what DISTS expects; other ranges
+          are mapped to it); :math:`C = 3` unless ``channels`` says otherwise.
+        - output: :math:`(N,)` (``reduction="none"``, the default, as the official code), or a scalar.
+
+    Example:
+        >>> import torch
+        >>> from perceptloss import DISTS
+        >>> metric = DISTS(weights=None)  # a random trunk, for the example
+        >>> x = torch.rand(2, 3, 64, 64)
+        >>> metric(x, x).abs().max() < 1e-4
+        tensor(True)
     """
+
+    _option_defaults: ClassVar[dict[str, object]] = {"reduction": "none", "fused": False}
+    _fixed_layers: ClassVar[bool] = True
 
     def __init__(
         self,
         *,
         weights: str | Path | None = "default",
         alpha_beta: str | Path = "default",
-        input_range: tuple[float, float] = (0.0, 1.0),
-        reduction: Reduction = "none",
-        check_range: Literal["raise", "warn", "off"] = "raise",
-        check_inputs: bool = True,
-        dtype: torch.dtype | str | None = None,
-        memory_format: str | torch.memory_format = "auto",
-        channels: str = "rgb",
-        channel_reduction: str = "mean",
+        **options: Unpack[LossOptions],
     ) -> None:
-        super().__init__(input_range=input_range, reduction=reduction, check_range=check_range,
-                         check_inputs=check_inputs, fused=False, dtype=dtype, memory_format=memory_format,
-                         channels=channels, channel_reduction=channel_reduction)
+        super().__init__(**options)
+        if self.fused:
+            raise ValueError(
+                "DISTS does not run on the fused distance operator (its per-channel statistics are not a sum of "
+                "feature differences); pass fused=False (the default) or None"
+            )
         trunk, _ = create_backbone("vgg16_l2pool", DISTS_LAYERS, weights, IMAGENET)
         self._set_network(trunk, IMAGENET)
         self.layers = ("image",) + DISTS_LAYERS
@@ -161,11 +182,12 @@ class DISTS(PerceptualLoss):
         ``input_range``; the first in float32, or float64 for float64 images or a float64 loss."""
         h, w = images.shape[-2:]
         if h < DISTS_MIN_SIZE or w < DISTS_MIN_SIZE:
-            raise ValueError(
+            raise ImageTooSmallError(
                 f"images of size {(int(h), int(w))} are too small for DISTS: it needs at least "
                 f"{DISTS_MIN_SIZE}x{DISTS_MIN_SIZE} (its deepest layer, relu5_3, is 1/16 of the image and needs 2x2 "
                 f"positions for the variances its texture term compares; DISTS was calibrated on 256x256 images); "
-                f"pass larger images (e.g. upsample them with torch.nn.functional.interpolate)"
+                f"pass larger images (e.g. upsample them with torch.nn.functional.interpolate)",
+                size=(int(h), int(w)), min_size=(DISTS_MIN_SIZE, DISTS_MIN_SIZE), layers=DISTS_LAYERS,
             )
         wide = images.to(torch.float64 if torch.float64 in (images.dtype, self.dtype) else torch.float32)
         lo, hi = self.input_range

@@ -14,12 +14,13 @@ the ReLU before every tap happens to mask it).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal, Unpack
 
 import torch
 import torch.nn.functional as F
 
-from ._base import PerceptualLoss, Reduction
+from ._base import PerceptualLoss
+from ._options import LossOptions
 from ._validation import check_choice
 from .factory import create_backbone
 from .functional import feature_distance, unit_normalize
@@ -38,28 +39,48 @@ LPIPS_NETS: dict[str, tuple[str, tuple[str, ...], tuple[int, ...]]] = {
 
 
 class LPIPS(PerceptualLoss):
-    """The LPIPS distance between two image batches: (N,) per sample, or (N, 1, H, W) maps with ``spatial``.
+    r"""The LPIPS distance between two image batches (Zhang et al., CVPR 2018).
+
+    With :math:`\hat\phi_l` the trunk's activations at layer :math:`l`, unit-normalised over channels at every
+    position, and :math:`w_l \ge 0` the learned per-channel heads:
+
+    .. math:: d(x, y) = \sum_l \frac{1}{H_l W_l} \sum_{h,w} \sum_c w_{l,c}
+              \big(\hat\phi_l(x)_{c,h,w} - \hat\phi_l(y)_{c,h,w}\big)^2
+
+    value-identical to the ``lpips`` package (v0.1; v0.0 with ``version="0.0"``) given the same trunk weights.
+    With ``spatial=True`` each layer's map is upsampled bilinearly to the image size and the maps are summed.
+    Frozen by construction: the trunk's weights and the heads are buffers left out of the state dict, there
+    is no dropout and the trunk stays in eval mode; distances are computed in float32. ``set_target`` fixes
+    a reference.
 
     Args:
-        net: "alex" (the lpips default), "vgg" or "squeeze".
-        version: "0.1" (default, the published metric) or "0.0" (the first release, whose trunk saw the
-            [-1, 1] images without LPIPS' scaling layer; for reproducing older papers).
+        net: "alex" (lpips' default), "vgg" or "squeeze".
+        version: "0.1" (the published metric) or "0.0" (the first release, whose trunk saw the [-1, 1]
+            images without LPIPS' scaling layer; for reproducing older papers).
         weights: the trunk's weights: "default" (torchvision's ImageNet weights, resolved offline like every
             entry: cache, torch's hub cache, download where online, else an error naming the file), a
-            torchvision-format file, or None (random trunk: tests only).
+            torchvision-format file, or None (a random trunk: tests only).
         heads: "default" (the heads of ``version`` from the installed ``lpips``, ``sensecraft`` or (v0.1)
             ``torchmetrics`` package, checked and cached), a head file (lpips' .pth format), or None (all ones:
             lpips' ``lpips=False`` baseline).
-        input_range: range of the images you pass, (0, 1) by default; (-1, 1) is what lpips expects by default.
-        reduction: "none" (default: (N,), or (N, 1, H, W) with ``spatial``), "mean" or "sum" over everything.
-        spatial: return per-pixel maps (each layer's map upsampled bilinearly to the image size).
-        check_range, check_inputs, fused, dtype, memory_format, channels, channel_reduction: as for
-            ``FeatureLoss`` (``channels="replicate"`` for grey images, ...; see ``perceptloss.channels``).
+        spatial: return per-pixel maps instead of one value per image.
 
-    Frozen by construction: the trunk's weights and the heads are buffers left out of the state dict (not trainable, not
-    in a parent's ``state_dict``), there is no dropout and the trunk stays in eval mode. Distances are
-    computed in float32 (under autocast and for fp16/bf16 images too). ``set_target`` fixes a reference.
+    Shape:
+        - input, target: :math:`(N, C, H, W)` in ``input_range`` (lpips itself expects (-1, 1): declare
+          ``input_range=(-1, 1)`` for such images); :math:`C = 3` unless ``channels`` says otherwise.
+        - output: :math:`(N,)` (``reduction="none"``, the default), :math:`(N, 1, H, W)` with ``spatial``,
+          or a scalar with "mean" / "sum".
+
+    Example:
+        >>> import torch
+        >>> from perceptloss import LPIPS
+        >>> metric = LPIPS("alex", weights=None, heads=None)  # random trunk, unit heads: for the example
+        >>> metric(torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)).shape
+        torch.Size([2])
     """
+
+    _option_defaults: ClassVar[dict[str, object]] = {"reduction": "none"}
+    _fixed_layers: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -68,20 +89,10 @@ class LPIPS(PerceptualLoss):
         *,
         weights: str | Path | None = "default",
         heads: str | Path | None = "default",
-        input_range: tuple[float, float] = (0.0, 1.0),
-        reduction: Reduction = "none",
         spatial: bool = False,
-        check_range: Literal["raise", "warn", "off"] = "raise",
-        check_inputs: bool = True,
-        fused: bool | None = None,
-        dtype: torch.dtype | str | None = None,
-        memory_format: str | torch.memory_format = "auto",
-        channels: str = "rgb",
-        channel_reduction: str = "mean",
+        **options: Unpack[LossOptions],
     ) -> None:
-        super().__init__(input_range=input_range, reduction=reduction, check_range=check_range,
-                         check_inputs=check_inputs, fused=fused, dtype=dtype, memory_format=memory_format,
-                         channels=channels, channel_reduction=channel_reduction)
+        super().__init__(**options)
         if net not in LPIPS_NETS:
             raise ValueError(f"net must be one of {sorted(LPIPS_NETS)} (as in lpips), got {net!r}")
         version = str(version).lstrip("v")
@@ -97,7 +108,7 @@ class LPIPS(PerceptualLoss):
             self.register_buffer(f"head{k}", w.to(self._constant_dtype, copy=True), persistent=False)
         # The fused path folds sqrt(w) into the features; negative weights (foreign heads) take the direct path.
         self._fusable = all(bool((w >= 0).all()) for w in head_list)
-        if fused and not self._fusable:
+        if self.fused and not self._fusable:
             raise ValueError(
                 "fused=True cannot apply: these heads have negative weights, which the fused form (sqrt(w) folded "
                 "into the features) cannot take, so they run in plain PyTorch; leave fused unset or pass fused=False"
@@ -108,17 +119,6 @@ class LPIPS(PerceptualLoss):
     def heads(self) -> list[torch.Tensor]:
         """The (C_l,) head weights of each layer."""
         return [getattr(self, f"head{k}") for k in range(len(self.layers))]
-
-    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        try:
-            return super().features(images)
-        except ValueError as e:
-            if "too small" not in str(e):
-                raise
-            raise ValueError(
-                f"images of size {tuple(images.shape[-2:])} are too small for LPIPS-{self.net_name}; use images "
-                f"of at least 32x32 (64x64 and more is what LPIPS was calibrated on)"
-            ) from e
 
     def representation(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Unit-normalised float32 features; with non-negative heads, times sqrt(head) per channel."""

@@ -14,14 +14,14 @@ distances run on the fused distance operator (an L2 or L1 distance over the (C, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Mapping, Sequence
+from typing import Literal, Mapping, Sequence, Unpack
 
 import torch
 from torch import nn
 
-from ._base import Reduction
 from ._dtypes import accumulation_dtype
 from .functional import feature_distance
+from ._options import LossOptions
 from .loss import FeatureLoss
 from .preprocessing import Normalization
 
@@ -41,20 +41,35 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
 
 
 class StyleLoss(FeatureLoss):
-    r"""Weighted sum over layers of the squared Frobenius distance between Gram matrices.
+    r"""Weighted sum over layers of the squared Frobenius distance between Gram matrices (Gatys et al.'s style).
 
-    For images x, y of shape (N, 3, H, W), RGB in ``input_range``:
-    loss_n = sum_l w_l ||G_l(x_n) - G_l(y_n)||_F^2 (``distance="l2"``, Johnson et al.), or
-    loss_n = sum_l w_l mean_{i,j} |G_l(x_n) - G_l(y_n)|_{ij} (``distance="l1"``, BasicSR's ``criterion='l1'``: a
-    mean, not a sum, over the C_l x C_l entries), reduced over the batch like ``FeatureLoss``.
+    For images :math:`x, y`, the Gram matrices :math:`G_l` of the layers' activations (``gram_matrix``) and
+    weights :math:`w_l`:
 
-    For style transfer, fix the style image once with ``set_target(style)`` (a batch of 1 is compared with
-    every input; it may have another size than the inputs) and call ``loss(images)``: its Gram matrices are
-    kept, not recomputed each step.
+    .. math:: \ell_n = \sum_l w_l \lVert G_l(x_n) - G_l(y_n) \rVert_F^2 \quad (\text{"l2"}), \qquad
+              \ell_n = \sum_l \frac{w_l}{C_l^2} \sum_{i,j} |G_l(x_n) - G_l(y_n)|_{ij} \quad (\text{"l1"})
 
-    Args: as ``FeatureLoss`` (``layers`` default "style": relu1_1 ... relu5_1 of VGG19), ``distance`` "l2"
-    (default) or "l1".
-    The network is frozen and stays in eval mode.
+    ("l1" is BasicSR's ``criterion='l1'``: a mean over the :math:`C_l \times C_l` entries), then reduced over
+    the batch by ``reduction``. For style transfer, fix the style image once with ``set_target(style)`` (a
+    batch of 1 is compared with every input, and it may have another size than the inputs): its Gram
+    matrices are kept, not recomputed each step. The network is frozen and stays in eval mode.
+
+    Args:
+        backbone, layers, layer_weights, weights, normalization: as for ``FeatureLoss``; ``layers`` defaults
+            to "style" (relu1_1 ... relu5_1 of VGG19).
+        distance: "l2" (Johnson et al.) or "l1".
+
+    Shape:
+        - input: :math:`(N, C, H, W)` in ``input_range`` (:math:`C = 3` unless ``channels`` says otherwise).
+        - target: the same shape, or a fixed ``set_target`` of 1 or N samples of any size the layers take.
+        - output: a scalar; :math:`(N,)` with ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> from perceptloss import StyleLoss
+        >>> loss = StyleLoss("vgg19", weights=None).set_target(torch.rand(1, 3, 64, 64))
+        >>> loss(torch.rand(4, 3, 32, 32)).shape
+        torch.Size([])
     """
 
     _DEFAULT_LAYERS = "style"
@@ -67,37 +82,12 @@ class StyleLoss(FeatureLoss):
         *,
         layer_weights: Sequence[float] | Mapping[str, float] | None = None,
         weights: str | Path | None = "default",
-        input_range: tuple[float, float] = (0.0, 1.0),
-        reduction: Reduction = "mean",
         distance: Literal["l2", "l1"] = "l2",
-        check_range: Literal["raise", "warn", "off"] = "raise",
-        check_inputs: bool = True,
-        fused: bool | None = None,
         normalization: Normalization | str | None = None,
-        dtype: torch.dtype | str | None = None,
-        memory_format: str | torch.memory_format = "auto",
-        share_module: bool = False,
-        channels: str = "rgb",
-        channel_reduction: str = "mean",
+        **options: Unpack[LossOptions],
     ) -> None:
-        super().__init__(
-            backbone,
-            layers,
-            layer_weights=layer_weights,
-            weights=weights,
-            input_range=input_range,
-            reduction=reduction,
-            distance=distance,
-            check_range=check_range,
-            check_inputs=check_inputs,
-            fused=fused,
-            normalization=normalization,
-            dtype=dtype,
-            memory_format=memory_format,
-            share_module=share_module,
-            channels=channels,
-            channel_reduction=channel_reduction,
-        )
+        super().__init__(backbone, layers, layer_weights=layer_weights, weights=weights, distance=distance,
+                         normalization=normalization, **options)
 
     def representation(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """The (N, C_l, C_l) float32 Gram matrix of each layer."""

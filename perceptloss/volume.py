@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from ._sizes import ImageTooSmallError
 from ._validation import check_same_batch
 
 VOLUME_AXES = (2, 3, 4)
@@ -142,15 +143,14 @@ class VolumeLoss(nn.Module):
                         values = _checkpoint(self._values, x, y, use_reentrant=False)
                     else:
                         values = self._values(x, y)
-                except ValueError as e:
-                    if "too small" not in str(e):
-                        raise
+                except ImageTooSmallError as e:
                     # the thin dimension is the smaller one of the slice; slices along it do not contain it
                     thin = min((d for d in VOLUME_AXES if d != axis), key=lambda d: input.shape[d])
-                    raise ValueError(
+                    raise ImageTooSmallError(
                         f"the slices along axis {axis} are {tuple(x.shape[-2:])} images, too small for the 2D loss "
                         f"({e}); the volume is thin along axis {thin}: slice only along it (axes=({thin},)) or use "
-                        f"shallower layers"
+                        f"shallower layers",
+                        size=e.size, min_size=e.min_size, layers=e.layers,
                     ) from e
                 total = total + values.to(total.dtype).reshape(n, -1).sum(dim=1)
             columns.append(total / len(starts))

@@ -1,6 +1,5 @@
 """LPIPS: parity with the lpips package, offline checksummed heads, frozen invariants, safe gradients, errors."""
 import os
-import re
 import shutil
 
 import pytest

@@ -26,7 +26,7 @@ import perceptloss
 from perceptloss import DISTS, LPIPS, FeatureLoss, StyleLoss, VolumeLoss
 from perceptloss import _validation, functional
 from perceptloss.basicsr import from_basicsr
-from perceptloss.preprocessing import IDENTITY, Normalization
+from perceptloss.preprocessing import Normalization
 
 from .helpers import assert_close, TinyNet
 

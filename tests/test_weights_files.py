@@ -118,7 +118,7 @@ def test_wrapped_or_prefixed_torchvision_files_are_unwrapped(tmp_path, vgg19_sd,
         state = {prefix + k: v for k, v in state.items()}
     if wrap.split("+")[0] in ("model", "state_dict", "model_state_dict"):
         state = {wrap.split("+")[0]: state, "epoch": 3, "optimizer": {"state": {}, "param_groups": []}}
-    path = tmp_path / f"wrapped.pth"
+    path = tmp_path / "wrapped.pth"
     torch.save(state, path)
     loss = FeatureLoss("vgg19", "dfc123", weights=path, normalization="imagenet")
     assert torch.equal(loss.net.features[10].weight, vgg19_sd["features.10.weight"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def freeze_module(module: nn.Module) -> nn.Module:
@@ -54,6 +55,17 @@ class FeatureExtractor(nn.Module):
         with torch.no_grad():
             for k, v in own.items():
                 v.copy_(state_dict[k])
+
+    def min_input_sizes(self) -> dict[str, tuple[int, int]] | None:
+        """The smallest (H, W) input for each of ``layers`` to have features, or None where the network cannot
+        tell (an ``nn.Module`` or timm backbone). Sequential trunks compute it from their kernels and strides."""
+        return None
+
+    def forward_checkpointed(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``forward(x)`` under activation checkpointing: only ``x`` is kept for the backward pass, which runs
+        the network again (``torch.utils.checkpoint``, non-reentrant). Sequential trunks checkpoint one
+        segment per tapped layer instead."""
+        return checkpoint(self, x, use_reentrant=False)
 
     def train(self, mode: bool = True) -> "FeatureExtractor":  # noqa: D401 - always eval
         """Stay in eval mode whatever is asked: a loss network must not update BN statistics or drop out."""

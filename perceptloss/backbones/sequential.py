@@ -9,7 +9,9 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from .._sizes import min_input_size
 from .base import FeatureExtractor
 
 
@@ -48,4 +50,32 @@ class SequentialFeatures(FeatureExtractor):
             x = module(x)
             if i in self._tapset:
                 found[i] = x
+        return [found[i] for i in self.taps]
+
+    def min_input_sizes(self) -> dict[str, tuple[int, int]] | None:
+        """The smallest (H, W) input for each requested layer (from the trunk's kernels, strides and pools)."""
+        sizes = {}
+        for name, tap in zip(self.layers, self.taps):
+            size = min_input_size(list(self.features)[: tap + 1])
+            if size is None:
+                return None
+            sizes[name] = size
+        return sizes
+
+    def _segment(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        for module in list(self.features)[start:stop]:
+            x = module(x)
+        return x
+
+    def forward_checkpointed(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``forward`` with one checkpointed segment per tapped layer: the modules after one tap up to the
+        next. Only the segments' inputs (the image and the tapped activations, which the loss keeps anyway)
+        are saved; the backward pass recomputes one segment at a time. A segment never starts with an
+        in-place ReLU (a tapped output is never overwritten), so recomputation sees the same inputs."""
+        found: dict[int, torch.Tensor] = {}
+        start = 0
+        for stop in sorted(self._tapset):
+            x = checkpoint(self._segment, x, start, stop + 1, use_reentrant=False)
+            found[stop] = x
+            start = stop + 1
         return [found[i] for i in self.taps]

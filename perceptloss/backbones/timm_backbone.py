@@ -63,15 +63,12 @@ def _timm():
 def timm_stage_names(model_name: str) -> tuple[str, ...]:
     """The feature stage names timm reports for ``model_name`` (e.g. resnet50: act1, layer1 ... layer4)."""
     timm = _timm()
-    try:
-        model = timm.create_model(model_name, pretrained=False, features_only=True)
-    except RuntimeError as e:
-        if "Unknown model" not in str(e):
-            raise
+    if not timm.is_model(model_name):
         raise KeyError(
             f"unknown timm model {model_name!r}.{suggest(model_name, timm.list_models())} "
             f"List them with timm.list_models('*{model_name[:4]}*')"
-        ) from None
+        )
+    model = timm.create_model(model_name, pretrained=False, features_only=True)
     return tuple(model.feature_info.module_name())
 
 

@@ -62,6 +62,11 @@ class L2Pool2d(nn.Module):
             pooled = (out + 1e-12).sqrt()
         return pooled.to(x.dtype)
 
+    def output_size(self, size: int) -> int:
+        """The output length along H or W for an input of length ``size`` (<= 0: no output)."""
+        window = int(self.window.shape[-1])
+        return (size + 2 * self.padding - window) // self.stride + 1 if size + 2 * self.padding >= window else 0
+
     def extra_repr(self) -> str:
         return f"channels={self.channels}, stride={self.stride}, padding={self.padding}"
 

@@ -72,7 +72,6 @@ def _png_bit_depth(path: Path) -> int | None:
 def decode(path: Path) -> np.ndarray:
     """The image at ``path`` as an (H, W, 3) float32 array in [0, 1] by the module's policy; DecodeError else."""
     global _SIXTEEN_BIT_COLOUR_WARNED
-    from PIL import Image
 
     with _open(path) as img:
         try:
