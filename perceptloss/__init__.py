@@ -18,6 +18,7 @@ from .dists import DISTS
 from .volume import VolumeLoss
 from .channels import ChannelPolicy, split_channels, merge_channels
 from .basicsr import from_basicsr
+from .tiling import tiled
 from .preprocessing import CAFFE, IDENTITY, IMAGENET, Normalization
 from .registry import (
     PRESETS,
@@ -62,6 +63,7 @@ __all__ = [
     "split_channels",
     "merge_channels",
     "from_basicsr",
+    "tiled",
     "feature_distance",
     "auto_dtype",
     "bf16_native",
