@@ -124,47 +124,10 @@ def _child(loss: str, contender: str, mode: str, size: int, repeats: int, timeou
     return json.loads(lines[-1])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    p.add_argument("--tile", type=int, default=384, help="tile side for the tiled contender (default 384)")
-    p.add_argument("--modes", nargs="+", default=["eval", "train"], choices=["eval", "train"])
-    p.add_argument("--losses", nargs="+", default=list(LOSSES.values()), choices=list(LOSSES.values()))
-    p.add_argument("--repeats", type=int, default=1, help="timed calls per cell after one warm-up (median)")
-    p.add_argument("--no-peers", action="store_true")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds per cell")
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--cell", nargs=4, metavar=("LOSS", "CONTENDER", "MODE", "SIZE"), help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.cell:
-        loss, contender, mode, size = args.cell
-        print(json.dumps(run_cell(loss, contender, mode, int(size), args.repeats)))
-        return
-
+def write_table(out: Path, rows: list, args: argparse.Namespace, date: str) -> None:
+    """The markdown table of the cells measured so far (rewritten after every cell)."""
     from bench_lib import describe_machine
 
-    date = datetime.date.today().isoformat()
-    out = args.out or HERE / "results" / f"cpu-{date}-memory.md"
-    rows = []
-    for name, loss in LOSSES.items():
-        if loss not in args.losses:
-            continue
-        contenders = ["whole", f"tiled tile={args.tile}", "checkpointed"] + ([] if args.no_peers else PEERS[loss])
-        for mode in args.modes:
-            for size in args.sizes:
-                whole_value = None
-                for contender in contenders:
-                    r = _child(loss, contender, mode, size, args.repeats, args.timeout)
-                    if contender == "whole" and r.get("status") == "ok":
-                        whole_value = r["value"]
-                    diff = ""
-                    if contender.startswith("tiled") and r.get("status") == "ok" and whole_value:
-                        diff = f"{abs(r['value'] - whole_value) / abs(whole_value):.1e}"
-                    if contender.startswith("tiled") and size <= args.tile:
-                        diff = (diff + " (one tile: whole)").strip()
-                    rows.append((name, mode, size, contender, r, diff))
-                    status = r["status"] if r["status"] != "ok" else f"{r['time_s']:.2f} s, peak {r['peak_mib']:.0f} MiB"
-                    print(f"{name:28s} {mode:5s} {size:5d} {contender:42s} {status}", flush=True)
     lines = [
         f"# perceptloss memory benchmark (cpu, {date})",
         "",
@@ -188,6 +151,49 @@ def main() -> None:
         lines.append(f"| {name} | {mode} | {size}² | {contender} | {cells} | {diff} |")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    p.add_argument("--tile", type=int, default=384, help="tile side for the tiled contender (default 384)")
+    p.add_argument("--modes", nargs="+", default=["eval", "train"], choices=["eval", "train"])
+    p.add_argument("--losses", nargs="+", default=list(LOSSES.values()), choices=list(LOSSES.values()))
+    p.add_argument("--repeats", type=int, default=1, help="timed calls per cell after one warm-up (median)")
+    p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per cell")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--cell", nargs=4, metavar=("LOSS", "CONTENDER", "MODE", "SIZE"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.cell:
+        loss, contender, mode, size = args.cell
+        print(json.dumps(run_cell(loss, contender, mode, int(size), args.repeats)))
+        return
+
+    date = datetime.date.today().isoformat()
+    out = args.out or HERE / "results" / f"cpu-{date}-memory.md"
+    rows = []
+    for name, loss in LOSSES.items():
+        if loss not in args.losses:
+            continue
+        contenders = ["whole", f"tiled tile={args.tile}", "checkpointed"] + ([] if args.no_peers else PEERS[loss])
+        for mode in args.modes:
+            for size in args.sizes:
+                whole_value = None
+                for contender in contenders:
+                    r = _child(loss, contender, mode, size, args.repeats, args.timeout)
+                    if contender == "whole" and r.get("status") == "ok":
+                        whole_value = r["value"]
+                    diff = ""
+                    if contender.startswith("tiled") and r.get("status") == "ok" and whole_value:
+                        diff = f"{abs(r['value'] - whole_value) / abs(whole_value):.1e}"
+                    if contender.startswith("tiled") and size <= args.tile:
+                        diff = (diff + " (one tile: whole)").strip()
+                    rows.append((name, mode, size, contender, r, diff))
+                    status = r["status"] if r["status"] != "ok" else f"{r['time_s']:.2f} s, peak {r['peak_mib']:.0f} MiB"
+                    print(f"{name:28s} {mode:5s} {size:5d} {contender:42s} {status}", flush=True)
+                    write_table(out, rows, args, date)
+    write_table(out, rows, args, date)
     print(f"wrote {out}")
 
 
