@@ -23,6 +23,7 @@ from . import backends  # noqa: F401  (perceptloss.backends.cpu without a second
 from ._base import PerceptualLoss
 from ._options import LossOptions
 from ._sizes import ImageTooSmallError
+from ._validation import InputRangeWarning
 from .factory import create_backbone
 from .loss import FeatureLoss
 from .lpips import LPIPS
@@ -30,6 +31,7 @@ from .style import StyleLoss, gram_matrix
 from .dists import DISTS
 from .volume import VolumeLoss
 from .basicsr import from_basicsr
+from .tiling import tiled
 from .preprocessing import Normalization
 from .registry import list_backbones, list_layers, list_weights
 from .weights import WeightsChecksumError, WeightsNotFoundError
@@ -45,6 +47,7 @@ __all__ = [
     "VolumeLoss",
     "PerceptualLoss",
     "from_basicsr",
+    "tiled",
     # functional forms
     "feature_distance",
     "gram_matrix",
@@ -63,6 +66,7 @@ __all__ = [
     "FusedOperatorUnavailableWarning",
     "SlowPrecisionWarning",
     "ImageTooSmallError",
+    "InputRangeWarning",
     # the options every loss takes
     "LossOptions",
 ]

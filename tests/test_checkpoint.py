@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from perceptloss import DISTS, LPIPS, FeatureLoss, IDENTITY, StyleLoss
+from perceptloss import DISTS, LPIPS, FeatureLoss, StyleLoss
+from perceptloss.preprocessing import IDENTITY
 
 from .helpers import TinyNet
 

@@ -8,7 +8,8 @@ import re
 import pytest
 import torch
 
-from perceptloss import DISTS, LPIPS, FeatureLoss, IDENTITY, ImageTooSmallError, VolumeLoss, create_backbone
+from perceptloss import DISTS, LPIPS, FeatureLoss, ImageTooSmallError, VolumeLoss, create_backbone
+from perceptloss.preprocessing import IDENTITY
 
 from .helpers import TinyNet
 

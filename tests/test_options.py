@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import perceptloss
-from perceptloss import DISTS, LPIPS, FeatureLoss, IDENTITY, LossOptions, StyleLoss
+from perceptloss import DISTS, LPIPS, FeatureLoss, LossOptions, StyleLoss
+from perceptloss.preprocessing import IDENTITY
 from perceptloss._options import OPTIONS
 
 from .helpers import TinyNet

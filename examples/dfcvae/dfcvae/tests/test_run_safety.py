@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from perceptloss.weights import sha256_file
+
 from dfcvae import files, objective, pretrained, report, train, vae
 
 from .helpers import make_celeba, train_tiny
@@ -327,6 +329,6 @@ def test_load_pretrained_explains_weights_of_another_model(tmp_path):
     save_file({k: v.half() if v.is_floating_point() else v for k, v in vae.VAE(64).state_dict().items()},
               str(folder / "vae123.safetensors"))
     files.write_text_atomic(folder / "vae123.json", '{"latent": 100, "sha256": "%s"}'
-                            % files.sha256_file(folder / "vae123.safetensors"))
+                            % sha256_file(folder / "vae123.safetensors"))
     with pytest.raises(pretrained.PretrainedError, match="does not fit"):
         pretrained.load_pretrained("vae123", folder)
