@@ -67,7 +67,11 @@ def test_the_advice_works_as_printed():
 def test_fixed_layer_losses_advise_the_size_only():
     with pytest.raises(ImageTooSmallError, match=r"LPIPS's layers .*use images of at least 31x31$"):
         LPIPS("alex", weights=None, heads=None)(torch.rand(1, 3, 30, 64), torch.rand(1, 3, 30, 64))
-    DISTS(weights=None)(torch.rand(1, 3, 1, 1), torch.rand(1, 3, 1, 1))  # L2 pooling pads: any size works
+    # L2 pooling pads, so the trunk takes any size, but DISTS' variances need 2x2 positions at relu5_3
+    with pytest.raises(ImageTooSmallError, match="at least 17x17") as info:
+        DISTS(weights=None)(torch.rand(1, 3, 16, 64), torch.rand(1, 3, 16, 64))
+    assert info.value.min_size == (17, 17) and info.value.size == (16, 64)
+    DISTS(weights=None)(torch.rand(1, 3, 17, 17), torch.rand(1, 3, 17, 17))
 
 
 def test_module_backbones_report_empty_features_as_too_small():

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from perceptloss import DISTS, IDENTITY, LPIPS, FeatureLoss, StyleLoss, tiled
+from perceptloss import DISTS, LPIPS, FeatureLoss, StyleLoss, tiled
+from perceptloss.preprocessing import IDENTITY
 from perceptloss.backbones.vgg_l2pool import VGGL2PoolFeatures
 from perceptloss.tiling import TiledLoss
 
@@ -138,7 +139,7 @@ def test_channel_policy_grey_images():
 
 
 def test_user_module_needs_halo_then_is_exact():
-    loss = FeatureLoss(TinyNet(), ["act1", "act2"], weights=None, normalization=IDENTITY).double()
+    loss = FeatureLoss(TinyNet(), ["act1", "act2"], normalization=IDENTITY).double()
     with pytest.raises(ValueError, match=r"halo=H"):
         tiled(loss, tile=128)
     x, y = images((1, 3, 300, 140), seed=6)
@@ -154,7 +155,7 @@ def test_clear_errors(losses):
     with pytest.raises(ValueError, match="tile must be"):
         tiled(loss, tile=0)
     with pytest.raises(ValueError, match="share_module=False"):
-        tiled(FeatureLoss(TinyNet(), ["act1"], weights=None, share_module=True), tile=64)
+        tiled(FeatureLoss(TinyNet(), ["act1"], share_module=True), tile=64)
     with pytest.raises(ValueError, match="set_target"):
         tiled(loss, tile=32)(images((1, 3, 64, 64))[0])
 

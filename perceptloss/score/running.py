@@ -73,10 +73,8 @@ def apply_tiling(metrics: dict[str, torch.nn.Module], tile: int | None) -> dict[
         return metrics
     if isinstance(tile, bool) or int(tile) != tile or tile < 1:
         raise ScoreError(f"--tile must be an integer >= 1 (pixels per tile side), got {tile!r}")
-    try:
-        from ..tiling import tiled
-    except ImportError:
-        raise ScoreError("--tile needs perceptloss.tiling, which this installation lacks; drop --tile") from None
+    from ..tiling import tiled
+
     out = {}
     for name, loss in metrics.items():
         try:
