@@ -42,7 +42,7 @@ class PerceptualMetric(Metric):
     higher_is_better = False
     full_state_update = False
 
-    def __init__(self, loss: torch.nn.Module, *, per_sample: bool = False, **kwargs) -> None:
+    def __init__(self, loss: torch.nn.Module, *, per_sample: bool = False, **kwargs: object) -> None:
         super().__init__(**kwargs)
         reduction = getattr(loss, "reduction", "none")
         if reduction != "none":

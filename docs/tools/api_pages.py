@@ -69,10 +69,24 @@ def pages() -> list[tuple[str, str, str, list[str]]]:
     return [g for g in groups if g[3]]
 
 
-def page_markdown(title: str, intro: str, names: list[str]) -> str:
+#: The public submodules documented in full on a page, after its top-level names (their own ``__all__``).
+MODULES: dict[str, tuple[str, ...]] = {
+    "losses": ("perceptloss.metric",),
+    "channels": ("perceptloss.channels", "perceptloss.preprocessing"),
+    "backbones": ("perceptloss.registry",),
+    "weights": ("perceptloss.weights",),
+    "operator": ("perceptloss.functional", "perceptloss.hardware", "perceptloss.backends",
+                 "perceptloss.backends.cpu"),
+}
+
+
+def page_markdown(title: str, intro: str, names: list[str], page: str = "") -> str:
     lines = [f"# {title}", "", intro, ""]
     for name in names:
         lines += [f"::: perceptloss.{name}", ""]
+    for module in MODULES.get(page, ()):
+        lines += [f"::: {module}", "    options:", "      show_root_heading: true", "      heading_level: 2",
+                  "      show_submodules: false", ""]
     return "\n".join(lines)
 
 
@@ -102,5 +116,5 @@ def on_files(files, config, **kwargs):
     groups = config["extra"]["api_pages"]
     files.append(File.generated(config, "reference/index.md", content=index_markdown(groups)))
     for page, title, intro, names in groups:
-        files.append(File.generated(config, f"reference/{page}.md", content=page_markdown(title, intro, names)))
+        files.append(File.generated(config, f"reference/{page}.md", content=page_markdown(title, intro, names, page)))
     return files
