@@ -260,7 +260,7 @@ def _register_compiled_check() -> bool:
 
     It has no output, so it is registered as effectful (like ``aten::_linalg_check_errors``): otherwise the
     compiler removes it as dead code. Tagged cudagraph-unsafe (it synchronises). False where this torch
-    version lacks the needed APIs; compiled code then skips the value checks (as before issue 13).
+    version lacks the needed APIs; compiled code then skips the value checks.
     """
     try:
         from torch._library.effects import EffectType
