@@ -9,6 +9,12 @@ os.environ["PERCEPTLOSS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 _HOME = tempfile.mkdtemp(prefix="perceptloss-test-home-")
 os.environ["PERCEPTLOSS_HOME"] = _HOME
+# torch.compile's C++ cache is kept per emulated CPU level: inductor's on-disk cache does not key its kernels on
+# ATEN_CPU_CAPABILITY, so runs under different emulations (the tolerance rule's three CPU levels) would load each
+# other's kernels, which then fail to compile or compute wrong values.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), "torchinductor-" + "-".join(
+        os.environ.get(v, "native").lower() for v in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"))))
 
 from .helpers import TinyNet
 
