@@ -13,7 +13,12 @@ from .helpers import assert_close, assert_equal
 
 @pytest.fixture(scope="module")
 def official():
-    """The official DISTS_pt.DISTS with a random VGG16 trunk (its torchvision call would download)."""
+    return official_dists()
+
+
+def official_dists():
+    """The official DISTS_pt.DISTS with a random VGG16 trunk (its torchvision call would download) and the
+    published α/β, in eval mode."""
     try:
         from DISTS_pytorch import DISTS_pt
     except ImportError:

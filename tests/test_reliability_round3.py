@@ -189,28 +189,9 @@ def test_item5_every_buffer_follows_the_loss_dtype(name):
 
 def test_item5_dists_float64_matches_the_official_code():
     """With α/β in float64, DISTS(dtype=torch.float64) equals DISTS_pt in float64 to rounding (it was 8.9e-7 off)."""
-    try:
-        from DISTS_pytorch import DISTS_pt
-    except ImportError:
-        pytest.fail("this test needs the official code: python -m pip install --no-deps dists-pytorch==0.1")
-    import types
+    from .test_dists import official_dists, trunk_state
 
-    import torchvision
-
-    from perceptloss.dists import DISTS_ENTRY
-    from perceptloss.weights import find_source
-
-    from .test_dists import trunk_state
-
-    saved = DISTS_pt.models
-    DISTS_pt.models = types.SimpleNamespace(vgg16=lambda pretrained=True: torchvision.models.vgg16(weights=None))
-    try:
-        torch.manual_seed(0)
-        ref = DISTS_pt.DISTS(load_weights=False)
-    finally:
-        DISTS_pt.models = saved
-    published = torch.load(find_source(DISTS_ENTRY), map_location="cpu", weights_only=True)
-    ref.alpha.data, ref.beta.data = published["alpha"], published["beta"]
+    ref = official_dists()
     ref = ref.double()
     # the official code writes ImageNet's mean/std as float32 literals (1e-9 off in float64): exact values here
     ref.mean.copy_(torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, -1, 1, 1))
