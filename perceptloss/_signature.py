@@ -49,47 +49,6 @@ def numbers(values: Sequence[float]) -> str:
     return ",".join(number(v) for v in values)
 
 
-def weights_source(backbone: object, weights: object, share_module: bool = False) -> str:
-    """Where ``create_backbone(backbone, layers, weights)`` takes the network's weights from, as one token.
-
-    A catalogue key ("vgg19.caffe"), "file:<name>" for a weights file, "random" for ``weights=None``,
-    "module:<class>" (or "shared-module:<class>") for an ``nn.Module`` backbone, "<name>:<weights>" for a
-    backbone built by a resolver (``timm:<model>``).
-    """
-    if isinstance(backbone, torch.nn.Module):
-        return f"{'shared-module' if share_module else 'module'}:{type(backbone).__name__}"
-    if weights is None:
-        return "random"
-    from .registry import get_backbone
-
-    try:
-        spec = get_backbone(str(backbone))
-    except (KeyError, ValueError):
-        return f"{backbone}:{weights}"
-    if spec.create is not None:
-        return f"{backbone}:{weights}"
-    name = spec.default_weights if weights == "default" else str(weights)
-    if name in spec.weights:
-        return spec.weights[name].key
-    from pathlib import Path
-
-    return f"file:{Path(str(weights)).name}"
-
-
-def records_weights_source(create: _F) -> _F:
-    """Decorate ``create_backbone``: the extractor it returns keeps ``weights_source`` (see ``weights_source``)."""
-    import functools
-
-    @functools.wraps(create)
-    def wrapper(backbone, layers, weights="default", normalization=None, *, share_module=False):
-        extractor, norm = create(backbone, layers, weights, normalization, share_module=share_module)
-        extractor.weights_source = weights_source(backbone, weights, share_module)
-        extractor.backbone_name = type(backbone).__name__ if isinstance(backbone, torch.nn.Module) else str(backbone)
-        return extractor, norm
-
-    return wrapper  # type: ignore[return-value]
-
-
 def _clean(value: object) -> str:
     """A field value with the separators ``|`` and ``:`` made harmless (``/`` and ``=``)."""
     return str(value).replace("|", "/").replace("\n", " ")

@@ -6,7 +6,6 @@ from typing import Sequence
 
 import torch
 
-from ._signature import records_weights_source
 from ._validation import suggest
 from .backbones.base import FeatureExtractor
 from .backbones.module import ModuleFeatures
@@ -29,7 +28,6 @@ def normalization_from(value: Normalization | str | None) -> Normalization | Non
     )
 
 
-@records_weights_source
 def create_backbone(
     backbone: str | torch.nn.Module,
     layers: str | Sequence[str],
@@ -59,7 +57,9 @@ def create_backbone(
                 f"weights; load them into the module first (module.load_state_dict(...)) and leave weights unset"
             )
         names = (layers,) if isinstance(layers, str) else tuple(layers)
-        return ModuleFeatures(backbone, names, share=share_module), normalization or IDENTITY
+        source = f"{'shared-module' if share_module else 'module'}:{type(backbone).__name__}"
+        return _sourced(ModuleFeatures(backbone, names, share=share_module), type(backbone).__name__, source), \
+            normalization or IDENTITY
     if not isinstance(backbone, str):
         raise TypeError(f"backbone must be a registered name or an nn.Module, got {type(backbone).__name__}")
     if share_module:
@@ -72,15 +72,16 @@ def create_backbone(
     names = resolve_layers(backbone, layers)
     if spec.create is not None:
         extractor, norm = spec.create(names, weights)
-        return extractor.freeze(), normalization or norm
+        source = "random" if weights is None else f"{backbone}:{weights}"
+        return _sourced(extractor.freeze(), backbone, source), normalization or norm
     extractor = spec.build(names)
     if weights is None:
-        return extractor.freeze(), normalization or IMAGENET
+        return _sourced(extractor.freeze(), backbone, "random"), normalization or IMAGENET
     entry_name = spec.default_weights if weights == "default" else str(weights)
     if entry_name in spec.weights:
         entry = spec.weights[entry_name]
         _load_entry(spec, extractor, entry)
-        return extractor.freeze(), normalization or entry.normalization
+        return _sourced(extractor.freeze(), backbone, entry.key), normalization or entry.normalization
     if not looks_like_path(weights):
         entries = list_weights(backbone)
         raise KeyError(
@@ -94,7 +95,16 @@ def create_backbone(
     except (KeyError, ValueError) as e:
         reason = e.args[0] if isinstance(e, KeyError) and e.args else e
         raise ValueError(f"{path} does not fit {spec.name}: {reason}") from e
-    return extractor.freeze(), norm
+    return _sourced(extractor.freeze(), backbone, f"file:{Path(str(weights)).name}"), norm
+
+
+def _sourced(extractor: FeatureExtractor, backbone_name: str, weights_source: str) -> FeatureExtractor:
+    """``extractor`` with the two facts a loss's ``signature`` states about its network: the backbone's name, and
+    where its weights came from (a catalogue key, "file:<name>", "random", "module:<class>" or
+    "shared-module:<class>", "<backbone>:<weights>" for a resolver's backbone such as timm's)."""
+    extractor.backbone_name = backbone_name
+    extractor.weights_source = weights_source
+    return extractor
 
 
 def _load_entry(spec: BackboneSpec, extractor: FeatureExtractor, entry: WeightEntry) -> None:
