@@ -12,7 +12,7 @@ from .vae import VAE
 
 #: Config entries that must match for a checkpoint to be resumed (the rest, e.g. epochs or max_steps, may change).
 RESUME_KEYS = ("preset", "balance", "alpha", "beta", "batch_size", "lr", "beta1", "seed", "crop", "subset",
-               "latent", "data_key", "world_size")
+               "halve_lr_every", "latent", "data_key", "world_size")
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:

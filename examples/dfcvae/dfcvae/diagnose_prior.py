@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from dfcvae.celeba import build_cache, load_celeba, to_float
-from dfcvae.face_features import load_onet
+from dfcvae.face_features import FACE_THRESHOLD, face_probabilities, load_onet
 from dfcvae.objective import DEFAULT_BETA, DFCObjective, kl_per_sample
 from dfcvae.pretrained import NAMES, load_pretrained, read_card
 from dfcvae.vae import VAE
@@ -65,7 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=int, default=1000, help="prior samples per model and convention")
     p.add_argument("--recon-images", type=int, default=256, help="training faces for the reconstruction terms")
     p.add_argument("--grad-images", type=int, default=64, help="training faces for the gradient norms (0: skip)")
-    p.add_argument("--threshold", type=float, default=0.7, help="ONet face probability above which it is a face")
+    p.add_argument("--threshold", type=float, default=FACE_THRESHOLD,
+                   help="ONet face probability above which it is a face (default: MTCNN's %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--hardware", default=None, help="how to name the CPU in the report (default: /proc/cpuinfo's "
@@ -106,9 +107,9 @@ def decode(model, z: torch.Tensor, batch_stats: bool, batch: int = 100) -> torch
     return torch.cat([dec(z[i:i + batch]).float().clamp(0, 1) for i in range(0, len(z), batch)])
 
 
-@torch.no_grad()
-def face_rate(onet, images: torch.Tensor, threshold: float) -> tuple[float, float]:
-    p = torch.cat([onet.face_probability(images[i:i + 500]) for i in range(0, len(images), 500)])
+def face_rate(onet, images: torch.Tensor, threshold: float) -> tuple[float, float, float]:
+    """(fraction above ``threshold``, median probability, fraction above 0.5) of ONet's face probabilities."""
+    p = face_probabilities(onet, images)
     return float((p > threshold).float().mean()), float(p.median()), float((p > 0.5).float().mean())
 
 

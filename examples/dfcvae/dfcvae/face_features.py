@@ -80,3 +80,18 @@ def load_onet() -> ONet:
 def onet_features(net: ONet, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
     """(N, 256) float32 features of (N, 3, H, W) RGB images in [0, 1]."""
     return torch.cat([net.features(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+#: ONet's face probability above which an image counts as a face (MTCNN's threshold for its last stage).
+FACE_THRESHOLD = 0.7
+
+
+@torch.no_grad()
+def face_probabilities(net: ONet, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """ONet's face probability (N,) of each of ``images``: (N, 3, H, W) RGB in [0, 1]."""
+    return torch.cat([net.face_probability(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def face_rate(net: ONet, images: torch.Tensor, threshold: float = FACE_THRESHOLD) -> float:
+    """The fraction of ``images`` ((N, 3, H, W) RGB in [0, 1]) whose face probability exceeds ``threshold``."""
+    return float((face_probabilities(net, images) > threshold).float().mean())

@@ -326,7 +326,7 @@ def section_quality(rep: Report, args, models: dict, test_faces: np.ndarray, g: 
     """The quality table; returns {model key: {kind: {metric: value}}}."""
     from tqdm import tqdm
 
-    from .face_features import FaceFeaturesUnavailable, load_onet, onet_features
+    from .face_features import FaceFeaturesUnavailable, face_rate, load_onet, onet_features
 
     nq = min(args.quality_images, len(test_faces) // 2)
     weights = None if args.weights == "none" else args.weights
@@ -349,6 +349,8 @@ def section_quality(rep: Report, args, models: dict, test_faces: np.ndarray, g: 
             row.update(mse=metrics.mse(images, real), ssim=metrics.ssim(images, real))
         for k, f in spaces.items():
             row[f"fd_{k}"] = metrics.frechet_distance(f(images), real_feats[k])
+        if onet is not None:
+            row["face_rate"] = face_rate(onet, images)
         return row
 
     z = torch.randn(nq, 100, generator=g)
@@ -381,7 +383,31 @@ def section_quality(rep: Report, args, models: dict, test_faces: np.ndarray, g: 
                          f"{r['ssim']:.3f}" if "ssim" in r else "—", f"{r['sharpness']:.2f}"] +
                         [f"{r[f'fd_{k}']:.1f}" for k in spaces])
     rep.table(header, rows)
+    if onet is not None:
+        section_face_rate(rep, results, nq)
     return results
+
+
+#: The paper's Fig. 3 caption and text (Sec. 4.2) on each model's prior samples.
+PAPER_FIG3 = {"pvae": "blurry faces (\"the generated images are blurry\")",
+              "vae123": "faces with clearer eyes, noses and teeth than VAE-345",
+              "vae345": "faces, \"more blurry\" than VAE-123's but \"better at generating hair with different textures\""}
+
+
+def section_face_rate(rep: Report, results: dict, n: int) -> None:
+    """How many prior samples are faces, per model and sampling convention, beside the paper's Fig. 3."""
+    from .face_features import FACE_THRESHOLD
+
+    data = results["data"]["other test images"]["face_rate"]
+    rep.add("### How many prior samples are faces (Figure 3)", "",
+            f"The fraction of {n} images that MTCNN's ONet face network (a network no model here was trained with) "
+            f"classifies as a face (probability > {FACE_THRESHOLD}, MTCNN's own ONet threshold), the same codes for "
+            f"every model; real test faces: {100 * data:.1f}%.", "")
+    rows = [[MODELS[k], *(f"{100 * results[k][f'samples ({s})']['face_rate']:.1f}%" for s in SAMPLINGS),
+             PAPER_FIG3[k]] for k in results if k in MODELS]
+    rep.table(["model", *(f"faces, {s.label}" for s in SAMPLINGS.values()), "the paper's Fig. 3"], rows)
+
+
 
 
 def section_findings(rep: Report, table1: dict, quality: dict) -> None:

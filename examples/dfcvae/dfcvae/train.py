@@ -17,6 +17,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -58,6 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crop", default="released", choices=list(CROPS))
     p.add_argument("--subset", type=int, default=0, help="use only the first N training images (0: all)")
     p.add_argument("--max-steps", type=int, default=0, help="stop (with a checkpoint) after this many steps in all (0: no limit)")
+    p.add_argument("--halve-lr-every", type=int, default=0, metavar="STEPS",
+                   help="halve the learning rate every STEPS steps (0, the default: at the end of every epoch, as "
+                        "the released code). The paper's schedule on 162,770 images: 2543 (one of its epochs of 64)")
+    p.add_argument("--keep-every", type=int, default=0, metavar="STEPS",
+                   help="also keep a copy of the checkpoint every STEPS steps in <out>/snapshots (0: none), for "
+                        "evaluating the run as it trains (python -m dfcvae.trajectory)")
     p.add_argument("--time-budget", type=finite_float, default=0.0,
                    help="stop (with a checkpoint) once training has run this many seconds in this process (0: no "
                         "limit); running again with --resume continues. Single process only (ranks would disagree)")
@@ -92,10 +99,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not args.lr > 0:
         p.error(f"--lr must be positive, got {args.lr}")
-    for name in ("subset", "max_steps"):
+    for name, zero in (("subset", "all images"), ("max_steps", "no limit"), ("halve_lr_every", "every epoch"),
+                       ("keep_every", "none")):
         if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be >= 0 (0: {'all images' if name == 'subset' else 'no limit'}), "
-                    f"got {getattr(args, name)}")
+            p.error(f"--{name.replace('_', '-')} must be >= 0 (0: {zero}), got {getattr(args, name)}")
     if args.time_budget < 0:
         p.error(f"--time-budget must be >= 0 seconds (0: no limit), got {args.time_budget}")
     if args.time_budget and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -391,7 +398,8 @@ def build(args: argparse.Namespace, device: torch.device, config: dict, rank: in
         model = model.to(memory_format=torch.channels_last)
         objective = objective.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
-    # Halve the learning rate at the start of every epoch after the first (per epoch, not per iteration).
+    # Halve the learning rate at the start of every epoch after the first (per epoch, not per iteration), or every
+    # --halve-lr-every steps: the scheduler counts halvings, train_loop steps it.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.5 ** epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     return Training(model, objective, optimizer, scheduler, scaler, config)
@@ -488,6 +496,18 @@ def grid_inputs(run: Training, images: np.ndarray) -> tuple[torch.Tensor, torch.
     return fixed, torch.randn(64, run.model.latent, generator=torch.Generator().manual_seed(1234)).to(device)
 
 
+def keep_snapshot(out: Path, step: int) -> Path:
+    """Copy ``out/checkpoint.pt`` (just written at ``step``) to ``out/snapshots/step-<step>.pt``, atomically."""
+    path = out / "snapshots" / f"step-{step:06d}.pt"
+    path.parent.mkdir(exist_ok=True)
+    try:
+        atomic_write(path, lambda tmp: shutil.copyfile(out / "checkpoint.pt", tmp))
+    except OSError as e:
+        raise SetupError(f"could not write {path} ({e.strerror or e}); the checkpoint is intact: free space "
+                         "(or choose another --out) and continue with --resume") from None
+    return path
+
+
 def train_loop(args: argparse.Namespace, run: Training, images: np.ndarray, device: torch.device, dist: Distributed,
                out: Path, logger: Logger) -> bool:
     """Train from ``run.step`` to the end (or --max-steps); checkpoints every --checkpoint-every steps and at epoch ends.
@@ -551,12 +571,18 @@ def train_loop(args: argparse.Namespace, run: Training, images: np.ndarray, devi
                     t_last, seen = now, 0
                 if progress is not None:
                     progress.update(1)
-                if run.step % args.checkpoint_every == 0:
+                if args.halve_lr_every and run.step % args.halve_lr_every == 0:
+                    run.scheduler.step()
+                kept = bool(args.keep_every) and run.step % args.keep_every == 0
+                if run.step % args.checkpoint_every == 0 or kept:
                     save_checkpoint(run, out / "checkpoint.pt", dist)
+                    if kept and dist.main:
+                        keep_snapshot(out, run.step)
                 if args.time_budget and time.perf_counter() - t_start >= args.time_budget and run.step < stop_at:
                     return True
-            if it == steps_per_epoch:  # epoch finished: halve the lr for the next one, write its grids
-                run.scheduler.step()
+            if it == steps_per_epoch:  # epoch finished: halve the lr for the next one (by default), write its grids
+                if not args.halve_lr_every:
+                    run.scheduler.step()
                 save_checkpoint(run, out / "checkpoint.pt", dist)  # first: it refuses non-finite weights
                 if dist.main:
                     save_grids(run.model, fixed, z_fixed, out / "grids", f"e{epoch + 1:02d}")
@@ -582,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"amp: {args.amp} ({why})", file=sys.stderr)
                 images, data_config = load_data(args, dist)
                 config = {k: getattr(args, k) for k in ("preset", "balance", "alpha", "beta", "batch_size", "lr", "beta1",
-                                                        "seed", "crop", "subset", "latent", "epochs", "amp",
+                                                        "seed", "crop", "subset", "latent", "epochs", "amp", "halve_lr_every",
                                                         "channels_last", "compile")}
                 config.update(data_config, world_size=dist.world, data=str(args.data), device=str(args.device))
                 run = build(args, args.device, config, dist.rank)

@@ -75,9 +75,11 @@ def test_full_report_on_tiny_models(tmp_path, caffe_weights):
     assert "not comparable" in text and "Δ maj." in text
     assert "FD VGG19" in text and "FD ONet" in text and "| PVAE | samples (released) |" in text
     assert "| data | other test images |" in text and "## What matches the paper" in text
+    assert "### How many prior samples are faces (Figure 3)" in text and "| VAE-123 |" in text.split("are faces")[1]
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"PVAE", "VAE-123", "majority"}
     assert set(summary["VAE-123"]["quality"]) == {"reconstruction", "samples (paper)", "samples (released)"}
+    assert 0 <= summary["VAE-123"]["quality"]["samples (paper)"]["face_rate"] <= 1
     from PIL import Image
 
     assert Image.open(out / "tsne_grid.jpg").size == (64, 64)  # 4x4 faces of 16 px

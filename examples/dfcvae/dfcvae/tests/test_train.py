@@ -318,3 +318,31 @@ def test_time_budget_stops_with_a_checkpoint_and_resume_continues(data_dir, tmp_
         assert torch.equal(a["model"][k], b["model"][k]), k
     with pytest.raises(SystemExit):
         train.main(["--preset", "pvae", "--time-budget", "-1"])
+
+
+def test_step_based_lr_halving_and_kept_snapshots_resume_bit_for_bit(data_dir, tmp_path):
+    # 5 steps per epoch; halving every 3 steps: lr 1x for steps 1-3, 0.5x for 4-6, 0.25x for 7; snapshots at 2, 4, 6
+    opts = ("--epochs", "2", "--halve-lr-every", "3", "--keep-every", "2", "--lr", "1e-3")
+    assert run(data_dir, tmp_path / "a", *opts, "--max-steps", "7") == 0
+    lrs = [float(r.split(",")[2]) for r in (tmp_path / "a" / "log.csv").read_text().splitlines()[1:]]
+    assert lrs == [1e-3] * 3 + [5e-4] * 3 + [2.5e-4]
+    kept = sorted(p.name for p in (tmp_path / "a" / "snapshots").glob("*.pt"))
+    assert kept == ["step-000002.pt", "step-000004.pt", "step-000006.pt"]
+    snap = torch.load(tmp_path / "a" / "snapshots" / "step-000004.pt", weights_only=True)
+    assert snap["step"] == 4 and snap["config"]["halve_lr_every"] == 3
+    # resumed across a halving, the run is the same
+    assert run(data_dir, tmp_path / "b", *opts, "--max-steps", "4") == 0
+    assert run(data_dir, tmp_path / "b", *opts, "--max-steps", "7", "--resume") == 0
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 2
+
+
+def test_another_lr_schedule_is_refused_on_resume(data_dir, tmp_path, capsys):
+    assert run(data_dir, tmp_path / "a", "--max-steps", "1") == 0
+    assert run(data_dir, tmp_path / "a", "--max-steps", "2", "--halve-lr-every", "3", "--resume") == 2
+    assert "halve_lr_every" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main(["--preset", "pvae", "--halve-lr-every", "-1"])

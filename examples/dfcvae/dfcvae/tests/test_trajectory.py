@@ -1,0 +1,37 @@
+"""The per-snapshot evaluation of a training run (dfcvae.trajectory) on a tiny run."""
+import csv
+import json
+
+
+from dfcvae import trajectory
+
+from .helpers import make_celeba, train_tiny
+
+
+def test_every_kept_snapshot_is_evaluated_once_and_tabled(tmp_path, capsys):
+    data = make_celeba(tmp_path / "celeba", n_images=40, listed=40)
+    run = tmp_path / "run"
+    assert train_tiny(data, run, "--epochs", "1", "--max-steps", "5", "--keep-every", "2") == 0
+    out = tmp_path / "trajectory.md"
+    args = ["--run", str(run), "--data", str(data), "--train-images", "16", "--samples", "20", "--out", str(out)]
+    assert trajectory.main(args) == 0
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert [int(r["step"]) for r in rows] == [2, 4, 5]  # two snapshots, then the newer checkpoint.pt
+    first = rows[0]
+    assert 0 <= float(first["face_paper"]) <= 1 and 0 <= float(first["face_released"]) <= 1
+    assert abs(float(first["half_m2"]) - 0.5 * float(first["mean_norm"]) ** 2) <= 1e-4 * float(first["half_m2"])
+    assert float(first["lr"]) == 5e-4 and float(first["log_kl"]) > 0
+    assert "| 4 |" in out.read_text()
+    # the snapshots' results are cached: a second run recomputes only checkpoint.pt, with the same numbers
+    cache = run / "snapshots" / "step-000002.eval.json"
+    assert json.loads(cache.read_text())["result"]["kl"] == float(first["kl"])
+    capsys.readouterr()
+    assert trajectory.main(args) == 0
+    err = capsys.readouterr().err
+    assert "step 2:" not in err and "step 4:" not in err and "step 5:" in err
+    assert [r["kl"] for r in csv.DictReader(out.with_suffix(".csv").open())] == [r["kl"] for r in rows]
+
+
+def test_a_run_without_snapshots_says_how_to_make_them(tmp_path, capsys):
+    assert trajectory.main(["--run", str(tmp_path / "nothing")]) == 2
+    assert "--keep-every" in capsys.readouterr().err
