@@ -46,6 +46,7 @@ from dfcvae.celeba import build_cache, load_celeba, to_float
 from dfcvae.face_features import FACE_THRESHOLD, face_probabilities, load_onet
 from dfcvae.objective import DEFAULT_BETA, DFCObjective, kl_per_sample
 from dfcvae.pretrained import NAMES, load_pretrained, read_card
+from dfcvae.recentre import recentred
 from dfcvae.vae import VAE
 
 PAPER_TRAIN_IMAGES = 162_770  # CelebA's official train split (the paper: "5 epochs over the training dataset")
@@ -174,16 +175,6 @@ def recon_terms(model, preset: str, faces: np.ndarray, seed: int, batch: int = 3
                     acc.append(obj.feature_loss.per_layer(r, x))
             kls.append(kl_per_sample(m.float(), lv.float()))
     return {"layers": torch.cat(layers), "layers_mean": torch.cat(layers_mean), "kl": torch.cat(kls)}
-
-
-def recentred(model, m: torch.Tensor):
-    """A copy of ``model`` with its latent space shifted by -m: encoder mean bias - m, decoder fc bias + W m."""
-    rc = copy.deepcopy(model)
-    with torch.no_grad():
-        rc.encoder.mean.bias -= m
-        fc = rc.decoder.fc[0]
-        fc.bias += fc.weight @ m
-    return rc
 
 
 def gradient_norms(model, preset: str, faces: np.ndarray) -> dict:

@@ -181,10 +181,12 @@ def export(checkpoint: str | Path, name: str, folder: str | Path | None = None,
         "steps": steps, "batch_size": config.get("batch_size"), "world_size": config.get("world_size", 1),
         "epochs": round(steps / max(1, config.get("steps_per_epoch", 1)), 3),
         "balance": config.get("balance"), "alpha": config.get("alpha"), "beta": config.get("beta"),
-        "lr": config.get("lr"), "amp": config.get("amp"), "channels_last": config.get("channels_last"),
+        "lr": config.get("lr"), "halve_lr_every": config.get("halve_lr_every") or "epoch", "amp": config.get("amp"), "channels_last": config.get("channels_last"),
         "hardware": _hardware(), "device": config.get("device"), "torch": torch.__version__,
         "exported": datetime.date.today().isoformat(), "sha256": sha256_file(weights),
     }
+    if config.get("recentred"):  # a post-training step (dfcvae.recentre), not in the paper: labelled on the card
+        card["recentred"] = {k: v for k, v in config["recentred"].items() if k != "source"}
     log = checkpoint.parent / "log.csv"
     if log.is_file():
         card.update(training_time(log))

@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as a file: make the dfcvae package importab
 import numpy as np
 import torch
 
-from dfcvae.celeba import load_celeba, to_float
+from dfcvae.celeba import load_celeba
 from dfcvae.checkpointing import CheckpointError, read_checkpoint, vae_from_checkpoint
 from dfcvae.diagnose_prior import cpu_name, decode, posterior, subset_faces
 from dfcvae.face_features import FACE_THRESHOLD, face_rate, load_onet
