@@ -24,21 +24,15 @@ if __package__ in (None, ""):  # run as a file: make the dfcvae package importab
 import numpy as np
 import torch
 
-from dfcvae.celeba import DEFAULT_DATA, build_cache, load_celeba, to_float
+from dfcvae.celeba import DEFAULT_DATA, build_cache, load_celeba
 from dfcvae.checkpointing import CheckpointError, read_checkpoint, save_atomic, vae_from_checkpoint
+from dfcvae.latent import encode
 from dfcvae.vae import VAE
 
 
-@torch.no_grad()
-def posterior_mean_offset(model: VAE, faces: np.ndarray, batch: int = 250) -> torch.Tensor:
+def posterior_mean_offset(model: VAE, faces: np.ndarray) -> torch.Tensor:
     """m (latent,): the mean over ``faces`` ((N, 64, 64, 3) uint8) of the posterior means (eval-mode BN)."""
-    model.eval()
-    total = None
-    for i in range(0, len(faces), batch):
-        mean, _ = model.encoder(to_float(torch.from_numpy(np.array(faces[i:i + batch]))))
-        s = mean.double().sum(0)
-        total = s if total is None else total + s
-    return (total / len(faces)).float()
+    return encode(model.eval(), faces).double().mean(0).float()
 
 
 def recentred(model: VAE, m: torch.Tensor) -> VAE:

@@ -408,8 +408,6 @@ def section_face_rate(rep: Report, results: dict, n: int) -> None:
     rep.table(["model", *(f"faces, {s.label}" for s in SAMPLINGS.values()), "the paper's Fig. 3"], rows)
 
 
-
-
 def section_findings(rep: Report, table1: dict, quality: dict) -> None:
     """What matches the paper and what does not, computed from this run's numbers."""
     avg = {k: float(np.mean(v)) for k, v in table1.items()}

@@ -608,8 +608,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"amp: {args.amp} ({why})", file=sys.stderr)
                 images, data_config = load_data(args, dist)
                 config = {k: getattr(args, k) for k in ("preset", "balance", "alpha", "beta", "batch_size", "lr", "beta1",
-                                                        "seed", "crop", "subset", "latent", "epochs", "amp", "halve_lr_every",
-                                                        "channels_last", "compile")}
+                                                        "seed", "crop", "subset", "latent", "epochs", "amp",
+                                                        "halve_lr_every", "channels_last", "compile")}
                 config.update(data_config, world_size=dist.world, data=str(args.data), device=str(args.device))
                 run = build(args, args.device, config, dist.rank)
                 if saved is not None:
