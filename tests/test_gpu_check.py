@@ -77,31 +77,26 @@ def test_synthetic_celeba_folder_loads(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not perceptloss.backends.has_kernel("cpu"), reason="fused operator not built")
-def test_cpu_mode_runs_the_phases_and_writes_few_small_files(tmp_path):
+def test_cpu_mode_runs_the_phases_records_a_failure_and_writes_few_small_files(tmp_path):
+    """One run of the CPU mode (each phase is a fresh Python process, so one run covers the script's logic): the
+    driver phase fails (the operator switched off), the losses phase after it still runs, train fails on a missing
+    --data with train.py's own message; the driver itself passing on the CPU kernels is the in-process test above."""
     out = tmp_path / "out"
-    proc = run_check(out, "build,info,driver,tests,memcheck,losses")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_check(out, "build,info,driver,tests,memcheck,losses,train", PERCEPTLOSS_DISABLE_EXT="1",
+                     DATA=str(tmp_path / "no-celeba-here"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
     got = summary_lines(out)
-    assert got["info"].split()[1] == "ok" and got["driver"].split()[1] == "ok" and got["losses"].split()[1] == "ok"
+    assert got["info"].split()[1] == "ok" and got["losses"].split()[1] == "ok", got
+    assert got["driver"].split()[1].startswith("FAIL") and got["train"].split()[1].startswith("FAIL"), got
     for skipped in ("build", "tests", "memcheck"):
         assert got[skipped].split()[1] == "SKIP", got[skipped]
     assert "racecheck" not in got  # not asked for
+    assert "SOME PHASES FAILED" in (out / "summary.txt").read_text()
     files = {p.name for p in out.iterdir()}
     assert files <= OUT_FILES and len(files) <= 8
     assert all(p.stat().st_size < 1 << 20 for p in out.iterdir())
-    assert "operator driver: " in (out / "sanitizer.txt").read_text()
-    assert "CPU kernel level" in (out / "info.txt").read_text()
-
-
-@pytest.mark.slow
-def test_a_failed_phase_is_recorded_and_the_next_still_runs(tmp_path):
-    out = tmp_path / "out"
-    proc = run_check(out, "train,info", DATA=str(tmp_path / "no-celeba-here"))
-    assert proc.returncode == 1
-    got = summary_lines(out)
-    assert got["train"].split()[1].startswith("FAIL") and got["info"].split()[1] == "ok"
-    assert "SOME PHASES FAILED" in (out / "summary.txt").read_text()
+    assert "no cpu kernel in this build" in (out / "sanitizer.txt").read_text()
+    assert "HAS_EXT False" in (out / "info.txt").read_text()
     assert "does not exist" in (out / "train.txt").read_text()  # train.py's own message about --data
 
 
