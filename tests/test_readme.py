@@ -18,23 +18,31 @@ def python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch, caffe_weights):
-    """torch hub cache with stand-ins for torchvision's ``alexnet-owt-7be5be79.pth``, ``vgg16-397923af.pth`` and
-    ``vgg19-dcbb9e9d.pth`` (random weights, the same tensor names; the trunks only)."""
+@pytest.fixture(scope="session")
+def _hub_checkpoints(tmp_path_factory) -> Path:
+    """torch hub checkpoints folder with stand-ins for torchvision's ``alexnet-owt-7be5be79.pth``,
+    ``vgg16-397923af.pth`` and ``vgg19-dcbb9e9d.pth`` (random weights, the same tensor names; the trunks only),
+    written once per test process: the examples only read them."""
     from torchvision.models import alexnet
     from torchvision.models.vgg import cfgs, make_layers
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("PERCEPTLOSS_HOME", str(tmp_path / "home"))
-    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints = tmp_path_factory.mktemp("torch") / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     torch.manual_seed(0)
-    torch.save(alexnet(weights=None).state_dict(), checkpoints / "alexnet-owt-7be5be79.pth")
+    trunk = alexnet(weights=None).features
+    torch.save({f"features.{k}": v for k, v in trunk.state_dict().items()}, checkpoints / "alexnet-owt-7be5be79.pth")
     for cfg, name in (("D", "vgg16-397923af.pth"), ("E", "vgg19-dcbb9e9d.pth")):
         trunk = make_layers(cfgs[cfg])
         torch.save({f"features.{k}": v for k, v in trunk.state_dict().items()}, checkpoints / name)
     return checkpoints
+
+
+@pytest.fixture
+def offline_hub(_hub_checkpoints, tmp_path, monkeypatch, caffe_weights):
+    """TORCH_HOME pointing at the stand-in checkpoints; a private, empty PERCEPTLOSS_HOME."""
+    monkeypatch.setenv("TORCH_HOME", str(_hub_checkpoints.parent.parent))
+    monkeypatch.setenv("PERCEPTLOSS_HOME", str(tmp_path / "home"))
+    return _hub_checkpoints
 
 
 def test_readme_has_examples():

@@ -1,5 +1,6 @@
 """DFC-VAE model, objective and training program: shapes, loss terms, learning, checkpoints, resume, DDP."""
 import os
+import shutil
 import socket
 
 import pytest
@@ -144,33 +145,48 @@ def test_ctrl_c_saves_a_checkpoint(data_dir, tmp_path, monkeypatch):
     assert torch.load(tmp_path / "i" / "checkpoint.pt", weights_only=True)["step"] == 2
 
 
-def _ddp_train(rank, world, port, data_dir, out, *extra):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    assert run(data_dir, out, "--batch-size", "4", "--device", "cpu", *extra) == 0
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
-def _spawn(nprocs, *args):
+def _ddp_runs(rank, world, ports, barrier, data_dir, runs):
+    """One rank of a gloo job that trains ``runs`` ((out, extra args), ...) one after the other, each run with its
+    own process group (port) and all ranks done with a run before any starts the next (its checkpoint is read)."""
+    for port, (out, extra) in zip(ports, runs):
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                          LOCAL_RANK=str(rank))
+        assert run(data_dir, out, "--batch-size", "4", "--device", "cpu", *extra) == 0
+        if rank == 0 and "--resume" not in extra:
+            shutil.copy(out / "checkpoint.pt", out / f"checkpoint-step-{extra[-1]}.pt")
+        barrier.wait()
+
+
+def _spawn(nprocs, data_dir, *runs):
+    """Two processes (ranks) training ``runs`` in turn: one start-up of torch and the loss network for them all."""
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_train, args=(nprocs, port, *args), nprocs=nprocs, join=True)
+    barrier = mp.get_context("spawn").Barrier(nprocs)
+    mp.spawn(_ddp_runs, args=(nprocs, _free_ports(len(runs)), barrier, data_dir, runs), nprocs=nprocs, join=True)
 
 
 def test_ddp_resume_is_bit_for_bit_with_each_ranks_own_random_state(data_dir, tmp_path):
     # two gloo processes; the VAE's reparameterisation noise differs per rank, so restoring rank 0's random state
     # on every rank (the old behaviour) would make the resumed run differ from the uninterrupted one
     run(data_dir, tmp_path / "warm", "--max-steps", "1")  # build the cache once beforehand
-    _spawn(2, data_dir, tmp_path / "a", "--max-steps", "4")
-    _spawn(2, data_dir, tmp_path / "b", "--max-steps", "2")
-    b2 = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
-    assert b2["config"]["world_size"] == 2 and len(b2["rng"]["ranks"]) == 2
+    a, b = tmp_path / "a", tmp_path / "b"
+    _spawn(2, data_dir, (a, ("--max-steps", "4")), (b, ("--max-steps", "2")), (b, ("--resume", "--max-steps", "4")))
+    b2 = torch.load(b / "checkpoint-step-2.pt", weights_only=True)
+    assert b2["step"] == 2 and b2["config"]["world_size"] == 2 and len(b2["rng"]["ranks"]) == 2
     assert not torch.equal(b2["rng"]["ranks"][0]["torch"], b2["rng"]["ranks"][1]["torch"])
-    _spawn(2, data_dir, tmp_path / "b", "--max-steps", "4", "--resume")
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    a = torch.load(a / "checkpoint.pt", weights_only=True)
+    b = torch.load(b / "checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
