@@ -2,6 +2,7 @@
 // Device-neutral: it includes no backend header (each backend passes its allocator to GradBuffers).
 #include "feature_distance.h"
 
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 namespace perceptloss {

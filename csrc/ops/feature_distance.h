@@ -10,7 +10,7 @@
 // and grad_b = -grad_a.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <tuple>
 #include <vector>

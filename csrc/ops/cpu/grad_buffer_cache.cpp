@@ -1,6 +1,7 @@
 #include "grad_buffer_cache.h"
 
 #include <ATen/EmptyTensor.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 #include <torch/library.h>

@@ -15,7 +15,7 @@
 // (or perceptloss.backends.cpu.set_grad_cache(False)) disables it.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace perceptloss {
 namespace ops {
