@@ -108,8 +108,8 @@ _PEAK = textwrap.dedent(
     torch.manual_seed(0)
     chunk, checkpoint = int(sys.argv[1]), sys.argv[2] == "1"
     loss = FeatureLoss("vgg16", ["relu1_2", "relu2_2"], weights=None, reduction="none")
-    x = torch.rand(1, 3, 48, 48, 48, requires_grad=True)
-    y = torch.rand(1, 3, 48, 48, 48)
+    x = torch.rand(1, 3, 32, 32, 32, requires_grad=True)
+    y = torch.rand(1, 3, 32, 32, 32)
     def hwm():
         for line in open("/proc/self/status"):
             if line.startswith("VmHWM"):
@@ -129,6 +129,6 @@ def peak_growth(chunk: int, checkpoint: bool) -> float:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
 def test_chunks_bound_peak_memory():
-    """All 3 x 48 slices of a 48^3 volume in one graph (no chunks, no checkpoint) vs 8 slices per checkpointed chunk."""
+    """All 3 x 32 slices of a 32^3 volume in one graph (no chunks, no checkpoint) vs 8 slices per checkpointed chunk."""
     naive, chunked = peak_growth(10**6, False), peak_growth(8, True)
     assert chunked < 0.5 * naive, (naive, chunked)

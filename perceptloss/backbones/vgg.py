@@ -47,8 +47,22 @@ class VGGFeatures(SequentialFeatures):
     """
 
     def __init__(self, arch: str, layers: tuple[str, ...]) -> None:
-        super().__init__(tv_vgg.make_layers(tv_vgg.cfgs[VGG_CONFIGS[arch]]), vgg_layer_names(arch), layers)
+        names = vgg_layer_names(arch)
+        depth = max(names.index(n) for n in layers) + 1
+        super().__init__(_make_trunk(arch, depth), names, layers)
         self.arch = arch
+
+
+def _make_trunk(arch: str, depth: int) -> list[torch.nn.Module]:
+    """The first ``depth`` modules of torchvision's ``features`` for ``arch``: only the configuration entries
+    they need are built (each convolution's random initialisation costs time, and loaded weights replace it)."""
+    cfg, modules = [], 0
+    for v in tv_vgg.cfgs[VGG_CONFIGS[arch]]:
+        if modules >= depth:
+            break
+        cfg.append(v)
+        modules += 1 if v == "M" else 2  # a pool; a convolution and its ReLU
+    return list(tv_vgg.make_layers(cfg))[:depth]
 
 
 # ------------------------------------------------------------------------------------- weights, registration
