@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # The test command: make a virtualenv (.venv-test), install everything, compile the operator (CUDA too when
 # nvcc exists) and run pytest, one worker per core. Extra arguments go to pytest. Exit code 5 (no tests collected) is a failure.
+# TEST_TIER=quick (the default, what CI runs) skips the tests marked slow: those that start processes (subprocesses,
+# torchrun, spawned ranks, the GPU-check script), compile a network with inductor, or run a whole program of the
+# example (report, gallery, the real CelebA subset); TEST_TIER=all runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv-test}
+case ${TEST_TIER:-quick} in
+  quick) tier=(-m "not slow") ;;
+  all) tier=() ;;
+  *) echo "TEST_TIER must be quick (the default: no test marked slow) or all, got '$TEST_TIER'" >&2; exit 2 ;;
+esac
 bash scripts/setup_venv.sh "$venv" pytest pytest-xdist timm pillow lpips torchmetrics
 # Wheels read for a data file only (their pinned dependencies, an old torch, must not be installed).
 "$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps dists-pytorch==0.1 2>&1 | { grep -v "is ignored" || true; }
@@ -16,7 +24,7 @@ workers=${PYTEST_WORKERS:-$(nproc)}
 parallel=()
 if [ "$workers" -gt 1 ]; then parallel=(-n "$workers"); fi
 set +e
-"$venv/bin/python" -m pytest -p no:cacheprovider -q "${parallel[@]}" "$@"
+"$venv/bin/python" -m pytest -p no:cacheprovider -q "${parallel[@]}" "${tier[@]}" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

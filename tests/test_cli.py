@@ -44,6 +44,7 @@ def test_cli_weights_lists_the_lpips_heads(home, capsys):
     assert "lpips-vgg.v0.1" in only and "lpips-alex" not in only and "vgg19" not in only
 
 
+@pytest.mark.slow
 def test_cli_misuse_exit_code_of_the_module(home):
     proc = subprocess.run(
         [sys.executable, "-m", "perceptloss", "fetch"], cwd=ROOT, capture_output=True, text=True, timeout=600

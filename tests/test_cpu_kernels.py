@@ -70,7 +70,7 @@ def test_unknown_level_is_refused_with_the_choices():
     assert kernel_level() == LEVELS[-1]
 
 
-@pytest.mark.parametrize("env, expected", [("default", "DEFAULT"), ("avx2", "AVX2")])
+@pytest.mark.parametrize("env, expected", [("default", "DEFAULT"), pytest.param("avx2", "AVX2", marks=pytest.mark.slow)])
 def test_aten_cpu_capability_lowers_the_level(env, expected):
     if expected not in LEVELS:
         pytest.skip(f"{expected} kernels are not runnable here")
@@ -120,7 +120,7 @@ def test_streaming_threshold_refuses_what_is_not_a_byte_count(bad):
             pass
 
 
-@pytest.mark.parametrize("value", ["0", "false"])
+@pytest.mark.parametrize("value", ["0", pytest.param("false", marks=pytest.mark.slow)])
 def test_streaming_can_be_turned_off_by_the_environment(value):
     code = "import perceptloss.backends.cpu as k; print(k.streaming_threshold_bytes())"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PERCEPTLOSS_CPU_STREAMING": value},

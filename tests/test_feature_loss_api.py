@@ -150,6 +150,7 @@ def test_timm_backbone_stages():
         FeatureLoss("timm:resnet18", ["layer1"])  # offline: explains where to put the file
 
 
+@pytest.mark.slow
 def test_torch_compile_module_using_the_loss(tiny_net):
     loss = tiny_loss(tiny_net)
 
@@ -197,6 +198,7 @@ def _ddp_worker(rank, world, port, results):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_process_gloo_step():
     import socket
 

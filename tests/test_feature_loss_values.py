@@ -1,7 +1,7 @@
 """FeatureLoss against an independent eager reference built from torchvision's VGG19 with the same weights."""
 import pytest
 import torch
-import torchvision
+from torchvision.models.vgg import cfgs, make_layers
 
 import perceptloss
 from perceptloss import FeatureLoss
@@ -13,18 +13,20 @@ from .helpers import assert_close
 TV_INDEX = {"conv1_1": 0, "relu1_1": 1, "relu2_1": 6, "conv3_1": 10, "relu3_1": 11, "relu4_1": 20, "relu5_1": 29, "pool5": 36}
 
 
-def caffe_reference(images01: torch.Tensor, layers, layer_weights) -> torch.Tensor:
-    """(N, L) terms computed by hand: torchvision vgg19 + the Caffe weights, BGR 0-255 minus mean pixel."""
-    net = torchvision.models.vgg19(weights=None).features.eval()
+def caffe_reference(images01: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Every activation of the trunk computed by hand, by ``features`` index: torchvision's VGG19 layers + the
+    Caffe weights, BGR 0-255 minus mean pixel."""
+    net = make_layers(cfgs["E"]).eval()  # torchvision.models.vgg19().features, without building the classifier
     net.load_state_dict({k[len("features."):]: v for k, v in resolve(VGG19_CAFFE).items()})
     bgr = images01.flip(1) * 255.0 - torch.tensor([103.939, 116.779, 123.68]).view(1, 3, 1, 1)
     feats = {}
     x = bgr
-    for i, m in enumerate(net):
-        if isinstance(m, torch.nn.ReLU):
-            m = torch.nn.ReLU(inplace=False)
-        x = m(x)
-        feats[i] = x
+    with torch.no_grad():
+        for i, m in enumerate(net):
+            if isinstance(m, torch.nn.ReLU):
+                m = torch.nn.ReLU(inplace=False)
+            x = m(x)
+            feats[i] = x
     return feats
 
 
@@ -34,13 +36,21 @@ def images():
     return torch.rand(3, 3, 48, 48, generator=g), torch.rand(3, 3, 48, 48, generator=g)
 
 
+@pytest.fixture(scope="module")
+def reference_features(images, has_caffe_weights):
+    """The hand-computed activations of both images (once for the module's tests)."""
+    if not has_caffe_weights:
+        pytest.skip("the VGG19 Caffe weights are not available")
+    return tuple(caffe_reference(im) for im in images)
+
+
 @pytest.mark.parametrize("fused", [False, None])
 @pytest.mark.parametrize("layers", [["relu1_1", "relu2_1", "relu3_1"], ["relu3_1", "relu4_1", "relu5_1"], ["conv1_1", "conv3_1", "pool5"]])
-def test_matches_torchvision_reference(caffe_weights, images, layers, fused):
+def test_matches_torchvision_reference(caffe_weights, images, reference_features, layers, fused):
     x, y = images
     w = [0.5, 1.0, 2.0]
     loss = FeatureLoss("vgg19", layers, layer_weights=w, weights=caffe_weights, fused=fused)
-    fx, fy = caffe_reference(x, layers, w), caffe_reference(y, layers, w)
+    fx, fy = reference_features
     expected = torch.stack(
         [wl * ((fx[TV_INDEX[n]] - fy[TV_INDEX[n]]) ** 2).flatten(1).mean(1) for n, wl in zip(layers, w)], dim=1
     )

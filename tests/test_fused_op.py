@@ -174,9 +174,10 @@ def test_results_do_not_depend_on_thread_count(p):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("p", NORMS)
-def test_compile_fullgraph_no_graph_breaks(device, p):
+def test_compile_fullgraph_no_graph_breaks(device, p, backend):
     a, b, w = make(2, [(3, 4, 4), (5, 3, 3)], torch.float32, device, requires_grad=True)
 
     def f(xs, ys):
@@ -188,7 +189,7 @@ def test_compile_fullgraph_no_graph_breaks(device, p):
     for fn in (f, g):
         expected = fn(a, b)
         eager_grads = torch.autograd.grad(expected, a + b)
-        got = torch.compile(fn, fullgraph=True)(a, b)
+        got = torch.compile(fn, fullgraph=True, backend=backend)(a, b)
         assert_close(got, expected)
         for x, y in zip(torch.autograd.grad(got, a + b), eager_grads):
             assert_close(x, y)

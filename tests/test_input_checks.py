@@ -16,9 +16,10 @@ from .helpers import assert_close, tiny_loss
 # --------------------------------------------------------------------------- (5) value checks when compiled
 
 
-def test_compiled_loss_reports_0_255_images_and_nan(tiny_net):
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_loss_reports_0_255_images_and_nan(tiny_net, backend):
     loss = tiny_loss(tiny_net)
-    compiled = torch.compile(loss, fullgraph=True)
+    compiled = torch.compile(loss, fullgraph=True, backend=backend)
     x, y = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
     assert_close(compiled(x, y), loss(x, y), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="input_range"):
@@ -30,6 +31,7 @@ def test_compiled_loss_reports_0_255_images_and_nan(tiny_net):
         warn(x * 255, y)
 
 
+@pytest.mark.slow
 def test_compiled_training_step_reports_0_255_images(tiny_net):
     loss = tiny_loss(tiny_net)
     head = torch.nn.Conv2d(3, 3, 1)

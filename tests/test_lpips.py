@@ -240,6 +240,7 @@ def _ddp_worker(rank, world, port, results):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_process_gloo_steps():
     import socket
 

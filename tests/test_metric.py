@@ -81,6 +81,7 @@ def _rank(rank: int, world: int, port: int, queue) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_accumulates_over_ranks():
     """Two gloo processes with 4 and 3 samples: both get the mean and the values of all 7."""
     import socket

@@ -90,6 +90,7 @@ def test_warning_is_a_public_userwarning_subclass():
     assert issubclass(perceptloss.FusedOperatorUnavailableWarning, UserWarning)
 
 
+@pytest.mark.slow
 def test_opt_out_silences_the_warning():
     r = _python(USE_TWICE, PERCEPTLOSS_DISABLE_EXT="1", PERCEPTLOSS_NO_EXT_WARNING="1")
     assert r.returncode == 0, r.stderr
@@ -97,6 +98,7 @@ def test_opt_out_silences_the_warning():
     assert "FusedOperatorUnavailableWarning" not in r.stderr
 
 
+@pytest.mark.slow
 def test_built_operator_does_not_warn():
     import perceptloss
 
@@ -107,6 +109,7 @@ def test_built_operator_does_not_warn():
     assert "FusedOperatorUnavailableWarning" not in r.stderr
 
 
+@pytest.mark.slow
 def test_info_says_the_operator_is_missing_and_how_to_build_it():
     r = _python("from perceptloss.__main__ import main; main(['info'])", PERCEPTLOSS_DISABLE_EXT="1",
                 PERCEPTLOSS_NO_EXT_WARNING="1")
@@ -115,6 +118,7 @@ def test_info_says_the_operator_is_missing_and_how_to_build_it():
     assert "pure-PyTorch path" in r.stdout and "--no-build-isolation" in r.stdout
 
 
+@pytest.mark.slow
 def test_failed_compile_prints_a_banner(tmp_path):
     """setup.py's build output says why the operator is missing when the compiler fails (here: /bin/false)."""
     env = dict(os.environ, CC="/bin/false", CXX="/bin/false", USE_NINJA="0", PERCEPTLOSS_CPU_LEVELS="DEFAULT")

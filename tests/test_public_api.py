@@ -68,6 +68,7 @@ def test_what_left_the_top_level_is_in_its_module(module, name):
     assert hasattr(mod, name) and not hasattr(perceptloss, name)
 
 
+@pytest.mark.slow
 def test_info_prints_the_cpu_settings():
     """``python -m perceptloss info`` still reports the kernel level, the gradient cache and streaming."""
     out = subprocess.run([sys.executable, "-m", "perceptloss", "info"], capture_output=True, text=True, timeout=300)

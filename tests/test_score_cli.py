@@ -357,6 +357,7 @@ def test_tile_option(folders, tmp_path, capsys, caffe_weights):
 # ------------------------------------------------------------------------------------------------- torchrun
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_equal_one_process(folders, tmp_path, capsys, caffe_weights):
     """torchrun --nproc_per_node 2 (gloo, one thread per rank) writes the same CSV and JSON, byte for byte, as
     one process (this one, with its own thread count)."""

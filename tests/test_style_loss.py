@@ -155,6 +155,7 @@ def test_style_loss_under_autocast_is_float32(tiny_net):
     assert_close(cached, out)
 
 
+@pytest.mark.slow
 def test_compile_fullgraph_with_a_fixed_style_target(tiny_net):
     loss = tiny_style(tiny_net)
     loss.set_target(torch.rand(1, 3, 8, 8))

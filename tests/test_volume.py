@@ -127,6 +127,7 @@ def peak_growth(chunk: int, checkpoint: bool) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["growth_mib"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
 def test_chunks_bound_peak_memory():
     """All 3 x 32 slices of a 32^3 volume in one graph (no chunks, no checkpoint) vs 8 slices per checkpointed chunk."""

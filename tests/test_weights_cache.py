@@ -70,6 +70,7 @@ def _run_race(tmp_path: Path, entry_source: Path, workers: int, trials: int, wor
     return out
 
 
+@pytest.mark.slow
 def test_concurrent_first_use_of_an_empty_cache_never_fails(tmp_path):
     """Several processes filling the same empty cache at once (a fresh torchrun job): every one gets the
     weights, none is told that a good file is corrupt, and the cache ends up consistent."""
@@ -102,6 +103,7 @@ def _real_race_worker(homes: list[str], source: str, barrier, results) -> None:
             results.put((f"{type(e).__name__}: {e}", home))
 
 
+@pytest.mark.slow
 def test_concurrent_first_use_with_the_real_vgg19_conversion(tmp_path, caffe_weights):
     out = _run_race(tmp_path, tmp_path, workers=2, trials=1, worker=_real_race_worker)
     assert [r[0] for r in out if r[0] != "bytes"] == ["ok"] * 2, out

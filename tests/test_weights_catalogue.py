@@ -92,6 +92,7 @@ def test_missing_weights_status_command_says_how(home, capsys, monkeypatch):
     assert "alexnet-owt-7be5be79.pth" in err and "weights='/path/to/file'" in err
 
 
+@pytest.mark.slow
 def test_module_entry_point_runs_as_printed(home):
     proc = subprocess.run([sys.executable, "-m", "perceptloss", "fetch", "lpips-squeeze.v0.1"],
                           capture_output=True, text=True, env={**__import__("os").environ, "PERCEPTLOSS_HOME": str(home)})

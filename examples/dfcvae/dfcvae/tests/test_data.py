@@ -63,6 +63,7 @@ def test_cache_skips_corrupt_images_and_is_reused(tmp_path, monkeypatch):
     assert x.shape == (2, 3, 64, 64) and 0 <= x.min() and x.max() <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path(SHARED_CELEBA).is_dir(), reason="../shared/data/celeba is not there")
 def test_shared_subset(tmp_path):
     data = celeba.load_celeba(SHARED_CELEBA, verbose=False)

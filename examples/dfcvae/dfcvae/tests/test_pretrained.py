@@ -116,6 +116,7 @@ def test_shipped_models_match_their_cards():
         assert torch.isfinite(out).all()
 
 
+@pytest.mark.slow
 def test_gallery_on_tiny_random_models(tmp_path):
     splits = [0] * 4 + [1] * 16 + [2] * 10
     data = celeba.load_celeba(make_celeba(tmp_path / "celeba", n_images=30, listed=30, splits=splits), verbose=False)

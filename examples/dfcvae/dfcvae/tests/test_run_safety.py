@@ -125,6 +125,7 @@ def test_a_second_run_on_the_same_out_fails_at_once(data_dir, tmp_path, monkeypa
     assert (out / "train.lock").read_text() == ""  # released (and emptied) at the end
 
 
+@pytest.mark.slow
 def test_the_lock_names_another_process_and_is_released_when_it_dies(data_dir, tmp_path, capsys):
     out = tmp_path / "held"
     holder = subprocess.Popen(

@@ -30,6 +30,7 @@ def test_model_shapes_and_parameter_count():
     assert model.sample(3).shape == (3, 3, 64, 64)
 
 
+@pytest.mark.slow
 def test_edge_pad_is_replication_pad_and_compiles_with_its_backward():
     x = torch.randn(2, 5, 7, 6, dtype=torch.float64, requires_grad=True)
     ours, theirs = vae.EdgePad2d()(x), torch.nn.ReplicationPad2d(1)(x)
@@ -176,6 +177,7 @@ def _spawn(nprocs, data_dir, *runs):
     mp.spawn(_ddp_runs, args=(nprocs, _free_ports(len(runs)), barrier, data_dir, runs), nprocs=nprocs, join=True)
 
 
+@pytest.mark.slow
 def test_ddp_resume_is_bit_for_bit_with_each_ranks_own_random_state(data_dir, tmp_path):
     # two gloo processes; the VAE's reparameterisation noise differs per rank, so restoring rank 0's random state
     # on every rank (the old behaviour) would make the resumed run differ from the uninterrupted one
@@ -301,6 +303,7 @@ def test_a_checkpoint_without_this_ranks_random_state_resumes_and_says_so(data_d
     assert "holds no random state for this process" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["script", "module"])
 def test_the_programs_run_without_path_edits(how):
     import subprocess
