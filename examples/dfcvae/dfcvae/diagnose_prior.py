@@ -280,7 +280,6 @@ def main(argv=None) -> int:
         print(f"{name} done ({time.time() - t0:.0f} s)", file=sys.stderr)
 
     th = args.threshold
-    pct = lambda v: f"{100 * v[0]:.1f}%"  # noqa: E731
     described = ", ".join(f"`{n}` ({cards[n].get('steps')} steps, sha256 {str(cards[n].get('sha256'))[:12]}…)"
                           for n in models)
     add(["# Why VAE-345's prior samples are not faces: measurements (issue 27, step 1)", "",
