@@ -323,16 +323,17 @@ def test_the_programs_run_without_path_edits(how):
 
 def test_time_budget_stops_with_a_checkpoint_and_resume_continues(data_dir, tmp_path, capsys):
     # a budget smaller than one step: it stops after the first step, saves, and says how to continue
-    assert run(data_dir, tmp_path / "b", "--epochs", "2", "--time-budget", "1e-9") == 0
+    steps = ("--epochs", "2", "--max-steps", "6")  # 5 steps per epoch: the resumed part crosses an epoch
+    assert run(data_dir, tmp_path / "b", *steps, "--time-budget", "1e-9") == 0
     err = capsys.readouterr().err
-    assert "time budget" in err and "step 1/10" in err and "--resume" in err
+    assert "time budget" in err and "step 1/10" in err and "--resume" in err  # of the 2 epochs planned
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 1
     assert (tmp_path / "b" / "grids" / "recon_last.png").is_file()
-    assert run(data_dir, tmp_path / "b", "--epochs", "2", "--resume") == 0
-    assert run(data_dir, tmp_path / "a", "--epochs", "2") == 0
+    assert run(data_dir, tmp_path / "b", *steps, "--resume") == 0
+    assert run(data_dir, tmp_path / "a", *steps) == 0
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
-    assert a["step"] == b["step"] == 10
+    assert a["step"] == b["step"] == 6
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     with pytest.raises(SystemExit):
