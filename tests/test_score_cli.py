@@ -48,8 +48,8 @@ def trunk_files(tmp_path_factory):
     }
     torch.save(torchvision.models.alexnet().state_dict(), files["alex"])
     torch.save(torchvision.models.squeezenet1_1().state_dict(), files["squeeze"])
-    vgg = {k: v for k, v in torchvision.models.vgg16().state_dict().items() if k.startswith("features.")}
-    torch.save(vgg, files["vgg16"])
+    trunk = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])  # vgg16().features, no classifier
+    torch.save({f"features.{k}": v for k, v in trunk.state_dict().items()}, files["vgg16"])
     return files
 
 
