@@ -93,6 +93,11 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs() / b.abs().clamp_min(1e-12)).max().item()
 
 
+def save_features_checkpoint(trunk: torch.nn.Module, path) -> None:
+    """Save ``trunk``'s tensors as a torchvision checkpoint names a trunk's: ``features.<index>.*``."""
+    torch.save({f"features.{k}": v for k, v in trunk.state_dict().items()}, path)
+
+
 def lpips_trunk_state(ref) -> dict[str, torch.Tensor]:
     """lpips' ``net.sliceK.<index>.*`` trunk tensors in torchvision's ``features.<index>.*`` naming."""
     return {re.sub(r"^net\.slice\d+\.", "features.", k): v for k, v in ref.state_dict().items() if k.startswith("net.")}

@@ -7,7 +7,7 @@ import torchvision
 from perceptloss import StyleLoss
 from perceptloss.backbones.vgg import vgg_layer_names
 from perceptloss.basicsr import REAL_ESRGAN, from_basicsr
-from .helpers import assert_close
+from .helpers import assert_close, save_features_checkpoint
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -19,7 +19,7 @@ def vgg19_file(tmp_path_factory):
     torch.manual_seed(0)
     features = torchvision.models.vgg19(weights=None).features.eval()
     path = tmp_path_factory.mktemp("vgg") / "vgg19-dcbb9e9d.pth"
-    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    save_features_checkpoint(features, path)
     return features, path
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from .helpers import save_features_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 #: The guide pages of the docs site (docs/*.md); the API reference pages are generated at build time.
@@ -29,11 +31,9 @@ def _hub_checkpoints(tmp_path_factory) -> Path:
     checkpoints = tmp_path_factory.mktemp("torch") / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     torch.manual_seed(0)
-    trunk = alexnet(weights=None).features
-    torch.save({f"features.{k}": v for k, v in trunk.state_dict().items()}, checkpoints / "alexnet-owt-7be5be79.pth")
+    save_features_checkpoint(alexnet(weights=None).features, checkpoints / "alexnet-owt-7be5be79.pth")
     for cfg, name in (("D", "vgg16-397923af.pth"), ("E", "vgg19-dcbb9e9d.pth")):
-        trunk = make_layers(cfgs[cfg])
-        torch.save({f"features.{k}": v for k, v in trunk.state_dict().items()}, checkpoints / name)
+        save_features_checkpoint(make_layers(cfgs[cfg]), checkpoints / name)
     return checkpoints
 
 

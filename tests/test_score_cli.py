@@ -20,7 +20,7 @@ from perceptloss.__main__ import main as cli
 from perceptloss.score.decoding import decode
 from perceptloss.score.statistics import summarize, t_quantile
 
-from .helpers import relative
+from .helpers import relative, save_features_checkpoint
 from .score_images import SIZE, load_rgb, make_folders
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +48,8 @@ def trunk_files(tmp_path_factory):
     }
     torch.save(torchvision.models.alexnet().state_dict(), files["alex"])
     torch.save(torchvision.models.squeezenet1_1().state_dict(), files["squeeze"])
-    trunk = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])  # vgg16().features, no classifier
-    torch.save({f"features.{k}": v for k, v in trunk.state_dict().items()}, files["vgg16"])
+    vgg16_trunk = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])  # vgg16().features only
+    save_features_checkpoint(vgg16_trunk, files["vgg16"])
     return files
 
 
