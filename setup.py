@@ -140,7 +140,7 @@ def extension_modules():
             # The levels are independent compiles (each its own object folder): MAX_JOBS of them at a time.
             jobs = max(1, int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1))
             with ThreadPoolExecutor(max_workers=min(jobs, len(levels))) as pool:
-                per_level = list(pool.map(lambda item: compile_level(*item), levels.items()))
+                per_level = list(pool.map(compile_level, levels.keys(), levels.values()))
             objects = [o for level_objects in per_level for o in level_objects]  # DEFAULT's first
             ext.extra_objects = list(ext.extra_objects or []) + objects
             super().build_extension(ext)

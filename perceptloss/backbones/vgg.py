@@ -54,15 +54,16 @@ class VGGFeatures(SequentialFeatures):
 
 
 def _make_trunk(arch: str, depth: int) -> list[torch.nn.Module]:
-    """The first ``depth`` modules of torchvision's ``features`` for ``arch``: only the configuration entries
-    they need are built (each convolution's random initialisation costs time, and loaded weights replace it)."""
+    """torchvision's ``features`` for ``arch`` built only as far as its first ``depth`` modules need (each
+    convolution's random initialisation costs time, and loaded weights replace it); SequentialFeatures cuts the
+    ReLU a last requested convolution may bring beyond them."""
     cfg, modules = [], 0
     for v in tv_vgg.cfgs[VGG_CONFIGS[arch]]:
         if modules >= depth:
             break
         cfg.append(v)
         modules += 1 if v == "M" else 2  # a pool; a convolution and its ReLU
-    return list(tv_vgg.make_layers(cfg))[:depth]
+    return list(tv_vgg.make_layers(cfg))
 
 
 # ------------------------------------------------------------------------------------- weights, registration
