@@ -27,7 +27,8 @@ from ._validation import InputRangeWarning
 from .factory import create_backbone
 from .loss import FeatureLoss
 from .lpips import LPIPS
-from .style import StyleLoss, gram_matrix
+from .style import StyleLoss
+from .criteria import gram_matrix
 from .dists import DISTS
 from .volume import VolumeLoss
 from .basicsr import from_basicsr

@@ -1,43 +1,44 @@
-r"""``PerceptualLoss``: what every loss of this library shares (as ``torch.nn.modules.loss._Loss`` for PyTorch's).
+r"""``PerceptualLoss``: the one pipeline every loss of this library is (as ``torch.nn.modules.loss._Loss`` for PyTorch's).
 
-A perceptual loss runs two image batches through a frozen network, turns each layer's activations into a
-representation (the activations themselves, Gram matrices, unit-normalised features, ...), compares the two
-representations per sample and layer, and reduces the (N, L) terms over layers and the batch. The base class
-owns everything but the representation and the comparison:
+A perceptual loss runs two image batches through a frozen network and hands the two lists of per-layer
+activations to its **criterion** (``perceptloss.criteria``: representation, comparison, finishing, tiling
+statistics). The pipeline owns everything else, once:
 
-- the common options (``perceptloss._options.LossOptions``: what a loss accepts, returns and how it runs),
-  each checked once, with messages that say what to do;
-- the network: frozen by construction (its weights are buffers, so no parent's ``requires_grad_(True)`` or
-  optimiser can train them, and a state-dict hook keeps them out of a parent's ``state_dict``),
-  always in eval mode, run in ``dtype`` (``"auto"``: bfloat16 only where the hardware computes it natively)
-  and ``memory_format``;
-- preprocessing from the declared ``input_range`` to what the weights expect, in float32 before any cast;
-- input checks (type, shape, NaN/Inf, range), also inside ``torch.compile``, and the smallest image size the
-  network's layers take, checked before running it (``ImageTooSmallError``);
-- activation checkpointing of the network (``checkpoint=True``);
-- the target's features under ``no_grad`` unless it requires grad, and ``set_target`` (kept as buffers, so
-  they follow ``.to()`` / ``.cuda()`` / ``.half()``);
-- the reduction ("mean" | "sum" | "none" over the batch), in float32 (float64 for float64 images);
-- the channel policy (``channels=``: grey and N-channel images, ``perceptloss.channels``): images are split
-  into RGB images before the network (``_split``) and the per-image terms merged back per sample
-  (``_merge``).
+- what a loss *accepts*: the common options (``perceptloss._options.LossOptions``), input checks (type,
+  shape, NaN/Inf, range; also inside ``torch.compile``), the smallest image size the layers take
+  (``ImageTooSmallError`` before running the network) and the channel policy (``channels=``: images are split
+  into RGB images before the network, ``split_channels``, and the per-image terms merged back per sample,
+  ``merge_channels``);
+- the frozen *feature network*: its weights are buffers (no parent's ``requires_grad_(True)`` or optimiser
+  can train them, a state-dict hook keeps them out of a parent's ``state_dict``), always in eval mode, run in
+  ``dtype`` (``"auto"``: bfloat16 only where the hardware computes it natively) and ``memory_format``,
+  preprocessed from ``input_range`` in float32 before any cast, activation checkpointing (``checkpoint=True``);
+- the target: its representation under ``no_grad`` unless it requires grad, or fixed once with
+  ``set_target`` (kept as buffers: they follow ``.to()`` / ``.cuda()`` / ``.half()``);
+- the reduction ("mean" | "sum" | "none" over the batch), in float32 (float64 for float64 images).
 
-Subclasses implement ``representation(features)`` and ``compare(input_repr, target_repr) -> (N, L)``.
+The forward pipeline, in one place: ``check`` -> ``split_channels`` -> ``features`` -> ``representation`` ->
+``compare`` -> ``merge_channels`` -> ``finish`` -> ``reduce`` (``spatial_map`` for a spatial criterion). Each
+step is public, so that the wrappers (``tiled``, ``VolumeLoss``, ``from_basicsr``, ``PerceptualMetric``, the
+score CLI) use the pipeline as a user would.
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Unpack
+from typing import ClassVar, Literal, Mapping, Sequence, Unpack
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._dtypes import accumulation_dtype, cast_to_network_dtype, network_dtype
 from ._layout import check_memory_format, to_activation_layout
 from ._options import LossOptions, options_signature, resolve_options, with_options_doc
 from ._sizes import ImageTooSmallError, too_small_message
-from ._validation import check_image_pair, check_values
+from ._validation import check_image_pair, check_layer_weights, check_values
 from .channels import channel_policy
 from .backbones.base import FeatureExtractor
+from .criteria import Criterion, check_criterion
+from .factory import create_backbone
 from .hardware import autocast_warning, resolve_dtype, warn_if_emulated
 from .preprocessing import Normalization, Preprocess
 
@@ -46,7 +47,8 @@ RangeCheck = Literal["raise", "warn", "off"]
 
 
 class PerceptualLoss(nn.Module):
-    """Base class of the losses: checks, frozen network, preprocessing, target handling and reduction.
+    """The loss pipeline: checks, channel policy, frozen network, preprocessing, target handling and reduction
+    around a criterion (``self.criterion``, a ``perceptloss.criteria.Criterion``).
 
     It takes the common options (``perceptloss.LossOptions``, keyword-only in every loss), each defined,
     documented and checked once in ``perceptloss._options``; a subclass's constructor lists only what defines
@@ -60,6 +62,10 @@ class PerceptualLoss(nn.Module):
     _option_defaults: ClassVar[dict[str, object]] = {}
     #: True when the loss's layers are part of its definition (LPIPS, DISTS): no "shallower layers" advice.
     _fixed_layers: ClassVar[bool] = False
+    #: True when ``features`` gives the images themselves (mapped to [0, 1]) as a first layer "image" (DISTS).
+    image_tap: ClassVar[bool] = False
+    #: How the features are compared (set by the subclass's constructor through ``_set_criterion``).
+    criterion: Criterion
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -110,7 +116,7 @@ class PerceptualLoss(nn.Module):
                     f"private frozen copy in that dtype"
                 )
         self.net = net
-        self.layers: tuple[str, ...] = tuple(net.layers)
+        self.layers: tuple[str, ...] = ("image",) * self.image_tap + tuple(net.layers)
         if self.share_module and not getattr(net, "shared", False):
             raise ValueError(
                 f"share_module=True reads an nn.Module backbone itself, but {type(self).__name__} runs its own "
@@ -122,6 +128,29 @@ class PerceptualLoss(nn.Module):
         self.preprocess = Preprocess(normalization, self.input_range, self._constant_dtype)
         if self._dtype_request is None:
             warn_if_emulated(self._net_dtype, "cpu")
+
+    def _use_backbone(
+        self,
+        backbone: str | nn.Module,
+        layers: str | Sequence[str] | None,
+        layer_weights: Sequence[float] | Mapping[str, float] | None,
+        weights,
+        normalization,
+        default_layers: str,
+    ) -> list[float]:
+        """Build and install the named backbone's network (``create_backbone``); returns one weight per layer.
+
+        ``layers`` None: the keys of a ``layer_weights`` dict, else ``default_layers``.
+        """
+        if layers is None:
+            layers = list(layer_weights) if isinstance(layer_weights, Mapping) else default_layers
+        net, norm = create_backbone(backbone, layers, weights, normalization, share_module=self.share_module)
+        self._set_network(net, norm)
+        return check_layer_weights(self.layers, layer_weights)
+
+    def _set_criterion(self, criterion: Criterion) -> None:
+        """Install the criterion (checked: a ``Criterion`` instance without trainable parameters)."""
+        self.criterion = check_criterion(criterion)
 
     @property
     def _constant_dtype(self) -> torch.dtype:
@@ -178,11 +207,11 @@ class PerceptualLoss(nn.Module):
 
         return loss_signature(self)
 
-    def _signature_fields(self) -> dict[str, object]:
-        """This loss's own signature fields, in order (the network's and the layers by default)."""
+    def signature_fields(self) -> dict[str, object]:
+        """This loss's own signature fields, in order: the network's, the layers, then the criterion's."""
         from ._signature import network_fields
 
-        return {**network_fields(self), "layers": ",".join(self.layers)}
+        return {**network_fields(self), "layers": ",".join(self.layers), **self.criterion.signature_fields()}
 
     # ------------------------------------------------------------------------------------------ features
 
@@ -191,8 +220,11 @@ class PerceptualLoss(nn.Module):
 
         Images of another floating dtype than the network (fp16/fp64 without autocast) are cast to it; the
         preprocessing runs in float32 (or float64) first: Caffe's 0-255 scale and mean subtraction lose
-        precision in 16-bit floats.
+        precision in 16-bit floats. With ``image_tap`` the first entry is the images mapped to [0, 1] (float32,
+        float64 for float64 images or a float64 loss).
         """
+        if images.dim() == 4:
+            self.criterion.check_size((int(images.shape[-2]), int(images.shape[-1])))
         self._check_size(images)
         wide = images if images.dtype in (torch.float32, torch.float64) else images.float()
         x = to_activation_layout(cast_to_network_dtype(self.preprocess(wide), self.net), self.memory_format)
@@ -205,7 +237,11 @@ class PerceptualLoss(nn.Module):
                         f"(its features have shape {tuple(f.shape)}); use larger images or shallower layers",
                         size=(int(images.shape[-2]), int(images.shape[-1])), min_size=None, layers=(name,),
                     )
-        return feats
+        if not self.image_tap:
+            return feats
+        unit = images.to(torch.float64 if torch.float64 in (images.dtype, self.dtype) else torch.float32)
+        lo, hi = self.input_range
+        return [unit if (lo, hi) == (0.0, 1.0) else (unit - lo) / (hi - lo)] + list(feats)
 
     def _check_size(self, images: torch.Tensor) -> None:
         """Raise ImageTooSmallError before running the network when ``images`` are smaller than its layers take."""
@@ -219,15 +255,23 @@ class PerceptualLoss(nn.Module):
         message, bad = too_small_message((h, w), self._min_sizes, f"{type(self).__name__}'s layers", self._fixed_layers)
         raise ImageTooSmallError(message, size=(h, w), min_size=(need_h, need_w), layers=bad)
 
+    # ------------------------------------------------------------------------------------------ the steps
+
     def representation(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """What is compared per layer (default: the activations themselves)."""
-        return features
+        """What is compared per layer: ``self.criterion.representation``."""
+        return self.criterion.representation(features)
 
     def compare(self, input_repr: list[torch.Tensor], target_repr: list[torch.Tensor]) -> torch.Tensor:
-        """(N, L) weighted per-layer terms between two representations (float32; float64 for float64)."""
-        raise NotImplementedError
+        """(N, L) weighted per-layer terms between two representations: ``self.criterion.compare``."""
+        return self.criterion.compare(input_repr, target_repr)
 
-    def _check(self, **images: torch.Tensor) -> None:
+    def finish(self, terms: torch.Tensor) -> torch.Tensor:
+        """(..., L) merged per-layer terms -> (...) per-sample values: ``self.criterion.finish``."""
+        return self.criterion.finish(terms)
+
+    def check(self, **images: torch.Tensor) -> None:
+        """Check images given by role (``input=x, target=y``) as ``check_inputs`` and ``check_range`` say: type,
+        (N, C, H, W) shape with the channels the channel policy accepts, same shape, NaN/Inf, range."""
         if not self.check_inputs:
             return
         first, *rest = images.values()
@@ -237,17 +281,18 @@ class PerceptualLoss(nn.Module):
         if not torch.compiler.is_compiling():
             autocast_warning(first.device)
 
-    def _split(self, images: torch.Tensor) -> torch.Tensor:
+    def split_channels(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) images -> (N*G, 3, H, W) RGB images for the network, by the channel policy."""
         return self.channel_policy.split(images)
 
-    def _merge(self, terms: torch.Tensor, n: int) -> torch.Tensor:
+    def merge_channels(self, terms: torch.Tensor, n: int) -> torch.Tensor:
         """(N*G, ...) per-image terms -> (N, ...) (mean over a sample's G groups) or (N, G, ...) ("none")."""
         if terms.shape[0] == n and not self.channel_policy.keeps_groups:
             return terms
         return self.channel_policy.merge(terms, n)
 
-    def _target_representation(self, target: torch.Tensor) -> list[torch.Tensor]:
+    def target_representation(self, target: torch.Tensor) -> list[torch.Tensor]:
+        """The representation of (N*G, 3, H, W) RGB ``target`` images, under ``no_grad`` unless they require grad."""
         if target.requires_grad:
             return self.representation(self.features(target))
         with torch.no_grad():
@@ -268,8 +313,8 @@ class PerceptualLoss(nn.Module):
         self._num_targets = 0
         if target is None:
             return self
-        self._check(target=target)
-        for k, r in enumerate(self.representation(self.features(self._split(target)))):
+        self.check(target=target)
+        for k, r in enumerate(self.representation(self.features(self.split_channels(target)))):
             self.register_buffer(f"_target{k}", r.detach(), persistent=False)
         self._num_targets = len(self.layers)
         self._target_samples = int(target.shape[0])
@@ -281,14 +326,23 @@ class PerceptualLoss(nn.Module):
         """True when ``set_target`` fixed a target."""
         return self._num_targets > 0
 
-    def _cached_target(
-        self, input_repr: list[torch.Tensor], n: int | None = None, channels: int | None = None
+    @property
+    def fixed_representation(self) -> tuple[torch.Tensor, ...]:
+        """The representation ``set_target`` keeps, one tensor per layer, as computed (empty when none)."""
+        return tuple(getattr(self, f"_target{k}") for k in range(self._num_targets))
+
+    def fixed_target(
+        self,
+        input_repr: list[torch.Tensor],
+        n: int | None = None,
+        channels: int | None = None,
+        windows: Sequence[tuple[slice, slice]] | None = None,
     ) -> list[torch.Tensor]:
         """The set_target representation, expanded to the input's N samples (``n``) of G RGB images each.
 
         ``channels``: the input's C. It must be the target's: with "per_channel" or "groups" the target's
         channels become rows of its representation, and another C would pair input sample i with target
-        channel (or group) i.
+        channel (or group) i. ``windows``: per layer, the (rows, columns) of the kept maps to use (a tile's).
         """
         if not self._num_targets:
             raise ValueError(
@@ -305,12 +359,15 @@ class PerceptualLoss(nn.Module):
         out = []
         for k, (name, r) in enumerate(zip(self.layers, input_repr)):
             t = getattr(self, f"_target{k}")
+            if windows is not None:
+                t = t[..., windows[k][0], windows[k][1]]
             if n is not None and self._target_samples == 1 and n > 1 and t.shape[0] > 1 and t.shape[0] * n == r.shape[0]:
                 t = self.channel_policy.expand_target(t, n)  # one target sample of G > 1 groups, for N samples
             if t.shape[1:] != r.shape[1:] or t.shape[0] not in (1, r.shape[0]):
                 raise ValueError(
                     f"layer {name}: the input gives {tuple(r.shape)} but the target set with set_target gave "
-                    f"{tuple(t.shape)}; use images of the target's size and a target batch of 1 or N"
+                    f"{tuple(getattr(self, f'_target{k}').shape)}; use images of the target's size and a target "
+                    f"batch of 1 or N"
                 )
             if t.device != r.device or t.dtype != r.dtype:
                 t = t.to(device=r.device, dtype=r.dtype)
@@ -319,21 +376,39 @@ class PerceptualLoss(nn.Module):
 
     # ------------------------------------------------------------------------------------------ the loss
 
+    def _representations(
+        self, input: torch.Tensor, target: torch.Tensor | None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+        """Checked, split images -> (input representation, target representation, N)."""
+        n = input.shape[0] if isinstance(input, torch.Tensor) else 0
+        if target is None:
+            self.check(input=input)
+            input_repr = self.representation(self.features(self.split_channels(input)))
+            channels = input.shape[1] if isinstance(input, torch.Tensor) and input.dim() == 4 else None
+            return input_repr, self.fixed_target(input_repr, n, channels), n
+        self.check(input=input, target=target)
+        input_repr = self.representation(self.features(self.split_channels(input)))
+        return input_repr, self.target_representation(self.split_channels(target)), n
+
     def per_layer(self, input: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample, per-layer weighted terms, shape (N, L) in float32 (columns follow ``self.layers``);
         (N, G, L) with ``channel_reduction="none"``.
 
         ``target`` None compares with the target fixed by ``set_target``.
         """
-        n = input.shape[0] if isinstance(input, torch.Tensor) else 0
-        if target is None:
-            self._check(input=input)
-            input_repr = self.representation(self.features(self._split(input)))
-            channels = input.shape[1] if isinstance(input, torch.Tensor) and input.dim() == 4 else None
-            return self._merge(self.compare(input_repr, self._cached_target(input_repr, n, channels)), n)
-        self._check(input=input, target=target)
-        input_repr = self.representation(self.features(self._split(input)))
-        return self._merge(self.compare(input_repr, self._target_representation(self._split(target))), n)
+        input_repr, target_repr, n = self._representations(input, target)
+        return self.merge_channels(self.compare(input_repr, target_repr), n)
+
+    def spatial_map(self, input: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, 1, H, W) per-pixel map of a spatial criterion: its per-layer ``maps`` upsampled bilinearly to the
+        image size and summed ((N, G, 1, H, W) with ``channel_reduction="none"``)."""
+        input_repr, target_repr, n = self._representations(input, target)
+        size = tuple(input.shape[-2:])
+        out = sum(
+            F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+            for m in self.criterion.maps(input_repr, target_repr)
+        )
+        return self.merge_channels(out, n)
 
     def per_layer_dict(self, input: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``per_layer`` as {layer name: (N,) tensor}, for logging."""
@@ -342,15 +417,23 @@ class PerceptualLoss(nn.Module):
 
     def reduce(self, per_sample: torch.Tensor) -> torch.Tensor:
         """Apply ``self.reduction`` to per-sample values (N,) or maps (N, ...)."""
-        if self.reduction == "mean":
-            return per_sample.mean()
-        if self.reduction == "sum":
-            return per_sample.sum()
-        return per_sample
+        return reduce(per_sample, self.reduction)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        """The loss: a scalar for "mean"/"sum", an (N,) tensor for "none" (target None: ``set_target``'s)."""
-        return self.reduce(self.per_layer(input, target).sum(dim=-1))
+        """The loss: a scalar for "mean"/"sum", an (N,) tensor for "none" (target None: ``set_target``'s); a
+        spatial criterion's (N, 1, H, W) maps (reduced over the batch with "mean"/"sum")."""
+        if self.criterion.spatial:
+            return self.reduce(self.spatial_map(input, target))
+        return self.reduce(self.finish(self.per_layer(input, target)))
+
+
+def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-sample values (N, ...) reduced over everything ("mean", "sum") or kept ("none")."""
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample
 
 
 def _omit_network_keys(module: PerceptualLoss, state_dict, prefix, local_metadata) -> None:

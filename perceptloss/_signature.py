@@ -1,7 +1,7 @@
 """The ``.signature`` of a loss: one line stating exactly how its numbers are computed (sacreBLEU-style).
 
 ``key:value|key:value|...``, the keys in a fixed order: what the metric is (its class and the fields it
-contributes through ``_signature_fields``), where its network's weights came from and a sha256 prefix of every
+contributes through ``signature_fields``), where its network's weights came from and a sha256 prefix of every
 set of weight tensors it uses, the input range, the channel policy, the reduction, the network's dtype and the
 perceptloss and torch versions. Two numbers with the same signature were computed the same way and are
 comparable; a differing field says why two numbers are not.
@@ -89,7 +89,7 @@ def loss_signature(loss: torch.nn.Module) -> str:
     from . import __version__
 
     fields: dict[str, object] = {"metric": type(loss).__name__}
-    fields.update(loss._signature_fields())
+    fields.update(loss.signature_fields())
     lo, hi = loss.input_range
     policy = loss.channel_policy
     fields["range"] = f"{number(lo)},{number(hi)}"

@@ -1,7 +1,9 @@
 """BasicSR's ``PerceptualLoss`` (BasicSR, Real-ESRGAN, GFPGAN, mmagic's copy) in perceptloss terms: :func:`from_basicsr`.
 
-Both of its terms share one network (the features are computed once per call); the target (BasicSR's ``gt``) is
-detached, as in BasicSR.
+Both of its terms share one pipeline: the feature term is a ``FeatureLoss``, and the style term the Gram
+criterion (``perceptloss.criteria.GramDistance``) applied to that loss's features, so the features are computed
+once per call and every option of the loss (``channels=``, ``dtype``, checks, ...) applies to both terms. The
+target (BasicSR's ``gt``) is detached, as in BasicSR.
 """
 from __future__ import annotations
 
@@ -11,10 +13,10 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ._validation import check_image_pair, check_number, check_values
+from ._validation import check_number
+from .criteria import GramDistance
 from .loss import FeatureLoss
 from .preprocessing import IMAGENET, Normalization
-from .style import StyleLoss
 
 #: BasicSR ``PerceptualLoss``'s options and their defaults.
 BASICSR_DEFAULTS: dict[str, Any] = {
@@ -52,35 +54,38 @@ class BasicSRPerceptualLoss(nn.Module):
     """BasicSR's PerceptualLoss: ``forward(x, gt) -> (percep_loss, style_loss)``, scalars or None.
 
     Built by ``from_basicsr``; ``.perceptual`` is the FeatureLoss (weights already multiplied by
-    ``perceptual_weight``), ``.style`` the StyleLoss (by ``style_weight``) or None.
+    ``perceptual_weight``), ``.style`` the Gram criterion (``GramDistance``, weights multiplied by
+    ``style_weight``) applied to its features, or None.
     """
 
-    def __init__(self, perceptual: FeatureLoss, style: StyleLoss | None, perceptual_weight: float) -> None:
+    def __init__(self, perceptual: FeatureLoss, style: GramDistance | None, perceptual_weight: float) -> None:
         super().__init__()
         self.perceptual = perceptual
         self.style = style
         self.has_perceptual = perceptual_weight > 0
-        if style is not None:
-            style.net = perceptual.net  # one network for both terms
 
     def train(self, mode: bool = True) -> "BasicSRPerceptualLoss":
         """Stays in eval mode (as its losses do)."""
         return super().train(False)
 
     def forward(self, x: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(N, 3, H, W) output and ground truth in the configured range -> (percep_loss, style_loss)."""
+        """(N, C, H, W) output and ground truth in the configured range (C as the ``channels`` policy takes: 3 by
+        default) -> (percep_loss, style_loss)."""
         loss = self.perceptual
-        if loss.check_inputs:
-            check_image_pair(x, gt)
-            check_values({"x": x, "gt": gt}, loss.input_range, loss.check_range)
-        fx = loss.features(x)
+        loss.check(x=x, gt=gt)
+        n = x.shape[0]
+        fx = loss.features(loss.split_channels(x))
         with torch.no_grad():
-            fy = loss.features(gt.detach())
-        percep = loss.reduce(loss.compare(fx, fy).sum(dim=1)) if self.has_perceptual else None
+            fy = loss.features(loss.split_channels(gt.detach()))
+        percep = None
+        if self.has_perceptual:
+            percep = loss.reduce(loss.finish(loss.merge_channels(loss.compare(loss.representation(fx),
+                                                                              loss.representation(fy)), n)))
         style = None
         if self.style is not None:
             s = self.style
-            style = s.reduce(s.compare(s.representation(fx), s.representation(fy)).sum(dim=1))
+            terms = s.compare(s.representation(fx), s.representation(fy))
+            style = loss.reduce(s.finish(loss.merge_channels(terms, n)))
         return percep, style
 
 
@@ -118,7 +123,8 @@ def from_basicsr(
         loss_kwargs: passed to both losses (``dtype``, ``memory_format``, ``check_range``, ...).
 
     Returns:
-        The module; ``.perceptual`` is its :class:`FeatureLoss`, ``.style`` its :class:`StyleLoss` or None.
+        The module; ``.perceptual`` is its :class:`FeatureLoss`, ``.style`` its Gram criterion
+        (``perceptloss.criteria.GramDistance``) or None.
 
     Shape:
         - x, gt: :math:`(N, 3, H, W)`, in [0, 1] (or [-1, 1] with ``range_norm``)
@@ -175,8 +181,5 @@ def from_basicsr(
         style_weights = [
             w * sw if criterion == "l1" else w * sw / _vgg_channels(name) ** 2 for name, w in layer_weights.items()
         ]
-        style = StyleLoss(
-            o["vgg_type"], list(layer_weights), layer_weights=style_weights,
-            distance=criterion, **{**common, "weights": None},  # its network is replaced by the shared one
-        )
+        style = GramDistance(criterion, style_weights, fused=perceptual.fused)
     return BasicSRPerceptualLoss(perceptual, style, pw)

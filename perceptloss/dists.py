@@ -35,8 +35,10 @@ import torch
 
 from ._base import PerceptualLoss
 from ._options import LossOptions
+from ._signature import tensors_digest
 from ._sizes import ImageTooSmallError
 from ._dtypes import accumulation_dtype
+from .criteria import Criterion, TilingMode
 from .backbones.vgg_l2pool import DISTS_LAYERS
 from .factory import create_backbone
 from .preprocessing import IMAGENET
@@ -110,6 +112,78 @@ def dists_statistics(fx: torch.Tensor, fy: torch.Tensor) -> tuple[torch.Tensor, 
     return s1.flatten(1), s2.flatten(1)
 
 
+class DISTSSimilarity(Criterion):
+    r"""DISTS' criterion: per layer :math:`\sum_c \alpha_{l,c} S1_{l,c} + \beta_{l,c} S2_{l,c}` (the weights
+    normalised by their total); finished as :math:`1 - \sum_l`, clamped at 0.
+
+    ``alpha``, ``beta``: the (1475,) published weights (buffers). Tiles as "paired": the means, variances and
+    covariance follow from per-channel sums of x, y, x², y² and xy over positions (kept in float64).
+    """
+
+    tiling: ClassVar[TilingMode | None] = "paired"
+
+    def __init__(self, alpha: torch.Tensor, beta: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("alpha", alpha, persistent=False)
+        self.register_buffer("beta", beta, persistent=False)
+
+    def check_size(self, size: tuple[int, int]) -> None:
+        h, w = size
+        if h < DISTS_MIN_SIZE or w < DISTS_MIN_SIZE:
+            raise ImageTooSmallError(
+                f"images of size {(int(h), int(w))} are too small for DISTS: it needs at least "
+                f"{DISTS_MIN_SIZE}x{DISTS_MIN_SIZE} (its deepest layer, relu5_3, is 1/16 of the image and needs 2x2 "
+                f"positions for the variances its texture term compares; DISTS was calibrated on 256x256 images); "
+                f"pass larger images (e.g. upsample them with torch.nn.functional.interpolate)",
+                size=(int(h), int(w)), min_size=(DISTS_MIN_SIZE, DISTS_MIN_SIZE), layers=DISTS_LAYERS,
+            )
+
+    def layer_weights(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """α and β divided by their total, split per layer (in float32, float64 in a float64 loss)."""
+        dtype = accumulation_dtype(self.alpha.dtype)  # not 16 bits after .half()
+        alpha, beta = self.alpha.to(dtype), self.beta.to(dtype)
+        total = alpha.sum() + beta.sum()
+        return list(torch.split(alpha / total, DISTS_CHANNELS)), list(torch.split(beta / total, DISTS_CHANNELS))
+
+    def compare(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
+        """(N, 6) per-layer similarity terms sum_c (α S1 + β S2) of two feature lists (float32)."""
+        alphas, betas = self.layer_weights()
+        cols = []
+        for a, b, x, y in zip(alphas, betas, fx, fy):
+            s1, s2 = dists_statistics(x, y)
+            cols.append((a.to(s1.dtype) * s1).sum(dim=1) + (b.to(s2.dtype) * s2).sum(dim=1))
+        return torch.stack(cols, dim=1)
+
+    def finish(self, terms: torch.Tensor) -> torch.Tensor:
+        """1 - the sum of the similarity terms, clamped at 0 (identical images: 0, not the -1e-7 of rounding;
+        where it is clamped the gradient is 0, as at the minimum it stands for)."""
+        return (1.0 - terms.sum(dim=-1)).clamp_min(0.0)
+
+    def paired_sums(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) features of both images -> (5, N, C) float64 sums of x, y, x², y², xy over positions."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            a, b = x.double(), y.double()
+            return torch.stack([a.sum((2, 3)), b.sum((2, 3)), a.square().sum((2, 3)), b.square().sum((2, 3)),
+                                (a * b).sum((2, 3))])
+
+    def terms_from_paired_sums(self, sums: list[torch.Tensor], counts: list[int]) -> torch.Tensor:
+        """(N, 6) similarity terms from the per-layer sums over the whole images (as ``compare``)."""
+        alphas, betas = self.layer_weights()
+        cols = []
+        for a, b, s, count in zip(alphas, betas, sums, counts):
+            acc = a.dtype
+            sx, sy, sxx, syy, sxy = s / float(count)
+            mx, my = sx.to(acc), sy.to(acc)
+            vx, vy, cov = (sxx - sx.square()).to(acc), (syy - sy.square()).to(acc), (sxy - sx * sy).to(acc)
+            s1 = (2 * mx * my + C1) / (mx.square() + my.square() + C1)
+            s2 = (2 * cov + C2) / (vx + vy + C2)
+            cols.append((a * s1).sum(dim=1) + (b * s2).sum(dim=1))
+        return torch.stack(cols, dim=1)
+
+    def signature_fields(self) -> dict[str, object]:
+        return {"alpha_beta_sha256": tensors_digest({"alpha": self.alpha, "beta": self.beta}), "distance": "dists"}
+
+
 class DISTS(PerceptualLoss):
     r"""The DISTS distance between two image batches (Ding et al., TPAMI 2020): about 0 for identical images.
 
@@ -156,6 +230,7 @@ class DISTS(PerceptualLoss):
 
     _option_defaults: ClassVar[dict[str, object]] = {"reduction": "none", "fused": False}
     _fixed_layers: ClassVar[bool] = True
+    image_tap: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -172,55 +247,19 @@ class DISTS(PerceptualLoss):
             )
         trunk, _ = create_backbone("vgg16_l2pool", DISTS_LAYERS, weights, IMAGENET)
         self._set_network(trunk, IMAGENET)
-        self.layers = ("image",) + DISTS_LAYERS
         alpha, beta = load_alpha_beta(alpha_beta)
-        self.register_buffer("alpha", alpha.to(self._constant_dtype, copy=True), persistent=False)
-        self.register_buffer("beta", beta.to(self._constant_dtype, copy=True), persistent=False)
+        self._set_criterion(DISTSSimilarity(alpha.to(self._constant_dtype, copy=True),
+                                            beta.to(self._constant_dtype, copy=True)))
 
-    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """[the images mapped to [0, 1] (N, 3, H, W), then the five trunk activations] for RGB images in
-        ``input_range``; the first in float32, or float64 for float64 images or a float64 loss."""
-        h, w = images.shape[-2:]
-        if h < DISTS_MIN_SIZE or w < DISTS_MIN_SIZE:
-            raise ImageTooSmallError(
-                f"images of size {(int(h), int(w))} are too small for DISTS: it needs at least "
-                f"{DISTS_MIN_SIZE}x{DISTS_MIN_SIZE} (its deepest layer, relu5_3, is 1/16 of the image and needs 2x2 "
-                f"positions for the variances its texture term compares; DISTS was calibrated on 256x256 images); "
-                f"pass larger images (e.g. upsample them with torch.nn.functional.interpolate)",
-                size=(int(h), int(w)), min_size=(DISTS_MIN_SIZE, DISTS_MIN_SIZE), layers=DISTS_LAYERS,
-            )
-        wide = images.to(torch.float64 if torch.float64 in (images.dtype, self.dtype) else torch.float32)
-        lo, hi = self.input_range
-        unit = wide if (lo, hi) == (0.0, 1.0) else (wide - lo) / (hi - lo)
-        return [unit] + list(super().features(images))
+    @property
+    def alpha(self) -> torch.Tensor:
+        """The (1475,) published α (a buffer of the criterion)."""
+        return self.criterion.alpha
 
-    def _weights(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        alpha, beta = self.alpha.to(self._constant_dtype), self.beta.to(self._constant_dtype)  # not 16 bits after .half()
-        total = alpha.sum() + beta.sum()
-        return list(torch.split(alpha / total, DISTS_CHANNELS)), list(torch.split(beta / total, DISTS_CHANNELS))
-
-    def compare(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
-        """(N, 6) per-layer similarity terms sum_c (α S1 + β S2) of two feature lists (float32)."""
-        alphas, betas = self._weights()
-        cols = []
-        for a, b, x, y in zip(alphas, betas, fx, fy):
-            s1, s2 = dists_statistics(x, y)
-            cols.append((a.to(s1.dtype) * s1).sum(dim=1) + (b.to(s2.dtype) * s2).sum(dim=1))
-        return torch.stack(cols, dim=1)
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        """DISTS(input, target): (N,) float32 in [0, 1], or a scalar when reduced (target None: ``set_target``'s).
-
-        Clamped at 0: the similarity terms of identical images sum to 1 up to rounding, and a distance below 0
-        is only that rounding (where it is clamped the gradient is 0, as at the minimum it stands for).
-        """
-        return self.reduce((1.0 - self.per_layer(input, target).sum(dim=-1)).clamp_min(0.0))
-
-    def _signature_fields(self) -> dict[str, object]:
-        from ._signature import tensors_digest
-
-        return {**super()._signature_fields(), "alpha_beta_sha256": tensors_digest({"alpha": self.alpha, "beta": self.beta}),
-                "distance": "dists"}
+    @property
+    def beta(self) -> torch.Tensor:
+        """The (1475,) published β (a buffer of the criterion)."""
+        return self.criterion.beta
 
     def extra_repr(self) -> str:
         return f"layers={list(self.layers)}, reduction={self.reduction!r}, input_range={self.input_range}"

@@ -9,9 +9,7 @@ from torch import nn
 
 from ._base import PerceptualLoss
 from ._options import LossOptions
-from ._validation import check_choice, check_layer_weights, check_number
-from .factory import create_backbone
-from .functional import charbonnier_distance, feature_distance, unit_normalize
+from .criteria import Criterion, FeatureDistance, check_criterion
 from .preprocessing import Normalization
 
 
@@ -50,6 +48,10 @@ class FeatureLoss(PerceptualLoss):
         charbonnier_eps: the :math:`\epsilon` of ``distance="charbonnier"`` (finite, > 0; None: 1e-3;
             BasicSR's ``CharbonnierLoss(eps=e)`` is ``charbonnier_eps=sqrt(e)``); refused with any other distance.
 
+    ``distance`` may also be a criterion of your own (a ``perceptloss.criteria.Criterion`` instance): it then
+    weighs the layers itself, and every part of the pipeline (channel policies, ``set_target``, ``tiled``,
+    ``VolumeLoss``, ``PerceptualMetric``, ``perceptloss score``, signatures) works with it.
+
     Shape:
         - input, target: :math:`(N, C, H, W)` in ``input_range``; :math:`C = 3` unless ``channels`` says
           otherwise; :math:`H, W` at least what the deepest layer takes (else ``ImageTooSmallError``).
@@ -76,57 +78,42 @@ class FeatureLoss(PerceptualLoss):
         *,
         layer_weights: Sequence[float] | Mapping[str, float] | None = None,
         weights: str | Path | None = "default",
-        distance: Literal["l2", "l1", "cosine", "charbonnier"] = "l2",
+        distance: Literal["l2", "l1", "cosine", "charbonnier"] | Criterion = "l2",
         normalization: Normalization | str | None = None,
         charbonnier_eps: float | None = None,
         **options: Unpack[LossOptions],
     ) -> None:
         super().__init__(**options)
-        check_choice("distance", distance, self._DISTANCES)
-        if charbonnier_eps is not None and distance != "charbonnier":
-            raise ValueError(
-                f"charbonnier_eps={charbonnier_eps!r} cannot apply with distance={distance!r}: it is the eps of "
-                f"distance='charbonnier'; pass distance='charbonnier' or drop charbonnier_eps"
-            )
-        if self.fused and distance == "charbonnier":
-            raise ValueError(
-                "fused=True requires the fused operator, but distance='charbonnier' has no fused form (it runs in "
-                "plain PyTorch): leave fused unset (None) or pass fused=False"
-            )
-        self.charbonnier_eps = 1e-3 if charbonnier_eps is None else check_number(
-            "charbonnier_eps", charbonnier_eps, positive=True)
-        if layers is None:
-            layers = list(layer_weights) if isinstance(layer_weights, Mapping) else self._DEFAULT_LAYERS
-        net, norm = create_backbone(backbone, layers, weights, normalization, share_module=self.share_module)
-        self._set_network(net, norm)
-        self.layer_weights: list[float] = check_layer_weights(self.layers, layer_weights)
-        self.distance = distance
+        if isinstance(distance, str):  # its arguments checked before the (slower) network is built
+            criterion = FeatureDistance(distance, fused=self.fused, charbonnier_eps=charbonnier_eps)
+        else:
+            criterion = check_criterion(distance)
+            if charbonnier_eps is not None:
+                raise ValueError("charbonnier_eps applies to distance='charbonnier' only; drop it")
+            if layer_weights is not None:
+                raise ValueError(
+                    f"layer_weights cannot apply with distance={type(distance).__name__}(): a criterion of your own "
+                    f"weighs its layers itself (its compare gives the weighted terms); give the weights to it"
+                )
+        layer_weight_list = self._use_backbone(backbone, layers, layer_weights, weights, normalization, "dfc123")
+        if isinstance(criterion, FeatureDistance):
+            criterion.layer_weights = layer_weight_list
+        self._set_criterion(criterion)
 
-    _DEFAULT_LAYERS = "dfc123"
-    _DISTANCES: tuple[str, ...] = ("l2", "l1", "cosine", "charbonnier")
+    @property
+    def distance(self) -> str:
+        """The distance's name ("l2", "l1", "cosine", "charbonnier"; a criterion of your own: its class name)."""
+        return getattr(self.criterion, "distance", type(self.criterion).__name__)
 
-    def representation(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The activations; with ``distance="cosine"`` unit-normalised over channels (float32) at each position."""
-        if self.distance == "cosine":
-            return [unit_normalize(f) for f in features]
-        return features
+    @property
+    def charbonnier_eps(self) -> float | None:
+        """The eps of ``distance="charbonnier"`` (None for a criterion of your own)."""
+        return getattr(self.criterion, "charbonnier_eps", None)
 
-    def compare(self, input_repr: list[torch.Tensor], target_repr: list[torch.Tensor]) -> torch.Tensor:
-        """(N, L) weighted per-layer distances between two representations (float32, fp64 for fp64)."""
-        if self.distance == "charbonnier":
-            return charbonnier_distance(input_repr, target_repr, self.layer_weights, eps=self.charbonnier_eps)
-        if self.distance == "cosine":  # the operator's mean over C*H*W, times C: a sum over C, mean over H*W
-            weights = [w * a.shape[1] for w, a in zip(self.layer_weights, input_repr)]
-            return feature_distance(input_repr, target_repr, weights, fused=self.fused, p=2)
-        return feature_distance(
-            input_repr, target_repr, self.layer_weights, fused=self.fused, p=1 if self.distance == "l1" else 2
-        )
-
-    def _signature_fields(self) -> dict[str, object]:
-        from ._signature import number, numbers
-
-        distance = self.distance + (f"/eps={number(self.charbonnier_eps)}" if self.distance == "charbonnier" else "")
-        return {**super()._signature_fields(), "layer_weights": numbers(self.layer_weights), "distance": distance}
+    @property
+    def layer_weights(self) -> list[float]:
+        """One weight per layer (a criterion of your own: the ones it holds, else 1 each)."""
+        return list(getattr(self.criterion, "layer_weights", [1.0] * len(self.layers)))
 
     def extra_repr(self) -> str:
         return (

@@ -14,14 +14,15 @@ the ReLU before every tap happens to mask it).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal, Unpack
+from typing import ClassVar, Literal, Sequence, Unpack
 
 import torch
-import torch.nn.functional as F
 
 from ._base import PerceptualLoss
 from ._options import LossOptions
+from ._signature import tensors_digest
 from ._validation import check_choice
+from .criteria import Criterion, TilingMode
 from .factory import create_backbone
 from .functional import feature_distance, unit_normalize
 from .lpips_heads import LPIPS_NORMALIZATION, LPIPS_V00_NORMALIZATION, VERSIONS, load_heads
@@ -36,6 +37,70 @@ LPIPS_NETS: dict[str, tuple[str, tuple[str, ...], tuple[int, ...]]] = {
         (64, 128, 256, 384, 384, 512, 512),
     ),
 }
+
+
+class LPIPSDistance(Criterion):
+    r"""LPIPS' criterion: per layer, the spatial mean of the head-weighted squared difference of the
+    channel-unit-normalised features, :math:`\frac{1}{H W}\sum_{h,w}\sum_c w_c (\hat a - \hat b)^2`.
+
+    ``heads``: the (C_l,) weights of each layer (kept as buffers ``head0``, ``head1``, ...). With non-negative
+    heads the comparison runs on the fused operator (sqrt(w) folded into the features); ``spatial=True``
+    makes the loss return the per-layer maps upsampled and summed. ``net`` and ``version`` name the metric in
+    the signature.
+    """
+
+    tiling: ClassVar[TilingMode | None] = "local"
+
+    def __init__(self, heads: Sequence[torch.Tensor], *, net: str, version: str, spatial: bool = False,
+                 fused: bool | None = None) -> None:
+        super().__init__()
+        for k, w in enumerate(heads):
+            self.register_buffer(f"head{k}", w, persistent=False)
+        self.num_layers = len(heads)
+        # The fused path folds sqrt(w) into the features; negative weights (foreign heads) take the direct path.
+        self.fusable = all(bool((w >= 0).all()) for w in heads)
+        if fused and not self.fusable:
+            raise ValueError(
+                "fused=True cannot apply: these heads have negative weights, which the fused form (sqrt(w) folded "
+                "into the features) cannot take, so they run in plain PyTorch; leave fused unset or pass fused=False"
+            )
+        self.net_name, self.version, self.spatial, self.fused = net, version, bool(spatial), fused
+
+    @property
+    def heads(self) -> list[torch.Tensor]:
+        """The (C_l,) head weights of each layer."""
+        return [getattr(self, f"head{k}") for k in range(self.num_layers)]
+
+    def representation(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Unit-normalised float32 features; with non-negative heads, times sqrt(head) per channel."""
+        normalized = [unit_normalize(f) for f in features]
+        if not self.fusable:
+            return normalized
+        return [a * w.to(a.dtype).sqrt().view(1, -1, 1, 1) for a, w in zip(normalized, self.heads)]
+
+    def compare(self, na: list[torch.Tensor], nb: list[torch.Tensor]) -> torch.Tensor:
+        """(N, L) float32: each layer's term (spatial mean of the head-weighted squared difference)."""
+        if self.fusable:
+            return feature_distance(
+                na, nb, [float(a.shape[1]) for a in na],  # the operator's mean over C*H*W, times C: a sum over C
+                fused=self.fused,
+            )
+        return torch.stack([m.mean(dim=(1, 2, 3)) for m in self.maps(na, nb)], dim=1)
+
+    def maps(self, na: list[torch.Tensor], nb: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per layer the (N, 1, H_l, W_l) map of the head-weighted squared difference summed over channels."""
+        if self.fusable:  # the heads are already folded into a and b
+            return [(a - b).square().sum(dim=1, keepdim=True) for a, b in zip(na, nb)]
+        return [((a - b).square() * w.to(a.dtype).view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
+                for a, b, w in zip(na, nb, self.heads)]
+
+    def signature_fields(self) -> dict[str, object]:
+        heads = {f"head{k}": w for k, w in enumerate(self.heads)}
+        return {"net": self.net_name, "version": self.version, "heads_sha256": tensors_digest(heads),
+                "distance": "lpips", "spatial": "yes" if self.spatial else "no"}
+
+    def extra_repr(self) -> str:
+        return f"net={self.net_name!r}, version={self.version!r}, spatial={self.spatial}"
 
 
 class LPIPS(PerceptualLoss):
@@ -104,72 +169,20 @@ class LPIPS(PerceptualLoss):
         trunk, _ = create_backbone(backbone, layers, weights, norm)
         self._set_network(trunk, norm)
         head_list = [torch.ones(c) for c in channels] if heads is None else load_heads(net, heads, list(channels), version)
-        for k, w in enumerate(head_list):
-            self.register_buffer(f"head{k}", w.to(self._constant_dtype, copy=True), persistent=False)
-        # The fused path folds sqrt(w) into the features; negative weights (foreign heads) take the direct path.
-        self._fusable = all(bool((w >= 0).all()) for w in head_list)
-        if self.fused and not self._fusable:
-            raise ValueError(
-                "fused=True cannot apply: these heads have negative weights, which the fused form (sqrt(w) folded "
-                "into the features) cannot take, so they run in plain PyTorch; leave fused unset or pass fused=False"
-            )
-        self.spatial = bool(spatial)
+        self._set_criterion(LPIPSDistance(
+            [w.to(self._constant_dtype, copy=True) for w in head_list], net=net, version=version, spatial=spatial,
+            fused=self.fused,
+        ))
+
+    @property
+    def spatial(self) -> bool:
+        """True: the loss returns (N, 1, H, W) maps."""
+        return self.criterion.spatial
 
     @property
     def heads(self) -> list[torch.Tensor]:
         """The (C_l,) head weights of each layer."""
-        return [getattr(self, f"head{k}") for k in range(len(self.layers))]
-
-    def representation(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Unit-normalised float32 features; with non-negative heads, times sqrt(head) per channel."""
-        normalized = [unit_normalize(f) for f in features]
-        if not self._fusable:
-            return normalized
-        return [a * w.to(a.dtype).sqrt().view(1, -1, 1, 1) for a, w in zip(normalized, self.heads)]
-
-    def compare(self, na: list[torch.Tensor], nb: list[torch.Tensor]) -> torch.Tensor:
-        """(N, L) float32: each layer's term (spatial mean of the head-weighted squared difference)."""
-        if self._fusable:
-            return feature_distance(
-                na, nb, [float(a.shape[1]) for a in na],  # the operator's mean over C*H*W, times C: a sum over C
-                fused=self.fused,
-            )
-        return torch.stack([self._maps(a, b, w).mean(dim=(1, 2, 3)) for a, b, w in zip(na, nb, self.heads)], dim=1)
-
-    def _maps(self, a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        if self._fusable:  # the heads are already folded into a and b
-            return (a - b).square().sum(dim=1, keepdim=True)
-        return ((a - b).square() * w.to(a.dtype).view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        """LPIPS(input, target): (N,) float32, (N, 1, H, W) with ``spatial``, or a scalar when reduced.
-
-        ``target`` None compares with the reference fixed by ``set_target``.
-        """
-        if not self.spatial:
-            return self.reduce(self.per_layer(input, target).sum(dim=-1))
-        n = input.shape[0]
-        if target is None:
-            self._check(input=input)
-            na = self.representation(self.features(self._split(input)))
-            nb = self._cached_target(na, n, input.shape[1])
-        else:
-            self._check(input=input, target=target)
-            na = self.representation(self.features(self._split(input)))
-            nb = self._target_representation(self._split(target))
-        size = tuple(input.shape[-2:])
-        out = sum(
-            F.interpolate(self._maps(a, b, w), size=size, mode="bilinear", align_corners=False)
-            for a, b, w in zip(na, nb, self.heads)
-        )
-        return self.reduce(self._merge(out, n))
-
-    def _signature_fields(self) -> dict[str, object]:
-        from ._signature import tensors_digest
-
-        heads = {f"head{k}": w for k, w in enumerate(self.heads)}
-        fields = {**super()._signature_fields(), "net": self.net_name, "version": self.version}
-        return {**fields, "heads_sha256": tensors_digest(heads), "distance": "lpips", "spatial": "yes" if self.spatial else "no"}
+        return self.criterion.heads
 
     def extra_repr(self) -> str:
         return (f"net={self.net_name!r}, version={self.version!r}, layers={list(self.layers)}, "

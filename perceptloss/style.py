@@ -8,39 +8,24 @@ For layer l with activations F_l(x) reshaped to (C_l, H_l W_l),
 or, with ``distance="l1"`` (BasicSR's style term with ``criterion='l1'``), the *mean* absolute difference of
 the Gram matrices' C_l x C_l entries, :math:`w_l \frac{1}{C_l^2} \sum_{i,j} |G_l(x_n) - G_l(y_n)|_{ij}`.
 
-The Gram matrices are formed in float32 (float64 for float64 features), also under autocast, and both
-distances run on the fused distance operator (an L2 or L1 distance over the (C, C) matrices).
+The pipeline is every loss's (``PerceptualLoss``); the criterion is ``perceptloss.criteria.GramDistance``: the
+Gram matrices are formed in float32 (float64 for float64 features), also under autocast, and both distances
+run on the fused distance operator (an L2 or L1 distance over the (C, C) matrices).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal, Mapping, Sequence, Unpack
 
-import torch
 from torch import nn
 
-from ._dtypes import accumulation_dtype
-from .functional import feature_distance
+from ._base import PerceptualLoss
 from ._options import LossOptions
-from .loss import FeatureLoss
+from .criteria import GramDistance
 from .preprocessing import Normalization
 
 
-def gram_matrix(features: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) features -> (N, C, C) Gram matrices F F^T / (C H W) with F the (C, H W) reshape.
-
-    Computed in float32 whatever the feature dtype (float64 for float64), with autocast disabled.
-    """
-    if features.dim() != 4:
-        raise ValueError(f"gram_matrix expects (N, C, H, W) features, got shape {tuple(features.shape)}")
-    n, c, h, w = features.shape
-    f = features.reshape(n, c, h * w).to(accumulation_dtype(features.dtype))
-    with torch.autocast(device_type=f.device.type, enabled=False):
-        gram = torch.bmm(f, f.transpose(1, 2))
-    return gram / float(c * h * w)
-
-
-class StyleLoss(FeatureLoss):
+class StyleLoss(PerceptualLoss):
     r"""Weighted sum over layers of the squared Frobenius distance between Gram matrices (Gatys et al.'s style).
 
     For images :math:`x, y`, the Gram matrices :math:`G_l` of the layers' activations (``gram_matrix``) and
@@ -72,9 +57,6 @@ class StyleLoss(FeatureLoss):
         torch.Size([])
     """
 
-    _DEFAULT_LAYERS = "style"
-    _DISTANCES = ("l2", "l1")
-
     def __init__(
         self,
         backbone: str | nn.Module = "vgg19",
@@ -86,17 +68,24 @@ class StyleLoss(FeatureLoss):
         normalization: Normalization | str | None = None,
         **options: Unpack[LossOptions],
     ) -> None:
-        super().__init__(backbone, layers, layer_weights=layer_weights, weights=weights, distance=distance,
-                         normalization=normalization, **options)
+        super().__init__(**options)
+        criterion = GramDistance(distance, fused=self.fused)
+        criterion.layer_weights = self._use_backbone(backbone, layers, layer_weights, weights, normalization, "style")
+        self._set_criterion(criterion)
 
-    def representation(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The (N, C_l, C_l) float32 Gram matrix of each layer."""
-        return [gram_matrix(f) for f in features]
+    @property
+    def distance(self) -> str:
+        """"l2" or "l1"."""
+        return self.criterion.distance
 
-    def compare(self, input_repr: list[torch.Tensor], target_repr: list[torch.Tensor]) -> torch.Tensor:
-        """(N, L) weighted distances of the Gram matrices: squared Frobenius norms ("l2": the operator's mean over
-        the C*C entries, times C*C) or mean absolute differences ("l1")."""
-        if self.distance == "l1":
-            return feature_distance(input_repr, target_repr, self.layer_weights, fused=self.fused, p=1)
-        scaled = [w * g.shape[1] * g.shape[2] for w, g in zip(self.layer_weights, input_repr)]
-        return feature_distance(input_repr, target_repr, scaled, fused=self.fused, p=2)
+    @property
+    def layer_weights(self) -> list[float]:
+        """One weight per layer."""
+        return list(self.criterion.layer_weights)
+
+    def extra_repr(self) -> str:
+        return (
+            f"layers={list(self.layers)}, layer_weights={self.layer_weights}, reduction={self.reduction!r}, "
+            f"distance={self.distance!r}, memory_format={self.memory_format!r}"
+            + (", checkpoint=True" if self.checkpoint else "")
+        )

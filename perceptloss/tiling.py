@@ -11,10 +11,12 @@ field of the deepest tapped layer, so that the interior's features are exactly t
   reproduced; every tile's interior is checked, layer by layer, to depend only on real pixels or on the
   whole image's own padding;
 - each layer's feature map is cut into disjoint owned windows (one per tile), and the loss is accumulated
-  from them: means of local terms with their counts (FeatureLoss with every distance, LPIPS), LPIPS' per-layer
-  maps stitched before the bilinear upsampling (``spatial=True``), Gram matrices as sums of F F^T
-  (StyleLoss), and DISTS' per-channel sums of x, y, x^2, y^2 and xy (float64), from which its means,
-  variances and covariances follow.
+  from them as the loss's criterion says (``perceptloss.criteria``, ``Criterion.tiling``): "local" criteria
+  as means of local terms with their counts (FeatureLoss with every distance, LPIPS; a spatial criterion's
+  per-layer maps are stitched before the bilinear upsampling), "pooled" ones as sums of their pooled
+  statistics (StyleLoss: F F^T), "paired" ones from sums over both images' features (DISTS: per-channel sums
+  of x, y, x^2, y^2 and xy in float64, from which its means, variances and covariances follow). A criterion
+  that does not say how it tiles is refused.
 
 Gradients flow: the forward pass keeps no activations; the backward pass recomputes one tile at a time and
 backpropagates its share (a custom autograd function; not twice differentiable). ``set_target`` targets are
@@ -32,13 +34,9 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ._base import PerceptualLoss
-from ._dtypes import accumulation_dtype
+from ._signature import format_signature, parse_signature
 from .backbones.sequential import SequentialFeatures
 from .backbones.vgg_l2pool import L2Pool2d
-from .dists import C1, C2, DISTS
-from .loss import FeatureLoss
-from .lpips import LPIPS
-from .style import StyleLoss
 
 __all__ = ["tiled", "TiledLoss"]
 
@@ -135,7 +133,7 @@ def _tap_ops(loss: PerceptualLoss) -> list[tuple[AxisOps, AxisOps]]:
     for i in net.taps:
         ops = [op for mod in per_module[: i + 1] for op in mod]
         taps.append(([h for h, _ in ops], [w for _, w in ops]))
-    if isinstance(loss, DISTS):
+    if loss.image_tap:
         taps.insert(0, ([], []))  # "layer 0": the image itself
     return taps
 
@@ -448,47 +446,33 @@ class TiledLoss(nn.Module):
     # -------------------------------------------------------------------------------- tiles
 
     def _kind(self) -> str:
-        if isinstance(self.loss, DISTS):
-            return "dists"
-        if isinstance(self.loss, StyleLoss):
-            return "gram"
-        return "local"
+        """"spatial" for a spatial criterion's maps, else the criterion's tiling mode."""
+        criterion = self.loss.criterion
+        return "spatial" if criterion.spatial else str(criterion.tiling)
 
     def _owned(self, feats: list[torch.Tensor], r: _Span, c: _Span) -> list[torch.Tensor]:
         return [f[..., slice(*r.local[k]), slice(*c.local[k])] for k, f in enumerate(feats)]
 
     def _kept_target(self, reprs: list[torch.Tensor], r: _Span, c: _Span, n: int) -> list[torch.Tensor]:
-        """The set_target representation of this tile's owned windows, expanded like ``_cached_target``."""
-        loss = self.loss
-        out = []
-        for k, (name, rep) in enumerate(zip(loss.layers, reprs)):
-            t = getattr(loss, f"_target{k}")[..., slice(*r.owned[k]), slice(*c.owned[k])]
-            if loss._target_samples == 1 and n > 1 and t.shape[0] > 1 and t.shape[0] * n == rep.shape[0]:
-                t = loss.channel_policy.expand_target(t, n)
-            if t.shape[1:] != rep.shape[1:] or t.shape[0] not in (1, rep.shape[0]):
-                raise ValueError(
-                    f"layer {name}: the input's features do not match those of the target set with set_target "
-                    f"({tuple(getattr(loss, f'_target{k}').shape)}); use images of the target's size and a target "
-                    f"batch of 1 or N"
-                )
-            out.append(t.to(device=rep.device, dtype=rep.dtype).expand_as(rep))
-        return out
+        """The set_target representation of this tile's owned windows, expanded as the loss does."""
+        windows = [(slice(*r.owned[k]), slice(*c.owned[k])) for k in range(len(reprs))]
+        return self.loss.fixed_target(reprs, n, windows=windows)
 
     def _tile_stats(self, kind, x, y, r: _Span, c: _Span, n: int) -> tuple[list[torch.Tensor], list[int]]:
         """The statistics of one tile, from its crops ``x``, ``y`` (y None: the set_target representation)."""
-        loss = self.loss
+        loss, criterion = self.loss, self.loss.criterion
         fx = self._owned(loss.features(x), r, c)
         fy = None if y is None else self._owned(loss.features(y), r, c)
         areas = [f.shape[-2] * f.shape[-1] for f in fx]
-        if kind == "gram":
-            return [_gram_sum(f) for f in fx] + ([] if fy is None else [_gram_sum(f) for f in fy]), areas
-        if kind == "dists":
-            fy = self._kept_target(fx, r, c, n) if fy is None else fy
-            return [_dists_sums(a, b) for a, b in zip(fx, fy)], areas
+        if kind == "pooled":
+            pooled = [criterion.pooled_sums(f) for f in fx]
+            return pooled + ([] if fy is None else [criterion.pooled_sums(f) for f in fy]), areas
         rx = loss.representation(fx)
         ry = self._kept_target(rx, r, c, n) if fy is None else loss.representation(fy)
+        if kind == "paired":
+            return [criterion.paired_sums(a, b) for a, b in zip(rx, ry)], areas
         if kind == "spatial":
-            return [loss._maps(a, b, w) for a, b, w in zip(rx, ry, loss.heads)], areas
+            return criterion.maps(rx, ry), areas
         terms = loss.compare(rx, ry)
         return [terms * terms.new_tensor(areas)], areas
 
@@ -506,11 +490,11 @@ class TiledLoss(nn.Module):
         return stats, run.areas
 
     def _check_kept_target_size(self, x: torch.Tensor) -> None:
-        if self._taps is None or isinstance(self.loss, StyleLoss):
+        if self._taps is None or self._kind() == "pooled":
             return
         h_geo, w_geo = self._geometry(x.device)
-        for k, (name, h, w) in enumerate(zip(self.loss.layers, h_geo.sizes(x.shape[-2]), w_geo.sizes(x.shape[-1]))):
-            t = getattr(self.loss, f"_target{k}")
+        kept = self.loss.fixed_representation
+        for name, h, w, t in zip(self.loss.layers, h_geo.sizes(x.shape[-2]), w_geo.sizes(x.shape[-1]), kept):
             if tuple(t.shape[-2:]) != (h, w):
                 raise ValueError(
                     f"layer {name}: the input gives maps of {(h, w)} but the target set with set_target gave "
@@ -522,40 +506,43 @@ class TiledLoss(nn.Module):
         loss = self.loss
         n = input.shape[0] if isinstance(input, torch.Tensor) else 0
         if target is None:
-            loss._check(input=input)
+            loss.check(input=input)
             if not loss.has_target:
-                loss._cached_target([], n)  # raises: no target
+                loss.fixed_target([], n)  # raises: no target
         else:
-            loss._check(input=input, target=target)
+            loss.check(input=input, target=target)
         if input.shape[-2] <= self.tile and input.shape[-1] <= self.tile:
             return None, n
-        x = loss._split(input)
-        y = None if target is None else loss._split(target)
+        x = loss.split_channels(input)
+        y = None if target is None else loss.split_channels(target)
         if y is None:
             self._check_kept_target_size(x)
         stats, areas = self._statistics(kind, x, y, n)
         if stats is None:
-            return None, n  # too small for the network: the loss's own error
+            return None, n  # too small for the network: the loss itself says so
+        criterion = loss.criterion
         if kind == "spatial":
             size = tuple(input.shape[-2:])
             return sum(F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in stats), n
         if kind == "local":
             return stats[0] / stats[0].new_tensor(areas), n
-        if kind == "gram":
+        if kind == "pooled":
             c = len(areas)
-            gx = [g / float(g.shape[-1] * a) for g, a in zip(stats[:c], areas)]
-            gy = loss._cached_target(gx, n) if target is None else [g / float(g.shape[-1] * a) for g, a in zip(stats[c:], areas)]
+            gx = [criterion.from_pooled_sums(g, a) for g, a in zip(stats[:c], areas)]
+            gy = loss.fixed_target(gx, n) if target is None else [
+                criterion.from_pooled_sums(g, a) for g, a in zip(stats[c:], areas)]
             return loss.compare(gx, gy), n
-        return _dists_terms(loss, stats, areas, x.dtype), n
+        return criterion.terms_from_paired_sums(stats, areas), n
 
     # -------------------------------------------------------------------------------- public
 
     def per_layer(self, input: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """``loss.per_layer(input, target)``, tile by tile: (N, L) (or (N, G, L)) per-layer terms."""
-        terms, n = self._terms(input, target, self._kind())
+        kind = self._kind()
+        terms, n = self._terms(input, target, "local" if kind == "spatial" else kind)
         if terms is None:
             return self.loss.per_layer(input, target)
-        return self.loss._merge(terms, n)
+        return self.loss.merge_channels(terms, n)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """``loss(input, target)``, tile by tile: the same reduction, shape and dtype.
@@ -563,71 +550,71 @@ class TiledLoss(nn.Module):
         input, target: (N, C, H, W) images in the loss's ``input_range`` (target None: ``set_target``'s).
         """
         loss = self.loss
-        spatial = isinstance(loss, LPIPS) and loss.spatial
-        terms, n = self._terms(input, target, "spatial" if spatial else self._kind())
+        kind = self._kind()
+        terms, n = self._terms(input, target, kind)
         if terms is None:
             return loss(input, target)
-        merged = loss._merge(terms, n)
-        if spatial:
+        merged = loss.merge_channels(terms, n)
+        if kind == "spatial":
             return loss.reduce(merged)
-        if isinstance(loss, DISTS):
-            return loss.reduce(1.0 - merged.sum(dim=-1))
-        return loss.reduce(merged.sum(dim=-1))
+        return loss.reduce(loss.finish(merged))
+
+    # -------------------------------------------------------------------------------- a loss like the one it wraps
+
+    @property
+    def reduction(self) -> str:
+        """The wrapped loss's reduction (what this module's output is reduced by)."""
+        return self.loss.reduction
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The wrapped loss's layers (``per_layer``'s columns)."""
+        return self.loss.layers
+
+    @property
+    def input_range(self) -> tuple[float, float]:
+        """The wrapped loss's input range."""
+        return self.loss.input_range
+
+    @property
+    def signature(self) -> str:
+        """The wrapped loss's signature with ``tile`` (and ``halo``) after its ``metric`` field: exact tiling gives
+        the wrapped loss's numbers up to floating-point rounding, computed in tiles of at most this size."""
+        fields = parse_signature(self.loss.signature)
+        out: dict[str, object] = {}
+        for key, value in fields.items():
+            out[key] = value
+            if key == "metric":
+                out["tile"] = f"{self.tile}/halo={'auto' if self.halo is None else self.halo}"
+        return format_signature(out)
 
     def extra_repr(self) -> str:
         return f"tile={self.tile}, halo={'auto' if self.halo is None else self.halo}"
-
-
-# ------------------------------------------------------------------------------------------ statistics
-
-
-def _gram_sum(f: torch.Tensor) -> torch.Tensor:
-    """(N, C, h, w) -> (N, C, C) F F^T (unnormalised), in the accumulation dtype, autocast off."""
-    n, c, h, w = f.shape
-    flat = f.reshape(n, c, h * w).to(accumulation_dtype(f.dtype))
-    with torch.autocast(device_type=flat.device.type, enabled=False):
-        return torch.bmm(flat, flat.transpose(1, 2))
-
-
-def _dists_sums(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(N, C, h, w) features of both images -> (5, N, C) float64 sums of x, y, x^2, y^2, xy over positions."""
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        a, b = x.double(), y.double()
-        return torch.stack([a.sum((2, 3)), b.sum((2, 3)), a.square().sum((2, 3)), b.square().sum((2, 3)),
-                            (a * b).sum((2, 3))])
-
-
-def _dists_terms(loss: DISTS, sums: list[torch.Tensor], areas: list[int], dtype: torch.dtype) -> torch.Tensor:
-    """(N, L) DISTS similarity terms sum_c (alpha S1 + beta S2) from the per-layer sums (as ``DISTS.compare``)."""
-    alphas, betas = loss._weights()
-    acc = accumulation_dtype(dtype)
-    cols = []
-    for a, b, s, count in zip(alphas, betas, sums, areas):
-        sx, sy, sxx, syy, sxy = s / float(count)
-        mx, my = sx.to(acc), sy.to(acc)
-        vx, vy, cov = (sxx - sx.square()).to(acc), (syy - sy.square()).to(acc), (sxy - sx * sy).to(acc)
-        s1 = (2 * mx * my + C1) / (mx.square() + my.square() + C1)
-        s2 = (2 * cov + C2) / (vx + vy + C2)
-        cols.append((a.to(acc) * s1).sum(dim=1) + (b.to(acc) * s2).sum(dim=1))
-    return torch.stack(cols, dim=1)
 
 
 # ------------------------------------------------------------------------------------------ checks, entry point
 
 
 def _check_loss(loss: object) -> None:
-    kinds = (FeatureLoss, StyleLoss, LPIPS, DISTS)
-    if not isinstance(loss, kinds):
+    if not isinstance(loss, PerceptualLoss):
         raise TypeError(
-            f"perceptloss.tiled tiles FeatureLoss, StyleLoss, LPIPS and DISTS, got {type(loss).__name__}; "
-            f"evaluate other losses whole"
+            f"perceptloss.tiled tiles the losses of this library (FeatureLoss, StyleLoss, LPIPS, DISTS, or a loss "
+            f"built on a perceptloss.criteria.Criterion), got {type(loss).__name__}; evaluate other losses whole"
         )
-    base = next(k for k in (StyleLoss, DISTS, LPIPS, FeatureLoss) if isinstance(loss, k))
-    for method in ("representation", "compare", "features"):
-        if getattr(type(loss), method) is not getattr(base, method):
+    criterion = loss.criterion
+    if criterion.tiling is None:
+        raise ValueError(
+            f"perceptloss.tiled cannot tile {type(loss).__name__} with criterion {type(criterion).__name__}: the "
+            f"criterion does not say how its terms add up over tiles; set {type(criterion).__name__}.tiling to "
+            f"'local' (each term is a mean over positions of a per-position quantity), 'pooled' or 'paired' (see "
+            f"perceptloss.criteria) where that holds, or evaluate it whole"
+        )
+    for method in ("representation", "compare", "finish", "features"):
+        if getattr(type(loss), method) is not getattr(PerceptualLoss, method):
             raise TypeError(
-                f"perceptloss.tiled cannot tile {type(loss).__name__}: it overrides {base.__name__}.{method}, so "
-                f"whether its terms are local is unknown; tile a {base.__name__} itself"
+                f"perceptloss.tiled cannot tile {type(loss).__name__}: it overrides PerceptualLoss.{method}, so "
+                f"whether its terms are local is unknown; put that step in a criterion "
+                f"(perceptloss.criteria.Criterion) and say how it tiles"
             )
     if getattr(loss.net, "shared", False):
         raise ValueError(
@@ -641,7 +628,8 @@ def tiled(loss: PerceptualLoss, tile: int, halo: int | None = None) -> TiledLoss
     """``loss`` evaluated tile by tile, exactly, with the network never seeing more than ``tile`` x ``tile`` pixels.
 
     Args:
-        loss: a FeatureLoss (any distance), StyleLoss, LPIPS (``spatial=True`` too) or DISTS.
+        loss: a loss of this library whose criterion says how it tiles: FeatureLoss (any distance), StyleLoss,
+            LPIPS (``spatial=True`` too), DISTS, or a loss on a criterion of your own with ``tiling`` set.
         tile: the largest crop, in pixels per side, that the network sees: a tile's interior plus the halo
             around it. Images of at most ``tile`` x ``tile`` pixels are evaluated whole.
         halo: None derives it from the network's layers (the receptive field of the deepest tapped layer);

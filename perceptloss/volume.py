@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from ._base import reduce
 from ._sizes import ImageTooSmallError
 from ._validation import check_same_batch
 
@@ -158,12 +159,7 @@ class VolumeLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The 2.5D loss of two (N, C, D, H, W) volumes: a scalar, or (N,) with reduction="none"."""
-        per_sample = self.per_axis(input, target).mean(dim=1)
-        if self.reduction == "mean":
-            return per_sample.mean()
-        if self.reduction == "sum":
-            return per_sample.sum()
-        return per_sample
+        return reduce(self.per_axis(input, target).mean(dim=1), self.reduction)
 
     @property
     def signature(self) -> str:

@@ -95,8 +95,24 @@ def test_equals_basicsr_formulas(vgg19_file, options):
     total.backward()
     ref_total.backward()
     assert ((x.grad - ref_x.grad).norm() / ref_x.grad.norm()).item() < 1e-4  # float32, 16 layers deep
-    if style is not None:
-        assert loss.style.net is loss.perceptual.net
+    if style is not None:  # one network for both terms: the style term is a criterion on the same features
+        assert sum(hasattr(m, "weight_tensors") for m in loss.modules()) == 1
+
+
+def test_channel_policy_applies_to_both_terms(vgg19_file):
+    """from_basicsr(..., channels=...) runs the loss's channel policy on both terms (issue: it was skipped)."""
+    _, path = vgg19_file
+    options = {"layer_weights": {"relu1_1": 1.0, "conv2_2": 0.5}, "style_weight": 2.0, "criterion": "l1"}
+    grey = from_basicsr(options, weights=path, channels="replicate")
+    rgb = from_basicsr(options, weights=path)
+    x, gt = images()
+    xg, gtg = x[:, :1], gt[:, :1]
+    got = grey(xg, gtg)
+    expected = rgb(xg.expand(-1, 3, -1, -1), gtg.expand(-1, 3, -1, -1))
+    for a, b in zip(got, expected):
+        assert_close(a, b, rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match="channel"):
+        rgb(xg, gtg)
 
 
 def test_style_loss_l1_is_the_mean_over_gram_entries(vgg19_file):

@@ -143,7 +143,7 @@ def test_trunk_from_a_torchvision_file(official, tmp_path):
 def test_frozen_by_construction(official):
     d = ours_like(official)
     assert list(d.parameters()) == []
-    assert {"alpha", "beta"} <= {n for n, _ in d.named_buffers()}
+    assert {"criterion.alpha", "criterion.beta"} <= {n for n, _ in d.named_buffers()}
     assert len(d.state_dict()) == 0  # α, β and the trunk stay out of a parent model's state_dict
     d.requires_grad_(True)
     assert list(d.parameters()) == [] and not d.alpha.requires_grad

@@ -118,7 +118,7 @@ def test_missing_trunk_weights_name_the_file(monkeypatch, tmp_path):
 def test_frozen_by_construction(lpips_pkg):
     metric = LPIPS("vgg", weights=None)
     assert not any(p.requires_grad for p in metric.parameters())
-    assert {n for n, _ in metric.named_buffers() if n.startswith("head")} == {f"head{k}" for k in range(5)}
+    assert {n for n, _ in metric.named_buffers() if n.startswith("criterion.head")} == {f"criterion.head{k}" for k in range(5)}
     assert not any(isinstance(m, torch.nn.Dropout) for m in metric.modules())
     metric.train()
     assert all(not m.training for m in metric.net.modules())

@@ -165,3 +165,32 @@ def test_call_of_the_cli():
 
     loss = FeatureLoss("vgg19", ["relu1_1"], weights=None)
     assert isinstance(perceptloss.tiling.tiled(loss, tile=64), TiledLoss)
+
+
+def test_tiled_dists_is_clamped_as_the_whole_loss():
+    """tiled(DISTS()) finishes its terms as DISTS does: 1 - sum, clamped at 0 (it used to skip the clamp)."""
+    loss = truncated_dists(torch.float64)
+    published = loss.criterion.layer_weights
+    # the truncated trunk's α, β sum to about 0.24: times 5, the terms of identical images sum to about 1.2 > 1
+    loss.criterion.layer_weights = lambda: tuple([5 * w for w in ws] for ws in published())
+    x, _ = images((2, 3, 40, 57))
+    whole, tiles = loss(x, x), tiled(loss, tile=32)(x, x)
+    assert torch.equal(whole, torch.zeros_like(whole))
+    assert torch.equal(tiles, whole)
+    assert (tiled(loss, tile=32).per_layer(x, x).sum(dim=-1) > 1).all()  # the terms themselves are not clamped
+
+
+def test_tiling_is_the_criterions_to_say(losses):
+    """A criterion that does not say how it tiles is refused with an error that says what to set."""
+    from perceptloss.criteria import Criterion
+
+    class Opaque(Criterion):
+        def compare(self, a, b):
+            return torch.stack([(x - y).square().flatten(1).mean(1) for x, y in zip(a, b)], 1)
+
+    loss = FeatureLoss("vgg19", ["relu1_1"], weights=None, distance=Opaque())
+    with pytest.raises(ValueError, match="tiling to 'local'"):
+        tiled(loss, tile=32)
+    Opaque.tiling = "local"
+    x, y = images((1, 3, 40, 57))
+    assert rel_norm(tiled(loss.double(), tile=32)(x, y), loss(x, y)) <= F64_TOL
