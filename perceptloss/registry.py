@@ -26,7 +26,7 @@ from ._validation import unknown_name_error
 from .weights import StateDict, group_entries
 
 if TYPE_CHECKING:  # type names only: the registry imports no implementation
-    from .backbones.base import FeatureExtractor
+    from ._extractor import FeatureExtractor
     from .preprocessing import Normalization
 
 

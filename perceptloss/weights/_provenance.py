@@ -17,7 +17,7 @@ sha256; it is never guessed from tensor names. A file given to a backbone:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
 
 import torch
 
@@ -25,6 +25,9 @@ from ..preprocessing import Normalization
 from ._catalogue import StateDict, WeightEntry, catalogued, group_entries, list_weight_entries
 from ._errors import WeightsFileError
 from ._files import load_state_dict_file, sha256_file
+
+if TYPE_CHECKING:  # type names only
+    from .._extractor import FeatureExtractor
 
 
 class Backbone(Protocol):
@@ -42,8 +45,8 @@ class Backbone(Protocol):
         """Every layer name: ``build(layers)`` builds the whole (untruncated) network."""
 
     @property
-    def build(self) -> Callable[[tuple[str, ...]], torch.nn.Module]:
-        """``build(layers)``: the network, whose ``weight_tensors()`` are its tensors by state-dict name."""
+    def build(self) -> Callable[[tuple[str, ...]], "FeatureExtractor"]:
+        """``build(layers)``: the network truncated after the deepest of ``layers``."""
 
     @property
     def weights_group(self) -> str:
