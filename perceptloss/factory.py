@@ -10,8 +10,8 @@ from ._validation import suggest
 from .backbones.base import FeatureExtractor
 from .backbones.module import ModuleFeatures
 from .preprocessing import CAFFE, IDENTITY, IMAGENET, Normalization
-from .registry import BackboneSpec, get_backbone, list_weights, resolve_layers
-from .weights import WeightEntry, cache_path, fetch_command, load_backbone_file, resolve
+from .registry import BackboneSpec, get_backbone, resolve_layers
+from .weights import WeightEntry, cache_path, fetch_command, group_entries, load_backbone_file, resolve
 from .weights._files import check_weights_path, looks_like_path
 
 _NORMALIZATIONS = {"caffe": CAFFE, "imagenet": IMAGENET, "identity": IDENTITY}
@@ -77,16 +77,17 @@ def create_backbone(
     extractor = spec.build(names)
     if weights is None:
         return _sourced(extractor.freeze(), backbone, "random"), normalization or IMAGENET
-    entry_name = spec.default_weights if weights == "default" else str(weights)
-    if entry_name in spec.weights:
-        entry = spec.weights[entry_name]
+    entries = group_entries(spec.weights_group)  # the catalogue's, the default first
+    entry_name = next(iter(entries), None) if weights == "default" else str(weights)
+    if entry_name in entries:
+        entry = entries[entry_name]
         _load_entry(spec, extractor, entry)
         return _sourced(extractor.freeze(), backbone, entry.key), normalization or entry.normalization
     if not looks_like_path(weights):
-        entries = list_weights(backbone)
+        choices = list(entries)
         raise KeyError(
-            f"unknown weights {weights!r} for {backbone}: neither one of its entries ({', '.join(entries) or 'none'}) "
-            f"nor an existing file.{suggest(str(weights), entries)}"
+            f"unknown weights {weights!r} for {backbone}: neither one of its entries ({', '.join(choices) or 'none'}) "
+            f"nor an existing file.{suggest(str(weights), choices)}"
         )
     path = check_weights_path(weights)
     state, norm = load_backbone_file(spec, path, extractor.weight_tensors(), names, normalization)

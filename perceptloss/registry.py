@@ -1,8 +1,13 @@
 """The backbone registry: names -> specs, layer names and presets. The mechanism only (as timm's ``_registry``).
 
-The registry imports no backbone family: each ``perceptloss/backbones/<family>.py`` registers its specs (and
-its weight entries in ``perceptloss.weights``) when it is imported, and ``perceptloss.backbones`` imports
-every family. A family whose names are open-ended (timm: ``"timm:<model>"``) registers a prefix resolver.
+The registry imports no backbone family: each ``perceptloss/backbones/<family>.py`` registers its specs here
+(and its weight entries in the weights catalogue, ``perceptloss.weights.register_weights``) when it is imported,
+and ``perceptloss.backbones`` imports every family. A family whose names are open-ended (timm:
+``"timm:<model>"``) registers a prefix resolver.
+
+Weight entries live in the catalogue only: a backbone's entries are the catalogue group of its name (or of
+``weights_from``), its default the group's default. The registry reads the catalogue; the catalogue knows no
+backbone spec.
 
 Example:
     >>> import perceptloss
@@ -14,22 +19,24 @@ Example:
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ._validation import unknown_name_error
+from .weights import StateDict, group_entries
 
 if TYPE_CHECKING:  # type names only: the registry imports no implementation
-    from .backbones.base import FeatureExtractor
+    from ._extractor import FeatureExtractor
     from .preprocessing import Normalization
-    from .weights import StateDict, WeightEntry
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A registered backbone: its layer names in network order, a builder and its weight entries.
+    """A registered backbone: its layer names in network order and a builder.
 
-    Register one with :func:`register_backbone`; the losses then accept its ``name`` as their ``backbone``.
+    Register one with :func:`register_backbone`; the losses then accept its ``name`` as their ``backbone``. Its
+    weight entries are not here: they are the weights catalogue's group :attr:`weights_group`
+    (``perceptloss.weights.register_weights(WeightEntry(backbone=<name>, ...))``).
 
     Args:
         name: the name the losses take (``FeatureLoss(name, ...)``).
@@ -37,9 +44,8 @@ class BackboneSpec:
         build: ``build(layers)`` returns a feature extractor (not yet frozen) truncated after the deepest of
             ``layers``.
         load: ``load(extractor, state_dict)`` loads a resolved state dict into it.
-        weights: entry name -> :class:`WeightEntry` (also listed in the weights catalogue under
-            ``<name>.<entry>``).
-        default_weights: the entry ``weights="default"`` selects, or None.
+        weights_from: the backbone whose catalogued entries this one loads (``vgg16_l2pool``: ``"vgg16"``, the
+            same file), or None for its own (the group ``name``).
         description: one line for ``python -m perceptloss list``.
         create: when given, ``create(layers, weights)`` replaces build + load for families that load their
             weights their own way (timm), returning ``(extractor, normalization)``.
@@ -49,10 +55,14 @@ class BackboneSpec:
     layers: tuple[str, ...]
     build: Callable[[tuple[str, ...]], "FeatureExtractor"]
     load: Callable[["FeatureExtractor", "StateDict"], None]
-    weights: dict[str, "WeightEntry"] = field(default_factory=dict)
-    default_weights: str | None = None
+    weights_from: str | None = None
     description: str = ""
     create: Callable[[tuple[str, ...], Any], tuple["FeatureExtractor", "Normalization"]] | None = None
+
+    @property
+    def weights_group(self) -> str:
+        """The weights catalogue's group that holds this backbone's entries (keys ``<group>.<entry>``)."""
+        return self.weights_from or self.name
 
 
 _BACKBONES: dict[str, BackboneSpec] = {}
@@ -69,9 +79,10 @@ VAE-123 / VAE-345; lpips, LPIPS' VGG16 taps; style, Gatys et al.'s style layers.
 
 
 def register_backbone(spec: BackboneSpec, *, overwrite: bool = False) -> BackboneSpec:
-    """Add a backbone to the registry, and its weight entries to the weights catalogue.
+    """Add a backbone to the registry: the losses then take its name.
 
-    The command line then lists, fetches and verifies its entries by key, and the losses take its name.
+    Its weight entries are registered in the weights catalogue (``perceptloss.weights.register_weights``), where
+    the command line lists, fetches and verifies them by key.
 
     Args:
         spec: the backbone.
@@ -80,14 +91,8 @@ def register_backbone(spec: BackboneSpec, *, overwrite: bool = False) -> Backbon
     Returns:
         ``spec`` itself.
     """
-    from .weights import register_weights
-
     if spec.name in _BACKBONES and not overwrite:
         raise ValueError(f"backbone {spec.name!r} is already registered; pass overwrite=True to replace it")
-    if spec.default_weights is not None and spec.default_weights not in spec.weights:
-        raise ValueError(f"default weights {spec.default_weights!r} are not among {sorted(spec.weights)}")
-    for entry in spec.weights.values():
-        register_weights(entry, default=entry.name == spec.default_weights, overwrite=True)
     _BACKBONES[spec.name] = spec
     return spec
 
@@ -128,8 +133,8 @@ def get_backbone(name: str) -> BackboneSpec:
 
     Example:
         >>> import perceptloss
-        >>> perceptloss.registry.get_backbone("vgg19").default_weights
-        'caffe'
+        >>> perceptloss.registry.get_backbone("vgg16_l2pool").weights_group
+        'vgg16'
     """
     if name in _BACKBONES:
         return _BACKBONES[name]
@@ -151,15 +156,14 @@ def list_layers(backbone: str) -> tuple[str, ...]:
 
 
 def list_weights(backbone: str) -> list[str]:
-    """Names of the weight entries of ``backbone``, the default first.
+    """Names of the weight entries of ``backbone`` (its group in the weights catalogue), the default first.
 
     Example:
         >>> import perceptloss
         >>> perceptloss.list_weights("vgg19")
         ['caffe', 'torchvision']
     """
-    spec = get_backbone(backbone)
-    return sorted(spec.weights, key=lambda n: (n != spec.default_weights, n))
+    return list(group_entries(get_backbone(backbone).weights_group))
 
 
 def resolve_layers(backbone: str, layers: str | Sequence[str]) -> tuple[str, ...]:

@@ -33,14 +33,25 @@ def test_every_layer_of_every_backbone(backbone):
 
 
 def test_every_backbone_has_catalogued_weights(backbone):
+    """A backbone's entries are its catalogue group's (the one place entries are kept), the default first."""
     spec = perceptloss.registry.get_backbone(backbone)
-    assert spec.default_weights in spec.weights
-    for name, entry in spec.weights.items():
-        assert perceptloss.weights.get_weights(entry.key) is entry
+    names = perceptloss.list_weights(backbone)
+    assert names and perceptloss.weights.get_weights(spec.weights_group).name == names[0]
+    for name in names:
+        entry = perceptloss.weights.get_weights(spec.weights_group, name)
+        assert entry.name == name and perceptloss.weights.is_default(entry) == (name == names[0])
+
+
+def test_a_backbone_can_load_another_backbones_entries():
+    """vgg16_l2pool (DISTS' trunk) loads VGG16's file: its spec names VGG16's group, which holds the entry once."""
+    spec = perceptloss.registry.get_backbone("vgg16_l2pool")
+    assert spec.weights_group == "vgg16" and "vgg16_l2pool" not in perceptloss.weights.weight_groups()
+    assert perceptloss.list_weights("vgg16_l2pool") == perceptloss.list_weights("vgg16") == ["torchvision"]
 
 
 def test_registry_imports_no_family():
-    """At import, perceptloss.registry imports no backbone module (only type names, under TYPE_CHECKING)."""
+    """At import, perceptloss.registry imports no backbone module (test_import_graph checks every import of the
+    registry and the weights package, function bodies and TYPE_CHECKING blocks included)."""
     import ast
     import inspect
 

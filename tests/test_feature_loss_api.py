@@ -124,11 +124,11 @@ def test_registry_lists_and_registers():
     assert perceptloss.list_weights("vgg19")[0] == "caffe"
     spec = perceptloss.registry.get_backbone("vgg16")
     custom = perceptloss.registry.BackboneSpec(
-        name="my-vgg", layers=spec.layers, build=spec.build, load=spec.load, weights={}, default_weights=None
+        name="my-vgg", layers=spec.layers, build=spec.build, load=spec.load
     )
     perceptloss.registry.register_backbone(custom)
     try:
-        assert "my-vgg" in perceptloss.list_backbones()
+        assert "my-vgg" in perceptloss.list_backbones() and perceptloss.list_weights("my-vgg") == []
         with pytest.raises(ValueError, match="already registered"):
             perceptloss.registry.register_backbone(custom)
         assert FeatureLoss("my-vgg", "lpips", weights=None).layers[-1] == "relu5_3"

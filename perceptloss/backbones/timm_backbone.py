@@ -137,8 +137,6 @@ def timm_spec(model_name: str) -> BackboneSpec:
         layers=timm_stage_names(model_name),
         build=lambda layers: TimmFeatures(model_name, layers),
         load=lambda extractor, state: extractor.body.load_state_dict(state),
-        weights={},
-        default_weights=None,
         description=f"timm {model_name} (features_only stages)",
         create=create,
     )

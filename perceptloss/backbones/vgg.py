@@ -13,7 +13,7 @@ from torchvision.models import vgg as tv_vgg
 
 from ..preprocessing import CAFFE
 from ..registry import BackboneSpec, register_backbone
-from ..weights import StateDict, WeightEntry, package_file
+from ..weights import StateDict, WeightEntry, package_file, register_weights
 from .sequential import SequentialFeatures
 from .torchvision_weights import torchvision_entry
 
@@ -103,18 +103,19 @@ VGG19_CAFFE = WeightEntry(
 )
 
 
-def vgg_spec(arch: str, weights: dict[str, WeightEntry], default: str) -> BackboneSpec:
-    """The registry entry of a VGG trunk with the given weight entries."""
+def vgg_spec(arch: str) -> BackboneSpec:
+    """The registry entry of a VGG trunk (its weight entries: the catalogue's group ``arch``)."""
     return BackboneSpec(
         name=arch,
         layers=vgg_layer_names(arch),
         build=lambda layers: VGGFeatures(arch, layers),
         load=lambda extractor, state: extractor.load_trunk_state_dict(state),
-        weights=weights,
-        default_weights=default,
         description=f"{arch.upper()} convolutional trunk, Caffe-style layer names",
     )
 
 
-register_backbone(vgg_spec("vgg19", {"caffe": VGG19_CAFFE, "torchvision": torchvision_entry("vgg19")}, "caffe"))
-register_backbone(vgg_spec("vgg16", {"torchvision": torchvision_entry("vgg16")}, "torchvision"))
+register_weights(VGG19_CAFFE, default=True)
+register_weights(torchvision_entry("vgg19"))
+register_weights(torchvision_entry("vgg16"), default=True)
+register_backbone(vgg_spec("vgg19"))
+register_backbone(vgg_spec("vgg16"))

@@ -6,7 +6,8 @@ applied per channel (depthwise) with stride 2 and padding 1. The convolutions ke
 configuration and its ``features.N.*`` parameter names, so torchvision's ``vgg16-397923af.pth`` loads as it is
 (the pools have no parameters; their window is a constant).
 
-Registered as the backbone ``vgg16_l2pool`` (its weights: VGG16's ``torchvision`` entry, the same file).
+Registered as the backbone ``vgg16_l2pool`` (its weights: VGG16's catalogued entries, ``vgg16.torchvision``: the
+same file).
 Layer names are VGG16's Caffe-style names (``conv1_1``, ``relu1_1``, ..., ``pool1`` now an L2 pool, ...);
 DISTS taps relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3.
 """
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import vgg as tv_vgg
 
-from ..registry import BackboneSpec, get_backbone, register_backbone
+from ..registry import BackboneSpec, register_backbone
 from .sequential import SequentialFeatures
 from .vgg import VGG_CONFIGS, vgg_layer_names  # importing .vgg registers vgg16, whose weight entry is reused
 
@@ -95,16 +96,14 @@ class VGGL2PoolFeatures(SequentialFeatures):
 
 
 def _register() -> None:
-    """Register ``vgg16_l2pool`` (DISTS' trunk) with VGG16's torchvision entry (the same file: vgg16-397923af.pth)."""
-    vgg16 = get_backbone("vgg16")
+    """Register ``vgg16_l2pool`` (DISTS' trunk) with VGG16's entries (the same file: vgg16-397923af.pth)."""
     register_backbone(
         BackboneSpec(
             name="vgg16_l2pool",
             layers=vgg_layer_names("vgg16"),
             build=lambda layers: VGGL2PoolFeatures(layers, "vgg16"),
             load=lambda extractor, state: extractor.load_trunk_state_dict(state),
-            weights={"torchvision": vgg16.weights["torchvision"]},
-            default_weights="torchvision",
+            weights_from="vgg16",
             description="VGG16 with L2 pooling in place of max-pooling (DISTS' trunk), Caffe-style layer names",
         ),
         overwrite=True,

@@ -16,6 +16,7 @@ from ._catalogue import (
     StateDict,
     WeightEntry,
     get_weights,
+    group_entries,
     is_default,
     list_weight_entries,
     package_file,
@@ -29,9 +30,9 @@ from ._lock import cache_lock
 from ._provenance import entry_for_file, load_backbone_file
 
 __all__ = [
-    "StateDict", "WeightEntry", "register_weights", "get_weights", "list_weight_entries", "weight_groups",
-    "is_default", "package_file", "weights_home", "cache_path", "cache_problem", "fetch_command", "find_source",
-    "resolve", "convert_to_cache", "missing_message", "is_offline", "load_state_dict_file", "save_checked",
-    "load_checked", "sha256_file", "cache_lock", "entry_for_file", "load_backbone_file", "WeightsNotFoundError",
-    "WeightsChecksumError", "WeightsFileError", "WeightsCacheError",
+    "StateDict", "WeightEntry", "register_weights", "get_weights", "group_entries", "list_weight_entries",
+    "weight_groups", "is_default", "package_file", "weights_home", "cache_path", "cache_problem", "fetch_command",
+    "find_source", "resolve", "convert_to_cache", "missing_message", "is_offline", "load_state_dict_file",
+    "save_checked", "load_checked", "sha256_file", "cache_lock", "entry_for_file", "load_backbone_file",
+    "WeightsNotFoundError", "WeightsChecksumError", "WeightsFileError", "WeightsCacheError",
 ]

@@ -1,5 +1,9 @@
 """The weights catalogue: ``WeightEntry`` (one set of pretrained weights and the preprocessing it expects) and
-the registry of entries by key ``<group>.<name>`` ("vgg19.caffe", "lpips-alex.v0.1")."""
+the registry of entries by key ``<group>.<name>`` ("vgg19.caffe", "lpips-alex.v0.1").
+
+It is the one place weight entries are kept: a backbone's entries are the group of its name (or of the backbone
+its ``BackboneSpec.weights_from`` names), and its default is the group's default. The catalogue knows no backbone
+spec: ``perceptloss.registry`` reads it, not the other way round."""
 from __future__ import annotations
 
 import fnmatch
@@ -68,10 +72,12 @@ _GROUP_DEFAULT: dict[str, str] = {}
 
 
 def register_weights(entry: WeightEntry, *, default: bool = False, overwrite: bool = False) -> WeightEntry:
-    """Add ``entry`` to the catalogue under ``entry.key``; ``default``: the entry its group's name selects.
+    """Add ``entry`` to the catalogue under ``entry.key``; ``default``: the entry its group's name selects (the
+    first entry registered in a group is its default until another one is registered with ``default=True``).
 
-    Backbones register their entries through ``perceptloss.registry.register_backbone``; other files the
-    losses need (LPIPS' and DISTS' heads) register here directly.
+    Every entry is registered here: a backbone family registers its trunk's entries under the backbone's name as
+    group (``create_backbone(name, weights=<entry name>)`` and ``list_weights(name)`` read them), and the losses'
+    other files (LPIPS' and DISTS' heads) under their own groups.
     """
     if entry.key in _CATALOGUE and not overwrite and _CATALOGUE[entry.key] is not entry:
         raise ValueError(f"weights {entry.key!r} are already registered; pass overwrite=True to replace them")
@@ -108,6 +114,13 @@ def get_weights(key: str, name: str | None = None) -> WeightEntry:
         choices = [k for k in sorted(_CATALOGUE) if k.startswith(group + ".")] or sorted(_CATALOGUE)
         raise unknown_name_error("weights key", full, choices)
     return _CATALOGUE[full]
+
+
+def group_entries(group: str) -> dict[str, WeightEntry]:
+    """Entry name -> entry for every entry of ``group`` ("vgg19": caffe, torchvision), its default first, then by
+    name; empty for a group without entries (a timm backbone, a backbone registered without weights)."""
+    found = [e for e in _CATALOGUE.values() if e.backbone == group]
+    return {e.name: e for e in sorted(found, key=lambda e: (not is_default(e), e.name))}
 
 
 def is_default(entry: WeightEntry) -> bool:

@@ -17,17 +17,40 @@ sha256; it is never guessed from tensor names. A file given to a backbone:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
 
 import torch
 
 from ..preprocessing import Normalization
-from ._catalogue import StateDict, WeightEntry, catalogued, list_weight_entries
+from ._catalogue import StateDict, WeightEntry, catalogued, group_entries, list_weight_entries
 from ._errors import WeightsFileError
 from ._files import load_state_dict_file, sha256_file
 
 if TYPE_CHECKING:  # type names only
-    from ..registry import BackboneSpec
+    from .._extractor import FeatureExtractor
+
+
+class Backbone(Protocol):
+    """What provenance reads of the backbone a file is given for; ``perceptloss.registry.BackboneSpec`` is one.
+
+    The weights package names no registry type (the registry imports the catalogue, not the other way round).
+    """
+
+    @property
+    def name(self) -> str:
+        """The backbone's registered name (for messages)."""
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Every layer name: ``build(layers)`` builds the whole (untruncated) network."""
+
+    @property
+    def build(self) -> Callable[[tuple[str, ...]], "FeatureExtractor"]:
+        """``build(layers)``: the network truncated after the deepest of ``layers``."""
+
+    @property
+    def weights_group(self) -> str:
+        """The catalogue group of the backbone's entries."""
 
 
 def identify(path: Path, *, by_checksum: bool = True) -> tuple[WeightEntry, str] | None:
@@ -64,7 +87,7 @@ def entry_for_file(path: Path, *, by_checksum: bool = True) -> WeightEntry | Non
     return None if found is None else found[0]
 
 
-def _full_shapes(spec: "BackboneSpec") -> dict[str, tuple[int, ...]]:
+def _full_shapes(spec: Backbone) -> dict[str, tuple[int, ...]]:
     """Every tensor of the whole (untruncated) backbone and its shape, built on the meta device (no memory)."""
     with torch.device("meta"):
         net = spec.build(spec.layers)
@@ -76,7 +99,7 @@ def _examples(names: Sequence[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (f", ..., {names[-1]} ({len(names)} in all)" if len(names) > n else "")
 
 
-def _naming_error(path: Path, spec: "BackboneSpec", state: StateDict, full: Mapping[str, tuple[int, ...]]) -> WeightsFileError:
+def _naming_error(path: Path, spec: Backbone, state: StateDict, full: Mapping[str, tuple[int, ...]]) -> WeightsFileError:
     names, own = sorted(state), sorted(full)
     for name in names:  # a prefix on every name that, removed, gives the backbone's names
         for own_name in own:
@@ -88,7 +111,7 @@ def _naming_error(path: Path, spec: "BackboneSpec", state: StateDict, full: Mapp
                         f"{name!r}): save them without it, {{k.removeprefix({prefix!r}): v for k, v in sd.items()}}, "
                         f"and pass that file"
                     )
-    formats = [f"the source format of {e.key}" for e in spec.weights.values() if e.source_keys]
+    formats = [f"the source format of {e.key}" for e in group_entries(spec.weights_group).values() if e.source_keys]
     accepted = f"{spec.name}'s own names ({_examples(own, 2)})" + "".join(f" or {f}" for f in formats)
     return WeightsFileError(
         f"{path} does not hold {spec.name} weights in a form perceptloss reads: its tensors are named "
@@ -97,7 +120,7 @@ def _naming_error(path: Path, spec: "BackboneSpec", state: StateDict, full: Mapp
 
 
 def load_backbone_file(
-    spec: "BackboneSpec",
+    spec: Backbone,
     path: Path,
     own: Mapping[str, torch.Tensor],
     layers: Sequence[str],
@@ -115,16 +138,16 @@ def load_backbone_file(
     # pinned checksums belong to source files that need converting: only those are worth hashing
     found = identify(path, by_checksum=not in_own_naming)
     entry = found[0] if found else None
-    mine = {e.key for e in spec.weights.values()}
-    if entry is not None and entry.key not in mine:
-        choices = ", ".join(sorted(spec.weights)) or "none"
+    entries = group_entries(spec.weights_group)
+    if entry is not None and entry.key not in {e.key for e in entries.values()}:
+        choices = ", ".join(sorted(entries)) or "none"
         raise WeightsFileError(
             f"{path} holds the weights {entry.key} ({entry.description}; known by {found[1]}), which are for "
             f"{entry.backbone}, not {spec.name}: use it with {entry.backbone!r}, or give {spec.name} a file of "
             f"{spec.name} weights or one of its entries ({choices})"
         )
     if not in_own_naming:
-        converters = [e for e in spec.weights.values() if e.source_keys and set(e.source_keys) <= state.keys()]
+        converters = [e for e in entries.values() if e.source_keys and set(e.source_keys) <= state.keys()]
         if not converters:
             raise _naming_error(path, spec, state, full)
         state = (entry if entry in converters else converters[0]).convert(path)
@@ -147,7 +170,7 @@ def load_backbone_file(
         )
     if normalization is None:
         if entry is None:
-            choices = ", ".join(f"{e.name}: {e.normalization.name}" for e in spec.weights.values())
+            choices = ", ".join(f"{e.name}: {e.normalization.name}" for e in entries.values())
             raise ValueError(
                 f"cannot tell how images must be preprocessed for the weights in {path}: the file is not one "
                 f"perceptloss wrote or a known published file. Pass normalization='imagenet' (torchvision / "
