@@ -187,7 +187,7 @@ def create_metric(name: str, *, weights: str | Path | None = "default", dtype: A
     what = f"factory {name}" if entry.build is _factory else f"the build function of metric {entry.name!r}"
     call = _with_accepted(name, entry.build, arguments, defaults, what, positional=int(entry.matches is not None))
     module = call(name) if entry.matches is not None else call()
-    if not _builtin(entry):
+    if entry.build is _factory or not _builtin(entry):  # the user's code: checked once
         check_per_sample(name, module, what)
     return module
 
@@ -239,6 +239,8 @@ def _with_accepted(name: str, build: Callable[..., Any], arguments: dict[str, An
         params = list(inspect.signature(build).parameters.values())
     except (TypeError, ValueError):  # no signature to read (some builtins): pass everything
         return lambda *args: build(*args, **arguments)
+    if isinstance(build, type) and build.__init__ is nn.Module.__init__:  # (*args, **kwargs), taking none of them
+        params = []
     positional_params = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     filled = {p.name for p in positional_params[:positional]}
     if any(p.kind is p.VAR_KEYWORD for p in params):
@@ -261,8 +263,8 @@ def _with_accepted(name: str, build: Callable[..., Any], arguments: dict[str, An
 
 def _unknown(name: str) -> MetricError:
     names = list_metrics()
-    concrete = [n for n in names if "<" not in n]
-    close = difflib.get_close_matches(name, concrete, n=3, cutoff=0.6)
+    concrete = {n.lower(): n for n in names if "<" not in n}  # "DISTS" suggests "dists"
+    close = [concrete[c] for c in difflib.get_close_matches(name.lower(), list(concrete), n=3, cutoff=0.6)]
     backbone, sep, layers = name.rpartition(":")
     hint = ""
     if sep and backbone:
