@@ -195,7 +195,8 @@ def create_metric(name: str, *, weights: str | Path | None = "default", dtype: A
 def check_per_sample(name: str, module: object, origin: str = "the factory") -> None:
     """Raise a :class:`MetricError` unless ``module`` is an ``nn.Module`` giving one value per image pair.
 
-    The module is run once (no gradient) on two random (2, 3, 64, 64) pairs in [0, 1] on its own device.
+    The module is run once (no gradient, in eval mode, its modes restored after) on two random (2, 3, 64, 64) pairs
+    in [0, 1] on its own device.
     """
     if not isinstance(module, nn.Module):
         raise MetricError(f"metric {name!r}: {origin} returned {type(module).__name__}, not a torch.nn.Module; "
@@ -210,6 +211,8 @@ def check_per_sample(name: str, module: object, origin: str = "the factory") -> 
     device = tensor.device if tensor is not None else torch.device("cpu")
     generator = torch.Generator().manual_seed(0)
     x, y = (torch.rand(PROBE_SHAPE, generator=generator).to(device) for _ in range(2))
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()  # no batch-norm statistics or dropout touched by the check
     try:
         with torch.no_grad():
             out = module(x, y)
@@ -217,6 +220,9 @@ def check_per_sample(name: str, module: object, origin: str = "the factory") -> 
         raise MetricError(f"metric {name!r}: the module that {origin} returned raised {type(e).__name__} ({e}) on two "
                           f"{PROBE_SHAPE} image batches in [0, 1]; a metric takes (input, target) batches of "
                           "(N, 3, H, W) RGB images") from e
+    finally:
+        for m, training in modes:
+            m.training = training
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
     if shape != (PROBE_SHAPE[0],):
         got = f"shape {shape}" if shape is not None else type(out).__name__

@@ -81,6 +81,21 @@ def broken():
     return Broken()
 
 
+class Normalized(torch.nn.Module):
+    reduction = "none"
+
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.BatchNorm2d(3)
+
+    def forward(self, x, y):
+        return (self.norm(x) - self.norm(y)).abs().flatten(1).mean(1)
+
+
+def with_batchnorm():
+    return Normalized()
+
+
 def needs_argument(size):
     return MeanAbs()
 
@@ -325,6 +340,13 @@ def test_a_factory_gets_the_keywords_it_accepts(user_package, folders, tmp_path,
     create_metric("pl_user_metrics.factories:make", weights="default", dtype=None)
     with pytest.raises(MetricError, match="takes no weights argument; leave it out"):
         create_metric("pl_user_metrics.factories:make", weights="w.pth")
+
+
+def test_the_check_leaves_the_module_as_it_was(user_package):
+    """The per-sample check runs in eval mode without gradient: batch-norm statistics untouched, modes restored."""
+    module = create_metric("pl_user_metrics.factories:with_batchnorm")
+    assert module.training and module.norm.training and int(module.norm.num_batches_tracked) == 0
+    assert torch.equal(module.norm.running_mean, torch.zeros(3))
 
 
 @pytest.mark.parametrize("name, text", [
