@@ -9,11 +9,12 @@ Example:
     torch.Size([])
 
 The top level holds the losses, their functional forms, the backbone look-ups and the exception and warning
-types. The rest is imported from its module, as in torchvision and timm: ``perceptloss.registry`` (registering
-backbones, ``PRESETS``), ``perceptloss.weights`` (the weights catalogue and cache), ``perceptloss.channels``
-(channel policies), ``perceptloss.preprocessing`` (``CAFFE``, ``IMAGENET``, ...), ``perceptloss.functional``,
-``perceptloss.hardware`` (``bf16_native``) and ``perceptloss.backends`` (the fused operator's kernels and
-``perceptloss.backends.cpu``'s settings).
+types, and ``create_metric`` / ``list_metrics`` (metrics by name, as ``perceptloss score`` builds them). The rest
+is imported from its module, as in torchvision and timm: ``perceptloss.registry`` (registering backbones,
+``PRESETS``), ``perceptloss.metric_table`` (registering metrics), ``perceptloss.weights`` (the weights catalogue
+and cache), ``perceptloss.channels`` (channel policies), ``perceptloss.preprocessing`` (``CAFFE``, ``IMAGENET``,
+...), ``perceptloss.functional``, ``perceptloss.hardware`` (``bf16_native``) and ``perceptloss.backends`` (the
+fused operator's kernels and ``perceptloss.backends.cpu``'s settings).
 """
 from ._ops import HAS_EXT, FusedOperatorUnavailableWarning
 from .functional import feature_distance
@@ -33,6 +34,7 @@ from .dists import DISTS
 from .volume import VolumeLoss
 from .basicsr import from_basicsr
 from .tiling import tiled
+from .metric_table import create_metric, list_metrics
 from .preprocessing import Normalization
 from .registry import list_backbones, list_layers, list_weights
 from .weights import WeightsChecksumError, WeightsNotFoundError
@@ -49,6 +51,9 @@ __all__ = [
     "PerceptualLoss",
     "from_basicsr",
     "tiled",
+    # metrics by name (the table perceptloss score reads)
+    "create_metric",
+    "list_metrics",
     # functional forms
     "feature_distance",
     "gram_matrix",

@@ -16,6 +16,7 @@ MODULES = [
     "perceptloss.channels",
     "perceptloss.registry",
     "perceptloss.basicsr",
+    "perceptloss.metric_table",
 ]
 
 

@@ -7,12 +7,16 @@ from pathlib import Path
 
 from .decoding import CROPS, DECODING_POLICY, RESIZE_FILTERS
 from .errors import ScoreError
-from .metrics import DTYPES, METRIC_HELP, build_metric, parse_weights
+from .metrics import (DTYPES, build_metric, import_plugins, metric_descriptions, metric_help, parse_weights,
+                      signature_of)
 
-EPILOG = f"""pairing: REF/a/b.png is paired with DIST/a/b.<any image extension>; files without a partner are listed
+EPILOG = """metrics (perceptloss.list_metrics(); in Python, perceptloss.create_metric(NAME) builds the same loss):
+{metrics}
+
+pairing: REF/a/b.png is paired with DIST/a/b.<any image extension>; files without a partner are listed
 and skipped (--strict: an error). Unreadable files are named and their pair skipped (--strict: an error).
 
-decoding: {DECODING_POLICY}
+decoding: {decoding}
 
 sizes: two images of a pair with different sizes are an error unless --resize FILTER (the distorted image
 resampled to the reference's size; the signature then records it) or --crop center.
@@ -26,11 +30,15 @@ t-interval and the signature); the summary is printed. Sharded: torchrun --nproc
 def add_arguments(sub) -> None:
     """Add the ``score`` subparser to the subparsers of ``python -m perceptloss``."""
     p = sub.add_parser("score", help="perceptual metrics between two image folders (paired by relative path)",
-                       description="Score every image of DIST against its partner in REF.", epilog=EPILOG,
+                       description="Score every image of DIST against its partner in REF.",
+                       epilog=EPILOG.format(metrics=metric_descriptions(), decoding=DECODING_POLICY),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ref", type=Path, help="folder of reference images")
     p.add_argument("dist", type=Path, help="folder of distorted images (same relative paths, any image extension)")
-    p.add_argument("--metric", action="append", required=True, metavar="NAME", help=METRIC_HELP + "; repeatable")
+    p.add_argument("--metric", action="append", required=True, metavar="NAME", help=metric_help() + "; repeatable")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first: the metrics it registers (perceptloss.metric_table.register_metric) "
+                        "become --metric names; repeatable")
     p.add_argument("--csv", type=Path, default=None, help="write per-image values here")
     p.add_argument("--json", type=Path, default=None, help="write the per-metric summary here")
     p.add_argument("--strict", action="store_true", help="unmatched or unreadable files are errors, not skipped")
@@ -60,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from .running import apply_tiling, rank_device, score_batches, start_ranks, stop_ranks
     from .statistics import summarize
 
+    import_plugins(args.plugin)
     names = list(dict.fromkeys(args.metric))
     weights = parse_weights(args.weights, names)
     pairing = pair_folders(args.ref, args.dist, strict=args.strict)
@@ -69,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         device = rank_device(args.device, ranks)
         metrics = {n: build_metric(n, weights=weights.get(n), dtype=args.dtype).to(device) for n in names}
-        signatures = {n: m.signature + _size_policy(plan) for n, m in metrics.items()}
+        signatures = {n: signature_of(n, m) + _size_policy(plan) for n, m in metrics.items()}
         if ranks.is_main:
             if pairing.unmatched:
                 _warn(f"{describe_unmatched(pairing, args.ref, args.dist)} (skipped)")

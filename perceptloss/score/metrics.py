@@ -1,10 +1,9 @@
-"""Metric names of ``perceptloss score`` to loss modules that give one value per image pair.
+"""Metric names of ``perceptloss score`` to loss modules: the library's metric table, ``perceptloss.metric_table``.
 
-- ``lpips-alex``, ``lpips-vgg``, ``lpips-squeeze``: LPIPS v0.1; ``-v0.0`` appended (``lpips-alex-v0.0``):
-  the first release.
-- ``dists``: DISTS.
-- ``<backbone>:<preset or comma-separated layers>``: a FeatureLoss (mean squared feature distance), e.g.
-  ``vgg19:dfc123`` or ``vgg16:relu1_2,relu2_2``; ``timm:<model>:<layers>`` for a timm backbone.
+``--metric NAME`` builds ``perceptloss.create_metric(NAME, ...)``, so a name gives the same loss (the same
+signature) on the command line and in Python; ``perceptloss.list_metrics()`` is the list ``--help`` shows. Names
+added with ``perceptloss.metric_table.register_metric`` in a module named by ``--plugin MODULE`` are accepted too,
+and so is ``package.module:factory`` (a function returning the metric module).
 
 ``weights`` (the CLI's ``--weights METRIC=FILE``) replaces the trunk's default weights: a file (e.g.
 torchvision's ``alexnet-owt-7be5be79.pth`` for the LPIPS trunks, which are not shipped with any package) or a
@@ -12,20 +11,37 @@ catalogue entry name.
 """
 from __future__ import annotations
 
-import re
+import importlib
 
 import torch
 
+from ..metric_table import MetricError, create_metric, get_metric, list_metrics
 from ..weights import WeightsNotFoundError
 from .errors import ScoreError
 
-_LPIPS = re.compile(r"^lpips-(alex|vgg|squeeze)(?:-v(0\.0|0\.1))?$")
 DTYPES = {"auto": "auto", "float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
-METRIC_HELP = (
-    "lpips-alex, lpips-vgg, lpips-squeeze (LPIPS v0.1; append -v0.0 for the first release), dists, or "
-    "<backbone>:<preset or comma-separated layers> for a FeatureLoss (e.g. vgg19:dfc123)"
-)
+
+def metric_help() -> str:
+    """``--metric``'s help: the table's names (``%`` escaped for argparse)."""
+    return f"a metric of perceptloss.list_metrics(): {', '.join(list_metrics())}".replace("%", "%%")
+
+
+def metric_descriptions() -> str:
+    """One line per entry of the table, for the epilog of ``score --help``."""
+    names = list_metrics()
+    width = max(map(len, names))
+    return "\n".join(f"  {n:<{width}}  {get_metric(n).description}" for n in names)
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import each ``--plugin MODULE`` (its ``register_metric`` calls add metric names)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ScoreError(f"--plugin {name}: cannot import it ({e}); put its folder on PYTHONPATH or install "
+                             "its package") from None
 
 
 def _missing_weights(name: str, error: WeightsNotFoundError) -> WeightsNotFoundError:
@@ -37,29 +53,27 @@ def _missing_weights(name: str, error: WeightsNotFoundError) -> WeightsNotFoundE
 
 
 def build_metric(name: str, *, weights: str | None = None, dtype: str = "float32") -> torch.nn.Module:
-    """The loss module of metric ``name`` with ``reduction="none"``: (N,) values for (N, 3, H, W) [0, 1] pairs."""
+    """``perceptloss.create_metric(name)``: (N,) values for (N, 3, H, W) [0, 1] pairs; errors as ScoreError."""
     if dtype not in DTYPES:
         raise ScoreError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    from .. import DISTS, LPIPS, FeatureLoss
-
-    trunk = weights if weights is not None else "default"
-    common = dict(reduction="none", dtype=DTYPES[dtype])
     try:
-        match = _LPIPS.match(name)
-        if match:
-            return LPIPS(match.group(1), match.group(2) or "0.1", weights=trunk, **common)
-        if name == "dists":
-            return DISTS(weights=trunk, **common)
-        backbone, sep, layers = name.rpartition(":")
-        if not sep or not backbone or not layers:
-            raise ScoreError(f"unknown metric {name!r}; metrics: {METRIC_HELP}")
-        layer_arg: str | list[str] = layers.split(",") if "," in layers else layers
-        return FeatureLoss(backbone, layer_arg, weights=trunk, **common)
+        return create_metric(name, weights="default" if weights is None else weights, dtype=DTYPES[dtype])
+    except MetricError as e:
+        raise ScoreError(str(e)) from None
     except WeightsNotFoundError as e:
         raise _missing_weights(name, e) from None
     except (KeyError, ValueError, TypeError) as e:
         text = e.args[0] if isinstance(e, KeyError) and e.args else e
         raise ScoreError(f"metric {name}: {text}") from None
+
+
+def signature_of(name: str, metric: torch.nn.Module) -> str:
+    """The metric's ``.signature``; for a module of your own without one, its name, class and torch version."""
+    signature = getattr(metric, "signature", None)
+    if isinstance(signature, str) and signature:
+        return signature
+    cls = type(metric)
+    return f"metric:{name}|class:{cls.__module__}.{cls.__qualname__}|weights:unknown|torch:{torch.__version__}"
 
 
 def parse_weights(options: list[str], metrics: list[str]) -> dict[str, str]:
