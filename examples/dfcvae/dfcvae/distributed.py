@@ -57,6 +57,12 @@ def pick_device(name: str | None, local_rank: int = 0, world: int = 1) -> torch.
     return torch.device("cuda", index)
 
 
+def process_device(name: str | None) -> torch.device:
+    """This process's device for ``--device name``: :func:`pick_device` with torchrun's local rank and world size."""
+    world, _, local_rank = launch_env()
+    return pick_device(name, local_rank, world)
+
+
 class Distributed:
     """The process group of a torchrun job (a no-op for single-process runs).
 

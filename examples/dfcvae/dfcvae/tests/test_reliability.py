@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dfcvae import celeba, checkpointing, report, train, vae
+from dfcvae.training.folder import LOCK_FILE
 
 from .helpers import make_celeba, train_tiny
 
@@ -221,7 +222,7 @@ def test_overwrite_with_a_bad_argument_keeps_the_previous_run(data_dir, tmp_path
     assert train_tiny(data_dir, out, "--max-steps", "3", "--overwrite") == 0  # now the run starts: moved aside
     (aside,) = tmp_path.glob("x.previous-*")
     assert f"moved the previous run in {out} to {aside}" in capsys.readouterr().err
-    run_files = {k: v for k, v in before.items() if str(k) != train.LOCK_FILE}  # the lock file stays in --out
+    run_files = {k: v for k, v in before.items() if str(k) != LOCK_FILE}  # the lock file stays in --out
     assert {p.relative_to(aside): p.read_bytes() for p in aside.rglob("*") if p.is_file()} == run_files
     assert _steps(out) == [1, 2, 3] and torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
 

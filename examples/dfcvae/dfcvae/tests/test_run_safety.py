@@ -14,6 +14,7 @@ import torch
 from perceptloss.weights import sha256_file
 
 from dfcvae import files, objective, pretrained, report, train, vae
+from dfcvae.training import loop, session
 
 from .helpers import make_celeba, train_tiny
 
@@ -107,15 +108,15 @@ def test_resuming_another_runs_checkpoint_into_a_folder_holding_a_run_needs_over
 def test_a_second_run_on_the_same_out_fails_at_once(data_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "shared"
     second = {}
-    real_load_data = train.load_data
+    real_load_data = session.load_data
 
-    def load_data_then_start_another(args, dist):  # the first run has passed its checks: a second one starts now
+    def load_data_then_start_another(config, dist):  # the first run has passed its checks: a second one starts now
         if not second:
             second["code"] = train_tiny(data_dir, out, "--max-steps", "3")
             second["err"] = capsys.readouterr().err
-        return real_load_data(args, dist)
+        return real_load_data(config, dist)
 
-    monkeypatch.setattr(train, "load_data", load_data_then_start_another)
+    monkeypatch.setattr(session, "load_data", load_data_then_start_another)
     assert train_tiny(data_dir, out, "--max-steps", "2") == 0
     assert second["code"] == 2
     line = second["err"].strip().splitlines()[-1]
@@ -220,7 +221,8 @@ def test_a_diverged_feature_loss_run_is_one_line_not_a_traceback(data_dir, tmp_p
         return result
 
     monkeypatch.setattr(torch.optim.Adam, "step", nan_weights)
-    monkeypatch.setattr(train, "save_checkpoint", lambda *a, **k: pytest.fail("a checkpoint was written"))
+    for module in (loop, session):  # the loop's saves and the last one
+        monkeypatch.setattr(module, "save_checkpoint", lambda *a, **k: pytest.fail("a checkpoint was written"))
     assert train_tiny(data_dir, out, "--preset", "vae123", "--weights", "none", "--max-steps", "3",
                       "--log-every", "100", "--checkpoint-every", "100") == 1
     line = _last_error(capsys)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dfcvae import objective, train, vae
+from dfcvae.training import config
 
 from .helpers import make_celeba, train_tiny
 
@@ -264,22 +265,22 @@ def test_random_states_of_other_hosts_and_layouts_are_remapped(two_gpus, monkeyp
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "off")])
 def test_amp_auto_follows_the_hardware(native, expected, monkeypatch):
-    monkeypatch.setattr(train, "bf16_native", lambda device: (native, "a reason"))
+    monkeypatch.setattr(config, "bf16_native", lambda device: (native, "a reason"))
     assert train.parse_args([]).amp is None  # the default is auto
     for asked in (None, "auto"):
-        assert train.resolve_amp(asked, torch.device("cpu")) == (expected, "auto: a reason")
-    assert train.resolve_amp("fp16", torch.device("cpu"))[0] == "fp16"  # an explicit choice is kept
+        assert config.resolve_amp(asked, torch.device("cpu")) == (expected, "auto: a reason")
+    assert config.resolve_amp("fp16", torch.device("cpu"))[0] == "fp16"  # an explicit choice is kept
 
 
 def test_amp_is_recorded_and_kept_on_resume(data_dir, tmp_path, monkeypatch, capsys):
     import json
 
-    monkeypatch.setattr(train, "bf16_native", lambda device: (False, "no bf16 instructions"))
+    monkeypatch.setattr(config, "bf16_native", lambda device: (False, "no bf16 instructions"))
     out = tmp_path / "amp"
     assert run(data_dir, out, "--max-steps", "1") == 0
     assert "amp: off (auto: no bf16 instructions)" in capsys.readouterr().err
     assert json.loads((out / "config.json").read_text())["amp"] == "off"
-    monkeypatch.setattr(train, "bf16_native", lambda device: (True, "bf16 instructions"))  # another machine
+    monkeypatch.setattr(config, "bf16_native", lambda device: (True, "bf16 instructions"))  # another machine
     assert run(data_dir, out, "--max-steps", "2", "--resume") == 0
     assert "amp: off (kept from the run being resumed)" in capsys.readouterr().err
     assert json.loads((out / "config.json").read_text())["amp"] == "off"
