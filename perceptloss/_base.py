@@ -36,7 +36,7 @@ from ._options import LossOptions, options_signature, resolve_options, with_opti
 from ._sizes import ImageTooSmallError, too_small_message
 from ._validation import check_image_pair, check_layer_weights, check_values
 from .channels import channel_policy
-from .backbones.base import FeatureExtractor
+from ._extractor import FeatureExtractor
 from .criteria import Criterion, check_criterion
 from .factory import create_backbone
 from .hardware import autocast_warning, resolve_dtype, warn_if_emulated

@@ -2,7 +2,7 @@
 
 It lives outside ``perceptloss.backbones`` (whose ``__init__`` imports, and so registers, every family) so that
 the registry and the weights package can name the type a backbone's builder returns without importing a family;
-``perceptloss.backbones.base`` re-exports it for the families."""
+the families import it from here."""
 from __future__ import annotations
 
 import torch

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from ._validation import suggest
-from .backbones.base import FeatureExtractor
+from ._extractor import FeatureExtractor
 from .backbones.module import ModuleFeatures
 from .preprocessing import CAFFE, IDENTITY, IMAGENET, Normalization
 from .registry import BackboneSpec, get_backbone, resolve_layers

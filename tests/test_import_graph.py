@@ -3,7 +3,7 @@
 The graph is read from the source with ``ast``: every ``import`` / ``from ... import`` of a perceptloss module
 anywhere in a module (function bodies and ``if TYPE_CHECKING:`` blocks included: a type name is a dependency all
 the same, and a cycle through one is a layering cycle that the next runtime import closes) is an edge to the
-module it names, and to the subpackages above it (importing ``perceptloss.backbones.base`` runs
+module it names, and to the subpackages above it (importing ``perceptloss.backbones.vgg`` runs
 ``perceptloss/backbones/__init__.py`` first). The root package ``perceptloss`` is an edge only when a module
 imports from it by name (``from perceptloss import FeatureLoss``), not as the parent every submodule has.
 """
@@ -143,7 +143,7 @@ def test_the_graph_sees_module_function_and_type_checking_imports():
     graph = import_graph()
     assert "perceptloss.registry" in graph["perceptloss.backbones.vgg"]  # module level, relative ``..``
     assert "perceptloss.weights" in graph["perceptloss.backbones.timm_backbone"]  # inside hub_offline_if_requested
-    assert "perceptloss.backbones" in graph["perceptloss._base"]  # the parent package of backbones.base
+    assert "perceptloss.backbones" in graph["perceptloss.tiling"]  # the parent package of backbones.sequential
     assert "perceptloss._extractor" in graph["perceptloss.registry"]  # under TYPE_CHECKING only
     assert "perceptloss" not in graph["perceptloss._ops"]  # ``from . import _C``: the compiled operator
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from .base import FeatureExtractor
+from .._extractor import FeatureExtractor
 from .._validation import unknown_name_error
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .._sizes import min_input_size
-from .base import FeatureExtractor
+from .._extractor import FeatureExtractor
 
 
 class SequentialFeatures(FeatureExtractor):

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .base import FeatureExtractor
+from .._extractor import FeatureExtractor
 from .._validation import suggest, unknown_name_error
 from ..preprocessing import Normalization
 from ..registry import BackboneSpec, register_resolver
