@@ -31,15 +31,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._dtypes import accumulation_dtype, cast_to_network_dtype, network_dtype
+from ._network_dtype import NetworkDtype
 from ._layout import check_memory_format, to_activation_layout
 from ._options import LossOptions, options_signature, resolve_options, with_options_doc
 from ._sizes import ImageTooSmallError, too_small_message
+from ._frozen import NetworkKeysOnLoad, omit_network_keys
+from ._target import FixedTarget
 from ._validation import check_image_pair, check_layer_weights, check_values
 from .channels import channel_policy
 from ._extractor import FeatureExtractor
 from .criteria import Criterion, check_criterion
 from .factory import create_backbone
-from .hardware import autocast_warning, resolve_dtype, warn_if_emulated
+from .hardware import autocast_warning
 from .preprocessing import Normalization, Preprocess
 
 Reduction = Literal["mean", "sum", "none"]
@@ -56,8 +59,6 @@ class PerceptualLoss(nn.Module):
     defaults, ``_option_defaults``) when the subclass is defined.
     """
 
-    #: How many representations a target holds; ``set_target`` stores them as buffers ``_target{k}``.
-    _num_targets: int
     #: Defaults of common options that differ for this loss (e.g. ``{"reduction": "none"}``).
     _option_defaults: ClassVar[dict[str, object]] = {}
     #: True when the loss's layers are part of its definition (LPIPS, DISTS): no "shallower layers" advice.
@@ -80,10 +81,7 @@ class PerceptualLoss(nn.Module):
             setattr(self, name, value)
         self.channel_policy = channel_policy(self.channels, self.channel_reduction)
         self.input_range: tuple[float, float]
-        dtype = self._dtype_option
-        self._dtype_request = dtype if isinstance(dtype, str) else None
-        self._net_dtype = resolve_dtype(dtype, "cpu")  # "auto" follows the device again on .to()/.cuda()
-        self._dtype_device = "cpu"
+        self.network_dtype = NetworkDtype(self._dtype_option)  # "auto" follows the device on .to()/.cuda()
         if self.checkpoint and self.share_module:
             raise ValueError(
                 "checkpoint=True with share_module=True would run your module's forward twice per step (its "
@@ -91,11 +89,11 @@ class PerceptualLoss(nn.Module):
                 "share_module=False for a frozen copy"
             )
         self._min_sizes: dict[str, tuple[int, int]] | None = None
-        self._num_targets = 0
-        self._target_samples = 0  # the batch size of set_target's images (1: compared with every input)
-        self._register_state_dict_hook(_omit_network_keys)
-        self._register_load_state_dict_pre_hook(_refuse_network_keys, with_module=True)
-        self.register_load_state_dict_post_hook(_network_keys_are_not_missing)
+        self.fixed = FixedTarget()  # set_target's representation
+        on_load = NetworkKeysOnLoad()
+        self._register_state_dict_hook(omit_network_keys)
+        self._register_load_state_dict_pre_hook(on_load.refuse, with_module=True)
+        self.register_load_state_dict_post_hook(on_load.not_missing)
 
     # ------------------------------------------------------------------------------------------ network
 
@@ -105,29 +103,17 @@ class PerceptualLoss(nn.Module):
         A shared module (``share_module=True``) is the owner's and keeps its own dtype: a ``dtype=`` it does
         not have cannot apply and is refused (converting it would change the owner's model).
         """
-        if getattr(net, "shared", False) and self._net_dtype is not None:
-            own = network_dtype(net)
-            if self._dtype_request == "auto" or (own is not None and own != self._net_dtype):
-                asked = "'auto'" if self._dtype_request == "auto" else str(self._net_dtype)
-                raise ValueError(
-                    f"share_module=True reads your module as it is, in its own dtype ({own}), so dtype={asked} cannot "
-                    f"apply (converting it would change your model): convert the module yourself (module.to(dtype)) "
-                    f"and leave dtype unset, run the loss under torch.autocast, or drop share_module=True for a "
-                    f"private frozen copy in that dtype"
-                )
+        shared = bool(getattr(net, "shared", False))
+        self.network_dtype.install(net, shared)
         self.net = net
         self.layers: tuple[str, ...] = ("image",) * self.image_tap + tuple(net.layers)
-        if self.share_module and not getattr(net, "shared", False):
+        if self.share_module and not shared:
             raise ValueError(
                 f"share_module=True reads an nn.Module backbone itself, but {type(self).__name__} runs its own "
                 f"frozen network; pass share_module=False, or the module as the backbone of a FeatureLoss"
             )
         self._min_sizes = net.min_input_sizes()
-        if self._net_dtype is not None and not getattr(net, "shared", False):
-            self.net.to(self._net_dtype)
         self.preprocess = Preprocess(normalization, self.input_range, self._constant_dtype)
-        if self._dtype_request is None:
-            warn_if_emulated(self._net_dtype, "cpu")
 
     def _use_backbone(
         self,
@@ -157,7 +143,7 @@ class PerceptualLoss(nn.Module):
         """The dtype of the loss's constants (preprocessing, α/β, heads): float64 in a float64 loss, float32 in
         every other (a 16-bit loss accumulates its statistics in float32, so its constants stay float32)."""
         net = getattr(self, "net", None)
-        dtype = (network_dtype(net) if net is not None else None) or self._net_dtype or torch.float32
+        dtype = (network_dtype(net) if net is not None else None) or self.network_dtype.dtype or torch.float32
         return accumulation_dtype(dtype)
 
     @property
@@ -168,12 +154,8 @@ class PerceptualLoss(nn.Module):
     def _apply(self, fn, recurse: bool = True):
         """``.to()`` / ``.cuda()`` move everything; with ``dtype="auto"`` the network's dtype follows the device."""
         out = super()._apply(fn, recurse)
-        if self._dtype_request == "auto" and hasattr(self, "net"):
-            device = next((t.device for t in self.net.buffers()), None)
-            if device is not None and device.type != self._dtype_device:
-                self._dtype_device = device.type
-                self._net_dtype = resolve_dtype("auto", device)
-                self.net.to(self._net_dtype)
+        if hasattr(self, "net"):
+            self.network_dtype.follow_device(self.net)
         return out
 
     def to(self, *args, **kwargs):
@@ -306,30 +288,25 @@ class PerceptualLoss(nn.Module):
 
         ``target``: (1 or N, C, H, W) images in ``input_range`` (C as the channel policy accepts: 3 by
         default); a batch of 1 is compared with every input. No gradient flows to it. The representation is kept in buffers (not saved in ``state_dict``), so it
-        follows ``.to()``, ``.cuda()`` and ``.half()``. Returns self.
+        follows ``.to()``, ``.cuda()`` and ``.half()`` (``self.fixed``). Returns self.
         """
-        for k in range(self._num_targets):
-            delattr(self, f"_target{k}")
-        self._num_targets = 0
         if target is None:
+            self.fixed.clear()
             return self
         self.check(target=target)
-        for k, r in enumerate(self.representation(self.features(self.split_channels(target)))):
-            self.register_buffer(f"_target{k}", r.detach(), persistent=False)
-        self._num_targets = len(self.layers)
-        self._target_samples = int(target.shape[0])
-        self._target_channels = int(target.shape[1])
+        representation = self.representation(self.features(self.split_channels(target)))
+        self.fixed.set(representation, samples=int(target.shape[0]), channels=int(target.shape[1]))
         return self
 
     @property
     def has_target(self) -> bool:
         """True when ``set_target`` fixed a target."""
-        return self._num_targets > 0
+        return self.fixed.count > 0
 
     @property
     def fixed_representation(self) -> tuple[torch.Tensor, ...]:
         """The representation ``set_target`` keeps, one tensor per layer, as computed (empty when none)."""
-        return tuple(getattr(self, f"_target{k}") for k in range(self._num_targets))
+        return self.fixed.tensors
 
     def fixed_target(
         self,
@@ -344,35 +321,7 @@ class PerceptualLoss(nn.Module):
         channels become rows of its representation, and another C would pair input sample i with target
         channel (or group) i. ``windows``: per layer, the (rows, columns) of the kept maps to use (a tile's).
         """
-        if not self._num_targets:
-            raise ValueError(
-                "no target: call loss(input, target), or fix a target once with loss.set_target(target)"
-            )
-        target_c = getattr(self, "_target_channels", None)
-        if channels is not None and target_c is not None and int(channels) != target_c:
-            raise ValueError(
-                f"the target fixed with set_target has {target_c} channel(s) but the input has {int(channels)} "
-                f"(channels={self.channel_policy.mode!r}): their channel layouts must match, else input images would "
-                f"be paired with the wrong target channels; pass inputs of {target_c} channel(s), or call "
-                f"loss.set_target(target) with a target of {int(channels)} channel(s)"
-            )
-        out = []
-        for k, (name, r) in enumerate(zip(self.layers, input_repr)):
-            t = getattr(self, f"_target{k}")
-            if windows is not None:
-                t = t[..., windows[k][0], windows[k][1]]
-            if n is not None and self._target_samples == 1 and n > 1 and t.shape[0] > 1 and t.shape[0] * n == r.shape[0]:
-                t = self.channel_policy.expand_target(t, n)  # one target sample of G > 1 groups, for N samples
-            if t.shape[1:] != r.shape[1:] or t.shape[0] not in (1, r.shape[0]):
-                raise ValueError(
-                    f"layer {name}: the input gives {tuple(r.shape)} but the target set with set_target gave "
-                    f"{tuple(getattr(self, f'_target{k}').shape)}; use images of the target's size and a target "
-                    f"batch of 1 or N"
-                )
-            if t.device != r.device or t.dtype != r.dtype:
-                t = t.to(device=r.device, dtype=r.dtype)
-            out.append(t.expand_as(r))
-        return out
+        return self.fixed.paired_with(input_repr, self.layers, self.channel_policy, n, channels, windows)
 
     # ------------------------------------------------------------------------------------------ the loss
 
@@ -434,40 +383,3 @@ def reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "sum":
         return per_sample.sum()
     return per_sample
-
-
-def _omit_network_keys(module: PerceptualLoss, state_dict, prefix, local_metadata) -> None:
-    """Leave the network's weights out of the loss's (and so its parent model's) ``state_dict``.
-
-    They come from the weights cache (or, with ``share_module=True``, belong to the module's owner): a model
-    holding a loss does not carry 50 MB of VGG in every checkpoint, and changing the loss's layers does not
-    break loading. ``loss.net.state_dict()`` still gives them.
-    """
-    for key in [k for k in state_dict if k.startswith(prefix + "net.")]:
-        del state_dict[key]
-
-
-def _refuse_network_keys(module: PerceptualLoss, state_dict, prefix, local_metadata, strict, missing, unexpected,
-                         errors) -> None:
-    """Loading never writes the frozen network: ``<prefix>net.*`` tensors in a state dict are unexpected keys.
-
-    ``state_dict()`` leaves them out, and the network's weights come from ``weights=`` at construction, so a
-    strict load refuses a state dict that has them (torch's "Unexpected key(s)" error names them) and a
-    non-strict one ignores them. Also notes the loss's prefix for ``_network_keys_are_not_missing``.
-    """
-    module._load_prefix = prefix
-    found = [k for k in state_dict if k.startswith(prefix + "net.")]
-    for key in found:
-        del state_dict[key]  # torch.nn.Module.load_state_dict passes a copy: the caller's dict is unchanged
-    unexpected.extend(found)
-
-
-def _network_keys_are_not_missing(module: PerceptualLoss, incompatible_keys) -> None:
-    """A strict ``load_state_dict`` of what ``state_dict()`` gave does not report the network as missing.
-
-    The network's weights are left out of the state dict (``_omit_network_keys``): they come with the loss's
-    construction, so loading does not ask for them. Every other key is reported as usual.
-    """
-    net_prefix = getattr(module, "_load_prefix", "") + "net."
-    missing = incompatible_keys.missing_keys
-    missing[:] = [k for k in missing if not k.startswith(net_prefix)]

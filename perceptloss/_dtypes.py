@@ -64,3 +64,4 @@ def functorch_transform_active() -> bool:
         return torch._C._functorch.peek_interpreter_stack() is not None
     except Exception:  # pragma: no cover - older torch
         return False
+

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Mapping, Sequence, Unpack
 
-import torch
 from torch import nn
 
 from ._base import PerceptualLoss

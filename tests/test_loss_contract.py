@@ -195,13 +195,13 @@ def test_set_target_follows_to_and_half(make_loss):
     y = torch.rand(1, 3, 64, 64)
     loss.set_target(y)
     buffers = dict(loss.named_buffers())
-    assert "_target0" in buffers and "_target0" not in loss.state_dict()
+    assert "fixed.layer0" in buffers and "fixed.layer0" not in loss.state_dict()
     loss.to(torch.float64)
-    assert loss._target0.dtype == torch.float64
+    assert loss.fixed_representation[0].dtype == torch.float64
     x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
     loss(x)
     loss.set_target(None)
-    assert not loss.has_target and "_target0" not in dict(loss.named_buffers())
+    assert not loss.has_target and "fixed.layer0" not in dict(loss.named_buffers())
 
 
 def test_dtype_auto_follows_the_hardware(monkeypatch):
