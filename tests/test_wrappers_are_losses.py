@@ -39,3 +39,20 @@ def test_metric_of_a_tiled_loss():
     metric.update(x, y)
     assert torch.allclose(metric.compute(), loss(x, y).mean(), rtol=1e-5)
     assert metric.signature == tiled(loss, tile=32).signature
+
+
+def test_a_tiled_loss_is_a_metric_of_the_table(tmp_path, monkeypatch):
+    """A factory returning a wrapper goes through the metric table (the CLI's --metric module:factory)."""
+    (tmp_path / "tiled_metrics.py").write_text(
+        "import perceptloss\n\n"
+        "def shallow(weights='default'):\n"
+        "    loss = perceptloss.FeatureLoss('vgg19', ['relu1_1'], weights=None, reduction='none')\n"
+        "    return perceptloss.tiled(loss, tile=32)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from perceptloss import create_metric
+
+    metric = create_metric("tiled_metrics:shallow")
+    x, y = torch.rand(2, 3, 48, 48), torch.rand(2, 3, 48, 48)
+    assert torch.allclose(metric(x, y), metric.loss(x, y), rtol=1e-5)
+    assert parse_signature(metric.signature)["tile"] == "32/halo=auto"
