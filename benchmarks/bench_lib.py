@@ -214,27 +214,6 @@ def plain_op_twin(a, b) -> Callable[[], object]:
     return run
 
 
-def without_grad_cache(fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` with the fused backward's gradient-memory cache off (fresh buffers every call)."""
-    def run():
-        before = perceptloss.backends.cpu.set_grad_cache(False)
-        try:
-            return fn()
-        finally:
-            perceptloss.backends.cpu.set_grad_cache(before)
-    return run
-
-
-def without_streaming(fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` with the fused CPU backward's streaming off (ordinary gradient stores at every size)."""
-    from perceptloss.backends.cpu import forced_streaming_threshold
-
-    def run():
-        with forced_streaming_threshold(-1):
-            return fn()
-    return run
-
-
 def proc_status_mib(field: str) -> float:
     """A memory figure of this process from /proc/self/status (Linux), e.g. "VmRSS" or "VmHWM" (peak), in MiB."""
     with open("/proc/self/status") as f:
@@ -350,15 +329,6 @@ def machine_info(device: str) -> dict[str, str]:
            "ONEDNN_MAX_CPU_ISA": (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
                                   or "not set"),
            "perceptloss CPU kernel level": kernel_level()}
-    try:
-        from perceptloss.backends import cpu
-
-        llc, threshold = cpu.last_level_cache_bytes(), cpu.streaming_threshold_bytes()
-        out["perceptloss CPU streaming"] = (
-            ("never" if threshold < 0 else f"non-temporal gradient stores for calls over {threshold / 2**20:.0f} MiB")
-            + (f" (last-level cache {llc / 2**20:.0f} MiB)" if llc else " (last-level cache size unknown)"))
-    except Exception:  # noqa: BLE001 - no fused CPU operator, or one without the streaming policy
-        pass
     try:
         from perceptloss import hardware
 

@@ -1,14 +1,17 @@
-"""Do the fused operator's CPU runtime knobs pay on the whole loss? Interleaved fwd+bwd timings of FeatureLoss.
+"""Do the fused operator's CPU kernel levels pay on the whole loss? Interleaved fwd+bwd timings of FeatureLoss.
 
     python benchmarks/cpu_knobs.py [--reps 15] [--out benchmarks/results/cpu_knobs.md]
 
-The knobs (``perceptloss.backends.cpu``): the gradient-memory cache, non-temporal "streaming" stores in the
-backward, and the per-ISA kernel levels (``forced_kernel_level("DEFAULT")``: the kernels compiled without AVX2 /
-AVX-512). Each is switched off alone against the default (and streaming forced on as a CPU with an 8 MiB
-last-level cache would have it, since a large-cache CPU never streams these calls), on ``FeatureLoss("vgg19", LAYERS)`` forward+backward
-(random trunk), for the cases below; the configurations run interleaved (one call of each in turn, in a fresh
-random order per round), and the table gives each one's median time relative to the default in the same run.
-Run it natively and under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` with nothing else on the machine.
+The knob (``perceptloss.backends.cpu``): the per-ISA kernel levels (``forced_kernel_level("DEFAULT")``: the
+kernels compiled without AVX2 / AVX-512), switched off against the default on ``FeatureLoss("vgg19", LAYERS)``
+forward+backward (random trunk), for the cases below; the configurations run interleaved (one call of each in
+turn, in a fresh random order per round), and the table gives each one's median time relative to the default in
+the same run. Run it natively and under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` with nothing else on
+the machine.
+
+The tables in ``benchmarks/results/cpu_knobs_native.md`` and ``cpu_knobs_avx2.md`` were measured before the
+gradient-memory cache and the non-temporal "streaming" stores were deleted (2026-12-06): their "no grad cache",
+"no streaming" and "streaming as 8 MiB L3" columns are configurations this script no longer has.
 """
 from __future__ import annotations
 
@@ -38,18 +41,7 @@ CASES = [
 def configurations() -> dict[str, contextlib.AbstractContextManager | None]:
     """Name -> a context that switches one knob off (None: the default)."""
     levels = backend.kernel_levels()
-
-    @contextlib.contextmanager
-    def no_grad_cache():
-        before = backend.set_grad_cache(False)
-        try:
-            yield
-        finally:
-            backend.set_grad_cache(before)
-
-    out = {"default": None, "no grad cache": no_grad_cache, "no streaming": lambda: backend.forced_streaming_threshold(-1),
-           # what an 8 MiB last-level cache (Zen 1-class EPYC) would choose: stream calls over 16 MiB
-           "streaming as 8 MiB L3": lambda: backend.forced_streaming_threshold(16 << 20)}
+    out = {"default": None}
     if len(levels) > 1:
         out[f"kernels {levels[0]}"] = lambda: backend.forced_kernel_level(levels[0])
     return out

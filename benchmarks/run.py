@@ -78,9 +78,6 @@ def operator_cells(device: str, cases: list[str], dtypes: list[torch.dtype], has
             if has_fused:
                 fwd = {"fused op": lambda a=a, b=b, w=w: bl.fused(a, b, w), **fwd}
                 bwd = {"fused op": grad(bl.fused), **bwd}
-                if device == "cpu":
-                    bwd["fused op, no streaming"] = bl.without_streaming(grad(bl.fused))
-                    bwd["fused op, gradient cache off"] = bl.without_grad_cache(grad(bl.fused))
             bwd["plain-op twin: read pass, then sub(a, b, out=reused)"] = bl.plain_op_twin(a, b)
             cells[(case, _dt(dtype))] = (nbytes, fwd, bwd)
     return cells
@@ -117,10 +114,7 @@ def bench_operator(device: str, repeats: int, cases: list[str], dtypes: list[tor
                "relu1_1..relu5_1 feature shapes, `a` requires grad, `b` does not. Read floor: the faster of one "
                "`torch.dot(a, b)` and one `a.sum() + b.sum()` per layer (each element read once). torch.compile "
                "compiles the per-sample eager distance (`feature_distance_reference`), dynamic=False, built once "
-               "(one compiled function, one graph per input signature). \"gradient cache off\" allocates fresh "
-               "gradient buffers every call (`perceptloss.backends.cpu.set_grad_cache(False)`). \"no streaming\": the backward with ordinary "
-               "gradient stores (`perceptloss.backends.cpu.forced_streaming_threshold(-1)`; by default calls touching "
-               "more than twice the last-level cache store the gradient non-temporally). \"plain-op twin\": the same "
+               "(one compiled function, one graph per input signature). \"plain-op twin\": the same "
                "memory traffic with plain eager ops, a read pass over a and b, then `torch.sub(a, b, out=g)` into "
                "a buffer allocated once: what a backward with ordinary stores into already-mapped memory costs at "
                "best (e.g. a compiled backward when the allocator recycles its memory).")

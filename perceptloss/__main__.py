@@ -98,13 +98,6 @@ def _print_info() -> None:
     if _ops.has_kernel("cpu"):
         print(f"CPU kernel level: {cpu.kernel_level()} (built and runnable here: "
               f"{', '.join(cpu.kernel_levels())}; ATEN_CPU_CAPABILITY lowers it)")
-        print(f"CPU gradient cache: {cpu.cache_bytes() / 2**20:.0f} MiB held "
-              "(PERCEPTLOSS_CPU_GRAD_CACHE=0 turns it off)")
-        llc, threshold = cpu.last_level_cache_bytes(), cpu.streaming_threshold_bytes()
-        llc_text = f"last-level cache {llc / 2**20:.0f} MiB" if llc else "last-level cache size unknown"
-        when = "never" if threshold < 0 else f"calls over {threshold / 2**20:.0f} MiB"
-        print(f"CPU streaming (non-temporal gradient stores): {when} ({llc_text}; "
-              "PERCEPTLOSS_CPU_STREAMING=0 turns it off)")
     if torch.cuda.is_available():
         print(f"CUDA: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")
     from .hardware import auto_dtype, bf16_native

@@ -1,7 +1,7 @@
 """The ``PERCEPTLOSS_*`` environment variables: the one table of them, and how a flag is read.
 
-**At run time** the package reads these six (a flag is on when set to anything but ``""``, ``0`` or
-``false``; the two CPU settings are read once, at their first use, and are off only for ``0`` or ``false``):
+**At run time** the package reads these four (a flag is on when set to anything but ``""``, ``0`` or
+``false``):
 
 | Variable | Default | Effect |
 |---|---|---|
@@ -9,8 +9,6 @@
 | ``PERCEPTLOSS_OFFLINE`` | off | never download (weights, and timm's Hugging Face Hub); ``HF_HUB_OFFLINE=1`` does the same |
 | ``PERCEPTLOSS_NO_EXT_WARNING`` | off | no ``FusedOperatorUnavailableWarning`` at import when the operator is not built |
 | ``PERCEPTLOSS_DISABLE_EXT`` | off | do not load the built operator (``HAS_EXT`` is False): for tests of the pure-PyTorch path |
-| ``PERCEPTLOSS_CPU_GRAD_CACHE`` | on | ``0``: the CPU backward allocates its gradients afresh (``perceptloss.backends.cpu.set_grad_cache``) |
-| ``PERCEPTLOSS_CPU_STREAMING`` | on | ``0``: the CPU backward never uses non-temporal stores (``perceptloss.backends.cpu``) |
 
 **At build time** ``setup.py`` (``pip install``) reads three more, besides torch's ``FORCE_CUDA``,
 ``CUDA_HOME``, ``TORCH_CUDA_ARCH_LIST``, ``MAX_JOBS`` and ``USE_NINJA``:

@@ -1,5 +1,5 @@
-"""The CPU kernels at every built instruction level, the level choice, the streaming policy and the backward's
-gradient-memory cache."""
+"""The CPU kernels at every built instruction level, the level choice, and the backward's gradients when they
+are held, retained or accumulated."""
 import os
 import subprocess
 import sys
@@ -8,8 +8,7 @@ import pytest
 import torch
 
 import perceptloss
-from perceptloss.backends.cpu import (cache_bytes, forced_kernel_level, forced_streaming_threshold, kernel_level,
-                                      kernel_levels, last_level_cache_bytes, streaming_threshold_bytes)
+from perceptloss.backends.cpu import forced_kernel_level, kernel_level, kernel_levels
 from perceptloss.functional import feature_distance_reference
 
 from .test_fused_op import SHAPES, TOL, make
@@ -80,57 +79,9 @@ def test_aten_cpu_capability_lowers_the_level(env, expected):
     assert out.stdout.strip().splitlines()[-1] == expected
 
 
-# ------------------------------------------------------------------------------------ streaming
+# ------------------------------------------------------------------------------------ held gradients
 
-
-@pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("p", [1, 2])
-def test_streaming_changes_no_result(level, dtype, p):
-    # Non-temporal gradient stores: results and gradients are bit-identical with streaming always on
-    # (threshold 0) and off (-1), with vector tails, many work items and channels_last.
-    a, b, w = make(3, [(64, 33, 31), (16, 64, 65), (512, 2, 2)], dtype, "cpu")
-    a[0] = a[0].to(memory_format=torch.channels_last)
-    b[0] = b[0].to(memory_format=torch.channels_last)
-    a = [t.requires_grad_() for t in a]
-    runs = []
-    with forced_kernel_level(level):
-        for threshold in (0, -1):
-            with forced_streaming_threshold(threshold):
-                out = op(a, b, w, p)
-                runs.append((out, *torch.autograd.grad(out, a, torch.ones_like(out))))
-    for on, off in zip(*runs):
-        assert torch.equal(on, off)
-
-
-def test_streaming_threshold_is_twice_the_last_level_cache():
-    llc = last_level_cache_bytes()
-    if os.path.exists("/sys/devices/system/cpu/cpu0/cache/index0/size"):
-        assert llc > 0
-    assert streaming_threshold_bytes() == (2 * llc if llc else -1)
-    with forced_streaming_threshold(123):
-        assert streaming_threshold_bytes() == 123
-    assert streaming_threshold_bytes() == (2 * llc if llc else -1)
-
-
-@pytest.mark.parametrize("bad", [-2, 1.5, True])
-def test_streaming_threshold_refuses_what_is_not_a_byte_count(bad):
-    with pytest.raises(ValueError, match="-1 for never"):
-        with forced_streaming_threshold(bad):
-            pass
-
-
-@pytest.mark.parametrize("value", ["0", pytest.param("false", marks=pytest.mark.slow)])
-def test_streaming_can_be_turned_off_by_the_environment(value):
-    code = "import perceptloss.backends.cpu as k; print(k.streaming_threshold_bytes())"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PERCEPTLOSS_CPU_STREAMING": value},
-                         capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "-1"
-
-
-# ------------------------------------------------------------------------------------ gradient-memory cache
-
-BIG = [(64, 64, 64), (128, 32, 32)]  # 1 MiB and more per layer in fp32 at N=2: served by the cache
+BIG = [(64, 64, 64), (128, 32, 32)]  # 1 MiB and more per layer in fp32 at N=2
 
 
 def big_features(seed=0):
@@ -144,29 +95,8 @@ def expected_grads(a, b, w):
     return torch.autograd.grad(ref.sum(), a64)
 
 
-def test_freed_gradient_memory_is_reused_and_bounded():
-    perceptloss.backends.cpu.empty_cache()
-    a, b, w = big_features()
-    grads = torch.autograd.grad(op(a, b, w).sum(), a)
-    ptrs = {t.data_ptr() for t in grads}
-    nbytes = sum(t.numel() * t.element_size() for t in grads)
-    del grads  # freed: back to the cache
-    assert cache_bytes() >= nbytes
-    again = torch.autograd.grad(op(a, b, w).sum(), a)
-    assert {t.data_ptr() for t in again} == ptrs
-    for got, exp in zip(again, expected_grads(a, b, w)):
-        torch.testing.assert_close(got.double(), exp)
-    del again
-    for _ in range(5):  # steady state: the cache never holds more than one backward's worth
-        torch.autograd.grad(op(a, b, w).sum(), a)
-        assert cache_bytes() <= 2 * nbytes
-    assert perceptloss.backends.cpu.empty_cache() > 0
-    assert cache_bytes() == 0
-
-
 def test_held_gradients_are_never_overwritten():
     """Retained graph, double forward and a hook that keeps the gradient: the next backward gets new memory."""
-    perceptloss.backends.cpu.empty_cache()
     a, b, w = big_features()
     kept = []
     h = a[0].register_hook(lambda g: kept.append(g))
@@ -191,69 +121,11 @@ def test_held_gradients_are_never_overwritten():
 
 def test_accumulated_parameter_gradients_stay_correct_over_steps():
     """Leaf .grad accumulation across steps (autograd may keep the first gradient tensor as .grad)."""
-    perceptloss.backends.cpu.empty_cache()
     a, b, w = big_features()
     for _ in range(3):
         op(a, b, w).sum().backward()
     for t, exp in zip(a, expected_grads(a, b, w)):
         torch.testing.assert_close(t.grad.double(), 3 * exp)
-
-
-def _grad_ptrs(a, b, w):
-    grads = torch.autograd.grad(op(a, b, w).sum(), a)
-    return sorted(t.data_ptr() for t in grads), sum(t.numel() * t.element_size() for t in grads)
-
-
-def test_reuse_survives_a_mix_of_dtypes_and_shapes():
-    """fp32 and bf16 gradients of other sizes in between do not evict each other's blocks (issue 17 item 4).
-
-    All sizes together (7.75 MiB) fit the cache's bound, twice the most bytes live at once (4 MiB).
-    """
-    perceptloss.backends.cpu.empty_cache()
-    fp32 = make(2, [(64, 64, 64), (128, 32, 64)], torch.float32, "cpu")  # 2 MiB twice: one size, two blocks
-    bf16 = make(2, [(96, 64, 64), (64, 64, 64)], torch.bfloat16, "cpu")  # 1.5 MiB and 1 MiB
-    wide = make(1, [(128, 64, 40)], torch.float32, "cpu")                 # 1.25 MiB, another shape
-    cases = [([t.requires_grad_() for t in a], b, w) for a, b, w in (fp32, bf16, wide)]
-    first = [_grad_ptrs(*c) for c in cases]
-    most_live = max(nbytes for _, nbytes in first)
-    for _ in range(3):
-        for c, (ptrs, _) in zip(cases, first):
-            assert _grad_ptrs(*c)[0] == ptrs  # the very blocks of the previous round: no fresh memory
-            assert cache_bytes() <= 2 * most_live
-    for c in cases:  # still correct
-        a, b, w = c
-        got = torch.autograd.grad(op(a, b, w).sum(), a)
-        for x, e in zip(got, expected_grads(a, b, w)):
-            torch.testing.assert_close(x.double(), e, **TOL[a[0].dtype])
-
-
-def test_sizes_no_longer_used_are_freed():
-    """A size not requested for two epochs (2 x 256 requests) leaves the cache."""
-    perceptloss.backends.cpu.empty_cache()
-    old, _, _ = big_features()
-    a, b, w = big_features()
-    old_ptrs, _ = _grad_ptrs(a, b, w)
-    small = [torch.rand(2, 1 << 17, requires_grad=True)]  # 1 MiB per gradient, another size
-    target = [torch.rand(2, 1 << 17)]
-    for _ in range(2 * 256 + 8):
-        torch.autograd.grad(op(small, target, [1.0]).sum(), small)
-    assert cache_bytes() == small[0].numel() * 4
-
-
-def test_cache_off_still_correct():
-    before = perceptloss.backends.cpu.set_grad_cache(False)
-    perceptloss.backends.cpu.empty_cache()
-    try:
-        assert cache_bytes() == 0
-        a, b, w = big_features()
-        grads = torch.autograd.grad(op(a, b, w).sum(), a)
-        del grads
-        assert cache_bytes() == 0
-        again = torch.autograd.grad(op(a, b, w).sum(), a)
-        for got, exp in zip(again, expected_grads(a, b, w)):
-            torch.testing.assert_close(got.double(), exp)
-    finally:
-        perceptloss.backends.cpu.set_grad_cache(before)
 
 
 def test_info_command_names_the_level_in_use(capsys):
@@ -262,4 +134,3 @@ def test_info_command_names_the_level_in_use(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert f"CPU kernel level: {kernel_level()}" in out and "fused operator: kernels for cpu" in out
-    assert "CPU streaming (non-temporal gradient stores): " in out

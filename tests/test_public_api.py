@@ -28,7 +28,7 @@ def test_star_import_gives_exactly_all():
 
 
 @pytest.mark.parametrize("name", [
-    "cpu_kernel_level", "cpu_kernel_levels", "empty_cpu_cache", "set_cpu_grad_cache", "has_kernel",
+    "cpu_kernel_level", "cpu_kernel_levels", "has_kernel",
 ])
 def test_operator_tuning_is_not_top_level(name):
     assert not hasattr(perceptloss, name)
@@ -48,12 +48,6 @@ def test_backends_namespace():
             cpu.kernel_level()
         return
     assert cpu.kernel_level() in cpu.kernel_levels()
-    before = cpu.set_grad_cache(False)
-    try:
-        assert cpu.set_grad_cache(False) is False  # returns the previous setting
-    finally:
-        cpu.set_grad_cache(before)
-    assert cpu.empty_cache() >= 0 and cpu.cache_bytes() == 0
 
 
 @pytest.mark.parametrize("module, name", [
@@ -70,10 +64,9 @@ def test_what_left_the_top_level_is_in_its_module(module, name):
 
 @pytest.mark.slow
 def test_info_prints_the_cpu_settings():
-    """``python -m perceptloss info`` still reports the kernel level, the gradient cache and streaming."""
+    """``python -m perceptloss info`` still reports the kernel level."""
     out = subprocess.run([sys.executable, "-m", "perceptloss", "info"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     if perceptloss.backends.has_kernel("cpu"):
         level = perceptloss.backends.cpu.kernel_level()
         assert f"CPU kernel level: {level}" in out.stdout
-        assert "CPU gradient cache:" in out.stdout and "CPU streaming" in out.stdout

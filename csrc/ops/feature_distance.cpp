@@ -1,5 +1,5 @@
 // Schema of the perceptloss operators and the argument preparation shared by the CPU and CUDA kernels.
-// Device-neutral: it includes no backend header (each backend passes its allocator to GradBuffers).
+// Device-neutral: it includes no backend header.
 #include "feature_distance.h"
 
 #include <ATen/ops/empty_like.h>
@@ -72,24 +72,14 @@ std::vector<PreparedLayer> prepare_layers(
   return layers;
 }
 
-namespace {
-at::Tensor plain_empty_like(const at::Tensor& like) {
-  return at::empty_like(like);
-}
-}  // namespace
-
-GradBuffers::GradBuffers(at::TensorList inputs, const std::vector<PreparedLayer>& layers, bool needed,
-                         EmptyLike empty_like) {
+GradBuffers::GradBuffers(at::TensorList inputs, const std::vector<PreparedLayer>& layers, bool needed) {
   if (!needed) {
     return;
   }
-  if (empty_like == nullptr) {
-    empty_like = &plain_empty_like;
-  }
   for (size_t l = 0; l < layers.size(); ++l) {
-    at::Tensor o = empty_like(inputs[l]);
+    at::Tensor o = at::empty_like(inputs[l]);
     out.push_back(o);
-    work.push_back(o.strides() == layers[l].a.strides() ? o : empty_like(layers[l].a));
+    work.push_back(o.strides() == layers[l].a.strides() ? o : at::empty_like(layers[l].a));
   }
 }
 

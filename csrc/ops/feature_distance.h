@@ -38,10 +38,6 @@ std::vector<PreparedLayer> prepare_layers(
     at::ArrayRef<double> weights,
     c10::DeviceType device_type);
 
-// How a backend allocates an uninitialised tensor with the sizes, strides and dtype of `like` (the CPU backend
-// passes its cache of freed gradient memory, cpu/grad_buffer_cache.h; CUDA's caching allocator needs none).
-using EmptyLike = at::Tensor (*)(const at::Tensor& like);
-
 // The gradient tensors of the backward for one side (inputs or targets). For each layer, `out[l]` has the
 // strides of the layer's input features (what the fake kernel promises) and `work[l]` is where the kernel
 // writes: the same tensor, unless the input's layout is unfit for flat indexing (then `finish` copies).
@@ -49,9 +45,8 @@ struct GradBuffers {
   std::vector<at::Tensor> out;
   std::vector<at::Tensor> work;
 
-  // Empty when `needed` is false. Tensors come from `empty_like` (at::empty_like when nullptr).
-  GradBuffers(at::TensorList inputs, const std::vector<PreparedLayer>& layers, bool needed,
-              EmptyLike empty_like = nullptr);
+  // Empty when `needed` is false; otherwise uninitialised tensors from at::empty_like.
+  GradBuffers(at::TensorList inputs, const std::vector<PreparedLayer>& layers, bool needed);
   // Raw pointers the kernels write to (nullptr per layer when not needed).
   void* data(size_t layer);
   // Copies work buffers into their outputs where they differ; returns the outputs.

@@ -1,10 +1,9 @@
 """``perceptloss.backends``: where the fused operator runs, and its CPU side's settings (as ``torch.backends``).
 
 - :func:`has_kernel`: whether the fused operator has a kernel for a device type ('cpu', 'cuda').
-- ``perceptloss.backends.cpu``: the CPU kernels' instruction level, gradient-memory cache and streaming.
+- ``perceptloss.backends.cpu``: the CPU kernels' instruction level.
 
-None of it is needed to use the losses. The environment variables that change these settings are in the one
-table of ``PERCEPTLOSS_*`` variables (``perceptloss._env``).
+None of it is needed to use the losses. ``ATEN_CPU_CAPABILITY`` lowers the kernel level as it lowers ATen's.
 
 >>> import perceptloss
 >>> on_cuda = perceptloss.backends.has_kernel("cuda")

@@ -1,12 +1,9 @@
 // CPU entry points of perceptloss::feature_distance: parallel over (layer, sample, chunk) work items with
 // at::parallel_for; each item runs the inner loop of the CPU level in use (kernels/feature_distance_kernel.cpp, compiled
 // per level, chosen in cpu_dispatch.cpp). Chunk partials are combined in a fixed order, so results do not depend
-// on the thread count. Gradient buffers come from grad_buffer_cache (reused memory, see there); the gradients of
-// data well beyond the last-level cache are written with non-temporal stores (memory_streaming.h).
+// on the thread count.
 #include "../feature_distance.h"
 #include "cpu_dispatch.h"
-#include "grad_buffer_cache.h"
-#include "memory_streaming.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -116,14 +113,11 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> feature_distance_ba
   const auto dtype = inputs[0].scalar_type();
   const at::Tensor g = grad.to(at::kDouble).contiguous();  // (N, L), tiny
   const double* gp = g.const_data_ptr<double>();
-  // Fresh large CPU buffers page-fault on first touch: take them from the cache of freed gradient memory.
-  GradBuffers ga(inputs, layers, input_grad, &cpu::empty_like_cached);
-  GradBuffers gb(inputs, layers, target_grad, &cpu::empty_like_cached);
+  GradBuffers ga(inputs, layers, input_grad);
+  GradBuffers gb(inputs, layers, target_grad);
   if (input_grad || target_grad) {
     const auto items = make_work(layers, n);
     const KernelTable& k = cpu::kernels();
-    const int64_t sides = 2 + int64_t{input_grad} + int64_t{target_grad};  // a and b read, gradients written
-    const bool stream = cpu::streams_through_memory(sides * total_elements(items) * inputs[0].element_size());
     parallel_over_items(layers, items, [&](int64_t, const WorkItem& w, const PreparedLayer& L, int64_t offset) {
       // d/da of |a - b|^p: p (a - b)^(p - 1), i.e. 2 (a - b) for p = 2 and sign(a - b) for p = 1.
       const double s = static_cast<double>(p) * L.scale * gp[w.sample * num_layers + w.layer];
@@ -131,7 +125,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> feature_distance_ba
       auto* pb = static_cast<char*>(gb.data(w.layer));
       k.scaled_diff(dtype, p, static_cast<const char*>(L.a.const_data_ptr()) + offset,
                     static_cast<const char*>(L.b.const_data_ptr()) + offset, pa ? pa + offset : nullptr,
-                    pb ? pb + offset : nullptr, s, w.end - w.begin, stream);
+                    pb ? pb + offset : nullptr, s, w.end - w.begin);
     });
   }
   return {ga.finish(), gb.finish()};

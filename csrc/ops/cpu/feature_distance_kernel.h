@@ -22,10 +22,8 @@ struct KernelTable {
   // sum over len elements of |a - b|^p (p = 1 or 2), accumulated in float (double for double) within the call.
   double (*diff_norm_sum)(c10::ScalarType dtype, int64_t p, const void* a, const void* b, int64_t len);
   // ga = s * (a - b) (p = 2) or s * sign(a - b) (p = 1), gb = -ga, over len elements; ga or gb may be nullptr.
-  // With `stream` and ga alone (a loss's backward), the AVX2/AVX512 levels write ga with non-temporal stores
-  // (memory_streaming.h); DEFAULT ignores it.
   void (*scaled_diff)(c10::ScalarType dtype, int64_t p, const void* a, const void* b, void* ga, void* gb, double s,
-                      int64_t len, bool stream);
+                      int64_t len);
 };
 
 namespace DEFAULT {

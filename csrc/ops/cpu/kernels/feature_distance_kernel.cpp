@@ -13,9 +13,6 @@
 
 #include <type_traits>
 #include <cstdint>
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-#include <immintrin.h>
-#endif
 
 #ifndef CPU_CAPABILITY
 #error "compile feature_distance_kernel.cpp with -DCPU_CAPABILITY=<level> (setup.py and CMakeLists.txt do)"
@@ -89,9 +86,8 @@ double diff_norm_sum(const scalar_t* a, const scalar_t* b, int64_t len) {
   return static_cast<double>(sum);
 }
 
-// ga = s * grad_term(a - b) (when kA) and gb = -ga (when kB), over len elements; kStream: ga alone is written
-// with non-temporal stores (data beyond the caches, memory_streaming.h).
-template <typename scalar_t, int P, bool kA, bool kB, bool kStream>
+// ga = s * grad_term(a - b) (when kA) and gb = -ga (when kB), over len elements.
+template <typename scalar_t, int P, bool kA, bool kB>
 void scaled_diff_impl(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b, scalar_t* __restrict__ ga,
                       scalar_t* __restrict__ gb, at::opmath_type<scalar_t> s, int64_t len) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -100,44 +96,6 @@ void scaled_diff_impl(const scalar_t* __restrict__ a, const scalar_t* __restrict
   const AccVec sv(s);
   const AccVec neg(-s);
   int64_t i = 0;
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  constexpr int64_t kAlign = sizeof(Vec);
-  if constexpr (kA && !kB && kStream) {
-    // The input gradient alone (a loss's backward) of data beyond the caches: non-temporal stores. A gradient
-    // write otherwise first reads its cache line (read-for-ownership) and evicts a and b; streaming it halves the
-    // traffic. Measured in one process alternating fp32/bf16 and N=64 64^2 / N=16 256^2
-    // (benchmarks/mixed_cache.py, AVX-512 CPU): fused fwd+bwd 18.9 -> 10.4 ms (fp32 64^2), 10.8 -> 6.3 (bf16),
-    // 69.5 -> 34.5 (fp32 256^2), 36.1 -> 19.8 (bf16); the whole FeatureLoss fwd+bwd unchanged within noise.
-    // Scalar prologue up to the vector alignment of ga.
-    for (; i < len && (reinterpret_cast<uintptr_t>(ga + i) % kAlign) != 0; ++i) {
-      const acc_t t = grad_term<P>(static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i]));
-      ga[i] = static_cast<scalar_t>(t * s);
-    }
-    for (; i + Vec::size() <= len; i += Vec::size()) {
-      if constexpr (is_reduced_v<scalar_t>) {
-        auto [a0, a1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(a + i));
-        auto [b0, b1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(b + i));
-        const Vec r = at::vec::convert_from_float<scalar_t>(grad_term<P>(a0 - b0) * sv, grad_term<P>(a1 - b1) * sv);
-#if defined(CPU_CAPABILITY_AVX512)
-        _mm512_stream_si512(reinterpret_cast<__m512i*>(ga + i), static_cast<__m512i>(r));
-#else
-        _mm256_stream_si256(reinterpret_cast<__m256i*>(ga + i), static_cast<__m256i>(r));
-#endif
-      } else if constexpr (std::is_same_v<scalar_t, float>) {
-        const Vec r = grad_term<P>(Vec::loadu(a + i) - Vec::loadu(b + i)) * sv;
-#if defined(CPU_CAPABILITY_AVX512)
-        _mm512_stream_ps(reinterpret_cast<float*>(ga + i), static_cast<__m512>(r));
-#else
-        _mm256_stream_ps(reinterpret_cast<float*>(ga + i), static_cast<__m256>(r));
-#endif
-      } else {
-        const Vec t = grad_term<P>(Vec::loadu(a + i) - Vec::loadu(b + i));
-        (t * sv).store(ga + i);
-      }
-    }
-    _mm_sfence();
-  }
-#endif
   for (; i + Vec::size() <= len; i += Vec::size()) {
     if constexpr (is_reduced_v<scalar_t>) {
       auto [a0, a1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(a + i));
@@ -160,20 +118,18 @@ void scaled_diff_impl(const scalar_t* __restrict__ a, const scalar_t* __restrict
 }
 
 template <typename scalar_t, int P>
-void scaled_diff_typed(const void* a, const void* b, void* ga, void* gb, double s, int64_t len, bool stream) {
+void scaled_diff_typed(const void* a, const void* b, void* ga, void* gb, double s, int64_t len) {
   auto* pa = static_cast<const scalar_t*>(a);
   auto* pb = static_cast<const scalar_t*>(b);
   auto* qa = static_cast<scalar_t*>(ga);
   auto* qb = static_cast<scalar_t*>(gb);
   const auto sc = static_cast<at::opmath_type<scalar_t>>(s);
   if (qa && qb) {
-    scaled_diff_impl<scalar_t, P, true, true, false>(pa, pb, qa, qb, sc, len);
-  } else if (qa && stream) {
-    scaled_diff_impl<scalar_t, P, true, false, true>(pa, pb, qa, qb, sc, len);
+    scaled_diff_impl<scalar_t, P, true, true>(pa, pb, qa, qb, sc, len);
   } else if (qa) {
-    scaled_diff_impl<scalar_t, P, true, false, false>(pa, pb, qa, qb, sc, len);
+    scaled_diff_impl<scalar_t, P, true, false>(pa, pb, qa, qb, sc, len);
   } else if (qb) {
-    scaled_diff_impl<scalar_t, P, false, true, false>(pa, pb, qa, qb, sc, len);
+    scaled_diff_impl<scalar_t, P, false, true>(pa, pb, qa, qb, sc, len);
   }
 }
 
@@ -188,12 +144,12 @@ double diff_norm_sum_any(c10::ScalarType dtype, int64_t p, const void* a, const 
 }
 
 void scaled_diff_any(c10::ScalarType dtype, int64_t p, const void* a, const void* b, void* ga, void* gb, double s,
-                     int64_t len, bool stream) {
+                     int64_t len) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "feature_distance_backward_cpu", [&] {
     if (p == 1) {
-      scaled_diff_typed<scalar_t, 1>(a, b, ga, gb, s, len, stream);
+      scaled_diff_typed<scalar_t, 1>(a, b, ga, gb, s, len);
     } else {
-      scaled_diff_typed<scalar_t, 2>(a, b, ga, gb, s, len, stream);
+      scaled_diff_typed<scalar_t, 2>(a, b, ga, gb, s, len);
     }
   });
 }
