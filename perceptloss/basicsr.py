@@ -95,7 +95,7 @@ def from_basicsr(
     weights: str | Path | None = "torchvision",
     **loss_kwargs: Any,
 ) -> BasicSRPerceptualLoss:
-    """The perceptloss equivalent of BasicSR's ``PerceptualLoss(**options)``: the same values and conventions.
+    r"""The perceptloss equivalent of BasicSR's ``PerceptualLoss(**options)``: the same values and conventions.
 
     It returns a module whose ``forward(x, gt)`` gives ``(percep_loss, style_loss)`` as BasicSR's does (None for
     a term whose weight is 0), with the same preprocessing. BasicSR's options map as follows:
