@@ -26,7 +26,7 @@ def suggest(name: str, valid: Iterable[str]) -> str:
 def unknown_name_error(kind: str, name: str, valid: Sequence[str]) -> KeyError:
     """A KeyError naming the unknown ``name``, the closest matches and every valid choice."""
     return KeyError(
-        f"unknown {kind} {name!r}.{suggest(name, valid)} Valid {kind}s: {', '.join(valid)}"
+        f"unknown {kind} {name!r}.{suggest(name, valid)} The {len(valid)} known: {', '.join(valid)}"
     )
 
 
