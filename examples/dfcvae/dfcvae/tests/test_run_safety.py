@@ -259,6 +259,18 @@ def test_overwrite_says_where_the_previous_runs_are_and_how_much_they_hold(data_
     assert f"2 older previous runs beside it hold {older / 1e6:.1f} MB ({tmp_path / 'o'}.previous-*)" in line
 
 
+def test_overwrite_moves_the_snapshots_aside_with_the_rest_of_the_run(data_dir, tmp_path, capsys):
+    """Issue 35: the old run's snapshots/ would otherwise stay beside the new run's (and dfcvae.trajectory would
+    table them as the new run's)."""
+    out = tmp_path / "o"
+    assert train_tiny(data_dir, out, "--max-steps", "1", "--keep-every", "1") == 0
+    old = (out / "snapshots" / "step-000001.pt").read_bytes()
+    assert train_tiny(data_dir, out, "--max-steps", "1", "--overwrite") == 0
+    assert not (out / "snapshots").exists()
+    (aside,) = tmp_path.glob("o.previous-*")
+    assert (aside / "snapshots" / "step-000001.pt").read_bytes() == old
+
+
 # --------------------------------------------------------------------------- item 11: finite float arguments
 @pytest.mark.parametrize("flag", ["--lr", "--beta1", "--alpha", "--beta", "--time-budget"])
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999"])
