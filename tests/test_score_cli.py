@@ -437,7 +437,12 @@ def test_output_paths_are_checked_before_scoring(tiny_pairs, tmp_path, capsys, m
     assert SCORED == [] and not good.exists()
     assert {"missing_folder": "does not exist; create the folder (mkdir -p", "folder_is_a_file": "is not a folder",
             "path_is_a_folder": "is a folder; give a file path", "read_only": "Permission denied",
-            "same_path": "--csv and --json both name"}[case] in err
+            "same_path": f"--csv and --json both name {good}; give each its own file, e.g. --csv "
+                         f"{good.with_suffix('.csv')}"}[case] in err
+    if case == "missing_folder":  # the fix, as printed
+        bad.parent.mkdir(parents=True)
+        code, out, err = run([*tiny_pairs, "--csv", bad, "--json", good], capsys)
+        assert code == 0 and sorted(read_csv(bad)) == ["a", "b", "c"] and good.is_file()
 
 
 def test_a_full_disk_keeps_the_previous_csv_and_still_writes_the_json(tiny_pairs, tmp_path, capsys, monkeypatch):

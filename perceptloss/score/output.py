@@ -34,7 +34,7 @@ def check_outputs(outputs: dict[str, Path | None]) -> None:
         for second in flags[i + 1:]:
             if _same_file(given[first], given[second]):
                 raise ScoreError(f"{first} and {second} both name {given[first]}; give each its own file, "
-                                 f"e.g. {second} {given[second].with_suffix('.' + second.lstrip('-'))}")
+                                 f"e.g. {_other_name(given[first], (first, second))}")
 
 
 def _check_output(flag: str, path: Path) -> None:
@@ -51,6 +51,15 @@ def _check_output(flag: str, path: Path) -> None:
     except OSError as e:
         raise ScoreError(f"{flag} {path}: cannot write in {folder} ({e.strerror or e}); choose a writable folder "
                          f"for {flag}") from None
+
+
+def _other_name(path: Path, flags: tuple[str, ...]) -> str:
+    """An option of ``flags`` with a file name other than ``path`` (its suffix after the option: ``--csv X.csv``)."""
+    for flag in flags:
+        other = path.with_suffix("." + flag.lstrip("-"))
+        if other != path:
+            return f"{flag} {other}"
+    return f"{flags[-1]} {path.with_name('other-' + path.name)}"
 
 
 def _same_file(a: Path, b: Path) -> bool:
