@@ -374,3 +374,105 @@ def test_torchrun_two_ranks_equal_one_process(folders, tmp_path, capsys, caffe_w
     assert (tmp_path / "2.csv").read_bytes() == (tmp_path / "1.csv").read_bytes()
     assert (tmp_path / "2.json").read_bytes() == (tmp_path / "1.json").read_bytes()
     assert len(read_csv(tmp_path / "2.csv")) == 24
+
+
+# ------------------------------------------------------------------------------------------------- outputs (issue 35)
+SCORED = []  # one entry per batch scored by mean_abs
+
+
+class MeanAbs(torch.nn.Module):
+    """A metric without weights for the output tests: the mean absolute pixel difference of each pair."""
+
+    reduction = "none"
+
+    def forward(self, x, y):
+        SCORED.append(len(x))
+        return (x - y).abs().flatten(1).mean(1)
+
+
+def mean_abs():
+    return MeanAbs()
+
+
+@pytest.fixture
+def tiny_pairs(tmp_path):
+    """Three 16x16 PNG pairs (REF, DIST) and the --metric that scores them without weights."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    ref, dist = tmp_path / "ref", tmp_path / "dist"
+    for folder in (ref, dist):
+        folder.mkdir()
+        for name in "abc":
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+    SCORED.clear()
+    return [ref, dist, "--metric", f"{__name__}:mean_abs", "--workers", "0", "--quiet"]
+
+
+@pytest.mark.parametrize("case", ["missing_folder", "folder_is_a_file", "path_is_a_folder", "read_only", "same_path"])
+def test_output_paths_are_checked_before_scoring(tiny_pairs, tmp_path, capsys, monkeypatch, case):
+    """Each is a one-line error (exit 2) before any pair is scored, and the valid output is not written either."""
+    good = tmp_path / "summary.json"
+    bad = {"missing_folder": tmp_path / "nope" / "s.csv", "folder_is_a_file": good.with_suffix(".txt") / "s.csv",
+           "path_is_a_folder": tmp_path, "read_only": tmp_path / "ro" / "s.csv", "same_path": good}[case]
+    if case == "folder_is_a_file":
+        bad.parent.write_text("a file")
+    if case == "read_only":
+        bad.parent.mkdir()
+        bad.parent.chmod(0o555)
+        if os.geteuid() == 0:  # root writes anyway: the OS's refusal, as a non-root user gets it
+            import errno
+            import tempfile
+
+            real = tempfile.TemporaryFile
+
+            def refused(*args, dir=None, **kwargs):
+                if Path(dir) == bad.parent:
+                    raise PermissionError(errno.EACCES, "Permission denied")
+                return real(*args, dir=dir, **kwargs)
+
+            monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    code, out, err = run([*tiny_pairs, "--csv", bad, "--json", good], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and str(bad) in err, err
+    assert SCORED == [] and not good.exists()
+    assert {"missing_folder": "does not exist; create the folder (mkdir -p", "folder_is_a_file": "is not a folder",
+            "path_is_a_folder": "is a folder; give a file path", "read_only": "Permission denied",
+            "same_path": f"--csv and --json both name {good}; give each its own file, e.g. --csv "
+                         f"{good.with_suffix('.csv')}"}[case] in err
+    if case == "missing_folder":  # the fix, as printed
+        bad.parent.mkdir(parents=True)
+        code, out, err = run([*tiny_pairs, "--csv", bad, "--json", good], capsys)
+        assert code == 0 and sorted(read_csv(bad)) == ["a", "b", "c"] and good.is_file()
+
+
+def test_a_full_disk_keeps_the_previous_csv_and_still_writes_the_json(tiny_pairs, tmp_path, capsys, monkeypatch):
+    """The disk fills halfway through the CSV: the previous CSV stays whole, no temporary file is left, the JSON
+    is written, the failure is one line and the exit code is not 0."""
+    import errno
+
+    from perceptloss.score import output
+
+    csv_path, json_path = tmp_path / "out" / "per_image.csv", tmp_path / "out" / "summary.json"
+    csv_path.parent.mkdir()
+    csv_path.write_text("pair,ref,dist,previous\nkept,a,b,1.0\n")
+    real_write, calls = os.write, []
+
+    def filling(fd, data):
+        if ".per_image.csv." not in os.readlink(f"/proc/self/fd/{fd}"):  # the CSV's temporary file only
+            return real_write(fd, data)
+        calls.append(len(data))
+        if len(calls) == 1:  # half of it fits, then the disk is full
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(output.os, "write", filling)
+    code, out, err = run([*tiny_pairs, "--csv", csv_path, "--json", json_path], capsys)
+    monkeypatch.undo()
+    assert code == 1 and len(calls) == 2, err
+    assert csv_path.read_text() == "pair,ref,dist,previous\nkept,a,b,1.0\n"
+    assert err.count("\n") == 1 and "Traceback" not in err and f"could not write --csv {csv_path}" in err
+    assert "No space left on device" in err and "is unchanged" in err
+    assert json.loads(json_path.read_text())["pairs_scored"] == 3
+    assert sorted(p.name for p in csv_path.parent.iterdir()) == ["per_image.csv", "summary.json"]
+    code, out, err = run([*tiny_pairs, "--csv", csv_path], capsys)  # with space again, as the message says
+    assert code == 0 and sorted(read_csv(csv_path)) == ["a", "b", "c"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +24,9 @@ resampled to the reference's size; the signature then records it) or --crop cent
 
 output: --csv FILE (one row per pair, one column per metric), --json FILE (per metric n, mean, std, the 95%
 t-interval and the signature); the summary is printed. Sharded: torchrun --nproc_per_node K -m perceptloss score ...
-(gloo on the CPU, NCCL on CUDA; rank 0 writes the files; the values are those of one process).
+(gloo on the CPU, NCCL on CUDA; rank 0 writes the files; the values are those of one process). The output
+paths are checked before scoring; each file is written atomically (a failed write keeps the previous file) and
+on its own: one that cannot be written is named on one line (exit code 1) and the others are still written.
 """
 
 
@@ -61,13 +64,16 @@ def _warn(text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Score the folders; returns 0 (ScoreError for misuse and bad files)."""
+    """Score the folders; returns 0, or 1 when an output file could not be written (ScoreError for misuse and
+    bad files, raised before anything is scored where it can be)."""
     from .batching import make_batches, plan_pairs
-    from .output import print_summary, summary_document, write_csv, write_json
+    from .output import check_outputs, csv_text, json_text, print_summary, summary_document, write_outputs
     from .pairing import describe_unmatched, pair_folders
     from .running import apply_tiling, rank_device, score_batches, start_ranks, stop_ranks
     from .statistics import summarize
 
+    if int(os.environ.get("RANK", "0")) == 0:  # the process that writes them (rank 0 under torchrun)
+        check_outputs({"--csv": args.csv, "--json": args.json})
     import_plugins(args.plugin)
     names = list(dict.fromkeys(args.metric))
     weights = parse_weights(args.weights, names)
@@ -102,13 +108,17 @@ def run(args: argparse.Namespace) -> int:
             {n: summarize(values[n]) for n in names}, signatures, ref=str(args.ref), dist=str(args.dist),
             pairs=len(scored), ref_only=pairing.ref_only, dist_only=pairing.dist_only, failed={**plan.failed, **failed},
         )
+        outputs = {}
         if args.csv is not None:
-            write_csv(args.csv, rows, names, values)
+            outputs["--csv"] = (args.csv, csv_text(rows, names, values))
         if args.json is not None:
-            write_json(args.json, document)
+            outputs["--json"] = (args.json, json_text(document))
+        failures = write_outputs(outputs)
         if not args.quiet:
             print_summary(document, sys.stdout)
-        return 0
+        for line in failures:
+            print(f"perceptloss: error: {line}", file=sys.stderr)
+        return 1 if failures else 0
     finally:
         stop_ranks(ranks)
 

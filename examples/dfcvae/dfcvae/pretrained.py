@@ -7,7 +7,13 @@
 
 Each model is ``pretrained/<name>.safetensors`` (fp16 weights, BatchNorm running statistics included) beside a
 model card ``pretrained/<name>.json`` (preset, data, images, steps, epochs, wall time, hardware, sha256 of the
-weights file, and the report's Table 1 average and quality figures). Command line:
+weights file, and the report's Table 1 average and quality figures).
+
+An export never loses the previous model: the whole card is computed first, then weights and card are written
+to ``.<name>.safetensors.pending`` and ``.<name>.json.pending`` beside them and renamed into place, weights
+first. A failure before the renames leaves the previous pair untouched; a kill between the two renames leaves the
+new weights beside the old card, and :func:`read_card` then takes the pending card, whose sha256 is the new
+weights' (the next export or :func:`update_card` puts it in place). Command line:
 
     python examples/dfcvae/pretrained.py export --checkpoint runs/vae123/checkpoint.pt --name vae123 --folder my-models
     python examples/dfcvae/pretrained.py verify            # re-check every shipped file's sha256
@@ -17,7 +23,9 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import hashlib
 import json
+import math
 import os
 import platform
 import sys
@@ -49,12 +57,13 @@ def paths(name: str, folder: str | Path | None = None) -> tuple[Path, Path]:
     return folder / f"{name}.safetensors", folder / f"{name}.json"
 
 
-def read_card(name: str, folder: Path | None = None) -> dict[str, Any]:
-    """The model card of ``name`` (a dict; see the module docstring)."""
-    _, card = paths(name, folder)
-    if not card.is_file():
-        raise PretrainedError(f"no model card {card}; export the model with "
-                              f"`python examples/dfcvae/pretrained.py export --name {name} --checkpoint ...`")
+def pending(path: Path) -> Path:
+    """Where an export writes ``path``'s new content before renaming it into place (``.<file>.pending``)."""
+    return path.with_name(f".{path.name}.pending")
+
+
+def _parse_card(card: Path) -> dict[str, Any]:
+    """The JSON object in ``card`` (PretrainedError saying what to do when it is not one)."""
     try:
         content = json.loads(card.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -62,6 +71,41 @@ def read_card(name: str, folder: Path | None = None) -> dict[str, Any]:
     if not isinstance(content, dict):
         raise PretrainedError(f"model card {card} holds a JSON {type(content).__name__}, not an object of fields "
                               "(preset, sha256, ...); restore it from git or re-export the model")
+    return content
+
+
+def _pending_card(weights: Path, card: dict[str, Any] | None, card_path: Path) -> dict[str, Any] | None:
+    """The card an interrupted export left pending, when it (and not ``card``) describes ``weights``; else None."""
+    new = pending(card_path)
+    if not new.is_file() or not weights.is_file():
+        return None
+    digest = sha256_file(weights)
+    if card is not None and card.get("sha256") == digest:
+        return None
+    try:
+        content = _parse_card(new)
+    except (PretrainedError, OSError):
+        return None
+    return content if content.get("sha256") == digest else None
+
+
+def read_card(name: str, folder: Path | None = None) -> dict[str, Any]:
+    """The model card of ``name`` (a dict; see the module docstring): ``<name>.json``, or the pending card of an
+    export interrupted between its two renames when that one describes the weights file on disk."""
+    weights, card = paths(name, folder)
+    content, problem = None, None
+    if card.is_file():
+        try:
+            content = _parse_card(card)
+        except PretrainedError as e:
+            problem = e
+    if (interrupted := _pending_card(weights, content, card)) is not None:
+        return interrupted
+    if problem is not None:
+        raise problem
+    if content is None:
+        raise PretrainedError(f"no model card {card}; export the model with "
+                              f"`python examples/dfcvae/pretrained.py export --name {name} --checkpoint ...`")
     return content
 
 
@@ -119,21 +163,39 @@ def _hardware() -> str:
 
 def training_time(log_csv: Path) -> dict[str, float]:
     """Wall time (s, summed over resumed segments), average images/s and the last logged KL and reconstruction
-    terms (means over the last 10 logged rows) from a run's ``log.csv``."""
+    terms (means over the last 10 logged rows) from a run's ``log.csv``.
+
+    PretrainedError (saying what to do) for a log without rows or with a row that is not numbers."""
     with open(log_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
-        raise PretrainedError(f"{log_csv} holds no logged steps")
+        raise PretrainedError(f"{log_csv} holds no logged steps (only its header): export a checkpoint of a run that "
+                              f"logged at least one step, or move {log_csv} aside to export without training times")
+    try:
+        elapsed = [float(r["elapsed_s"]) for r in rows]
+        tail = [(float(r["kl"]), float(r["rec"])) for r in rows[-10:]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise PretrainedError(f"{log_csv} is not a train.py log (a row lacks a number for "
+                              f"{e.args[0] if isinstance(e, KeyError) else 'elapsed_s, kl or rec'}); move it aside "
+                              "to export without training times") from None
     wall, last = 0.0, 0.0
-    for r in rows:
-        t = float(r["elapsed_s"])
+    for t in elapsed:
         if t < last:  # a resumed segment starts again from 0
             wall += last
         last = t
     wall += last
-    tail = rows[-10:]
-    mean = lambda k: sum(float(r[k]) for r in tail) / len(tail)  # noqa: E731
-    return {"wall_time_s": round(wall, 1), "final_kl": round(mean("kl"), 3), "final_rec": round(mean("rec"), 3)}
+    return {"wall_time_s": round(wall, 1), "final_kl": round(sum(kl for kl, _ in tail) / len(tail), 3),
+            "final_rec": round(sum(rec for _, rec in tail) / len(tail), 3)}
+
+
+def images_per_s(steps: int, batch_size: Any, world_size: Any, wall_time_s: float) -> float | None:
+    """The average training rate, or None when it is undefined (no wall time logged, e.g. a run whose log says
+    0 s, or no batch size recorded)."""
+    if not isinstance(batch_size, int) or not isinstance(world_size, int):
+        return None
+    if not (math.isfinite(wall_time_s) and wall_time_s > 0):
+        return None
+    return round(steps * batch_size * world_size / wall_time_s, 1)
 
 
 class ExistingModel(PretrainedError):
@@ -146,10 +208,21 @@ def export(checkpoint: str | Path, name: str, folder: str | Path | None = None,
 
     An existing model in ``folder`` (by default the shipped one, whose card holds the report's Table 1 and
     quality figures) is replaced only with ``overwrite=True``; otherwise :class:`ExistingModel` is raised and
-    nothing is written."""
-    from safetensors.torch import save_file
-
+    nothing is written. Everything is checked and the whole card computed before anything is written, and the
+    pair is replaced through pending files and two renames (see the module docstring): an error at any point
+    leaves the previous model and its card usable."""
     checkpoint = Path(checkpoint)
+    weights, card_path = paths(name, folder)
+    refuse_existing(name, folder, overwrite)
+    state = _checked_state(checkpoint, name)
+    blob = _weights_bytes(state["model"], checkpoint)
+    card = _card(name, folder, state, hashlib.sha256(blob).hexdigest(), checkpoint.parent / "log.csv", data_name)
+    _replace_pair(weights, card_path, blob, json.dumps(card, indent=2) + "\n")
+    return weights
+
+
+def refuse_existing(name: str, folder: str | Path | None, overwrite: bool) -> None:
+    """:class:`ExistingModel` when ``name`` is already in ``folder`` and ``overwrite`` is not set."""
     weights, card_path = paths(name, folder)
     existing = [p for p in (weights, card_path) if p.exists()]
     if existing and not overwrite:
@@ -159,22 +232,37 @@ def export(checkpoint: str | Path, name: str, folder: str | Path | None = None,
             f"{' (the shipped model: its card holds the report figures)' if shipped else ''}; export to another "
             f"--folder (then load_pretrained({name!r}, folder), gallery.py --pretrained FOLDER or report.py "
             "--pretrained FOLDER use it), or add --overwrite to replace it")
+
+
+def _checked_state(checkpoint: Path, name: str) -> dict[str, Any]:
+    """The checkpoint's contents, checked to be a VAE trained with preset ``name`` (PretrainedError otherwise)."""
     try:  # a file the user passes is data: read without unpickling, then checked against the model it must be
         state = read_checkpoint(checkpoint)
         vae_from_checkpoint(state, checkpoint)
     except CheckpointError as e:
         raise PretrainedError(str(e)) from None
-    config = state["config"]
-    if config.get("preset") != name:
-        raise PretrainedError(f"{checkpoint} was trained with preset {config.get('preset')!r}, not {name!r}")
-    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sorted(state["model"].items())}
+    if state["config"].get("preset") != name:
+        raise PretrainedError(f"{checkpoint} was trained with preset {state['config'].get('preset')!r}, not {name!r}")
+    return state
+
+
+def _weights_bytes(model: dict[str, torch.Tensor], checkpoint: Path) -> bytes:
+    """The fp16 safetensors file of the model's state dict, in memory (PretrainedError if fp16 overflows)."""
+    from safetensors.torch import save
+
+    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sorted(model.items())}
     if overflow := [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]:
         raise PretrainedError(f"{checkpoint} holds weights beyond float16's range (±65504) in {', '.join(overflow[:2])}"
                               f"{f' and {len(overflow) - 2} more' if len(overflow) > 2 else ''}: the exported fp16 "
                               "model would hold infinities; export an earlier checkpoint of the run")
-    # no metadata: safetensors orders it through a hash map, so the bytes would vary
-    atomic_write(weights, lambda tmp: save_file(tensors, str(tmp)))
-    steps = int(state["step"])
+    return save(tensors)  # no metadata: safetensors orders it through a hash map, so the bytes would vary
+
+
+def _card(name: str, folder: str | Path | None, state: dict[str, Any], digest: str, log: Path,
+          data_name: str) -> dict[str, Any]:
+    """The model card of weights with sha256 ``digest`` exported from ``state`` (its run's ``log`` when there is
+    one); the report figures of the card in ``folder`` are kept when it describes the same weights."""
+    config, steps = state["config"], int(state["step"])
     card = {
         "name": name, "preset": name, "latent": config.get("latent", 100), "dtype": "float16",
         "data": data_name, "images": config.get("images"), "crop": config.get("crop"),
@@ -184,31 +272,79 @@ def export(checkpoint: str | Path, name: str, folder: str | Path | None = None,
         "lr": config.get("lr"), "halve_lr_every": config.get("halve_lr_every") or "epoch", "amp": config.get("amp"),
         "channels_last": config.get("channels_last"),
         "hardware": _hardware(), "device": config.get("device"), "torch": torch.__version__,
-        "exported": datetime.date.today().isoformat(), "sha256": sha256_file(weights),
+        "exported": datetime.date.today().isoformat(), "sha256": digest,
     }
     if config.get("recentred"):  # a post-training step (dfcvae.recentre), not in the paper: labelled on the card
         card["recentred"] = {k: v for k, v in config["recentred"].items() if k != "source"}
-    log = checkpoint.parent / "log.csv"
     if log.is_file():
         card.update(training_time(log))
-        card["images_per_s"] = round(steps * card["batch_size"] * card["world_size"] / card["wall_time_s"], 1)
+        rate = images_per_s(steps, card["batch_size"], card["world_size"], card["wall_time_s"])
+        if rate is not None:  # a log whose elapsed time rounds to 0 s has no rate
+            card["images_per_s"] = rate
     try:
-        old = read_card(name, folder) if card_path.is_file() else {}
-    except PretrainedError:  # a damaged card is replaced
+        old = read_card(name, folder)
+    except PretrainedError:  # none yet, or a damaged one: replaced
         old = {}
     for key in ("table1_average", "table1_delta_majority", "quality"):  # report figures survive only if unchanged
         if key in old and old.get("sha256") == card["sha256"]:
             card[key] = old[key]
-    write_text_atomic(card_path, json.dumps(card, indent=2) + "\n")
-    return weights
+    return card
+
+
+def _replace_pair(weights: Path, card_path: Path, blob: bytes, card_text: str) -> None:
+    """Put ``blob`` at ``weights`` and ``card_text`` at ``card_path`` so that no failure loses a usable pair: both
+    are written to their pending files first (a failure there removes them and leaves the old pair), then renamed,
+    weights first (a kill between the renames leaves the pending card, which :func:`read_card` takes)."""
+    new_weights, new_card = pending(weights), pending(card_path)
+    try:
+        _finish_interrupted(weights, card_path)
+    except OSError as e:
+        raise PretrainedError(f"could not tidy up after an earlier interrupted export in {weights.parent} "
+                              f"({e.strerror or e}); nothing was written: make the folder writable and export "
+                              "again") from None
+    try:
+        atomic_write(new_weights, lambda tmp: tmp.write_bytes(blob))
+        write_text_atomic(new_card, card_text)
+    except OSError as e:
+        for leftover in (new_weights, new_card):
+            leftover.unlink(missing_ok=True)
+        raise PretrainedError(f"could not write {weights.parent} ({e.strerror or e}); the previous model and card "
+                              "are untouched: free space (or choose another --folder) and export again") from None
+    try:
+        os.replace(new_weights, weights)
+        os.replace(new_card, card_path)
+    except OSError as e:
+        raise PretrainedError(f"could not rename the exported files into {weights.parent} ({e.strerror or e}); "
+                              "the model still loads (with the card left pending beside it, if the weights were "
+                              "renamed): export again with --overwrite") from None
+
+
+def _finish_interrupted(weights: Path, card_path: Path) -> None:
+    """Before an export writes its pending files: put in place the pending card of an export killed between its
+    renames (it describes the weights on disk), and remove what a killed export left otherwise (its pending
+    files and their temporary files)."""
+    card = None
+    if card_path.is_file():
+        try:
+            card = _parse_card(card_path)
+        except PretrainedError:
+            card = None
+    if _pending_card(weights, card, card_path) is not None:
+        os.replace(pending(card_path), card_path)
+    for path in (weights, card_path):
+        pending(path).unlink(missing_ok=True)
+        for leftover in path.parent.glob(f"{pending(path).name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
 
 
 def update_card(name: str, folder: str | Path | None = None, **fields: Any) -> None:
-    """Add or replace fields of a model card (used by report.py for the Table 1 and quality figures)."""
+    """Add or replace fields of a model card (used by report.py for the Table 1 and quality figures); a card
+    left pending by an interrupted export is the one updated, and put in place."""
     _, card_path = paths(name, folder)
     card = read_card(name, folder)
     card.update(fields)
     write_text_atomic(card_path, json.dumps(card, indent=2) + "\n")
+    pending(card_path).unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,8 @@
 Writes to --out: config.json, log.csv (and TensorBoard events when tensorboard is installed), per-epoch
 grids/recon_eXX.png (inputs over reconstructions) and grids/samples_eXX.png (prior samples), and
 checkpoint.pt (atomic; --resume continues it exactly, --overwrite starts an existing --out afresh). Ctrl-C and
-SIGTERM (kill, timeout, batch schedulers) save a checkpoint and exit (codes 130 and 143).
+SIGTERM (kill, timeout, batch schedulers) save a checkpoint and exit (codes 130 and 143); after a harder kill,
+--resume removes the temporary files it left and re-creates the snapshot whose copy it cut short.
 """
 from __future__ import annotations
 

@@ -14,8 +14,9 @@ subset of the official train split and fixed prior codes (the same for every sna
   (probability > 0.7), as in :mod:`dfcvae.diagnose_prior`;
 - the learning rate and the training loss terms logged at that step (``log.csv``).
 
-Results per snapshot are cached beside it (``step-*.eval.json``, keyed by the evaluation's settings), so running
-it again while the run trains evaluates only the new snapshots.
+Results per snapshot are cached beside it (``step-*.eval.json``, keyed by the evaluation's settings and the
+snapshot file's sha256), so running it again while the run trains evaluates only the new snapshots; a cached
+result of another file of that name (a run started again in the same folder) is recomputed, and said so.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from dfcvae.diagnose_prior import cpu_name, decode, posterior, subset_faces
 from dfcvae.face_features import FACE_THRESHOLD, face_rate, load_onet
 from dfcvae.files import write_text_atomic
 from dfcvae.objective import kl_per_sample
+from perceptloss.weights import sha256_file
 
 SNAPSHOT = re.compile(r"step-(\d+)\.pt$")
 COLUMNS = ("step", "lr", "kl", "mean_norm", "half_m2", "active", "face_paper", "face_released", "log_kl", "log_rec")
@@ -90,6 +92,25 @@ def logged(run: Path) -> dict[int, dict]:
         return {}
     with path.open(newline="") as f:
         return {int(r["step"]): r for r in csv.DictReader(f) if r.get("step", "").isdigit()}
+
+
+def cached(cache: Path, key: str, digest: str) -> tuple[dict | None, str]:
+    """The result cached in ``cache`` for the settings ``key`` and the snapshot with sha256 ``digest``, else None
+    and why it is not used ('' when there is no cache, or it was made with other settings)."""
+    if not cache.is_file():
+        return None, ""
+    try:
+        saved = json.loads(cache.read_text())
+        if saved.get("key") != key:
+            return None, ""
+        if "sha256" not in saved:
+            return None, f"{cache} does not say which snapshot file it is of (an older cache): recomputing it"
+        if saved["sha256"] != digest:
+            return None, (f"{cache} holds the result of another snapshot file (sha256 "
+                          f"{str(saved.get('sha256'))[:12]}…, this one {digest[:12]}…): recomputing it")
+        return saved["result"], ""
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None, f"{cache} is unreadable: recomputing it"
 
 
 def evaluate(model, train_faces: np.ndarray, z: torch.Tensor, onet, threshold: float) -> dict:
@@ -142,13 +163,12 @@ def main(argv=None) -> int:
     results = []
     for step, path in found:
         cache = path.with_suffix(".eval.json")
-        r = None
-        if path.name != "checkpoint.pt" and cache.is_file():
-            try:
-                saved = json.loads(cache.read_text())
-                r = saved["result"] if saved.get("key") == key else None
-            except (OSError, ValueError, KeyError):
-                r = None
+        r, digest = None, None
+        if path.name != "checkpoint.pt":
+            digest = sha256_file(path)
+            r, stale = cached(cache, key, digest)
+            if stale:
+                print(f"step {step}: {stale}", file=sys.stderr)
         if r is None:
             try:
                 state = read_checkpoint(path)
@@ -159,8 +179,8 @@ def main(argv=None) -> int:
             if model.latent != z.shape[1]:
                 z = torch.randn(args.samples, model.latent, generator=torch.Generator().manual_seed(args.seed))
             r = evaluate(model, train_faces, z, onet, args.threshold)
-            if path.name != "checkpoint.pt":
-                write_text_atomic(cache, json.dumps({"key": key, "result": r}, indent=1))
+            if digest is not None:
+                write_text_atomic(cache, json.dumps({"key": key, "sha256": digest, "result": r}, indent=1))
             print(f"step {step}: KL {r['kl']:.1f}, |m| {r['mean_norm']:.2f}, faces {100 * r['face_paper']:.1f}% "
                   f"(paper) / {100 * r['face_released']:.1f}% (released) ({time.time() - t0:.0f} s)", file=sys.stderr)
         log = nearest_log(rows, step)

@@ -162,3 +162,101 @@ def test_verify_explains_a_damaged_card(tmp_path, capsys, content):
     assert pretrained.main(["verify", "--folder", str(folder)]) == 1
     out = capsys.readouterr().out
     assert f"vae123: model card {folder / 'vae123.json'}" in out and "restore it from git" in out
+
+
+# --------------------------------------------------------------------------- issue 35: an export never loses a model
+def _pair(folder):
+    """Every file in ``folder`` and its bytes."""
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def _second_run(tmp_path, rows):
+    """A second run of vae123 (other weights) whose log.csv holds ``rows`` (elapsed_s last) under its header."""
+    _, ckpt = _tiny_run(tmp_path / "run2", step=9)
+    state = torch.load(ckpt, weights_only=True)
+    state["model"] = {k: (v + 0.5 if v.is_floating_point() else v) for k, v in state["model"].items()}
+    torch.save(state, ckpt)
+    with open(ckpt.parent / "log.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "epoch", "lr", "loss", "kl", "rec", "images_per_s", "elapsed_s"])
+        w.writerows(rows)
+    return ckpt
+
+
+def _exported(tmp_path):
+    _, ckpt = _tiny_run(tmp_path / "run")
+    folder = tmp_path / "models"
+    pretrained.export(ckpt, "vae123", folder)
+    return folder, _pair(folder)
+
+
+def test_export_of_a_run_with_an_empty_log_keeps_the_previous_model(tmp_path, capsys):
+    folder, before = _exported(tmp_path)
+    ckpt = _second_run(tmp_path, [])  # only the header
+    argv = ["export", "--checkpoint", str(ckpt), "--name", "vae123", "--folder", str(folder), "--overwrite"]
+    assert pretrained.main(argv) == 2
+    assert _pair(folder) == before  # nothing written, no pending or temporary file left
+    err = capsys.readouterr().err
+    assert "holds no logged steps" in err and f"move {ckpt.parent / 'log.csv'} aside" in err
+    pretrained.load_pretrained("vae123", folder)
+    (ckpt.parent / "log.csv").rename(tmp_path / "log.csv")  # the fix, as printed
+    assert pretrained.main(argv) == 0
+    card = pretrained.read_card("vae123", folder)
+    assert card["steps"] == 9 and "wall_time_s" not in card
+    pretrained.load_pretrained("vae123", folder)
+
+
+def test_export_of_a_run_logged_at_0_s_has_no_rate(tmp_path):
+    folder, _ = _exported(tmp_path)
+    ckpt = _second_run(tmp_path, [[9, 0, 1e-3, 2, 1, 1, 10, 0.01]])  # rounds to 0.0 s
+    pretrained.export(ckpt, "vae123", folder, overwrite=True)
+    card = pretrained.read_card("vae123", folder)
+    assert card["wall_time_s"] == 0 and "images_per_s" not in card and card["final_kl"] == 1
+    pretrained.load_pretrained("vae123", folder)
+
+
+def test_a_full_disk_during_export_leaves_the_previous_model(tmp_path, monkeypatch, capsys):
+    import errno
+
+    folder, before = _exported(tmp_path)
+    ckpt = _second_run(tmp_path, [[9, 0, 1e-3, 2, 1, 1, 10, 5.0]])
+
+    def full(path, text):  # the weights are written; the disk fills while the card is
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pretrained, "write_text_atomic", full)
+    argv = ["export", "--checkpoint", str(ckpt), "--name", "vae123", "--folder", str(folder), "--overwrite"]
+    assert pretrained.main(argv) == 2
+    assert _pair(folder) == before
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "untouched" in err
+    pretrained.load_pretrained("vae123", folder)
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs."""
+
+
+def test_a_kill_between_the_two_renames_leaves_a_loadable_model(tmp_path, monkeypatch):
+    folder, before = _exported(tmp_path)
+    ckpt = _second_run(tmp_path, [[9, 0, 1e-3, 2, 1, 1, 10, 5.0]])
+    card_path = folder / "vae123.json"
+    replace = pretrained.os.replace
+
+    def killed_at_the_card(src, dst):
+        if str(dst) == str(card_path):
+            raise Killed
+        replace(src, dst)
+
+    monkeypatch.setattr(pretrained.os, "replace", killed_at_the_card)
+    with pytest.raises(Killed):
+        pretrained.export(ckpt, "vae123", folder, overwrite=True)
+    monkeypatch.setattr(pretrained.os, "replace", replace)
+    assert card_path.read_bytes() == before["vae123.json"]  # the old card, beside the new weights
+    card = pretrained.read_card("vae123", folder)  # the pending card describes them
+    assert card["steps"] == 9 and card["sha256"] == sha256_file(folder / "vae123.safetensors")
+    pretrained.load_pretrained("vae123", folder)
+    pretrained.update_card("vae123", folder, table1_average=80.0)  # puts it in place
+    assert sorted(p.name for p in folder.iterdir()) == ["vae123.json", "vae123.safetensors"]
+    assert pretrained.read_card("vae123", folder)["steps"] == 9
+    pretrained.load_pretrained("vae123", folder)

@@ -259,6 +259,43 @@ def test_overwrite_says_where_the_previous_runs_are_and_how_much_they_hold(data_
     assert f"2 older previous runs beside it hold {older / 1e6:.1f} MB ({tmp_path / 'o'}.previous-*)" in line
 
 
+def test_overwrite_moves_the_snapshots_aside_with_the_rest_of_the_run(data_dir, tmp_path, capsys):
+    """Issue 35: the old run's snapshots/ would otherwise stay beside the new run's (and dfcvae.trajectory would
+    table them as the new run's)."""
+    out = tmp_path / "o"
+    assert train_tiny(data_dir, out, "--max-steps", "1", "--keep-every", "1") == 0
+    old = (out / "snapshots" / "step-000001.pt").read_bytes()
+    assert train_tiny(data_dir, out, "--max-steps", "1", "--overwrite") == 0
+    assert not (out / "snapshots").exists()
+    (aside,) = tmp_path.glob("o.previous-*")
+    assert (aside / "snapshots" / "step-000001.pt").read_bytes() == old
+
+
+def test_resume_after_a_kill_removes_temporaries_and_recreates_the_snapshot(data_dir, tmp_path, capsys):
+    """Issue 35: a kill while a snapshot was copied (or a checkpoint written) leaves a half-size temporary file and
+    no snapshot; the resume removes the files, one line each, re-creates the snapshot of the checkpoint's step and
+    names the one that is lost."""
+    out = tmp_path / "o"
+    assert train_tiny(data_dir, out, "--max-steps", "2", "--keep-every", "1") == 0
+    snaps = out / "snapshots"
+    for step in (1, 2):  # both copies killed halfway (step 1's as if the checkpoint had moved on since)
+        whole = (snaps / f"step-{step:06d}.pt").read_bytes()
+        (snaps / f"step-{step:06d}.pt").unlink()
+        (snaps / f".step-{step:06d}.pt.k1ll3d.tmp").write_bytes(whole[: len(whole) // 2])
+    (out / ".checkpoint.pt.x9y8z7.tmp").write_bytes(b"half a checkpoint")
+    capsys.readouterr()
+    assert train_tiny(data_dir, out, "--max-steps", "3", "--keep-every", "1", "--resume") == 0
+    err = capsys.readouterr().err.splitlines()
+    for leftover in (out / ".checkpoint.pt.x9y8z7.tmp", snaps / ".step-000001.pt.k1ll3d.tmp",
+                     snaps / ".step-000002.pt.k1ll3d.tmp"):
+        assert any(line.startswith(f"removed {leftover} (") for line in err), err
+    assert f"re-created {snaps / 'step-000002.pt'} from {out / 'checkpoint.pt'} (step 2): its copy had not finished" in err
+    assert any(line.startswith(f"lost {snaps / 'step-000001.pt'}: ") for line in err), err
+    assert sorted(p.name for p in snaps.iterdir()) == ["step-000002.pt", "step-000003.pt"]
+    assert _load(snaps / "step-000002.pt")["step"] == 2
+    assert not list(out.rglob("*.tmp"))
+
+
 # --------------------------------------------------------------------------- item 11: finite float arguments
 @pytest.mark.parametrize("flag", ["--lr", "--beta1", "--alpha", "--beta", "--time-budget"])
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999"])

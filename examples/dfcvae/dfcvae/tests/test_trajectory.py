@@ -35,3 +35,24 @@ def test_every_kept_snapshot_is_evaluated_once_and_tabled(tmp_path, capsys):
 def test_a_run_without_snapshots_says_how_to_make_them(tmp_path, capsys):
     assert trajectory.main(["--run", str(tmp_path / "nothing")]) == 2
     assert "--keep-every" in capsys.readouterr().err
+
+
+def test_a_cached_result_of_another_snapshot_file_is_recomputed(tmp_path, capsys):
+    """A cache is keyed on the snapshot's content: a run started again in the folder (another step-2 file)
+    gets its own numbers, and the stale entry is named."""
+    data = make_celeba(tmp_path / "celeba", n_images=16, listed=16)
+    run = tmp_path / "run"
+    assert train_tiny(data, run, "--epochs", "1", "--max-steps", "2", "--keep-every", "1") == 0
+    out = tmp_path / "trajectory.md"
+    args = ["--run", str(run), "--data", str(data), "--train-images", "8", "--samples", "10", "--out", str(out)]
+    assert trajectory.main(args) == 0
+    first = {int(r["step"]): r["kl"] for r in csv.DictReader(out.with_suffix(".csv").open())}
+    snaps = run / "snapshots"
+    (snaps / "step-000002.pt").unlink()  # only the cache of the old step-1 snapshot stays beside the new one
+    (snaps / "step-000001.pt").write_bytes((run / "checkpoint.pt").read_bytes())  # step 2's weights now
+    capsys.readouterr()
+    assert trajectory.main(args) == 0
+    again = {int(r["step"]): r["kl"] for r in csv.DictReader(out.with_suffix(".csv").open())}
+    assert again[1] == first[2] != first[1]
+    err = capsys.readouterr().err
+    assert f"step 1: {snaps / 'step-000001.eval.json'} holds the result of another snapshot file" in err

@@ -1,6 +1,7 @@
 """The run's checkpoints: reading and restoring the one to resume, saving (a collective), keeping snapshots."""
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -82,9 +83,14 @@ def save_checkpoint(run: Training, path: Path, dist: Distributed, interrupted: b
     run.saved_step = run.step
 
 
+def snapshot_path(out: Path, step: int) -> Path:
+    """Where ``--keep-every`` keeps the snapshot of ``step``: ``out/snapshots/step-<step>.pt``."""
+    return out / "snapshots" / f"step-{step:06d}.pt"
+
+
 def keep_snapshot(out: Path, step: int) -> Path:
     """Copy ``out/checkpoint.pt`` (just written at ``step``) to ``out/snapshots/step-<step>.pt``, atomically."""
-    path = out / "snapshots" / f"step-{step:06d}.pt"
+    path = snapshot_path(out, step)
     path.parent.mkdir(exist_ok=True)
     try:
         atomic_write(path, lambda tmp: shutil.copyfile(out / "checkpoint.pt", tmp))
@@ -92,3 +98,45 @@ def keep_snapshot(out: Path, step: int) -> Path:
         raise SetupError(f"could not write {path} ({e.strerror or e}); the checkpoint is intact: free space "
                          "(or choose another --out) and continue with --resume") from None
     return path
+
+
+#: The temporary files of train.py's atomic writes in --out (``files.atomic_write``: ``.<name>.<random>.tmp``),
+#: by folder; only a kill leaves one behind.
+TEMPORARIES = (("", ".checkpoint.pt.*.tmp"), ("", ".config.json.*.tmp"), ("", ".log.csv.*.tmp"),
+               ("grids", ".*.png.*.tmp"), ("snapshots", ".step-*.pt.*.tmp"))
+SNAPSHOT_TEMPORARY = re.compile(r"^\.step-(\d+)\.pt\..+\.tmp$")
+
+
+def clear_leftovers(out: Path) -> tuple[list[str], set[int]]:
+    """Remove the temporary files a killed run left in ``out`` (call with --out's lock held): one line per file
+    removed, and the steps whose snapshot copy was interrupted."""
+    lines, steps = [], set()
+    for folder, pattern in TEMPORARIES:
+        for path in sorted((out / folder).glob(pattern)):
+            size = path.stat().st_size
+            path.unlink()
+            lines.append(f"removed {path} ({size / 1e6:.1f} MB), the unfinished write of a run that was killed")
+            if m := SNAPSHOT_TEMPORARY.match(path.name):
+                steps.add(int(m.group(1)))
+    return lines, steps
+
+
+def restore_snapshots(out: Path, step: int, keep_every: int, interrupted: set[int]) -> list[str]:
+    """On resuming the run in ``out`` at ``step`` (its checkpoint.pt's): re-create the missing snapshot of
+    ``step`` when it is a keep step or its copy was ``interrupted``; name an interrupted snapshot of an earlier
+    step, which is lost (the checkpoint has moved on). One line per snapshot."""
+    lines = []
+    wanted = set(interrupted)
+    if keep_every and step and step % keep_every == 0:
+        wanted.add(step)
+    for s in sorted(wanted):
+        path = snapshot_path(out, s)
+        if path.exists() or s > step:  # a later one is made again when the run gets there
+            continue
+        if s == step:
+            keep_snapshot(out, step)
+            lines.append(f"re-created {path} from {out / 'checkpoint.pt'} (step {step}): its copy had not finished")
+        else:
+            lines.append(f"lost {path}: its copy was interrupted and the checkpoint has moved on to step {step}, so it "
+                         "cannot be re-created (dfcvae.trajectory goes without it)")
+    return lines

@@ -11,8 +11,9 @@ from .config import RunFolder
 from .errors import SetupError
 
 RUN_FILES = ("checkpoint.pt", "config.json", "log.csv")
-#: Everything a run writes in --out (moved aside together by --overwrite).
-RUN_ITEMS = RUN_FILES + ("grids", "tb")
+#: Everything a run writes in --out (moved aside together by --overwrite): snapshots/ (--keep-every) included, so
+#: that neither the new run nor ``dfcvae.trajectory`` mixes the old run's snapshots with its own.
+RUN_ITEMS = RUN_FILES + ("grids", "tb", "snapshots")
 #: The lock file in --out that the main process holds for the whole run (it stays in --out, empty when free).
 LOCK_FILE = "train.lock"
 

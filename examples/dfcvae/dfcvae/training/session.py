@@ -9,7 +9,7 @@ from typing import Any
 
 from ..distributed import Distributed
 from ..files import write_text_atomic
-from .checkpoints import read_resume, resume, save_checkpoint
+from .checkpoints import clear_leftovers, read_resume, restore_snapshots, resume, save_checkpoint
 from .config import RunFolder, TrainConfig
 from .data import Faces, load_data
 from .folder import move_previous_run, moved_note, prepare_output
@@ -50,10 +50,21 @@ class Session:
             if self.folder.continues_own_run:
                 self.run.saved_step = self.run.step
         if self.dist.main:
+            self.tidy_up()
             if self.folder.overwrite and (aside := move_previous_run(self.folder.out)) is not None:
                 print(moved_note(self.folder.out, aside), file=sys.stderr)
             write_text_atomic(self.folder.out / "config.json", json.dumps(record, indent=2))
         self.logger = Logger(self.folder.out, self.dist.main, self.run.step)
+
+    def tidy_up(self) -> None:
+        """What a killed run left in --out (main process, lock held): its temporary files are removed, and when
+        this run continues there, the snapshot whose copy was cut short is re-created (or named as lost)."""
+        assert self.config is not None and self.run is not None
+        lines, interrupted = clear_leftovers(self.folder.out)
+        if self.folder.continues_own_run:
+            lines += restore_snapshots(self.folder.out, self.run.step, self.config.keep_every, interrupted)
+        for line in lines:
+            print(line, file=sys.stderr)
 
     def train(self) -> str:
         """Train to the end; what stopped the run before it ('' when nothing did)."""
