@@ -8,12 +8,19 @@ from dfcvae import trajectory
 from .helpers import make_celeba, train_tiny
 
 
-def test_every_kept_snapshot_is_evaluated_once_and_tabled(tmp_path, capsys):
-    data = make_celeba(tmp_path / "celeba", n_images=40, listed=40)
+def tiny_run(tmp_path, images: int, steps: int, keep_every: int, train_images: int, samples: int):
+    """A tiny training run with snapshots, and the trajectory arguments for it: (run, out, args)."""
+    data = make_celeba(tmp_path / "celeba", n_images=images, listed=images)
     run = tmp_path / "run"
-    assert train_tiny(data, run, "--epochs", "1", "--max-steps", "5", "--keep-every", "2") == 0
+    assert train_tiny(data, run, "--epochs", "1", "--max-steps", str(steps), "--keep-every", str(keep_every)) == 0
     out = tmp_path / "trajectory.md"
-    args = ["--run", str(run), "--data", str(data), "--train-images", "16", "--samples", "20", "--out", str(out)]
+    args = ["--run", str(run), "--data", str(data), "--train-images", str(train_images), "--samples", str(samples),
+            "--out", str(out)]
+    return run, out, args
+
+
+def test_every_kept_snapshot_is_evaluated_once_and_tabled(tmp_path, capsys):
+    run, out, args = tiny_run(tmp_path, images=40, steps=5, keep_every=2, train_images=16, samples=20)
     assert trajectory.main(args) == 0
     rows = list(csv.DictReader(out.with_suffix(".csv").open()))
     assert [int(r["step"]) for r in rows] == [2, 4, 5]  # two snapshots, then the newer checkpoint.pt
@@ -40,11 +47,7 @@ def test_a_run_without_snapshots_says_how_to_make_them(tmp_path, capsys):
 def test_a_cached_result_of_another_snapshot_file_is_recomputed(tmp_path, capsys):
     """A cache is keyed on the snapshot's content: a run started again in the folder (another step-2 file)
     gets its own numbers, and the stale entry is named."""
-    data = make_celeba(tmp_path / "celeba", n_images=16, listed=16)
-    run = tmp_path / "run"
-    assert train_tiny(data, run, "--epochs", "1", "--max-steps", "2", "--keep-every", "1") == 0
-    out = tmp_path / "trajectory.md"
-    args = ["--run", str(run), "--data", str(data), "--train-images", "8", "--samples", "10", "--out", str(out)]
+    run, out, args = tiny_run(tmp_path, images=16, steps=2, keep_every=1, train_images=8, samples=10)
     assert trajectory.main(args) == 0
     first = {int(r["step"]): r["kl"] for r in csv.DictReader(out.with_suffix(".csv").open())}
     snaps = run / "snapshots"
