@@ -69,9 +69,14 @@ def decode_batch_stats(model: VAE, z: torch.Tensor, batch: int = 100, device: st
     return torch.cat([decoder(z[i:i + batch].to(device)).float().clamp(0, 1).cpu() for i in range(0, len(z), batch)])
 
 
-def sample(model: VAE, z: torch.Tensor, sampling: Sampling, device: str = "cpu") -> torch.Tensor:
-    """Prior samples for standard-normal codes ``z`` (N, latent) under one :class:`Sampling` convention."""
+def sample(model: VAE, z: torch.Tensor, sampling: Sampling, device: str = "cpu",
+           shift: torch.Tensor | None = None) -> torch.Tensor:
+    """Prior samples for standard-normal codes ``z`` (N, latent) under one :class:`Sampling` convention, decoded at
+    ``z * temperature + shift`` when a ``shift`` (latent,) is given: with a re-centring offset m, ``shift=m``
+    gives a raw model's re-centred samples and ``shift=-m`` a re-centred model's raw ones (dfcvae.recentre)."""
     z = z * sampling.temperature
+    if shift is not None:
+        z = z + shift
     if sampling.batch_stats:
         return decode_batch_stats(model, z, sampling.batch, device)
     return decode(model, z, device=device)

@@ -7,8 +7,9 @@ With m the mean of the posterior means over the training split, the encoder's me
 decoder's first linear layer bias + W·m: an exact reparameterisation z' = z − m. Every reconstruction is the same
 (up to float rounding) and every posterior's KL to N(0, I) drops by ½|m|² on average, a strictly lower value of
 the training objective with the architecture, α and β unchanged; prior samples z' ~ N(0, I) are the old model's
-N(m, I) codes. The written checkpoint records ``config["recentred"]`` (|m|, images, the source), which the model
-card of an export keeps.
+N(m, I) codes. The written checkpoint records ``config["recentred"]`` (|m|, the offset m itself, images, the
+source), which the model card of an export keeps: with m known, the raw model's prior samples remain available
+(decode z − m), so a report can show both.
 """
 from __future__ import annotations
 
@@ -45,6 +46,13 @@ def recentred(model: VAE, m: torch.Tensor) -> VAE:
     return out
 
 
+def offset_record(m: torch.Tensor, images: int, source: Path) -> dict:
+    """What a re-centred checkpoint records of its offset ``m`` (latent,): |m|, m (float32 values, as JSON
+    numbers), how many training faces it was measured on and the source checkpoint."""
+    return {"offset_norm": round(float(m.norm()), 4), "offset": [float(v) for v in m.float().tolist()],
+            "images": images, "source": str(source)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="a train.py checkpoint.pt")
@@ -71,8 +79,7 @@ def main(argv=None) -> int:
     m = posterior_mean_offset(model, faces)
     new = recentred(model, m)
     state = dict(state, model=new.state_dict(),
-                 config=dict(state["config"], recentred={"offset_norm": round(float(m.norm()), 4),
-                                                         "images": len(faces), "source": str(src)}))
+                 config=dict(state["config"], recentred=offset_record(m, len(faces), src)))
     save_atomic(state, dst)
     print(f"wrote {dst}: latent re-centred by |m| = {float(m.norm()):.3f} (mean posterior mean over {len(faces)} "
           "training faces); KL lower by about ½|m|² per sample, reconstructions unchanged")

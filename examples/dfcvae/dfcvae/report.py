@@ -8,8 +8,10 @@ Writes PNG figures and report.md to --out (report.md is rewritten after every se
 leaves a valid partial report): prior samples in two labelled conventions (Fig. 3), reconstructions (Fig. 4),
 interpolation (Fig. 5), attribute manipulation (Fig. 6), attribute-vector correlations (Fig. 7), the t-SNE face
 grid (Fig. 8), 40-attribute linear-SVM prediction beside the paper's Table 1 with a majority-class row, and a
-quality table (MSE, SSIM, sharpness, Fréchet distances in two feature spaces); summary.json holds the headline
-numbers. Arguments are checked before any work starts; any model may be left out.
+quality table (MSE, SSIM, sharpness, Fréchet distances in two feature spaces), prior face rates of every model
+raw and re-centred; summary.json holds the headline numbers. ``--baseline FOLDER`` adds exported models of the same
+presets at another training budget beside them (dfcvae.budgets). Arguments are checked before any work starts; any
+model may be left out.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ from .checkpointing import CheckpointError
 from .files import unwritable_reason, write_text_atomic
 from .latent import (SAMPLINGS, attribute_vector, encode, interpolate, load_vae,
                     reconstruct, sample)
+from .budgets import (FORMS, change_lines, form, other_form_shift, percent, preset_of, row_key,
+                      trajectory_face_rates)
 from .paper_table1 import PAPER_TABLE1
 from .pretrained import (PRETRAINED_DIR, PretrainedError, describe, load_pretrained, read_card, training_time,
                         update_card)
@@ -55,6 +59,11 @@ def parse_args(argv=None):
                    help="use the shipped models (default folder: %(const)s); --pvae etc. override single models")
     for key, name in MODELS.items():
         p.add_argument(f"--{key}", default=None, help=f"{name} training checkpoint")
+    p.add_argument("--baseline", default=None, metavar="FOLDER",
+                   help="models of the same presets at another training budget, in the pretrained layout "
+                        "(<name>.safetensors + <name>.json; any of pvae, vae123, vae345): their Table 1, quality "
+                        "and face-rate rows are reported beside, labelled by their steps, and the findings say per "
+                        "model what changed (see README: the 2,340-step models from git history)")
     p.add_argument("--update-cards", action="store_true",
                    help="with --pretrained: write the Table 1 average and quality figures into the model cards")
     p.add_argument("--data", default=str(DEFAULT_DATA))
@@ -104,15 +113,33 @@ def load_models(args) -> tuple[dict, dict]:
             if log.is_file():
                 info[key].update(training_time(log))
         elif args.pretrained:
-            try:
-                models[key] = load_pretrained(key, args.pretrained, args.device)
-                card = read_card(key, args.pretrained)
-                print(describe(key, args.pretrained), file=sys.stderr)
-            except PretrainedError as e:
-                raise ReportError(str(e)) from None
-            source = pretrained_paths(key, args.pretrained)[0]
-            source = source.relative_to(EXAMPLE_DIR) if source.is_relative_to(EXAMPLE_DIR) else source
-            info[key] = dict(card, source=str(source), step=card["steps"], epochs_done=card["epochs"])
+            models[key], info[key] = load_exported(key, args.pretrained, args.device)
+    return models, info
+
+
+def load_exported(key: str, folder: str | Path, device: str) -> tuple:
+    """An exported model of ``folder`` and its info (the card, plus source, step, epochs_done)."""
+    try:
+        model = load_pretrained(key, folder, device)
+        card = read_card(key, folder)
+        print(describe(key, folder), file=sys.stderr)
+    except PretrainedError as e:
+        raise ReportError(str(e)) from None
+    source = pretrained_paths(key, folder)[0]
+    source = source.relative_to(EXAMPLE_DIR) if source.is_relative_to(EXAMPLE_DIR) else source
+    return model, dict(card, source=str(source), step=card["steps"], epochs_done=card["epochs"])
+
+
+def load_baseline(folder: str, device: str) -> tuple[dict, dict]:
+    """{row key "<preset>@<steps>": VAE} and {row key: info} for every exported model in ``folder``."""
+    models, info = {}, {}
+    for key in MODELS:
+        if pretrained_paths(key, folder)[0].is_file():
+            model, card = load_exported(key, folder, device)
+            models[row_key(key, card["step"])], info[row_key(key, card["step"])] = model, card
+    if not models:
+        raise ReportError(f"--baseline {folder} holds no exported model ({', '.join(f'{k}.safetensors' for k in MODELS)})"
+                          "; export one with `python examples/dfcvae/pretrained.py export --folder ...`")
     return models, info
 
 
@@ -185,14 +212,19 @@ class Report:
 
 
 # ------------------------------------------------------------------------------------------ sections
-def section_scale(rep: Report, info: dict) -> None:
+def label(key: str, info: dict) -> str:
+    """A row key's label: "VAE-123" for a model of the report, "VAE-123 (2,340 steps)" for a baseline model."""
+    return MODELS[key] if "@" not in key else f"{MODELS[preset_of(key)]} ({info['step']:,} steps)"
+
+
+def section_scale(rep: Report, info: dict, labels: dict) -> None:
     rep.add("## Scale of the runs", "")
     rows = []
     for key, c in info.items():
         wall = f"{c['wall_time_s'] / 60:.1f} min" if "wall_time_s" in c else "—"
         kl = f"{c['final_kl']:.1f}" if "final_kl" in c else "—"
         rec = f"{c['final_rec']:.4g}" if "final_rec" in c else "—"
-        rows.append([MODELS[key], c["source"], str(c.get("images")), f"{c['epochs_done']:.2f}", str(c["step"]),
+        rows.append([labels[key], c["source"], str(c.get("images")), f"{c['epochs_done']:.2f}", str(c["step"]),
                      f"{c.get('batch_size')}×{c.get('world_size', 1)}", str(c.get("balance")), str(c.get("amp")),
                      wall, kl, rec])
     rep.table(["model", "weights", "training images", "epochs", "steps", "batch", "balance", "amp", "wall time",
@@ -276,16 +308,16 @@ def section_latent(rep: Report, args, lm_key: str, lm, train_codes, train_sub: C
         rep.add("Embedding points are assigned to grid cells by `scipy.optimize.linear_sum_assignment`.", "")
 
 
-def section_table1(rep: Report, args, codes: dict, train_sub: CelebA, test_sub: CelebA, train_faces, test_faces,
-                   attribute_names: list[str], progress: bool) -> dict:
+def section_table1(rep: Report, args, codes: dict, labels: dict, train_sub: CelebA, test_sub: CelebA, train_faces,
+                   test_faces, attribute_names: list[str], progress: bool) -> dict:
     """Table 1; returns {row label: (40,) accuracies in %} including 'majority'."""
     from tqdm import tqdm
 
     ytr, yte = train_sub.attributes.numpy(), test_sub.attributes.numpy()
     ours = {}
     for key, (tr, te) in codes.items():
-        ours[MODELS[key]] = 100 * metrics.svm_attribute_accuracy(
-            tr.numpy(), ytr, te.numpy(), yte, progress=tqdm(total=ytr.shape[1], desc=f"SVMs {MODELS[key]}",
+        ours[labels[key]] = 100 * metrics.svm_attribute_accuracy(
+            tr.numpy(), ytr, te.numpy(), yte, progress=tqdm(total=ytr.shape[1], desc=f"SVMs {labels[key]}",
                                                             disable=not progress, file=sys.stderr, leave=False))
     vgg_n = None
     if not args.no_vgg_baseline:
@@ -322,8 +354,10 @@ def section_table1(rep: Report, args, codes: dict, train_sub: CelebA, test_sub: 
     return dict(ours, majority=majority)
 
 
-def section_quality(rep: Report, args, models: dict, test_faces: np.ndarray, g: torch.Generator, progress: bool) -> dict:
-    """The quality table; returns {model key: {kind: {metric: value}}}."""
+def section_quality(rep: Report, args, models: dict, labels: dict, info: dict, train_codes: dict,
+                    test_faces: np.ndarray, g: torch.Generator, progress: bool) -> tuple[dict, dict]:
+    """The quality table and the face rates of prior samples; returns {row key: {kind: {metric: value}}} and
+    {row key: {sampling name: {form: face rate or None}}} (empty without the ONet weights)."""
     from tqdm import tqdm
 
     from .face_features import FaceFeaturesUnavailable, face_rate, load_onet, onet_features
@@ -355,13 +389,18 @@ def section_quality(rep: Report, args, models: dict, test_faces: np.ndarray, g: 
 
     z = torch.randn(nq, 100, generator=g)
     results = {"data": {"other test images": measure(other, False)}}
+    faces = {}
     bar = tqdm(total=len(models) * (1 + len(SAMPLINGS)), desc="quality", disable=not progress, file=sys.stderr, leave=False)
     for key, model in models.items():
         rec = reconstruct(model, test_faces[:nq], args.device)
         results[key] = {"reconstruction": measure(rec, True)}
         bar.update()
+        other_form, shift = other_form_shift(info[key], train_codes[key])
         for s in SAMPLINGS.values():
-            results[key][f"samples ({s.name})"] = measure(sample(model, z, s, args.device), False)
+            results[key][f"samples ({s.name})"] = row = measure(sample(model, z, s, args.device), False)
+            if onet is not None:  # the same codes decoded in the model's other form (raw / re-centred)
+                other_rate = None if shift is None else face_rate(onet, sample(model, z, s, args.device, shift))
+                faces.setdefault(key, {})[s.name] = {form(info[key]): row["face_rate"], other_form: other_rate}
             bar.update()
     bar.close()
 
@@ -379,13 +418,13 @@ def section_quality(rep: Report, args, models: dict, test_faces: np.ndarray, g: 
     rows = []
     for key, kinds in results.items():
         for kind, r in kinds.items():
-            rows.append([MODELS.get(key, "data"), kind, f"{r['mse']:.4f}" if "mse" in r else "—",
+            rows.append([labels.get(key, "data"), kind, f"{r['mse']:.4f}" if "mse" in r else "—",
                          f"{r['ssim']:.3f}" if "ssim" in r else "—", f"{r['sharpness']:.2f}"] +
                         [f"{r[f'fd_{k}']:.1f}" for k in spaces])
     rep.table(header, rows)
     if onet is not None:
-        section_face_rate(rep, results, nq)
-    return results
+        section_face_rate(rep, results["data"]["other test images"]["face_rate"], faces, labels, info, nq)
+    return results, faces
 
 
 #: The paper's Fig. 3 caption and text (Sec. 4.2) on each model's prior samples.
@@ -394,24 +433,62 @@ PAPER_FIG3 = {"pvae": "blurry faces (\"the generated images are blurry\")",
               "vae345": "faces, \"more blurry\" than VAE-123's but \"better at generating hair with different textures\""}
 
 
-def section_face_rate(rep: Report, results: dict, n: int) -> None:
-    """How many prior samples are faces, per model and sampling convention, beside the paper's Fig. 3."""
+def section_face_rate(rep: Report, data_rate: float, faces: dict, labels: dict, info: dict, n: int) -> None:
+    """How many prior samples are faces, per model, form (raw / re-centred) and sampling convention, beside the
+    paper's Fig. 3. A re-centred model whose offset was not recorded shows its raw rates from the run's trajectory
+    (results/trajectory_<preset>.csv) at the same step, marked, when that file has them."""
     from .face_features import FACE_THRESHOLD
 
-    data = results["data"]["other test images"]["face_rate"]
     rep.add("### How many prior samples are faces (Figure 3)", "",
             f"The fraction of {n} images that MTCNN's ONet face network (a network no model here was trained with) "
             f"classifies as a face (probability > {FACE_THRESHOLD}, MTCNN's own ONet threshold), the same codes for "
-            f"every model; real test faces: {100 * data:.1f}%.", "")
-    rows = [[MODELS[k], *(f"{100 * results[k][f'samples ({s})']['face_rate']:.1f}%" for s in SAMPLINGS),
-             PAPER_FIG3[k]] for k in results if k in MODELS]
-    rep.table(["model", *(f"faces, {s.label}" for s in SAMPLINGS.values()), "the paper's Fig. 3"], rows)
+            f"every model; real test faces: {100 * data_rate:.1f}%. Each model in both forms: *raw* as trained, and "
+            "*re-centred* (`dfcvae/recentre.py`, a labelled post-training step not in the paper: the latent shifted "
+            "by the mean posterior mean m of the training faces, an exact reparameterisation that leaves every "
+            "reconstruction unchanged). Both forms decode the same codes: a raw model's re-centred samples are its "
+            "decoded z + m, a re-centred model's raw samples its decoded z − m with the offset its card records. "
+            "'as shipped' says which form the weights file holds.", "")
+    rows, notes = [], []
+    for key, rates in faces.items():
+        cells = []
+        for s in SAMPLINGS:
+            for f in FORMS:
+                rate, mark = rates[s][f], ""
+                if rate is None and (past := trajectory_face_rates(EXAMPLE_DIR / "results", preset_of(key),
+                                                                   info[key]["step"])):
+                    rate, mark = past[s], " †"
+                    note = (f"† {labels[key]} was re-centred before the offset vector was recorded: its raw rates are "
+                            f"those of results/trajectory_{preset_of(key)}.md at step {info[key]['step']:,} (the "
+                            "same model before re-centring, 1,000 other codes of the same distribution).")
+                    notes += [note] if note not in notes else []
+                cells.append(percent(rate) + mark)
+        rows.append([labels[key], *cells, "re-centred" if form(info[key]) == "recentred" else "raw",
+                     PAPER_FIG3[preset_of(key)]])
+    rep.table(["model", *(f"faces, {s.label}, {'re-centred' if f == 'recentred' else f}"
+                          for s in SAMPLINGS.values() for f in FORMS), "as shipped", "the paper's Fig. 3"], rows)
+    rep.add(*notes, "")
 
 
-def section_findings(rep: Report, table1: dict, quality: dict) -> None:
-    """What matches the paper and what does not, computed from this run's numbers."""
+def table1_order(avg: dict[str, float], labels: dict[str, str], keys: list[str]) -> str:
+    """The Table 1 averages of the models ``keys`` (one budget) and the majority row in increasing order, and
+    whether the paper's order holds among the models present (VAE-345 ≥ VAE-123 > PVAE > majority)."""
+    ranked = sorted([("majority", avg["majority"])] + [(labels[k], avg[labels[k]]) for k in keys], key=lambda r: r[1])
+    chain = ["majority"] + [labels[k] for k in sorted(keys, key=lambda k: list(MODELS).index(preset_of(k)))]
+    held = all(avg[a] < avg[b] or (avg[a] == avg[b] and {a, b} == {labels.get(k) for k in keys if preset_of(k) in
+                                                                     ("vae123", "vae345")})
+               for a, b in zip(chain, chain[1:]))
+    return (" < ".join(f"{name} {value:.2f}" for name, value in ranked) +
+            (" — the paper's order" if held else " — **not** the paper's order (VAE-345 ≥ VAE-123 > PVAE > majority)"))
+
+
+def section_findings(rep: Report, table1: dict, quality: dict, faces: dict, labels: dict, info: dict) -> None:
+    """What matches the paper and what does not, and what changed with the training budget, computed from this
+    run's numbers."""
     avg = {k: float(np.mean(v)) for k, v in table1.items()}
     lines = ["## What matches the paper", ""]
+    for steps in sorted({c["step"] for c in info.values()}, reverse=True):
+        keys = [k for k in labels if info[k]["step"] == steps]
+        lines.append(f"- Table 1 at {steps:,} steps: {table1_order(avg, labels, keys)}.")
     if {"VAE-123", "VAE-345"} <= avg.keys():
         for k, paper in (("VAE-123", PAPER_TABLE1["VAE-123"][40]), ("VAE-345", PAPER_TABLE1["VAE-345"][40])):
             lines.append(f"- Table 1 average, {k}: {avg[k]:.2f} here vs {paper} in the paper ({avg[k] - paper:+.2f}); "
@@ -435,6 +512,8 @@ def section_findings(rep: Report, table1: dict, quality: dict) -> None:
                              f"({d['sharpness']:.2f} vs {p['sharpness']:.2f} of the data's sharpness); Fréchet "
                              "distance " + ", ".join(f"{s[3:]} {'closer' if c else 'farther'} "
                                                      f"({d[s]:.1f} vs {p[s]:.1f})" for s, c in closer.items()) + ".")
+    if changes := change_lines(labels, avg, quality, faces, info):
+        lines += ["", "### What the longer schedule changed, per model", "", *changes]
     rep.add(*lines, "")
 
 
@@ -454,6 +533,12 @@ def run(args) -> int:
             raise ReportError(f"unknown attribute {name!r}" + (f" (did you mean {', '.join(close)}?)" if close else "") +
                               f"; valid: {', '.join(attribute_names)}")
     models, info = load_models(args)
+    everything, info_all = dict(models), dict(info)  # the report's models and the baseline's, by row key
+    if args.baseline:
+        base_models, base_info = load_baseline(args.baseline, args.device)
+        everything.update(base_models)
+        info_all.update(base_info)
+    labels = {k: label(k, c) for k, c in info_all.items()}
     crop = next(iter(info.values())).get("crop") or "released"
     data = load_celeba(args.data)
     train_data, test_data = data.split("train"), data.split("test")
@@ -478,7 +563,7 @@ def run(args) -> int:
         steps.set_postfix_str(what)
         steps.update()
 
-    section_scale(rep, info)
+    section_scale(rep, info_all, labels)
     section_samples(rep, models, names, out, g, args.device)
     done("samples")
 
@@ -492,25 +577,30 @@ def run(args) -> int:
 
     train_faces, train_sub = faces(train_data, crop, args.svm_train, args.seed, progress)
     codes = {k: (encode(m, train_faces, device=args.device), encode(m, test_faces, device=args.device))
-             for k, m in models.items()}
+             for k, m in everything.items()}
     lm_key = args.latent_model if args.latent_model in models else next(iter(models))
     section_latent(rep, args, lm_key, models[lm_key], codes[lm_key][0], train_sub, codes[lm_key][1], test_faces,
                    test_sub, out, g)
     done("latent space")
 
-    table1 = section_table1(rep, args, codes, train_sub, test_sub, train_faces, test_faces, data.attribute_names, progress)
+    table1 = section_table1(rep, args, codes, labels, train_sub, test_sub, train_faces, test_faces,
+                            data.attribute_names, progress)
     done("Table 1")
-    quality = section_quality(rep, args, models, test_faces, g, progress)
+    quality, face_rates = section_quality(rep, args, everything, labels, info_all,
+                                          {k: c[0] for k, c in codes.items()}, test_faces, g, progress)
     done("quality")
-    section_findings(rep, table1, quality)
+    section_findings(rep, table1, quality, face_rates, labels, info_all)
     rep.add(f"_Report generated in {time.time() - t0:.0f} s._")
     done("findings")
     steps.close()
 
-    summary = {MODELS[k]: {"table1_average": round(float(np.mean(table1[MODELS[k]])), 2),
-                           "table1_delta_majority": round(float(np.mean(table1[MODELS[k]]) - np.mean(table1["majority"])), 2),
-                           "quality": {kind: {m: round(v, 4) for m, v in r.items()} for kind, r in quality[k].items()}}
-               for k in models}
+    summary = {labels[k]: {"steps": info_all[k]["step"],
+                           "table1_average": round(float(np.mean(table1[labels[k]])), 2),
+                           "table1_delta_majority": round(float(np.mean(table1[labels[k]]) - np.mean(table1["majority"])), 2),
+                           "quality": {kind: {m: round(v, 4) for m, v in r.items()} for kind, r in quality[k].items()},
+                           "face_rates": {s: {f: None if v is None else round(v, 4) for f, v in r.items()}
+                                          for s, r in face_rates.get(k, {}).items()}}
+               for k in everything}
     summary["majority"] = {"table1_average": round(float(np.mean(table1["majority"])), 2)}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     if args.update_cards:

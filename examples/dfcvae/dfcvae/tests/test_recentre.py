@@ -35,3 +35,33 @@ def test_the_command_writes_a_labelled_checkpoint_and_never_its_input(tmp_path, 
     assert state["config"]["recentred"]["images"] == 20 and state["config"]["recentred"]["offset_norm"] > 0
     assert recentre.main(["--checkpoint", str(dst), "--out", str(tmp_path / "again.pt"), "--data", str(data)]) == 2
     assert "already re-centred" in capsys.readouterr().err
+
+
+def test_both_forms_decode_from_either_with_the_offset():
+    """A re-centred model's samples at z - m are the raw model's at z (raw form from a re-centred model) and the
+    raw model's at z + m are the re-centred model's at z, in both sampling conventions."""
+    from dfcvae.latent import SAMPLINGS, sample
+
+    torch.manual_seed(0)
+    model = vae.VAE().eval().double()
+    m = torch.randn(model.latent, dtype=torch.float64)
+    rc = recentre.recentred(model, m)
+    z = torch.randn(100, model.latent, dtype=torch.float64)
+    for s in SAMPLINGS.values():
+        torch.testing.assert_close(sample(rc, z, s, shift=-m), sample(model, z, s), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(sample(model, z, s, shift=m), sample(rc, z, s), rtol=1e-9, atol=1e-9)
+
+
+def test_the_offset_itself_is_recorded(tmp_path):
+    data = make_celeba(tmp_path / "celeba", n_images=20, listed=20)
+    run = tmp_path / "run"
+    assert train_tiny(data, run, "--epochs", "1", "--max-steps", "2") == 0
+    dst = tmp_path / "rc.pt"
+    assert recentre.main(["--checkpoint", str(run / "checkpoint.pt"), "--out", str(dst), "--data", str(data)]) == 0
+    raw, rc = (torch.load(p, weights_only=True) for p in (run / "checkpoint.pt", dst))
+    record = rc["config"]["recentred"]
+    m = torch.tensor(record["offset"])
+    assert m.shape == (100,) and abs(float(m.norm()) - record["offset_norm"]) < 1e-3
+    # the encoder's mean head moved by exactly -m
+    torch.testing.assert_close(raw["model"]["encoder.mean.bias"] - rc["model"]["encoder.mean.bias"], m,
+                               rtol=1e-6, atol=1e-6)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from dfcvae import latent, metrics, report, vae
+from dfcvae import latent, metrics, pretrained, recentre, report, vae
 
 from .helpers import make_celeba
 
@@ -63,10 +63,18 @@ def test_full_report_on_tiny_models(tmp_path, caffe_weights):
                                "steps_per_epoch": 3, "batch_size": 8, "balance": "released", "amp": "off",
                                "device": "cpu"}}, path)
         ckpts[key] = path
+    torch.manual_seed(2)  # a baseline: the same preset at another budget, exported and re-centred
+    early = tmp_path / "early.pt"
+    raw = vae.VAE()
+    torch.save({"model": recentre.recentred(raw, torch.randn(100)).state_dict(), "step": 2,
+                "config": {**torch.load(ckpts["vae123"], weights_only=True)["config"],
+                           "recentred": {"offset_norm": 1.0, "offset": torch.randn(100).tolist(), "images": 30}}},
+               early)
+    pretrained.export(early, "vae123", tmp_path / "baseline")
     out = tmp_path / "report"
     rc = report.main(["--pvae", str(ckpts["pvae"]), "--vae123", str(ckpts["vae123"]), "--data", str(data),
                       "--out", str(out), "--svm-train", "0", "--tsne-side", "4", "--quality-images", "10",
-                      "--attribute-images", "10", "--no-progress"])
+                      "--attribute-images", "10", "--no-progress", "--baseline", str(tmp_path / "baseline")])
     assert rc == 0
     text = (out / "report.md").read_text()
     for png in ("samples_paper.png", "samples_released.png", "reconstructions.png", "interpolation.png",
@@ -77,8 +85,14 @@ def test_full_report_on_tiny_models(tmp_path, caffe_weights):
     assert "FD VGG19" in text and "FD ONet" in text and "| PVAE | samples (released) |" in text
     assert "| data | other test images |" in text and "## What matches the paper" in text
     assert "### How many prior samples are faces (Figure 3)" in text and "| VAE-123 |" in text.split("are faces")[1]
+    assert "| VAE-123 (2 steps) |" in text.split("(Table 1)")[1] and "ours VAE-123 (2 steps)" in text
+    faces_table = text.split("are faces")[1].split("## What")[0]
+    assert "re-centred" in faces_table and "| VAE-123 (2 steps) |" in faces_table and "—" not in faces_table
+    assert "- Table 1 at 3 steps: " in text and "- Table 1 at 2 steps: " in text
+    assert "- VAE-123, 2 → 3 steps: Table 1 average" in text
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"PVAE", "VAE-123", "majority"}
+    assert set(summary) == {"PVAE", "VAE-123", "VAE-123 (2 steps)", "majority"}
+    assert set(summary["VAE-123 (2 steps)"]["face_rates"]["paper"]) == {"raw", "recentred"}
     assert set(summary["VAE-123"]["quality"]) == {"reconstruction", "samples (paper)", "samples (released)"}
     assert 0 <= summary["VAE-123"]["quality"]["samples (paper)"]["face_rate"] <= 1
     from PIL import Image
