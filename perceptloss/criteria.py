@@ -177,6 +177,23 @@ class FeatureDistance(Criterion):
         p = 1 if self.distance == "l1" else 2
         return feature_distance(input_repr, target_repr, self.layer_weights, fused=self.fused, p=p)
 
+    def maps(self, input_repr: list[torch.Tensor], target_repr: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per layer the (N, 1, H_l, W_l) map of the weighted per-position distance (float32; float64 for float64),
+        whose spatial mean is ``compare``'s column: the channel mean of (a - b)², |a - b| or the Charbonnier
+        penalty, or for "cosine" the channel sum of the squared difference of the unit-normalised features."""
+        out = []
+        for w, a, b in zip(self.layer_weights, input_repr, target_repr):
+            d = a.to(accumulation_dtype(a.dtype)) - b.to(accumulation_dtype(b.dtype))
+            if self.distance == "l1":
+                per_channel = d.abs()
+            elif self.distance == "charbonnier":
+                per_channel = (d.square() + self.charbonnier_eps ** 2).sqrt()
+            else:
+                per_channel = d.square()
+            reduce = per_channel.sum if self.distance == "cosine" else per_channel.mean
+            out.append(w * reduce(dim=1, keepdim=True))
+        return out
+
     def signature_fields(self) -> dict[str, object]:
         eps = f"/eps={number(self.charbonnier_eps)}" if self.distance == "charbonnier" else ""
         return {"layer_weights": numbers(self.layer_weights), "distance": self.distance + eps}

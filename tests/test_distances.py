@@ -106,3 +106,19 @@ def test_torch_compile_fullgraph():
     loss = FeatureLoss("vgg16", ["relu1_2"], weights=None, distance="cosine")
     x, y = images(size=16)
     assert_close(torch.compile(loss, fullgraph=True, backend="aot_eager")(x, y), loss(x, y), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("distance", ["l2", "l1", "cosine", "charbonnier"])
+def test_feature_distance_maps_average_to_the_terms(distance):
+    """FeatureDistance.maps: per layer (N, 1, h, w) maps whose spatial means are compare's columns, so every
+    FeatureLoss has a spatial_map (float64: exact to rounding)."""
+    torch.manual_seed(0)
+    loss = FeatureLoss("vgg16", ["relu1_2", "relu2_2", "conv3_1"], weights=None, reduction="none",
+                       distance=distance, fused=False).double()
+    x, y = images(dtype=torch.float64)
+    ra, rb = loss.representation(loss.features(x)), loss.representation(loss.features(y))
+    maps = loss.criterion.maps(ra, rb)
+    assert [tuple(m.shape) for m in maps] == [(2, 1) + tuple(a.shape[-2:]) for a in ra]
+    assert_close(torch.stack([m.mean(dim=(1, 2, 3)) for m in maps], dim=1), loss.criterion.compare(ra, rb),
+                 rtol=1e-12, atol=1e-14)
+    assert loss.spatial_map(x, y).shape == (2, 1, 32, 32)

@@ -44,6 +44,12 @@ def add_arguments(sub) -> None:
                         "become --metric names; repeatable")
     p.add_argument("--csv", type=Path, default=None, help="write per-image values here")
     p.add_argument("--json", type=Path, default=None, help="write the per-metric summary here")
+    p.add_argument("--report", type=Path, default=None, metavar="DIR",
+                   help="write an HTML page to look at (DIR/index.html, thumbnails beside it): per metric the "
+                        "paste-ready line and signature, a histogram, and the pairs with the largest and smallest "
+                        "values side by side with their per-layer terms and difference maps")
+    p.add_argument("--report-pairs", type=int, default=6, metavar="N",
+                   help="pairs shown at each end of the ranking in --report (default: 6)")
     p.add_argument("--strict", action="store_true", help="unmatched or unreadable files are errors, not skipped")
     p.add_argument("--resize", choices=RESIZE_FILTERS, default=None, metavar="FILTER",
                    help=f"resample a distorted image of another size to the reference's size ({', '.join(RESIZE_FILTERS)})")
@@ -66,7 +72,8 @@ def _warn(text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Score the folders; returns 0, or 1 when an output file could not be written (ScoreError for misuse and
     bad files, raised before anything is scored where it can be)."""
-    from .batching import make_batches, plan_pairs
+    from .batching import PairImages, make_batches, plan_pairs
+    from .html_report import check_report_dir, write_report
     from .output import check_outputs, csv_text, json_text, print_summary, summary_document, write_outputs
     from .pairing import describe_unmatched, pair_folders
     from .running import apply_tiling, rank_device, score_batches, start_ranks, stop_ranks
@@ -74,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
 
     if int(os.environ.get("RANK", "0")) == 0:  # the process that writes them (rank 0 under torchrun)
         check_outputs({"--csv": args.csv, "--json": args.json})
+        if args.report is not None:
+            check_report_dir(args.report)
+            if isinstance(args.report_pairs, bool) or args.report_pairs < 1:
+                raise ScoreError(f"--report-pairs must be an integer >= 1, got {args.report_pairs!r}")
     import_plugins(args.plugin)
     names = list(dict.fromkeys(args.metric))
     weights = parse_weights(args.weights, names)
@@ -90,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
                 _warn(f"{describe_unmatched(pairing, args.ref, args.dist)} (skipped)")
             for reason in plan.failed.values():
                 _warn(f"{reason} (pair skipped)")
-        results = score_batches(plan, batches, apply_tiling(metrics, args.tile), device, workers=args.workers,
+        scoring = apply_tiling(metrics, args.tile)
+        results = score_batches(plan, batches, scoring, device, workers=args.workers,
                                 ranks=ranks, progress=not args.quiet)
         if not ranks.is_main:
             return 0
@@ -114,6 +126,22 @@ def run(args: argparse.Namespace) -> int:
         if args.json is not None:
             outputs["--json"] = (args.json, json_text(document))
         failures = write_outputs(outputs)
+        if args.report is not None:
+            images = PairImages(plan)
+
+            def load_pair(j: int):
+                item = images[scored[j]]
+                if len(item) != 3:  # the file changed since it was scored
+                    raise ScoreError(f"--report: {item[1]}")
+                return item[1], item[2]
+
+            try:
+                page = write_report(args.report, document, scoring, values, [r[0] for r in rows], load_pair, device,
+                                    pairs=args.report_pairs)
+                if not args.quiet:
+                    print(f"report: {page}", file=sys.stderr)
+            except (OSError, ScoreError) as e:
+                failures.append(f"could not write --report {args.report} ({e}); the other outputs are written")
         if not args.quiet:
             print_summary(document, sys.stdout)
         for line in failures:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .errors import ScoreError
-from .statistics import CI_METHOD
+from .statistics import CI_METHOD, paste_ready
 
 #: Bytes handed to one ``os.write`` call when an output file is written.
 CHUNK = 1 << 16
@@ -133,14 +133,15 @@ def write_outputs(outputs: dict[str, tuple[Path, str]]) -> list[str]:
 def summary_document(summaries: dict[str, dict], signatures: dict[str, str], *, ref: str, dist: str, pairs: int,
                      ref_only: list[str], dist_only: list[str], failed: dict[str, str]) -> dict:
     """The JSON summary: the folders, how many pairs were scored and skipped (and why), and per metric
-    n, mean, std, ci95 and the signature."""
+    n, mean, std, ci95, the paste-ready line (``reported``: ``0.213 ± 0.004 (95% CI, n = 500)``) and the signature."""
     return {
         "ref": ref,
         "dist": dist,
         "pairs_scored": pairs,
         "skipped": {"ref_only": ref_only, "dist_only": dist_only, "unreadable": failed},
         "ci95_method": CI_METHOD,
-        "metrics": {name: {**summaries[name], "signature": signatures[name]} for name in summaries},
+        "metrics": {name: {**summaries[name], "reported": paste_ready(summaries[name]), "signature": signatures[name]}
+                    for name in summaries},
     }
 
 
@@ -149,7 +150,8 @@ def _fmt(value: float | None) -> str:
 
 
 def print_summary(document: dict, out: TextIO) -> None:
-    """A table (metric, n, mean, std, 95% CI) and one signature line per metric."""
+    """A table (metric, n, mean, std, 95% CI) and per metric one line to paste: the value with its interval and
+    the signature."""
     rows = [("metric", "n", "mean", "std", "95% CI (t)")]
     for name, s in document["metrics"].items():
         ci = s["ci95"]
@@ -158,4 +160,4 @@ def print_summary(document: dict, out: TextIO) -> None:
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
     for name, s in document["metrics"].items():
-        print(f"{name}: {s['signature']}", file=out)
+        print(f"{name}: {s['reported']}  {s['signature']}", file=out)

@@ -82,3 +82,21 @@ def summarize(values: Sequence[float]) -> dict[str, object]:
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
     half = t_quantile(0.975, n - 1) * std / math.sqrt(n)
     return {"n": n, "mean": mean, "std": std, "ci95": [mean - half, mean + half]}
+
+
+def paste_ready(summary: dict[str, object]) -> str:
+    """``summarize``'s result as one line to paste into a paper: ``0.213 ± 0.004 (95% CI, n = 3,640)``, the
+    half-width of the interval to one significant digit and the mean rounded to the same place (``0.2131 (n = 1)``
+    without an interval, ``no value (n = 0)`` without values)."""
+    n, mean, ci = summary["n"], summary["mean"], summary["ci95"]
+    if mean is None:
+        return "no value (n = 0)"
+    if ci is None:
+        return f"{mean:.4g} (n = {n:,})"
+    half = (ci[1] - ci[0]) / 2
+    if not half > 0:
+        return f"{mean:.6g} ± 0 (95% CI, n = {n:,})"
+    digit = math.floor(math.log10(half))  # the half-width's first significant digit: 10**digit
+    if digit >= 0:  # 35688 ± 4456 -> 36000 ± 4000
+        return f"{round(mean, -digit):.0f} ± {round(half, -digit):.0f} (95% CI, n = {n:,})"
+    return f"{mean:.{-digit}f} ± {half:.{-digit}f} (95% CI, n = {n:,})"
