@@ -38,6 +38,10 @@ def nan_in_bfloat16(a, b, w, p):
     return out * float("nan") if a[0].dtype == torch.bfloat16 else out
 
 
+def float64_output(a, b, w, p):
+    return feature_distance_reference(a, b, w, p).double()
+
+
 def no_kernel_image(a, b, w, p):
     raise RuntimeError("CUDA error: no kernel image is available for execution on the device\nmore lines")
 
@@ -48,7 +52,7 @@ def took_the_operator(out: torch.Tensor) -> bool:
 
 def features(seed=0):
     g = torch.Generator().manual_seed(seed)
-    a = [torch.randn(2, 3, 5, 5, generator=g, requires_grad=True), torch.randn(2, 4, 2, 2, generator=g, requires_grad=True)]
+    a = [torch.randn(2, 3, 5, 5, generator=g).requires_grad_(), torch.randn(2, 4, 2, 2, generator=g).requires_grad_()]
     b = [torch.randn(2, 3, 5, 5, generator=g), torch.randn(2, 4, 2, 2, generator=g)]
     return a, b
 
@@ -78,9 +82,12 @@ def test_probe_passes_the_built_cpu_kernels():
 
 
 @pytest.mark.parametrize("op, expected", [
-    (off_by_one_percent, "float32, p=2, odd sizes, a layer of two work chunks: values: relative error 1.00e-02 > 1e-05"),
+    (off_by_one_percent,
+     "float32, p=2, odd sizes, a layer of two work chunks: values: relative error 1.00e-02 > 1e-05"),
     (wrong_target_gradient, "float32, p=2, odd sizes, a layer of two work chunks: gradient of target layer "),
     (nan_in_bfloat16, "bfloat16, p=2, odd sizes, a layer of two work chunks: values: relative error inf"),
+    (float64_output, "float32, p=2, odd sizes, a layer of two work chunks: output (2, 2) torch.float64 on cpu, "
+                     "expected (2, 2) float32 on cpu"),
     (no_kernel_image, "RuntimeError: CUDA error: no kernel image is available for execution on the device"),
 ])
 def test_probe_says_what_failed(op, expected):
