@@ -323,6 +323,15 @@ def run_losses(args: argparse.Namespace) -> int:
                     buffer.copy_(mine[name])
         return loss
 
+    def first_use_check() -> str:
+        from perceptloss.backends import probe
+
+        checked = probe.ensure(device)
+        if checked.status == "failed":  # fused=None then runs the reference: the cases below would not test the kernels
+            raise AssertionError(str(checked))
+        return str(checked)
+
+    report.case(f"fused kernels' first-use check on {device}", first_use_check)
     ref = evaluate(feature, x0)
     report.case("FeatureLoss(dfc123) fp32 eager", lambda: f"value {float(ref[0]):.5g}")
     report.case("FeatureLoss fused=False (reference distance)",

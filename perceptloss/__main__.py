@@ -100,6 +100,10 @@ def _print_info() -> None:
               f"{', '.join(cpu.kernel_levels())}; ATEN_CPU_CAPABILITY lowers it)")
     if torch.cuda.is_available():
         print(f"CUDA: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")
+    from .backends import probe
+
+    for device in probe.PROBES.devices():  # run here: a few milliseconds per GPU
+        print(f"fused kernels' first-use check on {device}: {probe.ensure(device)}")
     from .hardware import auto_dtype, bf16_native
 
     for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):

@@ -132,8 +132,8 @@ class LossOptions(TypedDict, total=False):
         _check_memory_format)]
     fused: Annotated[bool | None, Option(
         None, "runs",
-        "None uses the compiled distance operator where it is built for the device, True requires it, False "
-        "uses plain PyTorch.",
+        "None uses the compiled distance operator where it is built for the device (on CUDA once it has passed "
+        "its first-use check there, see perceptloss.backends.probe), True requires it, False uses plain PyTorch.",
         _check_fused)]
     share_module: Annotated[bool, Option(
         False, "runs",

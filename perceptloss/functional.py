@@ -25,6 +25,7 @@ import torch
 from . import _ops
 from ._dtypes import accumulation_dtype, functorch_transform_active
 from ._validation import check_number
+from .backends import probe
 
 
 def _check_weights(weights: Sequence[float] | None, layers: int) -> list[float]:
@@ -128,7 +129,9 @@ def feature_distance(
         weights: one weight per layer (default 1 each).
         fused: None uses the compiled operator when it supports the device, True requires it (else a
             RuntimeError says how to build it), False uses :func:`feature_distance_reference`. Both give the
-            same values within floating-point tolerance. Inside ``torch.func`` transforms (``grad``, ``vmap``)
+            same values within floating-point tolerance. On CUDA, None uses the kernels once they have passed
+            a first-use check on the device (``perceptloss.backends.probe``; else the reference, with one
+            warning); True runs them regardless. Inside ``torch.func`` transforms (``grad``, ``vmap``)
             the reference runs: the compiled operator has no functorch rules.
         p: 2 for the mean squared difference (default), 1 for the mean absolute difference (gradient
             :math:`\operatorname{sign}(a - b)`, 0 at :math:`a = b`).
@@ -156,6 +159,8 @@ def feature_distance(
         use = False  # torch.func.grad / vmap: the operator has no functorch rules; the reference is the same math
     if fused and not _ops.supports(inputs[0].device if inputs else torch.device("cpu")):
         raise RuntimeError(_ops.unavailable_reason(inputs[0].device if inputs else torch.device("cpu")))
+    if use:  # CUDA kernels pass a first-use check per process and device; fused=True runs them regardless
+        use = probe.fused_usable(str(inputs[0].device)) or bool(fused)
     if not use:
         return feature_distance_reference(inputs, targets, weights, p)
     _check_features(inputs, targets, weights)

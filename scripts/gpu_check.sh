@@ -126,7 +126,11 @@ print("compiled value checks (perceptloss::_check_values): " + ("registered" if 
 if d == "cuda":
     p = torch.cuda.get_device_properties(0)
     print(f"GPU {p.name}: capability {p.major}.{p.minor}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB")
-    sys.exit(0 if perceptloss.backends.has_kernel("cuda") else 1)
+    if not perceptloss.backends.has_kernel("cuda"):
+        sys.exit(1)
+    checked = perceptloss.backends.probe.ensure("cuda:0")  # fused=None uses the kernels only once it passed
+    print(f"fused kernels' first-use check on cuda:0: {checked}")
+    sys.exit(0 if checked.status == "passed" else 1)
 EOF
     local rc=$?
     if [[ $DEVICE == cuda ]]; then

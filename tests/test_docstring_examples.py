@@ -12,6 +12,7 @@ MODULES = [
     "perceptloss",
     "perceptloss.functional",
     "perceptloss.hardware",
+    "perceptloss.backends.probe",
     "perceptloss.preprocessing",
     "perceptloss.channels",
     "perceptloss.registry",

@@ -76,7 +76,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "backbones": ("perceptloss.registry",),
     "weights": ("perceptloss.weights",),
     "operator": ("perceptloss.functional", "perceptloss.hardware", "perceptloss.backends",
-                 "perceptloss.backends.cpu"),
+                 "perceptloss.backends.cpu", "perceptloss.backends.probe"),
 }
 
 
