@@ -24,13 +24,14 @@ score CLI) use the pipeline as a user would.
 """
 from __future__ import annotations
 
+import itertools
 from typing import ClassVar, Literal, Mapping, Sequence, Unpack
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._dtypes import accumulation_dtype, cast_to_network_dtype, network_dtype
+from ._dtypes import accumulation_dtype, cast_to_network_dtype, compute_dtype, network_dtype
 from ._network_dtype import NetworkDtype
 from ._layout import check_memory_format, to_activation_layout
 from ._options import LossOptions, options_signature, resolve_options, with_options_doc
@@ -89,6 +90,7 @@ class PerceptualLoss(nn.Module):
                 "share_module=False for a frozen copy"
             )
         self._min_sizes: dict[str, tuple[int, int]] | None = None
+        self._last_compute_dtype: str | None = None  # what the network computed in at the latest call
         self.fixed = FixedTarget()  # set_target's representation
         on_load = NetworkKeysOnLoad()
         self._register_state_dict_hook(omit_network_keys)
@@ -156,6 +158,7 @@ class PerceptualLoss(nn.Module):
         out = super()._apply(fn, recurse)
         if hasattr(self, "net"):
             self.network_dtype.follow_device(self.net)
+        self._last_compute_dtype = None  # a call before a move or a cast says nothing about the next one
         return out
 
     def to(self, *args, **kwargs):
@@ -181,13 +184,33 @@ class PerceptualLoss(nn.Module):
 
     @property
     def signature(self) -> str:
-        """One line, ``key:value|...``, stating how this loss computes its numbers: metric, network, weights
-        source and sha256 prefixes of its weight tensors, layers and their weights, input range, channel
-        policy, distance, reduction, dtype, perceptloss and torch versions (``perceptloss._signature``).
-        Two numbers with the same signature are comparable."""
+        """One line, ``key:value|...``, stating how this loss computes its per-image values: metric, network
+        (its structure and the sha256 prefix of its weight tensors), preprocessing, layers and their weights,
+        distance, input range, channel policy, the dtype it computes in, perceptloss and torch versions
+        (``perceptloss._signature``; docs/evaluation.md lists every field). Two numbers with the same signature
+        are comparable; how they were aggregated (``reduction``, the number of images) is stated beside it."""
         from ._signature import loss_signature
 
         return loss_signature(self)
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype the network computed in at this loss's latest call (since the last ``.to()``), by name:
+        "float32", "bfloat16/autocast" under ``torch.autocast``, "float32/tf32" where CUDA convolutions run in
+        TensorFloat-32, ... (``perceptloss._dtypes.compute_dtype``); before a call, what a call would compute in
+        now. Calls inside ``torch.compile`` are not recorded. The signature's ``dtype`` field."""
+        if self._last_compute_dtype is not None:
+            return self._last_compute_dtype
+        tensors = itertools.chain(self.net.parameters(), self.net.buffers())
+        return compute_dtype(self.dtype, next((t.device for t in tensors), torch.device("cpu")))
+
+    @property
+    def weights_source(self) -> str:
+        """Where the network's weights came from: a catalogue entry ("vgg19.caffe"), "file:<name>", "random",
+        "module:<class>", "shared-module:<class>" or "<backbone>:<weights>" (timm's). Provenance only: the
+        signature identifies weights by their tensors (``sha256``), so the same tensors passed as a catalogue
+        entry, a file or a renamed copy of it give one signature."""
+        return str(getattr(self.net, "weights_source", "unknown"))
 
     def signature_fields(self) -> dict[str, object]:
         """This loss's own signature fields, in order: the network's, the layers, then the criterion's."""
@@ -212,6 +235,7 @@ class PerceptualLoss(nn.Module):
         x = to_activation_layout(cast_to_network_dtype(self.preprocess(wide), self.net), self.memory_format)
         feats = self.net.forward_checkpointed(x) if self.checkpoint and torch.is_grad_enabled() else self.net(x)
         if not torch.compiler.is_compiling():
+            self._last_compute_dtype = compute_dtype(self.dtype, x.device)
             for name, f in zip(self.net.layers, feats):
                 if f.shape[1:].numel() == 0:  # a network that cannot tell its smallest input up front
                     raise ImageTooSmallError(

@@ -31,6 +31,33 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
         return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
 
 
+def tf32_in_effect(device: torch.device) -> bool:
+    """True when float32 convolutions on ``device`` run in TensorFloat-32 (a 10-bit mantissa): a CUDA device of
+    compute capability 8.0 or later (Ampere, Hopper, ...) with cuDNN's TF32 allowed, torch's default for
+    convolutions (``torch.backends.cudnn.allow_tf32``; ``torch.backends.cuda.matmul.allow_tf32`` for matmuls)."""
+    if device.type != "cuda":
+        return False
+    try:
+        allowed = bool(torch.backends.cudnn.allow_tf32) or bool(torch.backends.cuda.matmul.allow_tf32)
+        return allowed and torch.cuda.get_device_capability(device) >= (8, 0)
+    except Exception:  # no CUDA runtime to ask: nothing ran in TF32 either
+        return False
+
+
+def compute_dtype(dtype: torch.dtype | None, device: torch.device) -> str:
+    """What a network whose weights are ``dtype`` (None: float32) computes in on ``device`` now, by name:
+    "float32", "float64", "bfloat16", "float16"; "<autocast's dtype>/autocast" under ``torch.autocast`` for the
+    device (which leaves float64 alone); "float32/tf32" where float32 convolutions run in TensorFloat-32
+    (``tf32_in_effect``). Each of these gives other numbers, so a loss's signature states it."""
+    dtype = dtype or torch.float32
+    cast = autocast_dtype(device.type)
+    if cast is not None and dtype != torch.float64:
+        return f"{str(cast).replace('torch.', '')}/autocast"
+    if dtype == torch.float32 and tf32_in_effect(device):
+        return "float32/tf32"
+    return str(dtype).replace("torch.", "")
+
+
 def network_dtype(network: torch.nn.Module) -> torch.dtype | None:
     """The floating dtype of ``network``'s weights (parameters or, once frozen, buffers); None if it has none."""
     for t in network.parameters():

@@ -578,14 +578,17 @@ class TiledLoss(nn.Module):
 
     @property
     def signature(self) -> str:
-        """The wrapped loss's signature with ``tile`` (and ``halo``) after its ``metric`` field: exact tiling gives
-        the wrapped loss's numbers up to floating-point rounding, computed in tiles of at most this size."""
-        fields = parse_signature(self.loss.signature)
+        """The wrapped loss's signature: tiling with a halo derived from (or checked against) the network's layers
+        gives the wrapped loss's numbers up to floating-point rounding, so it is the same signature. A halo given
+        for a network perceptloss cannot analyse (a user module, a timm model) is the user's claim that it covers
+        the receptive field; that signature adds ``tile:<tile>/halo=<halo>`` after its ``metric`` field."""
+        if self._taps is not None:
+            return self.loss.signature
         out: dict[str, object] = {}
-        for key, value in fields.items():
+        for key, value in parse_signature(self.loss.signature).items():
             out[key] = value
             if key == "metric":
-                out["tile"] = f"{self.tile}/halo={'auto' if self.halo is None else self.halo}"
+                out["tile"] = f"{self.tile}/halo={self.halo}"
         return format_signature(out)
 
     def extra_repr(self) -> str:

@@ -163,17 +163,17 @@ class VolumeLoss(nn.Module):
 
     @property
     def signature(self) -> str:
-        """The slice loss's signature (``metric`` and ``reduction`` renamed ``slice_metric``, ``slice_reduction``)
-        after this loss's own fields: ``metric:VolumeLoss|axes|stride|reduction``."""
+        """The slice loss's signature (``metric`` renamed ``slice_metric``) after this loss's own fields:
+        ``metric:VolumeLoss|axes|stride``. As every signature, it describes one volume pair's value; the
+        ``reduction`` over the batch is stated beside it."""
         from ._signature import format_signature, parse_signature
 
         inner = getattr(self.loss, "signature", None)
-        fields = {"metric": "VolumeLoss", "axes": ",".join(map(str, self.axes)), "stride": self.stride,
-                  "reduction": self.reduction}
+        fields = {"metric": "VolumeLoss", "axes": ",".join(map(str, self.axes)), "stride": self.stride}
         if inner is None:
             fields["slice_metric"] = getattr(self.loss, "__qualname__", type(self.loss).__name__)
         else:
-            fields.update({("slice_" + k if k in ("metric", "reduction") else k): v for k, v in parse_signature(inner).items()})
+            fields.update({("slice_" + k if k == "metric" else k): v for k, v in parse_signature(inner).items()})
         return format_signature(fields)
 
     def extra_repr(self) -> str:
