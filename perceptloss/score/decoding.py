@@ -44,12 +44,22 @@ class DecodeError(ScoreError):
 
 
 def _open(path: Path):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         return Image.open(path)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DecodeError(f"cannot read {path}: {e}") from None
+    except Image.DecompressionBombError as e:
+        raise DecodeError(f"cannot read {path}: its header claims more pixels than Pillow opens ({e}); a damaged "
+                          f"or hostile file, or an image too large to score whole: split it into smaller files") from None
+    except Exception as e:  # the file is data: whatever its parser raises, the file cannot be read
+        raise DecodeError(f"cannot read {path}: {_reason(e)}") from None
+
+
+def _reason(error: Exception) -> str:
+    """The error's message, with its type where the message alone does not say what went wrong."""
+    if isinstance(error, (OSError, ValueError, SyntaxError, EOFError)) and str(error):
+        return str(error)
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -70,15 +80,22 @@ def _png_bit_depth(path: Path) -> int | None:
 
 
 def decode(path: Path) -> np.ndarray:
-    """The image at ``path`` as an (H, W, 3) float32 array in [0, 1] by the module's policy; DecodeError else."""
+    """The image at ``path`` as an (H, W, 3) float32 array in [0, 1] by the module's policy; DecodeError else
+    (for any error while decoding it: a damaged or hostile file never stops the run)."""
+    try:
+        return _decode(path)
+    except DecodeError:
+        raise
+    except Exception as e:  # the file is data: whatever its decoder raises (MemoryError too), it cannot be read
+        raise DecodeError(f"cannot decode {path}: {_reason(e)}") from None
+
+
+def _decode(path: Path) -> np.ndarray:
     global _SIXTEEN_BIT_COLOUR_WARNED
 
     with _open(path) as img:
-        try:
-            img.seek(0)
-            img.load()
-        except (OSError, ValueError, SyntaxError, EOFError) as e:
-            raise DecodeError(f"cannot decode {path}: {e}") from None
+        img.seek(0)
+        img.load()
         mode = img.mode
         if mode == "F":
             raise DecodeError(f"{path} is a floating-point image (mode F) of unknown range; save it as an 8- or 16-bit file")
@@ -90,7 +107,7 @@ def decode(path: Path) -> np.ndarray:
             return np.ascontiguousarray(rgb)
         if mode in ("RGB", "RGBA") and not _SIXTEEN_BIT_COLOUR_WARNED and _png_bit_depth(path) == 16:
             _SIXTEEN_BIT_COLOUR_WARNED = True
-            warnings.warn(f"{path} is a 16-bit colour PNG: Pillow reads it at 8 bits per channel", stacklevel=2)
+            warnings.warn(f"{path} is a 16-bit colour PNG: Pillow reads it at 8 bits per channel", stacklevel=3)
         if mode == "P":
             img = img.convert("RGBA")
         if mode in ("1", "L", "LA"):
