@@ -109,7 +109,8 @@ def _print_info() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 1 corrupt cached files, 2 misuse or missing weights)."""
+    """Run the command line; returns the exit code (0 ok, 1 corrupt cached files or a score output not written,
+    2 misuse or missing weights, 130 interrupted (Ctrl-C), 141 standard output closed by its reader)."""
     parser = _Parser(prog="perceptloss", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

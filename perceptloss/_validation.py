@@ -32,9 +32,10 @@ class UnknownNameError(KeyError, ValueError):
 def closest(name: str, valid: Iterable[str], n: int = 3) -> list[str]:
     """Up to ``n`` names of ``valid`` closest to ``name``: the one "did you mean" rule of the package.
 
-    First a name equal to ``name`` but for case, then the names that ``name`` begins, in the order given, leaving out one that extends another such name
-    (``lpips`` -> ``lpips-alex``, ``lpips-vgg``, not ``lpips-alex-v0.0``; ``vgg19`` -> ``vgg19:dfc123``); then
-    ``difflib``'s close matches (ratio >= 0.6). Case-insensitive.
+    First a name equal to ``name`` but for case (``DISTS`` -> ``dists``), then the names that ``name`` begins, in
+    the order given, leaving out one that extends another such name (``lpips`` -> ``lpips-alex``, ``lpips-vgg``,
+    not ``lpips-alex-v0.0``; ``vgg19`` -> ``vgg19:dfc123``), then ``difflib``'s close matches (ratio >= 0.6).
+    Case-insensitive.
     """
     choices: dict[str, str] = {}
     for v in valid:

@@ -9,8 +9,12 @@ import io
 import json
 import os
 import random
+import signal
 import socket
 import struct
+import subprocess
+import sys
+import time
 import zlib
 from datetime import timedelta
 from pathlib import Path
@@ -366,6 +370,58 @@ def test_ctrl_c_exits_130_with_one_line_and_keeps_the_outputs(pairs, tmp_path, c
     monkeypatch.undo()
     assert code == 130 and err == "perceptloss: interrupted\n"
     assert csv_path.read_text() == "pair,previous\nkept,1\n" and os.listdir(csv_path.parent) == ["s.csv"]
+
+
+class Slow(torch.nn.Module):
+    """A metric that marks the file $SCORE_STARTED once it scores the folders, and takes its time per batch."""
+
+    reduction = "none"
+
+    def forward(self, x, y):
+        if x.shape[-1] != 64:  # not create_metric's check
+            Path(os.environ["SCORE_STARTED"]).touch()
+            time.sleep(0.2)
+        return (x - y).abs().flatten(1).mean(1)
+
+
+def slow():
+    return Slow()
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_with_worker_processes(tmp_path):
+    """Ctrl-C as a terminal sends it (SIGINT to the whole process group: the CLI and its 2 DataLoader workers):
+    exit code 130, the one line on stderr and no traceback from any process; the previous CSV stays."""
+    ref, dist = tmp_path / "ref", tmp_path / "dist"
+    ref.mkdir()
+    dist.mkdir()
+    for k in range(40):
+        save(ref / f"{k:02d}.png", seed=k)
+        save(dist / f"{k:02d}.png", seed=100 + k)
+    csv_path, started = tmp_path / "s.csv", tmp_path / "started"
+    csv_path.write_text("pair,previous\nkept,1\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "SCORE_STARTED": str(started), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "perceptloss", "score", str(ref), str(dist), "--metric",
+                             f"{__name__}:slow", "--workers", "2", "--batch-size", "2", "--csv", str(csv_path)],
+                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        for _ in range(1200):
+            if started.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert started.exists(), proc.communicate()[1]
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.replace("\r", "\n").strip().splitlines()[-1] == "perceptloss: interrupted"
+    assert csv_path.read_text() == "pair,previous\nkept,1\n" and sorted(os.listdir(tmp_path)) == [
+        "dist", "ref", "s.csv", "started"]
 
 
 def test_images_too_small_for_a_metric_are_skipped_and_counted(tmp_path, capsys):

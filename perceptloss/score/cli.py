@@ -128,9 +128,12 @@ def run(args: argparse.Namespace) -> int:
             return 0
         failed = {plan.items[i].pair.key: reason for i, reason in sorted(results.failed.items())}
         too_small = {plan.items[i].pair.key: reason for i, reason in sorted(results.too_small.items())}
-        if (failed or too_small) and args.strict:
-            first = next(iter({**failed, **too_small}.values()))
-            raise ScoreError(f"{first}; remove or replace the file, or drop --strict to skip the pair")
+        if failed and args.strict:
+            raise ScoreError(f"{next(iter(failed.values()))}; remove or replace the file, or drop --strict to skip "
+                             "the pair")
+        if too_small and args.strict:
+            raise ScoreError(f"{next(iter(too_small.values()))}; remove the pair or use larger images, or drop "
+                             "--strict to skip it")
         for reason in [*failed.values(), *too_small.values()]:
             _warn(f"{reason} (pair skipped)")
         scored = [i for i in range(len(plan.items)) if i not in results.failed and i not in results.too_small]

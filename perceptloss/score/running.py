@@ -6,11 +6,11 @@ every value: per-image values and the summary are those of one process.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Callable
 
 import torch
 
@@ -105,7 +105,7 @@ def stop_ranks(ranks: Ranks) -> None:
             dist.destroy_process_group()
 
 
-#: Device types that ``--device`` takes besides the CPU, with the module that says whether one is available.
+#: Device types that ``--device`` takes besides the CPU (where available), with their names in messages.
 ACCELERATORS = {"cuda": "CUDA", "mps": "MPS", "xpu": "XPU"}
 
 
@@ -172,31 +172,38 @@ class Results:
     too_small: dict[int, str] = field(default_factory=dict)
 
 
-def progress_bar(total: int, enabled: bool) -> Callable[[int], None]:
-    """A callable advancing a progress bar by n pairs: tqdm when installed, else a line every 10% on stderr."""
-    if not enabled:
-        return lambda n: None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        state = {"done": 0, "shown": -1}
+class Progress:
+    """A progress bar advanced by n pairs (tqdm when installed, else a line every 10% on stderr, or nothing);
+    ``close()`` takes it off the screen (also when the run stops early: Ctrl-C, an error)."""
 
-        def plain(n: int) -> None:
-            state["done"] += n
-            tenth = state["done"] * 10 // max(total, 1)
-            if tenth != state["shown"]:
-                state["shown"] = tenth
-                print(f"scored {state['done']}/{total} pairs", file=sys.stderr, flush=True)
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.done, self.shown, self.bar = total, 0, -1, None
+        self.enabled = enabled
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(total=total, unit="pair", file=sys.stderr, leave=False)
 
-        return plain
-    bar = tqdm(total=total, unit="pair", file=sys.stderr, leave=False)
+    def __call__(self, n: int) -> None:
+        if not self.enabled:
+            return
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            if self.done >= self.total:
+                self.close()
+            return
+        tenth = self.done * 10 // max(self.total, 1)
+        if tenth != self.shown:
+            self.shown = tenth
+            print(f"scored {self.done}/{self.total} pairs", file=sys.stderr, flush=True)
 
-    def advance(n: int) -> None:
-        bar.update(n)
-        if bar.n >= total:
-            bar.close()
-
-    return advance
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def score_batches(plan: Plan, batches: list[list[int]], metrics: dict[str, torch.nn.Module], device: torch.device, *,
@@ -207,8 +214,8 @@ def score_batches(plan: Plan, batches: list[list[int]], metrics: dict[str, torch
     are skipped for every metric and recorded in ``Results.too_small``, like unreadable files."""
     mine = batches[ranks.rank::ranks.world]
     results = Results({name: {} for name in metrics})
-    advance = progress_bar(sum(len(b) for b in mine), progress and ranks.is_main)  # rank 0's share
-    with torch.inference_mode():
+    advance = Progress(sum(len(b) for b in mine), progress and ranks.is_main)  # rank 0's share
+    with torch.inference_mode(), contextlib.closing(advance):
         for indices, ref, dist, failed in load_batches(plan, mine, workers):
             results.failed.update(failed)
             if indices:
