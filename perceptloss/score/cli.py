@@ -58,7 +58,7 @@ def add_arguments(sub) -> None:
     p = sub.add_parser("score", help="perceptual metrics between two image folders (paired by relative path)",
                        description="Score every image of DIST against its partner in REF.",
                        epilog=EPILOG.format(metrics=metric_descriptions(), decoding=DECODING_POLICY,
-                                            rendezvous=f"{minutes:g} minute(s)"),
+                                            rendezvous=f"{minutes:g} minute{'' if minutes == 1 else 's'}"),
                        formatter_class=_HelpFormatter)
     p.add_argument("ref", type=Path, help="folder of reference images")
     p.add_argument("dist", type=Path, help="folder of distorted images (same relative paths, any image extension)")
