@@ -18,6 +18,7 @@ from typing import Iterator, NoReturn
 
 from . import registry, weights
 from .score.errors import ScoreError
+from .score.output import printable
 
 
 class UsageError(Exception):
@@ -112,8 +113,10 @@ def _print_info() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 1 corrupt cached files, 2 misuse or missing weights)."""
+    """Run the command line; returns the exit code (0 ok, 1 corrupt cached files or a score output not written,
+    2 misuse or missing weights, 130 interrupted (Ctrl-C), 141 standard output closed by its reader)."""
     parser = _Parser(prog="perceptloss", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("list", help="registered backbones and layer presets")
     p = sub.add_parser("layers", help="layer names of a backbone")
@@ -132,20 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.command == "list":
-            for name in registry.list_backbones():
-                spec = registry.get_backbone(name)
-                print(f"{name:8s} {len(spec.layers):3d} layers  weights: {', '.join(registry.list_weights(name))}  {spec.description}")
-            for prefix, description in registry.resolvers().items():
-                print(f"{prefix}<model>  {description}")
-            print("presets:")
-            for name, layers in registry.PRESETS.items():
-                print(f"  {name:8s} {', '.join(layers)}")
+            _print_list()
         elif args.command == "layers":
             print("\n".join(registry.list_layers(args.backbone)))
         elif args.command == "weights":
-            for entry, is_default in _entries(args.backbone):
+            found = list(_entries(args.backbone))
+            width = max(len(entry.key) for entry, _ in found)
+            for entry, is_default in found:
                 default = "*" if is_default else " "
-                print(f"{default} {entry.key:22s} {_status(entry)}\n    {entry.description}")
+                print(f"{default} {entry.key:{width}s}  {_status(entry)}\n    {entry.description}")
+            print("* marks the default entry of its group: what weights=\"default\" loads")
         elif args.command == "fetch":
             entry = _entry(args.backbone, args.weights)
             target = weights.cache_path(entry)
@@ -183,9 +182,54 @@ def main(argv: list[str] | None = None) -> int:
         text = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
         if not isinstance(e, weights.WeightsNotFoundError):  # that one lists the ways to get the weights
             text = " ".join(text.split())  # one line
-        print(f"perceptloss: error: {text}", file=sys.stderr)
+        print(f"perceptloss: error: {printable(text)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line; outputs are written atomically, so those written stay whole
+        print("perceptloss: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `... | head`: the reader left; nothing more to say to it
+        _silence_stdout()
+        return 141
     return 0
+
+
+def _version() -> str:
+    """``--version``: perceptloss' version and the torch it runs on."""
+    import torch
+
+    from . import __version__
+
+    return f"perceptloss {__version__} (torch {torch.__version__}, Python {sys.version.split()[0]})"
+
+
+def _print_list() -> None:
+    """``list``: backbones (name, layer count, weight entries, description) and presets, in aligned columns."""
+    rows = []
+    for name in registry.list_backbones():
+        spec = registry.get_backbone(name)
+        rows.append((name, f"{len(spec.layers)} layers", ", ".join(registry.list_weights(name)), spec.description))
+    for prefix, description in registry.resolvers().items():
+        rows.append((f"{prefix}<model>", "", "", description))
+    header = ("backbone", "layers", "weights", "description")
+    widths = [max(len(r[k]) for r in [header, *rows]) for k in range(3)]
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[3])
+    print("\npresets (layer sets of the VGG backbones):")
+    width = max(map(len, registry.PRESETS))
+    for name, layers in registry.PRESETS.items():
+        print(f"  {name:{width}s}  {', '.join(layers)}")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's flush at exit does not fail on the closed pipe again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -17,17 +17,53 @@ import torch
 from ._dtypes import autocast_enabled
 
 
+class UnknownNameError(KeyError, ValueError):
+    """An unknown name (backbone, layer, preset, weights key, metric, ...): the message names it, the closest
+    known names and where to list them all.
+
+    Both a ``KeyError`` (a failed lookup) and a ``ValueError`` (a bad argument value); ``str()`` is the message
+    itself, not ``KeyError``'s quoted form.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def closest(name: str, valid: Iterable[str], n: int = 3) -> list[str]:
+    """Up to ``n`` names of ``valid`` closest to ``name``: the one "did you mean" rule of the package.
+
+    First a name equal to ``name`` but for case (``DISTS`` -> ``dists``), then the names that ``name`` begins, in
+    the order given, leaving out one that extends another such name (``lpips`` -> ``lpips-alex``, ``lpips-vgg``,
+    not ``lpips-alex-v0.0``; ``vgg19`` -> ``vgg19:dfc123``), then ``difflib``'s close matches (ratio >= 0.6).
+    Case-insensitive.
+    """
+    choices: dict[str, str] = {}
+    for v in valid:
+        choices.setdefault(str(v).lower(), str(v))
+    key = str(name).lower()
+    same = [key] if key in choices else []  # DISTS -> dists
+    begun = [c for c in choices if key and c.startswith(key) and c != key]
+    begun = [c for c in begun if not any(o != c and c.startswith(o) for o in begun + same)]
+    similar = difflib.get_close_matches(key, list(choices), n=n, cutoff=0.6)
+    return [choices[c] for c in dict.fromkeys(same + begun + similar)][:n]
+
+
 def suggest(name: str, valid: Iterable[str]) -> str:
-    """A ' Did you mean ...?' suffix for ``name`` among ``valid`` ('' when nothing is close)."""
-    close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.6)
+    """A ' Did you mean ...?' suffix for ``name`` among ``valid`` (:func:`closest`; '' when nothing is close)."""
+    close = closest(name, valid)
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
-def unknown_name_error(kind: str, name: str, valid: Sequence[str]) -> KeyError:
-    """A KeyError naming the unknown ``name``, the closest matches and every valid choice."""
-    return KeyError(
-        f"unknown {kind} {name!r}.{suggest(name, valid)} The {len(valid)} known: {', '.join(valid)}"
-    )
+#: An unknown-name error lists every valid name up to this many; more are left to the listing it names.
+LISTED = 12
+
+
+def unknown_name_error(kind: str, name: str, valid: Sequence[str], listing: str | None = None) -> UnknownNameError:
+    """An :class:`UnknownNameError` naming the unknown ``name`` and the closest matches, then every valid
+    choice, or (more than :data:`LISTED` with a ``listing``) the command or call that lists them."""
+    known = (f"{listing} lists the {len(valid)} known" if listing and len(valid) > LISTED
+             else f"The {len(valid)} known: {', '.join(valid)}")
+    return UnknownNameError(f"unknown {kind} {name!r}.{suggest(name, valid)} {known}")
 
 
 def check_choice(name: str, value: object, choices: Sequence[object]) -> None:

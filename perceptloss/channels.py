@@ -111,7 +111,21 @@ class ChannelPolicy:
         (the shape/type checks then say what is wrong)."""
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             return 3
-        self.groups(images.shape[1])
+        try:
+            self.groups(images.shape[1])
+        except ValueError:
+            shape = tuple(images.shape)
+            if shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4):  # (N, H, W, C): channels last
+                try:
+                    self.groups(shape[-1])
+                    also = ""
+                except ValueError:
+                    also = f"; then, for {shape[-1]} channel(s), one of: {_advice(shape[-1])}"
+                raise ValueError(
+                    f"the images look channels-last, (N, H, W, C) = {shape}, but a loss takes (N, C, H, W); pass "
+                    f"x.permute(0, 3, 1, 2){also}"
+                ) from None
+            raise
         return int(images.shape[1])
 
     def split(self, images: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,6 @@ which is checked once on two random 64x64 pairs.
 """
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import importlib
 import importlib.util
@@ -46,7 +45,8 @@ from .dists import DISTS
 from .loss import FeatureLoss
 from .lpips import LPIPS, LPIPS_NETS
 from .lpips_heads import VERSIONS
-from .registry import list_backbones, resolvers
+from ._validation import suggest
+from .registry import PRESETS, list_backbones, list_layers, resolvers
 
 
 class MetricError(ValueError):
@@ -269,19 +269,25 @@ def _with_accepted(name: str, build: Callable[..., Any], arguments: dict[str, An
 
 def _unknown(name: str) -> MetricError:
     names = list_metrics()
-    concrete = {n.lower(): n for n in names if "<" not in n}  # "DISTS" suggests "dists"
-    close = [concrete[c] for c in difflib.get_close_matches(name.lower(), list(concrete), n=3, cutoff=0.6)]
     backbone, sep, layers = name.rpartition(":")
-    hint = ""
+    hint, candidates = "", _candidates()
     if sep and backbone:
-        near = difflib.get_close_matches(backbone, list_backbones(), n=1, cutoff=0.6)
-        close += [f"{b}:{layers}" for b in near]
+        candidates += [f"{b}:{layers}" for b in list_backbones()]  # vgg91:dfc123 -> vgg19:dfc123
         hint = (f" {backbone!r} is neither a registered backbone (perceptloss.list_backbones()) nor an importable "
                 "module (a factory is <package.module>:<callable>, with the module on sys.path).")
     elif name in list_backbones():
         hint = f" A FeatureLoss metric names its layers: {name}:<preset or comma-separated layers>."
-    mean = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return MetricError(f"unknown metric {name!r}.{hint}{mean} Metrics: {', '.join(names)}")
+    return MetricError(f"unknown metric {name!r}.{hint}{suggest(name, candidates)} Metrics: {', '.join(names)}")
+
+
+def _candidates() -> list[str]:
+    """Names to suggest for an unknown metric: the table's own, then ``<backbone>:<preset>`` for every backbone
+    that has the preset's layers (``vgg19:dfc123``)."""
+    out = [n for n in list_metrics() if "<" not in n]
+    for backbone in list_backbones():
+        layers = set(list_layers(backbone))
+        out += [f"{backbone}:{p}" for p, taps in PRESETS.items() if layers.issuperset(taps)]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ built-ins
@@ -353,8 +359,7 @@ def _factory(name: str, **arguments: Any) -> nn.Module:
     for part in attribute.split("."):
         if not hasattr(factory, part):
             found = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
-            near = difflib.get_close_matches(attribute, found, n=3, cutoff=0.6)
-            mean = f" Did you mean {', '.join(repr(f'{module_name}:{n}') for n in near)}?" if near else ""
+            mean = suggest(name, [f"{module_name}:{n}" for n in found])
             raise MetricError(f"metric {name!r}: module {module_name!r} has no attribute {attribute!r}.{mean} "
                               "Name a function (or class) defined in it that returns the metric module")
         factory = getattr(factory, part)

@@ -22,7 +22,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from ._validation import unknown_name_error
+from ._validation import UnknownNameError, suggest, unknown_name_error
 from .weights import StateDict, group_entries
 
 if TYPE_CHECKING:  # type names only: the registry imports no implementation
@@ -182,14 +182,21 @@ def resolve_layers(backbone: str, layers: str | Sequence[str]) -> tuple[str, ...
         ('relu1_1', 'relu2_1', 'relu3_1')
     """
     valid = list_layers(backbone)
+    preset = layers if isinstance(layers, str) and layers in PRESETS else None
     if isinstance(layers, str):
-        layers = PRESETS[layers] if layers in PRESETS else (layers,)
+        layers = PRESETS[layers] if preset else (layers,)
     layers = tuple(layers)
+    listing = f"`python -m perceptloss layers {backbone}` (perceptloss.list_layers({backbone!r}))"
     if not layers:
-        raise ValueError(f"no layers given; choose among presets {sorted(PRESETS)} or {', '.join(valid)}")
+        raise ValueError(f"no layers given; choose a preset ({', '.join(PRESETS)}) or layers of {listing}")
     for name in layers:
         if not isinstance(name, str) or name not in valid:
-            raise unknown_name_error(f"layer of {backbone}", str(name), list(valid) + sorted(PRESETS))
+            if preset:
+                raise UnknownNameError(f"preset {preset!r} names layers of the VGG backbones ({', '.join(layers)}), "
+                                       f"and {backbone} has no layer {name!r}; name {backbone}'s layers, listed by "
+                                       f"{listing}")
+            raise UnknownNameError(f"unknown layer {name!r} of {backbone}.{suggest(str(name), list(valid) + list(PRESETS))}"
+                                   f" Its {len(valid)} layers are listed by {listing}; presets: {', '.join(PRESETS)}")
     dup = {n for n in layers if layers.count(n) > 1}
     if dup:
         raise ValueError(f"layers listed more than once: {sorted(dup)}; give each layer once with its weight")

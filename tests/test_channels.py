@@ -141,6 +141,28 @@ def test_the_printed_fix_works(trunk_state):
         feature_loss(trunk_state, channels="per_channel")(batch(2, 4)[0], batch(2, 5)[1])
 
 
+def test_channels_last_images_are_told_to_permute(trunk_state):
+    """(N, H, W, C) images with C in 1/3/4 are told to pass x.permute(0, 3, 1, 2) (and, where the policy needs it,
+    the channels= that C then needs), not channels='per_channel'; the printed fix gives the channels-first value."""
+    rgb = feature_loss(trunk_state)
+    x, y = batch(2, 3, size=20)
+    last_x, last_y = x.permute(0, 2, 3, 1).contiguous(), y.permute(0, 2, 3, 1).contiguous()
+    with pytest.raises(ValueError) as err:
+        rgb(last_x, last_y)
+    text = str(err.value)
+    assert "channels-last, (N, H, W, C) = (2, 20, 20, 3)" in text and text.endswith("pass x.permute(0, 3, 1, 2)")
+    assert "per_channel" not in text
+    assert_close(rgb(last_x.permute(0, 3, 1, 2), last_y.permute(0, 3, 1, 2)), rgb(x, y))  # as printed
+    grey_x, grey_y = batch(2, 1, size=20)
+    with pytest.raises(ValueError, match=r"pass x\.permute\(0, 3, 1, 2\); then, for 1 channel\(s\), one of: "
+                                         r"channels='replicate'"):
+        rgb(grey_x.permute(0, 2, 3, 1), grey_y.permute(0, 2, 3, 1))
+    grey = feature_loss(trunk_state, channels="replicate")
+    grey(grey_x.permute(0, 2, 3, 1).permute(0, 3, 1, 2), grey_y.permute(0, 2, 3, 1).permute(0, 3, 1, 2))  # as printed
+    with pytest.raises(ValueError, match="channels='per_channel'"):  # channels first, 5 of them: not this advice
+        rgb(*batch(2, 5, size=20))
+
+
 def test_every_loss_accepts_channels(trunk_state):
     from perceptloss import DISTS, LPIPS, StyleLoss
 

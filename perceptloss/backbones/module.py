@@ -41,7 +41,8 @@ class ModuleFeatures(FeatureExtractor):
         source.train(was_training)
         for name in layers:
             if name not in valid:
-                raise unknown_name_error("layer", name, valid)
+                raise unknown_name_error("layer", name, valid, listing="torchvision.models.feature_extraction."
+                                         "get_graph_node_names(module)[1]")
         self.layers = tuple(layers)
         self.body = create_feature_extractor(source, return_nodes={n: n for n in self.layers})
         if share:

@@ -10,6 +10,9 @@ The policy (also in ``python -m perceptloss score --help``):
 - Palette (``P``) images: expanded through their palette to RGB. CMYK / YCbCr / LAB: Pillow's conversion to RGB.
 - EXIF orientation is not applied (pixels as stored); animated files: the first frame.
 - Floating-point images (``F``) are refused (their range is unknown): save them as 8- or 16-bit files.
+- A header that claims more pixels than Pillow opens without a warning (``PIL.Image.MAX_IMAGE_PIXELS``, about
+  89 million: a decompression bomb, or an image too large to score whole) makes the file unreadable, as does any
+  error of Pillow's parsers on a damaged or hostile file.
 
 Two images of a pair of different sizes are an error unless ``resize`` (the distorted image resampled to the
 reference's size with a named Pillow filter, in float32, per channel, clipped to [0, 1]) or ``crop="center"``
@@ -29,7 +32,8 @@ DECODING_POLICY = (
     "Images become RGB in [0, 1]: 8-bit / 255; grey and bilevel copied to R, G, B; 16-bit grey / 65535 (16-bit "
     "colour PNGs are read at 8 bits by Pillow, with a warning); alpha and palette transparency dropped (colour "
     "as stored, not composited); palette images expanded to RGB; CMYK/YCbCr converted by Pillow; EXIF "
-    "orientation not applied; first frame of animations; floating-point (mode F) images refused."
+    "orientation not applied; first frame of animations; floating-point (mode F) images refused; a header "
+    "claiming more than PIL.Image.MAX_IMAGE_PIXELS (89 million) pixels is an unreadable file."
 )
 
 #: ``--resize`` filters: Pillow's resampling filters by name.
@@ -44,12 +48,27 @@ class DecodeError(ScoreError):
 
 
 def _open(path: Path):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
-        return Image.open(path)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DecodeError(f"cannot read {path}: {e}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DecodeError(f"cannot read {path}: its header claims more pixels than Pillow opens without a warning "
+                          f"({e}); a damaged or hostile file, or an image too large to score whole: split it into "
+                          f"smaller files") from None
+    except Exception as e:  # the file is data: whatever its parser raises, the file cannot be read
+        raise DecodeError(f"cannot read {path}: {_reason(e, path)}") from None
+
+
+def _reason(error: Exception, path: Path) -> str:
+    """The error's message, with its type where the message alone does not say what went wrong (Pillow's
+    ``repr`` of the path written as the path itself, so that a name that is not UTF-8 reads the same in both)."""
+    text = str(error).replace(repr(str(path)), f"'{path}'")
+    if isinstance(error, (OSError, ValueError, SyntaxError, EOFError)) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -70,15 +89,22 @@ def _png_bit_depth(path: Path) -> int | None:
 
 
 def decode(path: Path) -> np.ndarray:
-    """The image at ``path`` as an (H, W, 3) float32 array in [0, 1] by the module's policy; DecodeError else."""
+    """The image at ``path`` as an (H, W, 3) float32 array in [0, 1] by the module's policy; DecodeError else
+    (for any error while decoding it: a damaged or hostile file never stops the run)."""
+    try:
+        return _decode(path)
+    except DecodeError:
+        raise
+    except Exception as e:  # the file is data: whatever its decoder raises (MemoryError too), it cannot be read
+        raise DecodeError(f"cannot decode {path}: {_reason(e, path)}") from None
+
+
+def _decode(path: Path) -> np.ndarray:
     global _SIXTEEN_BIT_COLOUR_WARNED
 
     with _open(path) as img:
-        try:
-            img.seek(0)
-            img.load()
-        except (OSError, ValueError, SyntaxError, EOFError) as e:
-            raise DecodeError(f"cannot decode {path}: {e}") from None
+        img.seek(0)
+        img.load()
         mode = img.mode
         if mode == "F":
             raise DecodeError(f"{path} is a floating-point image (mode F) of unknown range; save it as an 8- or 16-bit file")
@@ -90,7 +116,7 @@ def decode(path: Path) -> np.ndarray:
             return np.ascontiguousarray(rgb)
         if mode in ("RGB", "RGBA") and not _SIXTEEN_BIT_COLOUR_WARNED and _png_bit_depth(path) == 16:
             _SIXTEEN_BIT_COLOUR_WARNED = True
-            warnings.warn(f"{path} is a 16-bit colour PNG: Pillow reads it at 8 bits per channel", stacklevel=2)
+            warnings.warn(f"{path} is a 16-bit colour PNG: Pillow reads it at 8 bits per channel", stacklevel=3)
         if mode == "P":
             img = img.convert("RGBA")
         if mode in ("1", "L", "LA"):

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from .errors import ScoreError
-from .output import write_atomic
+from .output import printable, write_atomic
 from .statistics import paste_ready
 
 MARKER = ".perceptloss-report"
@@ -36,8 +36,8 @@ HEAT_STOPS = ((0.0, (13, 8, 135)), (0.25, (126, 3, 168)), (0.5, (204, 71, 120)),
 
 
 def _text(value: str) -> str:
-    """``value`` escaped for HTML; undecodable bytes of a file name (surrogate escapes) shown as ``\\udcXX``."""
-    return html.escape(value.encode("utf-8", "backslashreplace").decode("utf-8"))
+    """``value`` escaped for HTML, undecodable bytes of a file name as ``\\xNN`` (as in the CSV and JSON)."""
+    return html.escape(printable(value))
 
 
 def check_report_dir(folder: Path) -> None:

@@ -2,7 +2,11 @@
 
 The output paths are checked before anything is scored (:func:`check_outputs`), and each file is written
 atomically and on its own (:func:`write_outputs`): a full disk or another write error leaves the previous file
-untouched, no temporary file behind, and the other output written.
+untouched, no temporary file behind, and the other output written. The path ``-`` is the standard output.
+
+File names are written as UTF-8 text; a name's bytes that are not UTF-8 (``caf\\xe9.png`` from a Latin-1
+system: Python reads them as surrogates) are written as ``\\xNN`` escapes (:func:`printable`), in the CSV, the
+JSON and the messages alike, so that every output stays valid UTF-8 and such a file is scored like any other.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import io
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import TextIO
@@ -22,11 +27,45 @@ from .statistics import CI_METHOD, paste_ready
 CHUNK = 1 << 16
 
 
+#: The output path that means the standard output.
+STDOUT = "-"
+
+
+def is_stdout(path: Path | str | None) -> bool:
+    """Whether an output path is ``-``, the standard output."""
+    return path is not None and str(path) == STDOUT
+
+
+def printable(text: str) -> str:
+    """``text`` with the surrogates that stand for a file name's non-UTF-8 bytes (``os.fsdecode``'s
+    ``surrogateescape``) written as ``\\xNN``: valid UTF-8 for the CSV, the JSON and the screen."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no file name's byte stands for
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _printable_tree(value):
+    """A JSON document with :func:`printable` applied to every string, keys included."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable(str(k)): _printable_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable_tree(v) for v in value]
+    return value
+
+
 def check_outputs(outputs: dict[str, Path | None]) -> None:
     """ScoreError (one line, saying what to do) unless every output path (``{"--csv": path, ...}``, None for
     one not asked for) can be written: its folder exists and is writable, it is not a folder, and no two options
-    name the same file."""
-    given = {flag: Path(path) for flag, path in outputs.items() if path is not None}
+    name the same file; ``-`` (the standard output) may be given to one option only."""
+    to_stdout = [flag for flag, path in outputs.items() if is_stdout(path)]
+    if len(to_stdout) > 1:
+        raise ScoreError(f"{' and '.join(to_stdout)} both write to the standard output (-); send all but one of them "
+                         f"to a file, e.g. {to_stdout[-1]} scores.{to_stdout[-1].lstrip('-')}")
+    given = {flag: Path(path) for flag, path in outputs.items() if path is not None and not is_stdout(path)}
     for flag, path in given.items():
         _check_output(flag, path)
     flags = list(given)
@@ -105,22 +144,29 @@ def csv_text(rows: list[tuple[str, str, str]], metrics: list[str], values: dict[
     it reads back exactly)."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["pair", "ref", "dist", *metrics])
+    writer.writerow([printable(m) for m in ("pair", "ref", "dist", *metrics)])
     for i, (key, ref, dist) in enumerate(rows):
-        writer.writerow([key, ref, dist, *(repr(values[m][i]) for m in metrics)])
+        writer.writerow([printable(key), printable(ref), printable(dist), *(repr(values[m][i]) for m in metrics)])
     return buf.getvalue()
 
 
 def json_text(document: dict) -> str:
-    """The JSON summary document as text (indented, a final newline)."""
-    return json.dumps(document, indent=2) + "\n"
+    """The JSON summary document as text (indented, a final newline; file names by :func:`printable`)."""
+    return json.dumps(_printable_tree(document), indent=2) + "\n"
 
 
 def write_outputs(outputs: dict[str, tuple[Path, str]]) -> list[str]:
-    """Write each ``{flag: (path, text)}`` atomically and independently of the others; returns one line per
-    output that could not be written (empty when all were)."""
+    """Write each ``{flag: (path, text)}`` atomically (``-``: to the standard output) and independently of the
+    others; returns one line per output that could not be written (empty when all were)."""
     failures = []
     for flag, (path, text) in outputs.items():
+        if is_stdout(path):
+            try:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            except OSError as e:
+                failures.append(f"could not write {flag} to the standard output ({e.strerror or e})")
+            continue
         try:
             write_atomic(path, text)
         except OSError as e:
@@ -131,14 +177,17 @@ def write_outputs(outputs: dict[str, tuple[Path, str]]) -> list[str]:
 
 
 def summary_document(summaries: dict[str, dict], signatures: dict[str, str], *, ref: str, dist: str, pairs: int,
-                     ref_only: list[str], dist_only: list[str], failed: dict[str, str]) -> dict:
-    """The JSON summary: the folders, how many pairs were scored and skipped (and why), and per metric
-    n, mean, std, ci95, the paste-ready line (``reported``: ``0.213 ± 0.004 (95% CI, n = 500)``) and the signature."""
+                     ref_only: list[str], dist_only: list[str], failed: dict[str, str],
+                     too_small: dict[str, str] | None = None) -> dict:
+    """The JSON summary: the folders, how many pairs were scored and skipped (and why: no partner, an
+    unreadable file, images too small for a metric), and per metric n, mean, std, ci95, the paste-ready line
+    (``reported``: ``0.213 ± 0.004 (95% CI, n = 500)``) and the signature."""
     return {
         "ref": ref,
         "dist": dist,
         "pairs_scored": pairs,
-        "skipped": {"ref_only": ref_only, "dist_only": dist_only, "unreadable": failed},
+        "skipped": {"ref_only": ref_only, "dist_only": dist_only, "unreadable": failed,
+                    "too_small": dict(too_small or {})},
         "ci95_method": CI_METHOD,
         "metrics": {name: {**summaries[name], "reported": paste_ready(summaries[name]), "signature": signatures[name]}
                     for name in summaries},
