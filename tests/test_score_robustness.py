@@ -460,7 +460,7 @@ def test_dash_writes_to_stdout_and_the_summary_moves_to_stderr(pairs, tmp_path, 
         assert [r["pair"] for r in csv.DictReader(io.StringIO(out))] == ["a", "b", "c"]
     else:
         assert json.loads(out)["pairs_scored"] == 3
-    assert "95% CI" in err and "95% CI" not in out
+    assert "95% CI (t)" in err and "95% CI (t)" not in out  # the summary table moved to stderr
     SCORED.clear()
     code, out, err = run([*pairs, "--metric", METRIC, "--workers", "0", "--csv", "-", "--json", "-"], capsys)
     assert code == 2 and "--csv and --json both write to the standard output (-)" in one_line(err)
