@@ -45,6 +45,11 @@ def offline_hub(_hub_checkpoints, tmp_path, monkeypatch, caffe_weights):
     return _hub_checkpoints
 
 
+def test_readme_is_short():
+    """The README is the front page: at most 150 lines; the reference and the guides are in docs/."""
+    assert len(README.read_text().splitlines()) <= 150
+
+
 def test_readme_has_examples():
     assert len(python_blocks(README.read_text())) >= 3
 

@@ -4,6 +4,9 @@ The names are read from ``perceptloss/__init__.py`` without importing it (the do
 ``__all__`` list, and for each name the module its ``from .module import name`` line takes it from, which picks
 its page. A name added to or removed from ``__all__`` appears on or leaves its page at the next build; a name in
 ``__all__`` that ``__init__.py`` does not import is an error, as is a page list that does not match.
+
+The public submodules (``MODULES``) are documented in full on their pages, except the names they export only for
+the package's own modules (``INTERNAL``). The nav gets "API reference" before the maintainers' "Development".
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ GROUPS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("losses", "Losses", "The loss modules and their common base. Every loss takes (N, C, H, W) images in "
      "`input_range` and returns a scalar (or (N,) terms with `reduction=\"none\"`); see the "
      "[losses guide](../losses.md). Each loss's *Options* table lists the keyword options every loss takes "
-     "(`LossOptions`, at the end of this page) with that loss's defaults.",
+     "([`LossOptions`](#perceptloss.LossOptions)) with that loss's defaults.",
      ("loss", "lpips", "style", "dists", "volume", "_base", "basicsr", "tiled", "tiling", "criteria",
       "metric_table", "_options")),
     ("channels", "Channels and preprocessing", "How images that are not RGB reach an RGB network, and what "

@@ -146,6 +146,7 @@ def render(parser: argparse.ArgumentParser) -> str:
 
 
 def main(argv: list[str]) -> int:
+    sys.path.insert(0, str(ROOT))  # this checkout's perceptloss, whichever the venv has installed
     os.environ["COLUMNS"] = str(WIDTH)
     text = render(build_parser())
     if argv == ["--check"]:
