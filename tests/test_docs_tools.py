@@ -137,7 +137,7 @@ def test_cli_page_matches_the_parsers(monkeypatch):
     monkeypatch.setenv("COLUMNS", str(cli_page.WIDTH))
     expected = cli_page.render(cli_page.build_parser())
     assert cli_page.PAGE.read_text(encoding="utf-8") == expected, (
-        "docs/cli.md does not match the command line's parsers: run python docs/tools/cli_page.py")
+        "docs/cli.md does not match the command line's parsers: run .venv-test/bin/python docs/tools/cli_page.py")
     for name in ("list", "layers", "weights", "fetch", "verify", "info", "score"):
         assert f"\n## {name}\n" in expected
 

@@ -1,7 +1,7 @@
 """The command-line reference page (docs/cli.md), generated from the argument parsers of ``python -m perceptloss``.
 
-    python docs/tools/cli_page.py            # rewrite docs/cli.md (in the test venv: it imports perceptloss)
-    python docs/tools/cli_page.py --check    # exit 1 when docs/cli.md differs from what the parsers give
+    .venv-test/bin/python docs/tools/cli_page.py           # rewrite docs/cli.md (it imports perceptloss: torch)
+    .venv-test/bin/python docs/tools/cli_page.py --check   # exit 1 when docs/cli.md differs from the parsers
 
 The parsers need torch to be imported, which the docs build does not install, so the page is generated here and
 kept in the repository; ``tests/test_docs_tools.py`` fails, printing the command above, when it no longer
@@ -151,7 +151,7 @@ def main(argv: list[str]) -> int:
     text = render(build_parser())
     if argv == ["--check"]:
         if PAGE.read_text(encoding="utf-8") != text:
-            print(f"{PAGE} does not match the parsers: run python docs/tools/cli_page.py", file=sys.stderr)
+            print(f"{PAGE} does not match the parsers: run .venv-test/bin/python docs/tools/cli_page.py", file=sys.stderr)
             return 1
         return 0
     if argv:
