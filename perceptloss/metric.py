@@ -9,10 +9,10 @@ optional extra ``pip install perceptloss[metrics]`` (torchmetrics).
 >>> from perceptloss.metric import PerceptualMetric
 >>> lpips = LPIPS("vgg", weights=None, heads=None)   # random trunk, for the example; LPIPS("vgg") for real numbers
 >>> metric = PerceptualMetric(lpips, per_sample=True)
->>> for _ in range(3):               # batches of (N, 3, H, W) images in the loss's input_range
-...     metric.update(torch.rand(4, 3, 64, 64), torch.rand(4, 3, 64, 64))
+>>> for _ in range(2):               # batches of (N, 3, H, W) images in the loss's input_range
+...     metric.update(torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32))
 >>> metric.compute().shape, metric.values().shape   # the mean (0-dim), every per-sample value (M,)
-(torch.Size([]), torch.Size([12]))
+(torch.Size([]), torch.Size([6]))
 """
 from __future__ import annotations
 
