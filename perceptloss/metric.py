@@ -4,12 +4,15 @@ It accumulates per-sample values over batches and, through torchmetrics' state s
 ranks of a distributed job (``compute()`` gives the mean over every sample seen by every rank). Needs the
 optional extra ``pip install perceptloss[metrics]`` (torchmetrics).
 
+>>> import torch
 >>> from perceptloss import LPIPS
 >>> from perceptloss.metric import PerceptualMetric
->>> metric = PerceptualMetric(LPIPS("vgg"), per_sample=True)
->>> for x, y in batches:          # (N, 3, H, W) in the loss's input_range
-...     metric.update(x, y)
->>> metric.compute(), metric.values()   # mean (0-dim), every per-sample value (M,)
+>>> lpips = LPIPS("vgg", weights=None, heads=None)   # random trunk, for the example; LPIPS("vgg") for real numbers
+>>> metric = PerceptualMetric(lpips, per_sample=True)
+>>> for _ in range(2):               # batches of (N, 3, H, W) images in the loss's input_range
+...     metric.update(torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32))
+>>> metric.compute().shape, metric.values().shape   # the mean (0-dim), every per-sample value (M,)
+(torch.Size([]), torch.Size([6]))
 """
 from __future__ import annotations
 

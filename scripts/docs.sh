@@ -2,7 +2,10 @@
 # The docs command: make a virtualenv (.venv-docs) with the pinned docs tools (docs/requirements.txt) and build
 # the site into site/ with `mkdocs build --strict`, so that any warning (a broken link, a docstring parameter that
 # is not in the signature, ...) fails. The API reference is read from the sources without importing perceptloss,
-# so this venv needs neither torch nor the compiled operator. Extra arguments go to mkdocs build.
+# so this venv needs neither torch nor the compiled operator; formulas become MathML and the benchmarks page's
+# tables are generated from benchmarks/results/ during the build. The command-line page (docs/cli.md) needs the
+# parsers, hence torch: regenerate it with `.venv-test/bin/python docs/tools/cli_page.py` after changing the
+# command line (a test fails until then). Extra arguments go to mkdocs build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv-docs}

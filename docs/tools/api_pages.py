@@ -4,6 +4,9 @@ The names are read from ``perceptloss/__init__.py`` without importing it (the do
 ``__all__`` list, and for each name the module its ``from .module import name`` line takes it from, which picks
 its page. A name added to or removed from ``__all__`` appears on or leaves its page at the next build; a name in
 ``__all__`` that ``__init__.py`` does not import is an error, as is a page list that does not match.
+
+The public submodules (``MODULES``) are documented in full on their pages, except the names they export only for
+the package's own modules (``INTERNAL``). The nav gets "API reference" before the maintainers' "Development".
 """
 from __future__ import annotations
 
@@ -17,8 +20,10 @@ INIT = ROOT / "perceptloss" / "__init__.py"
 GROUPS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("losses", "Losses", "The loss modules and their common base. Every loss takes (N, C, H, W) images in "
      "`input_range` and returns a scalar (or (N,) terms with `reduction=\"none\"`); see the "
-     "[losses guide](../losses.md).", ("loss", "lpips", "style", "dists", "volume", "_base", "basicsr", "tiled",
-                                      "tiling", "criteria", "metric_table")),
+     "[losses guide](../losses.md). Each loss's *Options* table lists the keyword options every loss takes "
+     "([`LossOptions`](#perceptloss.LossOptions)) with that loss's defaults.",
+     ("loss", "lpips", "style", "dists", "volume", "_base", "basicsr", "tiled", "tiling", "criteria",
+      "metric_table", "_options")),
     ("channels", "Channels and preprocessing", "How images that are not RGB reach an RGB network, and what "
      "each set of weights expects as input.", ("channels", "preprocessing")),
     ("backbones", "Backbones", "The backbone registry, layer names and presets; see the "
@@ -80,13 +85,30 @@ MODULES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Names a public module exports for the package's own modules (its command line, its losses) that are no part
+#: of what a user calls: left out of the reference. Each must still exist (tests/test_docs_tools.py).
+INTERNAL: dict[str, tuple[str, ...]] = {
+    "perceptloss.weights": ("cache_lock", "save_checked", "load_checked", "convert_to_cache", "missing_message",
+                            "cache_problem", "package_file", "load_backbone_file", "group_entries", "StateDict"),
+    "perceptloss.hardware": ("resolve_dtype", "warn_if_emulated", "autocast_warning"),
+}
+
+#: Names whose members are not listed on their page (their docstring says all of it).
+NO_MEMBERS = ("LossOptions",)
+
+
 def page_markdown(title: str, intro: str, names: list[str], page: str = "") -> str:
     lines = [f"# {title}", "", intro, ""]
     for name in names:
         lines += [f"::: perceptloss.{name}", ""]
+        if name in NO_MEMBERS:
+            lines[-1:] = ["    options:", "      members: false", ""]
     for module in MODULES.get(page, ()):
         lines += [f"::: {module}", "    options:", "      show_root_heading: true", "      heading_level: 2",
-                  "      show_submodules: false", ""]
+                  "      show_submodules: false"]
+        if module in INTERNAL:
+            lines.append(f"      filters: {['!^_'] + [f'!^{n}$' for n in INTERNAL[module]]}")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -103,9 +125,11 @@ def index_markdown(groups: list[tuple[str, str, str, list[str]]]) -> str:
 
 def on_config(config, **kwargs):
     groups = pages()
-    nav = config["nav"]
+    nav = [e for e in config["nav"] if not (isinstance(e, dict) and "API reference" in e)]
     entry = {"API reference": [{"Overview": "reference/index.md"}] + [{title: f"reference/{page}.md"} for page, title, _, _ in groups]}
-    config["nav"] = [e for e in nav if not (isinstance(e, dict) and "API reference" in e)] + [entry]
+    # before the maintainers' "Development" section, if there is one
+    at = next((i for i, e in enumerate(nav) if isinstance(e, dict) and "Development" in e), len(nav))
+    config["nav"] = nav[:at] + [entry] + nav[at:]
     config["extra"]["api_pages"] = groups
     return config
 

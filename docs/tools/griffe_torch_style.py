@@ -12,16 +12,39 @@ per entry, so before parsing this rewrites
 - ``<name>`` placeholders outside code (``"timm:<model>"``) to ``&lt;name&gt;``, which Markdown would
   otherwise drop as an unknown HTML tag;
 - ``a, b: text`` in an ``Args:`` section to ``a: text`` and ``b: See `a`.``, so that every name is still
-  checked against the signature (a documented parameter that does not exist fails the strict build).
+  checked against the signature (a documented parameter that does not exist fails the strict build);
+- an ``Example:`` section to ``Examples:``, the Google-style name that griffe parses into code blocks (under any
+  other name the ``>>>`` lines would be read as Markdown quotes), and a doctest outside such a section (a module
+  docstring's) to a fenced ``pycon`` block;
+- and gives every loss whose constructor takes ``**options: Unpack[LossOptions]`` an "Options" section: the table
+  of every common option with that loss's defaults (``loss_options.py``), as ``help()`` shows it in the terminal.
 
 Nothing else is changed; the source docstrings are not touched.
 """
 from __future__ import annotations
 
+import ast
+import importlib.util
 import re
+import sys
+from pathlib import Path
 from typing import Any
 
 import griffe
+
+
+def _load_sibling(name: str):
+    """A module of docs/tools/ (griffe loads this extension from its path, not as a package)."""
+    qualified = f"perceptloss_docs_{name}"
+    if qualified not in sys.modules:
+        spec = importlib.util.spec_from_file_location(qualified, Path(__file__).with_name(f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[qualified] = module
+        spec.loader.exec_module(module)
+    return sys.modules[qualified]
+
+
+loss_options = _load_sibling("loss_options")
 
 _ROLE = re.compile(r":math:`([^`]+)`")
 _XREF = re.compile(r":(?:py:)?(?:class|func|meth|attr|data|mod|obj|exc|const):`(~?)([^`]+)`")
@@ -117,13 +140,96 @@ def split_grouped_args(text: str) -> str:
     return "\n".join(result + pending)
 
 
+_EXAMPLE = re.compile(r"^(\s*)Example:\s*$")
+_EXAMPLES = re.compile(r"^(\s*)Examples?:\s*$")
+_FENCE = re.compile(r"^\s*(```|~~~)")
+
+
+def example_sections(text: str) -> str:
+    """``Example:`` section headers -> ``Examples:`` (griffe's Google parser reads ``>>>`` lines as code only there)."""
+    return "\n".join(_EXAMPLE.sub(r"\1Examples:", line) for line in text.split("\n"))
+
+
+def fence_doctests(text: str) -> str:
+    """Doctest blocks outside an ``Example(s):`` section and outside fences -> fenced ``pycon`` blocks.
+
+    A block starts at a ``>>>`` line and runs to the next blank line or the next line indented less.
+    """
+    lines = text.split("\n")
+    out: list[str] = []
+    section: int | None = None   # the indent of the Examples header we are under
+    fenced = False
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        if _FENCE.match(line):
+            fenced = not fenced
+        if section is not None and stripped and _indent(line) <= section:
+            section = None
+        header = _EXAMPLES.match(line)
+        if header and not fenced:
+            section = len(header.group(1))
+        if fenced or section is not None or not stripped.startswith(">>>"):
+            out.append(line)
+            i += 1
+            continue
+        pad = line[: _indent(line)]
+        block = []
+        while i < len(lines) and lines[i].strip() and _indent(lines[i]) >= len(pad):
+            block.append(lines[i])
+            i += 1
+        out += [f"{pad}```pycon", *block, f"{pad}```"]
+    return "\n".join(out)
+
+
+_SECTION_BEFORE_OPTIONS = ("Shape:", "Example:", "Examples:")
+
+
+def with_options_section(doc: str, section: str) -> str:
+    """``doc`` with ``section`` before its first top-level Shape/Example section (or at its end)."""
+    lines = doc.split("\n")
+    for i, line in enumerate(lines):
+        if line.strip() in _SECTION_BEFORE_OPTIONS and not line.startswith((" ", "\t")):
+            return "\n".join(lines[:i] + section.split("\n") + [""] + lines[i:])
+    return f"{doc.rstrip()}\n\n{section}"
+
+
+def takes_loss_options(cls: griffe.Class) -> bool:
+    """Whether the class's own constructor takes the common options (``**options: Unpack[LossOptions]``)."""
+    init = cls.members.get("__init__")
+    if not isinstance(init, griffe.Function):
+        return False
+    return any(p.kind is griffe.ParameterKind.var_keyword and str(p.annotation) == "Unpack[LossOptions]"
+               for p in init.parameters)
+
+
+def option_defaults(cls: griffe.Class) -> dict[str, Any]:
+    """The class's own ``_option_defaults`` (the common options whose default it changes), as Python values."""
+    attr = cls.members.get("_option_defaults")
+    return {} if attr is None or attr.value is None else ast.literal_eval(str(attr.value))
+
+
 class TorchStyle(griffe.Extension):
     """Rewrites every docstring griffe loads as described in the module docstring."""
+
+    def on_class(self, *, cls: griffe.Class, **kwargs: Any) -> None:
+        if cls.docstring is None:
+            return
+        if cls.path == "perceptloss._options.LossOptions":
+            cls.docstring.value += "\n\nEvery option, with its common default:\n\n" + loss_options.options_table()
+        elif takes_loss_options(cls):
+            cls.docstring.value = with_options_section(
+                cls.docstring.value, loss_options.options_section(option_defaults(cls)))
 
     def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
         if obj.docstring is None:
             return
         value = obj.docstring.value
+        if "Example:" in value:
+            value = example_sections(value)
+        if ">>>" in value:
+            value = fence_doctests(value)
         if "math:" in value:
             value = rst_math_to_arithmatex(value)
         if ":`" in value:
