@@ -1,7 +1,7 @@
 """ST-LPIPS, ``LPIPS(net, variant="shift_tolerant")``: parity with the stlpips-pytorch package on real CelebA
 pairs (values, maps and input gradients), its trained weights found offline through the wheel's metadata,
 checksummed and cached, the anti-aliased (BlurPool) trunks, and the loss contract (tiled, VolumeLoss, channels,
-score, PerceptualMetric, signature, dtype, checkpoint).
+score, PerceptualMetric, signature, dtype, checkpoint, torch.compile).
 
 The package is a test oracle only (the library never imports it); the tests that need it skip cleanly where it
 is not installed (``pip install stlpips-pytorch==0.0.2 --no-deps``). Its ``stlpips.py`` imports IPython and
@@ -353,6 +353,17 @@ def test_dtypes_and_checkpoint():
     a.sum().backward()
     b.sum().backward()
     assert torch.equal(xa.grad, xb.grad)
+
+
+def test_compile_fullgraph():
+    """One graph through the anti-aliased trunk (reflection padding, constant blur filters) and the heads
+    (aot_eager: the graph and its values, without inductor's C++ compiles)."""
+    loss = st_lpips("alex", reduction="mean")
+    x, y = torch.rand(2, 3, 48, 48, requires_grad=True), torch.rand(2, 3, 48, 48)
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")(x, y)
+    assert_close(compiled, loss(x, y), rtol=1e-5, atol=0)
+    compiled.backward()
+    assert torch.isfinite(x.grad).all()
 
 
 def test_perceptual_metric_accumulates():
