@@ -21,6 +21,7 @@ import torch
 import perceptloss
 from perceptloss import LPIPS, VolumeLoss, create_metric, tiled
 from perceptloss.__main__ import main as cli
+from perceptloss._signature import parse_signature
 from perceptloss.backbones.blurpool import (
     ALEXNET_ST_LAYERS,
     VGG16_ST_LAYERS,
@@ -204,8 +205,8 @@ def test_the_package_file_passed_directly_under_any_name(tmp_path):
         for path in (source, renamed):
             loss = LPIPS("alex", variant="shift_tolerant", weights=path, heads=path)
             assert torch.equal(loss(x, y), expected)
-            fields = perceptloss._signature.parse_signature(loss.signature)
-            entry_fields = perceptloss._signature.parse_signature(entry.signature)
+            fields = parse_signature(loss.signature)
+            entry_fields = parse_signature(entry.signature)
             assert fields["weights"] == f"file:{path.name}"
             assert fields["sha256"] == entry_fields["sha256"] and fields["heads_sha256"] == entry_fields["heads_sha256"]
     # the trunk of that file is for the anti-aliased AlexNet, not torchvision's
@@ -326,13 +327,13 @@ def test_grey_images_with_a_channel_policy():
 
 
 def test_signature_names_the_variant_and_the_weights():
-    fields = perceptloss._signature.parse_signature(st_lpips("vgg").signature)
+    fields = parse_signature(st_lpips("vgg").signature)
     assert fields["metric"] == "LPIPS" and fields["net"] == "vgg" and fields["variant"] == "shift_tolerant"
     assert fields["weights"] == "random" and fields["norm"] == "lpips"
-    plain = perceptloss._signature.parse_signature(LPIPS("vgg", weights=None, heads=None).signature)
+    plain = parse_signature(LPIPS("vgg", weights=None, heads=None).signature)
     assert "variant" not in plain  # LPIPS' own signatures are as they were
     if _installed():
-        fields = perceptloss._signature.parse_signature(create_metric("stlpips-alex").signature)
+        fields = parse_signature(create_metric("stlpips-alex").signature)
         assert fields["weights"] == "alexnet_shift_tolerant.stlpips" and fields["variant"] == "shift_tolerant"
 
 
