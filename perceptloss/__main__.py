@@ -1,6 +1,6 @@
 """Command line: list backbones, layers and weights; fetch, convert and verify weights offline.
 
-    python -m perceptloss list                  # backbones and presets
+    python -m perceptloss list                  # backbones, presets and metrics
     python -m perceptloss layers vgg19          # layer names of a backbone
     python -m perceptloss weights [vgg19]       # catalogued weights and where they are (cached / source /
                                                 # missing): trunks and heads ("weights lpips" for LPIPS')
@@ -17,6 +17,7 @@ import sys
 from typing import Iterator, NoReturn
 
 from . import registry, weights
+from .metric_table import get_metric, list_metrics
 from .score.errors import ScoreError
 from .score.output import printable
 
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="perceptloss", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("list", help="registered backbones and layer presets")
+    sub.add_parser("list", help="registered backbones, layer presets and metrics")
     p = sub.add_parser("layers", help="layer names of a backbone")
     p.add_argument("backbone")
     p = sub.add_parser("weights", help="catalogued weights (trunks and heads) and their status")
@@ -203,7 +204,8 @@ def _version() -> str:
 
 
 def _print_list() -> None:
-    """``list``: backbones (name, layer count, weight entries, description) and presets, in aligned columns."""
+    """``list``: backbones (name, layer count, weight entries, description), presets and the metric table, in
+    aligned columns."""
     rows = []
     for name in registry.list_backbones():
         spec = registry.get_backbone(name)
@@ -218,6 +220,11 @@ def _print_list() -> None:
     width = max(map(len, registry.PRESETS))
     for name, layers in registry.PRESETS.items():
         print(f"  {name:{width}s}  {', '.join(layers)}")
+    names = list_metrics()
+    width = max(map(len, names))
+    print("\nmetrics (score --metric NAME, perceptloss.create_metric(NAME)):")
+    for name in names:
+        print(f"  {name:{width}s}  {get_metric(name).description}")
 
 
 def _silence_stdout() -> None:

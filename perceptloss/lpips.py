@@ -9,7 +9,8 @@ over channels at every position and w_l >= 0 the learned per-channel head,
 value-identical to the ``lpips`` package (v0.1, and v0.0 with ``version="0.0"``) given the same trunk weights. The non-spatial form runs on the
 fused distance operator (the heads folded into the features as sqrt(w)); the unit normalisation has a finite
 gradient where a feature vector is zero (lpips' ``normalize_tensor`` alone gives NaN there; inside lpips' metric
-the ReLU before every tap happens to mask it).
+the ReLU before every tap happens to mask it). ``LPIPS(net, variant="shift_tolerant")`` is ST-LPIPS: the same
+distance on anti-aliased trunks with their own trained heads (``perceptloss.stlpips``).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from .criteria import Criterion, TilingMode
 from .factory import create_backbone
 from .functional import feature_distance, unit_normalize
 from .lpips_heads import LPIPS_NORMALIZATION, LPIPS_V00_NORMALIZATION, VERSIONS, load_heads
+from .stlpips import VARIANTS, load_stlpips_heads, stlpips_net
 
 #: LPIPS' trunk for each ``net``: (registered backbone, tapped layers, channels per layer).
 LPIPS_NETS: dict[str, tuple[str, tuple[str, ...], tuple[int, ...]]] = {
@@ -45,14 +47,14 @@ class LPIPSDistance(Criterion):
 
     ``heads``: the (C_l,) weights of each layer (kept as buffers ``head0``, ``head1``, ...). With non-negative
     heads the comparison runs on the fused operator (sqrt(w) folded into the features); ``spatial=True``
-    makes the loss return the per-layer maps upsampled and summed. ``net`` and ``version`` name the metric in
-    the signature.
+    makes the loss return the per-layer maps upsampled and summed. ``net``, ``version`` and ``variant`` (None,
+    or "shift_tolerant" for ST-LPIPS) name the metric in the signature.
     """
 
     tiling: ClassVar[TilingMode | None] = "local"
 
     def __init__(self, heads: Sequence[torch.Tensor], *, net: str, version: str, spatial: bool = False,
-                 fused: bool | None = None) -> None:
+                 fused: bool | None = None, variant: str | None = None) -> None:
         super().__init__()
         for k, w in enumerate(heads):
             self.register_buffer(f"head{k}", w, persistent=False)
@@ -65,6 +67,7 @@ class LPIPSDistance(Criterion):
                 "into the features) cannot take, so they run in plain PyTorch; leave fused unset or pass fused=False"
             )
         self.net_name, self.version, self.spatial, self.fused = net, version, bool(spatial), fused
+        self.variant = variant
 
     @property
     def heads(self) -> list[torch.Tensor]:
@@ -96,11 +99,13 @@ class LPIPSDistance(Criterion):
 
     def signature_fields(self) -> dict[str, object]:
         heads = {f"head{k}": w for k, w in enumerate(self.heads)}
-        return {"net": self.net_name, "version": self.version, "heads_sha256": tensors_digest(heads),
+        variant = {} if self.variant is None else {"variant": self.variant}
+        return {"net": self.net_name, "version": self.version, **variant, "heads_sha256": tensors_digest(heads),
                 "distance": "lpips", "spatial": "yes" if self.spatial else "no"}
 
     def extra_repr(self) -> str:
-        return f"net={self.net_name!r}, version={self.version!r}, spatial={self.spatial}"
+        variant = "" if self.variant is None else f", variant={self.variant!r}"
+        return f"net={self.net_name!r}, version={self.version!r}{variant}, spatial={self.spatial}"
 
 
 class LPIPS(PerceptualLoss):
@@ -113,7 +118,9 @@ class LPIPS(PerceptualLoss):
               \big(\hat\phi_l(x)_{c,h,w} - \hat\phi_l(y)_{c,h,w}\big)^2
 
     value-identical to the ``lpips`` package (v0.1; v0.0 with ``version="0.0"``) given the same trunk weights.
-    With ``spatial=True`` each layer's map is upsampled bilinearly to the image size and the maps are summed.
+    ``variant="shift_tolerant"`` is ST-LPIPS (Ghildyal & Liu, ECCV 2022; ``perceptloss.stlpips``): anti-aliased
+    (BlurPool) AlexNet / VGG16 trunks and heads trained for tolerance to small shifts, with their published
+    weights, value-identical to the ``stlpips-pytorch`` package. With ``spatial=True`` each layer's map is upsampled bilinearly to the image size and the maps are summed.
     Frozen by construction: the trunk's weights and the heads are buffers left out of the state dict, there
     is no dropout and the trunk stays in eval mode; distances are computed in float32. ``set_target`` fixes
     a reference.
@@ -122,12 +129,15 @@ class LPIPS(PerceptualLoss):
         net: "alex" (lpips' default), "vgg" or "squeeze".
         version: "0.1" (the published metric) or "0.0" (the first release, whose trunk saw the [-1, 1]
             images without LPIPS' scaling layer; for reproducing older papers).
+        variant: None (LPIPS) or "shift_tolerant" (ST-LPIPS, net "alex" or "vgg", version "0.1"; its trunk and
+            heads are both from the installed ``stlpips-pytorch`` package's file, checked and cached).
         weights: the trunk's weights: "default" (torchvision's ImageNet weights, resolved offline like every
-            entry: cache, torch's hub cache, download where online, else an error naming the file), a
-            torchvision-format file, or None (a random trunk: tests only).
+            entry: cache, torch's hub cache, download where online, else an error naming the file; with
+            ``variant``, ST-LPIPS' trained trunk), a torchvision-format file (with ``variant``, the package's
+            .pth), or None (a random trunk: tests only).
         heads: "default" (the heads of ``version`` from the installed ``lpips``, ``sensecraft`` or (v0.1)
-            ``torchmetrics`` package, checked and cached), a head file (lpips' .pth format), or None (all ones:
-            lpips' ``lpips=False`` baseline).
+            ``torchmetrics`` package, checked and cached; with ``variant``, ST-LPIPS' heads), a head file
+            (lpips' .pth format), or None (all ones: lpips' ``lpips=False`` baseline).
         spatial: return per-pixel maps instead of one value per image.
 
     Shape:
@@ -152,6 +162,7 @@ class LPIPS(PerceptualLoss):
         net: Literal["alex", "vgg", "squeeze"] = "alex",
         version: str = "0.1",
         *,
+        variant: Literal["shift_tolerant"] | None = None,
         weights: str | Path | None = "default",
         heads: str | Path | None = "default",
         spatial: bool = False,
@@ -162,16 +173,26 @@ class LPIPS(PerceptualLoss):
             raise ValueError(f"net must be one of {sorted(LPIPS_NETS)} (as in lpips), got {net!r}")
         version = str(version).lstrip("v")
         check_choice("version", version, VERSIONS)
-        backbone, layers, channels = LPIPS_NETS[net]
+        if variant is None:
+            backbone, layers, channels = LPIPS_NETS[net]
+        else:
+            check_choice("variant", variant, (None, *VARIANTS))
+            backbone, layers, channels = stlpips_net(net, version)
         self.net_name = net
         self.version = version
+        self.variant = variant
         norm = LPIPS_NORMALIZATION if version == "0.1" else LPIPS_V00_NORMALIZATION
         trunk, _ = create_backbone(backbone, layers, weights, norm)
         self._set_network(trunk, norm)
-        head_list = [torch.ones(c) for c in channels] if heads is None else load_heads(net, heads, list(channels), version)
+        if heads is None:
+            head_list = [torch.ones(c) for c in channels]
+        elif variant is None:
+            head_list = load_heads(net, heads, list(channels), version)
+        else:
+            head_list = load_stlpips_heads(net, heads, list(channels))
         self._set_criterion(LPIPSDistance(
             [w.to(self._constant_dtype, copy=True) for w in head_list], net=net, version=version, spatial=spatial,
-            fused=self.fused,
+            fused=self.fused, variant=variant,
         ))
 
     @property
@@ -185,5 +206,6 @@ class LPIPS(PerceptualLoss):
         return self.criterion.heads
 
     def extra_repr(self) -> str:
-        return (f"net={self.net_name!r}, version={self.version!r}, layers={list(self.layers)}, "
+        variant = "" if self.variant is None else f", variant={self.variant!r}"
+        return (f"net={self.net_name!r}, version={self.version!r}{variant}, layers={list(self.layers)}, "
                 f"reduction={self.reduction!r}, spatial={self.spatial}")

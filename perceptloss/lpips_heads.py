@@ -90,10 +90,18 @@ HEAD_ENTRIES = {
 
 def load_heads(net: str, heads: str | Path, channels: list[int], version: str = "0.1") -> list[torch.Tensor]:
     """The (C_k,) head of each layer: ``heads`` is "default" (the entry of ``version``) or a file (lpips .pth or ours)."""
-    if str(heads) == "default":
-        state = resolve(HEAD_ENTRIES[(net, version)])
+    return heads_from(f"LPIPS heads for {net}", resolve(HEAD_ENTRIES[(net, version)]) if str(heads) == "default" else heads,
+                      channels)
+
+
+def heads_from(what: str, source: StateDict | str | Path, channels: list[int]) -> list[torch.Tensor]:
+    """The (C_k,) float32 head of each layer from a resolved state dict (``head{k}`` tensors) or a file (an lpips
+    .pth with ``lin{k}.model.1.weight``, or ours); a ValueError naming ``what`` when a head is missing or has
+    another number of channels than ``channels[k]``."""
+    if isinstance(source, dict):
+        state = source
     else:
-        path = Path(heads)
+        path = Path(source)
         state = load_state_dict_file(path)
         if not any(k.startswith("head") for k in state):
             state = convert_lpips_heads(path)
@@ -102,6 +110,6 @@ def load_heads(net: str, heads: str | Path, channels: list[int], version: str = 
         w = state.get(f"head{k}")
         if w is None or w.numel() != c:
             found = None if w is None else tuple(w.shape)
-            raise ValueError(f"LPIPS heads for {net}: head{k} should have {c} weights, found {found}")
+            raise ValueError(f"{what}: head{k} should have {c} weights, found {found}")
         out.append(w.float().reshape(c))
     return out

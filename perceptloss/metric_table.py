@@ -9,6 +9,7 @@ Built-in names:
 - ``lpips-alex``, ``lpips-vgg``, ``lpips-squeeze``: LPIPS v0.1; ``-v0.0`` appended (``lpips-alex-v0.0``): the
   first release.
 - ``dists``: DISTS.
+- ``stlpips-alex``, ``stlpips-vgg``: ST-LPIPS, shift-tolerant LPIPS (``LPIPS(net, variant="shift_tolerant")``).
 - ``<backbone>:<preset or comma-separated layers>``: a FeatureLoss, e.g. ``vgg19:dfc123`` or
   ``vgg16:relu1_2,relu2_2``; ``timm:<model>:<layers>`` for a timm backbone (the model name may hold dots).
 - ``<package.module>:<factory>``: a metric of your own: the module is imported and ``factory`` called.
@@ -304,6 +305,13 @@ def _dists(*, weights: Any = "default", **options: Any) -> nn.Module:
     return DISTS(weights=weights, reduction="none", **options)
 
 
+def _stlpips(net: str) -> Callable[..., nn.Module]:
+    def build(*, weights: Any = "default", **options: Any) -> nn.Module:
+        return LPIPS(net, variant="shift_tolerant", weights=weights, reduction="none", **options)
+
+    return build
+
+
 def _feature_backbone(name: str) -> tuple[str, str]:
     """(backbone, layers) of a FeatureLoss name, with a ValueError where the backbone or the layers are missing."""
     backbone, _, layers = name.rpartition(":")
@@ -375,6 +383,8 @@ _BUILTINS: tuple[MetricEntry, ...] = (
                   description=f"LPIPS v{version}, {backbone} trunk" + (" (first release)" if version == "0.0" else ""))
       for net, (backbone, _, _) in LPIPS_NETS.items() for version in VERSIONS),
     MetricEntry("dists", _dists, description="DISTS (structure and texture similarity of VGG16 features)"),
+    *(MetricEntry(f"stlpips-{net}", _stlpips(net), description=f"ST-LPIPS (shift-tolerant LPIPS), anti-aliased "
+                  f"{arch} trunk") for net, arch in (("alex", "AlexNet"), ("vgg", "VGG16"))),
     MetricEntry("<backbone>:<preset or layers>", _feature_loss, matches=_is_feature_name,
                 description="FeatureLoss (mean squared distance): vgg19:dfc123, vgg16:relu1_2,relu2_2, "
                             "timm:<model>:<layers>"),

@@ -4,7 +4,8 @@ The network sees one crop of at most ``tile`` x ``tile`` pixels at a time. Each 
 (the pixels whose features it contributes) plus a *halo* of real neighbouring pixels that covers the receptive
 field of the deepest tapped layer, so that the interior's features are exactly the whole image's:
 
-- the halo and the alignment come from the network's own layers (convolutions, pools, L2 pools, Fire modules;
+- the halo and the alignment come from the network's own layers (convolutions, pools, L2 pools, BlurPools
+  (their reflection padding, like zero padding, is the whole image's at its border), Fire modules;
   activations and batch norm are pointwise): each crop starts on a multiple of the product of the strides up
   to the deepest tap (16 for relu5_x of VGG), so every layer's grid is the whole image's grid shifted by a whole
   number of cells; a crop at the image border keeps that border, so the network's own zero padding there is
@@ -36,6 +37,7 @@ from torch.autograd.function import once_differentiable
 from ._base import PerceptualLoss
 from ._signature import format_signature, parse_signature
 from .backbones.sequential import SequentialFeatures
+from .backbones.blurpool import BlurPool2d
 from .backbones.vgg_l2pool import L2Pool2d
 
 __all__ = ["tiled", "TiledLoss"]
@@ -109,8 +111,8 @@ def _module_ops(m: nn.Module) -> list[tuple[_Op, _Op]]:
         p = _pair(m.padding)
         d = _pair(getattr(m, "dilation", 1))
         return [(_Op(k[0], s[0], p[0], d[0], m.ceil_mode), _Op(k[1], s[1], p[1], d[1], m.ceil_mode))]
-    if isinstance(m, L2Pool2d):
-        k = int(m.window.shape[-1])
+    if isinstance(m, (L2Pool2d, BlurPool2d)):  # a depthwise window; BlurPool's reflection padding, like zero
+        k = int(m.window.shape[-1])  # padding, reads only the image's own border pixels, which border tiles keep
         return [(_Op(k, m.stride, m.padding), _Op(k, m.stride, m.padding))]
     if type(m).__name__ == "Fire" and all(hasattr(m, a) for a in ("squeeze", "expand1x1", "expand3x3")):
         one = [op for c in (m.squeeze, m.expand1x1) for op in _module_ops(c)]

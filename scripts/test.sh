@@ -15,6 +15,9 @@ esac
 bash scripts/setup_venv.sh "$venv" pytest pytest-xdist timm pillow lpips torchmetrics
 # Wheels read for a data file only (their pinned dependencies, an old torch, must not be installed).
 "$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps dists-pytorch==0.1 2>&1 | { grep -v "is ignored" || true; }
+# ST-LPIPS' trained trunks and heads, and its code as the parity tests' oracle (its stray IPython and
+# torchsummary imports are stubbed by tests/test_stlpips.py, so neither is installed).
+"$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps stlpips-pytorch==0.0.2 2>&1 | { grep -v "is ignored" || true; }
 # The DFC-VAE example's extra dependencies, all in one place: examples/dfcvae/requirements*.txt.
 example=examples/dfcvae
 "$venv/bin/python" -m pip --disable-pip-version-check -q install -r "$example/requirements.txt" 2>&1 | { grep -v "is ignored" || true; }

@@ -152,6 +152,10 @@ def trunk_files(tmp_path_factory):
     save_features_checkpoint(torchvision.models.alexnet().features, files["alex"])
     torch.save(torchvision.models.squeezenet1_1().state_dict(), files["squeeze"])
     save_features_checkpoint(make_layers(cfgs["D"]), files["vgg16"])
+    for net, backbone in (("st-alex", "alexnet_shift_tolerant"), ("st-vgg", "vgg16_shift_tolerant")):
+        files[net] = base / f"{backbone}-random.pth"  # ST-LPIPS' trunks, in their own features.N naming
+        torch.save(perceptloss.create_backbone(backbone, perceptloss.list_layers(backbone)[-1:], weights=None)[0]
+                   .state_dict(), files[net])
     return files
 
 
@@ -206,8 +210,11 @@ def test_every_built_in_is_the_same_loss_in_python_and_on_the_command_line(folde
     create_metric's, and the loss is the class and version the name says."""
     weights = {"lpips-alex": "alex", "lpips-alex-v0.0": "alex", "lpips-vgg": "vgg16", "lpips-vgg-v0.0": "vgg16",
                "lpips-squeeze": "squeeze", "lpips-squeeze-v0.0": "squeeze", "dists": "vgg16",
+               "stlpips-alex": "st-alex", "stlpips-vgg": "st-vgg",
                "vgg16:relu1_2,relu2_2": "vgg16", "vgg16:lpips": "vgg16"}
-    assert [n for n in list_metrics() if metric_table._builtin(get_metric(n)) and "<" not in n] == list(weights)[:7]
+    assert [n for n in list_metrics() if metric_table._builtin(get_metric(n)) and "<" not in n] == list(weights)[:9]
+    if perceptloss.weights.find_source(perceptloss.weights.get_weights("stlpips-alex")) is None:
+        weights = {k: v for k, v in weights.items() if not k.startswith("stlpips")}  # their heads: the package's
     argv = [*folders]
     for name, trunk in weights.items():
         argv += ["--metric", name, "--weights", f"{name}={trunk_files[trunk]}"]
@@ -220,6 +227,9 @@ def test_every_built_in_is_the_same_loss_in_python_and_on_the_command_line(folde
         assert loss.reduction == "none"
         if name.startswith("lpips"):
             assert isinstance(loss, perceptloss.LPIPS) and loss.version == ("0.0" if "v0.0" in name else "0.1")
+            assert loss.net_name == name.split("-")[1] and loss.variant is None
+        elif name.startswith("stlpips"):
+            assert isinstance(loss, perceptloss.LPIPS) and loss.variant == "shift_tolerant"
             assert loss.net_name == name.split("-")[1]
         elif name == "dists":
             assert isinstance(loss, perceptloss.DISTS)

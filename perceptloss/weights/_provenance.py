@@ -53,10 +53,12 @@ class Backbone(Protocol):
         """The catalogue group of the backbone's entries."""
 
 
-def identify(path: Path, *, by_checksum: bool = True) -> tuple[WeightEntry, str] | None:
+def identify(path: Path, *, by_checksum: bool = True, group: str | None = None) -> tuple[WeightEntry, str] | None:
     """(the entry a weights file comes from, how that is known) when it can be known, else None.
 
-    ``by_checksum``: also compare the file's sha256 with every pinned one (it reads the whole file).
+    ``by_checksum``: also compare the file's sha256 with every pinned one (it reads the whole file). One source
+    file may hold several entries (ST-LPIPS' file: a trunk and its heads); then the entry of ``group`` is
+    preferred, else the first by key.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -70,15 +72,21 @@ def identify(path: Path, *, by_checksum: bool = True) -> tuple[WeightEntry, str]
         entry = catalogued(meta.get("entry", ""))
         if entry is not None:
             return entry, "its metadata"
-    for entry in list_weight_entries():
-        if path.name in entry.published_names or path.name == entry.filename:
-            return entry, "its file name"
-    pinned = {e.source_sha256: e for e in list_weight_entries() if e.source_sha256}
+    named = [e for e in list_weight_entries() if path.name in e.published_names or path.name == e.filename]
+    if named:
+        return _preferred(named, group), "its file name"
+    pinned = [e for e in list_weight_entries() if e.source_sha256]
     if by_checksum and pinned and path.stat().st_size < 2**31:
-        entry = pinned.get(sha256_file(path))
-        if entry is not None:
-            return entry, "its sha256"
+        digest = sha256_file(path)
+        matched = [e for e in pinned if e.source_sha256 == digest]
+        if matched:
+            return _preferred(matched, group), "its sha256"
     return None
+
+
+def _preferred(entries: list[WeightEntry], group: str | None) -> WeightEntry:
+    """The first of ``entries`` in ``group``, else the first."""
+    return next((e for e in entries if e.backbone == group), entries[0])
 
 
 def entry_for_file(path: Path, *, by_checksum: bool = True) -> WeightEntry | None:
@@ -136,7 +144,7 @@ def load_backbone_file(
     full = _full_shapes(spec)
     in_own_naming = any(k in full for k in state)
     # pinned checksums belong to source files that need converting: only those are worth hashing
-    found = identify(path, by_checksum=not in_own_naming)
+    found = identify(path, by_checksum=not in_own_naming, group=spec.weights_group)
     entry = found[0] if found else None
     entries = group_entries(spec.weights_group)
     if entry is not None and entry.key not in {e.key for e in entries.values()}:
