@@ -207,7 +207,7 @@ def test_the_package_file_passed_directly_under_any_name(tmp_path):
             assert torch.equal(loss(x, y), expected)
             fields = parse_signature(loss.signature)
             entry_fields = parse_signature(entry.signature)
-            assert fields["weights"] == f"file:{path.name}"
+            assert loss.weights_source == f"file:{path.name}" and fields == entry_fields  # one signature
             assert fields["sha256"] == entry_fields["sha256"] and fields["heads_sha256"] == entry_fields["heads_sha256"]
     # the trunk of that file is for the anti-aliased AlexNet, not torchvision's
     with pytest.raises(perceptloss.weights.WeightsFileError, match="alexnet_shift_tolerant"):
@@ -327,14 +327,16 @@ def test_grey_images_with_a_channel_policy():
 
 
 def test_signature_names_the_variant_and_the_weights():
-    fields = parse_signature(st_lpips("vgg").signature)
+    loss = st_lpips("vgg")
+    fields = parse_signature(loss.signature)
     assert fields["metric"] == "LPIPS" and fields["net"] == "vgg" and fields["variant"] == "shift_tolerant"
-    assert fields["weights"] == "random" and fields["norm"] == "lpips"
+    assert loss.weights_source == "random" and fields["norm"] == "imagenet"  # LPIPS' scaling layer: ImageNet's values
     plain = parse_signature(LPIPS("vgg", weights=None, heads=None).signature)
     assert "variant" not in plain  # LPIPS' own signatures are as they were
     if _installed():
-        fields = parse_signature(create_metric("stlpips-alex").signature)
-        assert fields["weights"] == "alexnet_shift_tolerant.stlpips" and fields["variant"] == "shift_tolerant"
+        metric = create_metric("stlpips-alex")
+        assert metric.weights_source == "alexnet_shift_tolerant.stlpips"
+        assert parse_signature(metric.signature)["variant"] == "shift_tolerant"
 
 
 def test_dtypes_and_checkpoint():
