@@ -99,7 +99,7 @@ class PerceptualMetric(Metric):
         theirs: list[torch.Tensor] = []
         if self.per_sample and "samples" in state:
             own, theirs = _as_list(self.samples), _as_list(state["samples"])
-            state["samples"] = theirs
+            self.samples, state["samples"] = list(own), theirs  # lists, which torchmetrics' merge concatenates
         super().merge_state(state)  # its checks; adds total and count (and puts the incoming samples first)
         if self.per_sample:
             self.samples = own + theirs
