@@ -61,18 +61,13 @@ def _entry(name: str, entry_name: str | None) -> weights.WeightEntry:
 
 
 def _content_problem(entry: weights.WeightEntry, state: dict) -> str | None:
-    """Why a cached state dict cannot be the weights of ``entry`` (None when it fits the backbone it is for)."""
-    if entry.backbone not in registry.list_backbones():
-        return None if state else "it holds no tensors"
-    spec = registry.get_backbone(entry.backbone)
-    expected = spec.build(spec.layers).weight_tensors()
-    missing = [k for k in expected if k not in state]
-    if missing:
-        return f"it lacks {len(missing)} tensors of {spec.name}, e.g. {missing[:3]}"
-    wrong = [k for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
-    if wrong:
-        return f"tensors have the wrong shape for {spec.name}, e.g. {wrong[:3]}"
-    return None
+    """Why a cached state dict cannot be the weights of ``entry`` (None when it fits): the entry's own check
+    (keys, shapes, values: trunks, LPIPS heads, DISTS' alpha/beta), else the backbone it is for."""
+    if entry.check is not None:
+        return entry.check(state)
+    if entry.backbone in registry.list_backbones():
+        return weights.trunk_problem(registry.get_backbone(entry.backbone), state)
+    return None if state else "it holds no tensors"
 
 
 def _status(entry: weights.WeightEntry) -> str:
@@ -172,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                     problem = _content_problem(entry, state)
                     if problem:
                         raise weights.WeightsChecksumError(
-                            f"{path} matches its checksum but {problem}; rebuild it with `{weights.fetch_command(entry)}`"
+                            f"{path} matches its checksum but {problem}: it was written by something else; rebuild it "
+                            f"with `{weights.fetch_command(entry)}`"
                         )
                     print(f"ok       {path}")
                 except weights.WeightsChecksumError as e:

@@ -15,7 +15,12 @@ statistics). The pipeline owns everything else, once:
   preprocessed from ``input_range`` in float32 before any cast, activation checkpointing (``checkpoint=True``);
 - the target: its representation under ``no_grad`` unless it requires grad, or fixed once with
   ``set_target`` (kept as buffers: they follow ``.to()`` / ``.cuda()`` / ``.half()``);
-- the reduction ("mean" | "sum" | "none" over the batch), in float32 (float64 for float64 images).
+- the reduction ("mean" | "sum" | "none" over the batch).
+
+The output dtype is the loss's own, whatever the images' dtype: float64 for a float64 loss (``dtype=torch.float64``
+or ``.double()``), float32 for every other (float32, bfloat16 or float16 network, autocast). Images of another
+dtype are cast to the network's, so float64 images through a float32 loss are compared in float32: a float64
+result would claim a precision it does not have.
 
 The forward pipeline, in one place: ``check`` -> ``split_channels`` -> ``features`` -> ``representation`` ->
 ``compare`` -> ``merge_channels`` -> ``finish`` -> ``reduce`` (``spatial_map`` for a spatial criterion). Each
@@ -225,8 +230,8 @@ class PerceptualLoss(nn.Module):
 
         Images of another floating dtype than the network (fp16/fp64 without autocast) are cast to it; the
         preprocessing runs in float32 (or float64) first: Caffe's 0-255 scale and mean subtraction lose
-        precision in 16-bit floats. With ``image_tap`` the first entry is the images mapped to [0, 1] (float32,
-        float64 for float64 images or a float64 loss).
+        precision in 16-bit floats. With ``image_tap`` the first entry is the images mapped to [0, 1] in the loss's
+        output dtype (float64 in a float64 loss, float32 otherwise, whatever the images' dtype).
         """
         if images.dim() == 4:
             self.criterion.check_size((int(images.shape[-2]), int(images.shape[-1])))
@@ -245,7 +250,7 @@ class PerceptualLoss(nn.Module):
                     )
         if not self.image_tap:
             return feats
-        unit = images.to(torch.float64 if torch.float64 in (images.dtype, self.dtype) else torch.float32)
+        unit = images.to(self._constant_dtype)
         lo, hi = self.input_range
         return [unit if (lo, hi) == (0.0, 1.0) else (unit - lo) / (hi - lo)] + list(feats)
 

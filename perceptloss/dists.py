@@ -58,17 +58,38 @@ DISTS_MIN_SIZE = 17
 DISTS_WEIGHTS_SHA256 = "f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218"
 
 
-def convert_dists_weights(path: Path) -> StateDict:
-    """DISTS' ``weights.pt`` ({"alpha", "beta"}: (1, 1475, 1, 1)) -> {"alpha", "beta"}: (1475,) float32."""
-    state = load_state_dict_file(path)
+def alpha_beta_problem(state: StateDict) -> str | None:
+    """Why ``state`` cannot be DISTS' weights: it must hold ``alpha`` and ``beta`` of 1475 values each (any
+    shape, as the official (1, 1475, 1, 1)), finite, non-negative (DISTS weighs its similarity terms by them and
+    divides by their total) and not all zero; None when it fits."""
     total = sum(DISTS_CHANNELS)
-    out = {}
     for key in ("alpha", "beta"):
-        if key not in state or state[key].numel() != total:
-            found = None if key not in state else tuple(state[key].shape)
-            raise ValueError(f"{path} does not hold DISTS weights: {key!r} should have {total} values, found {found}")
-        out[key] = state[key].detach().float().reshape(total).contiguous()
-    return out
+        if key not in state:
+            held = ", ".join(sorted(state)[:4]) or "none"
+            return f"it holds no {key!r} (its tensors: {held}), where DISTS' weights are 'alpha' and 'beta'"
+        value = state[key]
+        if value.numel() != total:
+            return f"{key!r} has shape {tuple(value.shape)}, where DISTS has {total} values"
+        if not value.is_floating_point() or not bool(torch.isfinite(value).all()):
+            return f"{key!r} holds NaN, Inf or non-float values"
+        if bool((value < 0).any()):
+            index = int(torch.argmin(value.reshape(-1)))
+            return (f"{key!r} holds negative weights ({float(value.reshape(-1)[index]):.3g} at index {index}), where "
+                    f"DISTS' weights are non-negative")
+    if float(state["alpha"].double().sum() + state["beta"].double().sum()) <= 0:
+        return "'alpha' and 'beta' are all zero, where DISTS divides by their total"
+    return None
+
+
+def convert_dists_weights(path: Path) -> StateDict:
+    """DISTS' ``weights.pt`` ({"alpha", "beta"}: (1, 1475, 1, 1)) -> {"alpha", "beta"}: (1475,) float32.
+
+    Raises ValueError naming the file when it does not hold valid DISTS weights (``alpha_beta_problem``)."""
+    state = load_state_dict_file(path)
+    problem = alpha_beta_problem(state)
+    if problem:
+        raise ValueError(f"{path} does not hold DISTS weights: {problem}")
+    return {key: state[key].detach().float().reshape(-1).contiguous() for key in ("alpha", "beta")}
 
 
 #: The catalogue entry of DISTS' α/β (key "dists.v0.1"; ``python -m perceptloss fetch dists``).
@@ -85,6 +106,7 @@ DISTS_ENTRY = register_weights(WeightEntry(
     ),
     source_sha256=DISTS_WEIGHTS_SHA256,
     hint="pip install dists-pytorch==0.1 --no-deps (its wheel ships alpha/beta as DISTS_pytorch/weights.pt)",
+    check=alpha_beta_problem,
 ), default=True, overwrite=True)
 
 

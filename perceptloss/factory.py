@@ -109,8 +109,9 @@ def _sourced(extractor: FeatureExtractor, backbone_name: str, weights_source: st
 
 
 def _load_entry(spec: BackboneSpec, extractor: FeatureExtractor, entry: WeightEntry) -> None:
+    state = resolve(entry)  # its own errors name the bad file (a source or the cached file) and their fix
     try:
-        spec.load(extractor, resolve(entry))
+        spec.load(extractor, state)
     except (KeyError, ValueError) as e:
         reason = e.args[0] if isinstance(e, KeyError) and e.args else e
         raise ValueError(

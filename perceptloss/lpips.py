@@ -26,17 +26,17 @@ from ._validation import check_choice
 from .criteria import Criterion, TilingMode
 from .factory import create_backbone
 from .functional import feature_distance, unit_normalize
-from .lpips_heads import LPIPS_NORMALIZATION, LPIPS_V00_NORMALIZATION, VERSIONS, load_heads
+from .lpips_heads import HEAD_CHANNELS, LPIPS_NORMALIZATION, LPIPS_V00_NORMALIZATION, VERSIONS, load_heads
 from .stlpips import VARIANTS, load_stlpips_heads, stlpips_net
 
 #: LPIPS' trunk for each ``net``: (registered backbone, tapped layers, channels per layer).
 LPIPS_NETS: dict[str, tuple[str, tuple[str, ...], tuple[int, ...]]] = {
-    "alex": ("alexnet", ("relu1", "relu2", "relu3", "relu4", "relu5"), (64, 192, 384, 256, 256)),
-    "vgg": ("vgg16", ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"), (64, 128, 256, 512, 512)),
+    "alex": ("alexnet", ("relu1", "relu2", "relu3", "relu4", "relu5"), HEAD_CHANNELS["alex"]),
+    "vgg": ("vgg16", ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"), HEAD_CHANNELS["vgg"]),
     "squeeze": (
         "squeezenet1_1",
         ("relu_conv1", "fire3", "fire5", "fire6", "fire7", "fire8", "fire9"),
-        (64, 128, 256, 384, 384, 512, 512),
+        HEAD_CHANNELS["squeeze"],
     ),
 }
 

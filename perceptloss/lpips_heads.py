@@ -30,6 +30,12 @@ LPIPS_NORMALIZATION = Normalization(
 LPIPS_V00_NORMALIZATION = Normalization(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), name="lpips-v0.0")
 
 VERSIONS = ("0.1", "0.0")
+#: Channels of each tapped layer of LPIPS' trunks: one head weight per channel.
+HEAD_CHANNELS: dict[str, tuple[int, ...]] = {
+    "alex": (64, 192, 384, 256, 256),
+    "vgg": (64, 128, 256, 512, 512),
+    "squeeze": (64, 128, 256, 384, 384, 512, 512),
+}
 
 #: sha256 of the v0.1 head files (lpips 0.1.4; torchmetrics and sensecraft ship the same bytes).
 HEAD_SHA256 = {
@@ -57,6 +63,25 @@ def convert_lpips_heads(path: Path) -> StateDict:
     return heads
 
 
+def heads_problem(net: str, state: StateDict) -> str | None:
+    """Why ``state`` cannot be a catalogued head set for ``net``: it must hold exactly ``head0`` ...
+    ``head{L-1}``, each (C_l,), finite and non-negative (LPIPS' heads are trained non-negative); None when it fits."""
+    channels = HEAD_CHANNELS[net]
+    expected = [f"head{k}" for k in range(len(channels))]
+    if sorted(state) != sorted(expected):
+        held = ", ".join(sorted(state)[:4])
+        return f"it holds the tensors {held}, where LPIPS' {net} heads are {expected[0]} ... {expected[-1]}"
+    for name, c in zip(expected, channels):
+        w = state[name]
+        if tuple(w.shape) != (c,):
+            return f"{name} has shape {tuple(w.shape)}, where LPIPS' {net} heads have ({c},)"
+        if not w.is_floating_point() or not bool(torch.isfinite(w).all()):
+            return f"{name} holds NaN, Inf or non-float values"
+        if bool((w < 0).any()):
+            return f"{name} holds negative weights (down to {float(w.min()):.3g}), where LPIPS' heads are non-negative"
+    return None
+
+
 def head_entry(net: str, version: str = "0.1") -> WeightEntry:
     """The catalogue entry ``lpips-<net>.v<version>`` of LPIPS' heads for ``net`` ("alex", "vgg" or "squeeze")."""
     if version not in VERSIONS:
@@ -77,6 +102,7 @@ def head_entry(net: str, version: str = "0.1") -> WeightEntry:
         finders=tuple(finders),
         source_sha256=(HEAD_SHA256 if version == "0.1" else HEAD_SHA256_V00)[net],
         hint=f"pip install lpips --no-deps (its wheel ships the heads as lpips/weights/v{version}/{net}.pth)",
+        check=lambda state: heads_problem(net, state),
     )
 
 

@@ -16,6 +16,8 @@ optional extra ``pip install perceptloss[metrics]`` (torchmetrics).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 try:
@@ -38,7 +40,11 @@ class PerceptualMetric(Metric):
 
     ``update(input, target)`` takes the loss's images; the values are computed without gradient (detached),
     the loss and the states move to the inputs' device on first use. Sums are kept in float64;
-    ``compute()`` and ``values()`` return the dtype of the loss's output (float32, float64 for float64 images).
+    ``compute()`` and ``values()`` return the dtype of the loss's output (a loss of this library gives float32,
+    float64 for a float64 loss, whatever the images' dtype); float32 before any value.
+
+    ``merge_state(other)`` adds another metric's samples after this one's: ``values()`` lists this metric's in
+    update order, then the merged ones in theirs (torchmetrics' own merge would put the incoming ones first).
     """
 
     is_differentiable = False
@@ -55,7 +61,7 @@ class PerceptualMetric(Metric):
             )
         self.loss = loss
         self.per_sample = bool(per_sample)
-        self._value_dtype = torch.float32
+        self._value_dtype: torch.dtype | None = None  # the loss's output dtype, once a value has been seen
         self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         if self.per_sample:
@@ -83,18 +89,48 @@ class PerceptualMetric(Metric):
         if self.per_sample:
             self.samples.append(values)
 
+    def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
+        """Add another ``PerceptualMetric``'s state (or its ``metric_state`` dict) to this one: sums and counts
+        add; with ``per_sample`` the values become this metric's, then the incoming ones, each in update order.
+        The output dtype stays this metric's, or becomes the incoming one's when this one has seen no value."""
+        if not isinstance(incoming_state, (dict, PerceptualMetric)):
+            super().merge_state(incoming_state)  # torchmetrics' error for anything else
+            return
+        incoming = incoming_state.metric_state if isinstance(incoming_state, PerceptualMetric) else incoming_state
+        state = dict(incoming)
+        own: list[torch.Tensor] = []
+        theirs: list[torch.Tensor] = []
+        if self.per_sample and "samples" in state:
+            own, theirs = _as_list(self.samples), _as_list(state["samples"])
+            self.samples, state["samples"] = list(own), theirs  # lists, which torchmetrics' merge concatenates
+        super().merge_state(state)  # its checks; adds total and count (and puts the incoming samples first)
+        if self.per_sample:
+            self.samples = own + theirs
+        if self._value_dtype is None:
+            if isinstance(incoming_state, PerceptualMetric):
+                self._value_dtype = incoming_state._value_dtype
+            elif theirs:
+                self._value_dtype = theirs[0].dtype
+
     def compute(self) -> torch.Tensor:
         """The mean over every sample of every rank (0-dim, the loss's output dtype); NaN before any update."""
+        dtype = self._value_dtype or torch.float32
         if int(self.count) == 0:
-            return torch.tensor(float("nan"), dtype=self._value_dtype, device=self.total.device)
-        return (self.total / self.count).to(self._value_dtype)
+            return torch.tensor(float("nan"), dtype=dtype, device=self.total.device)
+        return (self.total / self.count).to(dtype)
 
     def values(self) -> torch.Tensor:
-        """Every per-sample value (M,), in update order, ranks concatenated in rank order (``per_sample=True``)."""
+        """Every per-sample value (M,) in update order (after ``merge_state``: this metric's, then the merged
+        ones), ranks concatenated in rank order (``per_sample=True``)."""
         if not self.per_sample:
             raise ValueError("per-sample values are kept only with PerceptualMetric(loss, per_sample=True)")
         with self.sync_context(should_sync=self.sync_on_compute, should_unsync=True):
             samples = self.samples  # a list of (n,) tensors, or one tensor once synchronised across ranks
             if isinstance(samples, list) and not samples:
-                return torch.empty(0, dtype=self._value_dtype, device=self.total.device)
+                return torch.empty(0, dtype=self._value_dtype or torch.float32, device=self.total.device)
             return dim_zero_cat(samples).clone()
+
+
+def _as_list(samples: list[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+    """A ``samples`` state as a list of (n,) tensors (it is one tensor once synchronised across ranks)."""
+    return [samples] if isinstance(samples, torch.Tensor) else list(samples)

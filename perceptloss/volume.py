@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from ._base import reduce
+from ._dtypes import accumulation_dtype
 from ._sizes import ImageTooSmallError
 from ._validation import check_same_batch
 
@@ -124,7 +125,8 @@ class VolumeLoss(nn.Module):
         return out
 
     def per_axis(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """(N, len(axes)) float32: each axis's mean over its slices of the 2D loss."""
+        """(N, len(axes)): each axis's mean over its slices of the 2D loss, in the 2D loss's output dtype (float32,
+        float64 for a float64 loss; whatever the volumes' dtype)."""
         self._check(input, target)
         n = input.shape[0]
         per_call = max(1, self.chunk // n)  # slices per chunk
@@ -134,7 +136,7 @@ class VolumeLoss(nn.Module):
         for axis in self.axes:
             size = input.shape[axis]
             starts = slice_indices(size, self.stride)
-            total = torch.zeros(n, dtype=torch.float64 if input.dtype == torch.float64 else torch.float32, device=input.device)
+            total: torch.Tensor | None = None  # in the dtype of the 2D loss's values
             for i in range(0, len(starts), per_call):
                 start, stop = starts[i], min(size, starts[min(i + per_call, len(starts)) - 1] + 1)
                 x = volume_slices(input, axis, start, stop, self.stride)
@@ -153,7 +155,8 @@ class VolumeLoss(nn.Module):
                         f"shallower layers",
                         size=e.size, min_size=e.min_size, layers=e.layers,
                     ) from e
-                total = total + values.to(total.dtype).reshape(n, -1).sum(dim=1)
+                chunk_sum = values.to(accumulation_dtype(values.dtype)).reshape(n, -1).sum(dim=1)
+                total = chunk_sum if total is None else total + chunk_sum
             columns.append(total / len(starts))
         return torch.stack(columns, dim=1)
 

@@ -26,8 +26,11 @@ and reduction kernels per CPU, so the same float32 computation sums in another o
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -109,3 +112,27 @@ def tiny_loss(net, **kw):
     from perceptloss.preprocessing import IDENTITY
 
     return FeatureLoss(net, ["act1", "act2"], layer_weights=[1.0, 0.5], normalization=IDENTITY, **kw)
+
+
+@contextlib.contextmanager
+def standin_entries(*paths) -> Iterator[None]:
+    """Accept random-weight stand-ins saved under torchvision's file names (``alexnet-owt-7be5be79.pth``, ...)
+    while inside: each entry publishing that name is re-registered with the stand-in's own sha256 prefix, and
+    restored on exit. The catalogue checks the prefix a torchvision name carries, and no test may download the
+    real files."""
+    from dataclasses import replace
+
+    from perceptloss.weights import list_weight_entries, register_weights, sha256_file
+
+    originals = []
+    try:
+        for path in paths:
+            name = Path(path).name
+            entry = next(e for e in list_weight_entries() if name in e.published_names)
+            prefix = sha256_file(Path(path))[: len(entry.source_sha256 or "00000000")]
+            originals.append(entry)
+            register_weights(replace(entry, source_sha256=prefix), overwrite=True)
+        yield
+    finally:
+        for entry in originals:
+            register_weights(entry, overwrite=True)

@@ -7,20 +7,27 @@ import torchvision
 from perceptloss import StyleLoss
 from perceptloss.backbones.vgg import vgg_layer_names
 from perceptloss.basicsr import REAL_ESRGAN, from_basicsr
-from .helpers import assert_close, save_features_checkpoint
+from .helpers import assert_close, save_features_checkpoint, standin_entries
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
 @pytest.fixture(scope="module")
-def vgg19_file(tmp_path_factory):
+def _vgg19_file(tmp_path_factory):
     """A random torchvision VGG19 ``features`` checkpoint under torchvision's published file name."""
     torch.manual_seed(0)
     features = torchvision.models.vgg19(weights=None).features.eval()
     path = tmp_path_factory.mktemp("vgg") / "vgg19-dcbb9e9d.pth"
     save_features_checkpoint(features, path)
     return features, path
+
+
+@pytest.fixture
+def vgg19_file(_vgg19_file):
+    """``_vgg19_file``, accepted under torchvision's names while a test runs (``standin_entries``)."""
+    with standin_entries(*_vgg19_file[1:]):
+        yield _vgg19_file
 
 
 def basicsr_reference(features, options, x, gt):

@@ -110,3 +110,48 @@ def test_accumulates_over_ranks():
     for rank, mean, values, whole, whole_mean in results:
         assert values == pytest.approx(whole, rel=1e-6)
         assert mean == pytest.approx(whole_mean, rel=1e-6)
+
+
+# ---------------------------------------------------------------- issue 35 item 13: merge order, dtype
+
+
+def _metric_after(loss, batches, per_sample=True):
+    metric = PerceptualMetric(loss, per_sample=per_sample)
+    for x, y in batches:
+        metric.update(x, y)
+    return metric
+
+
+def test_merge_state_keeps_this_metrics_samples_first():
+    """After ``merge_state`` the values are this metric's (in update order), then the merged ones (in theirs),
+    whether a metric or its ``metric_state`` is merged; sums and counts add; ``forward`` keeps update order."""
+    torch.manual_seed(0)
+    loss = tiny_loss(TinyNet(), reduction="none").double()
+    x, y = torch.rand(7, 3, 16, 16, dtype=torch.float64), torch.rand(7, 3, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        whole = loss(x, y)
+    mine, other = [(x[:2], y[:2]), (x[2:3], y[2:3])], [(x[3:5], y[3:5]), (x[5:], y[5:])]
+    for incoming in (lambda m: m, lambda m: m.metric_state):
+        a, b = _metric_after(loss, mine), _metric_after(loss, other)
+        a.merge_state(incoming(b))
+        assert torch.equal(a.values(), whole)
+        assert torch.allclose(a.compute(), whole.mean(), rtol=1e-14, atol=0) and int(a.count) == 7
+        assert torch.equal(b.values(), whole[3:])  # the merged metric is left as it was
+    b = _metric_after(loss, other)
+    b.merge_state(_metric_after(loss, mine))  # the other way round: b's samples first
+    assert torch.equal(b.values(), torch.cat([whole[3:], whole[:3]]))
+    fresh = PerceptualMetric(loss, per_sample=True)  # one that has seen nothing takes the incoming dtype
+    fresh.merge_state(_metric_after(loss, other))
+    assert fresh.compute().dtype == torch.float64 and torch.equal(fresh.values(), whole[3:])
+    stepped = PerceptualMetric(loss, per_sample=True)
+    for lo, hi in ((0, 2), (2, 3), (3, 7)):
+        stepped(x[lo:hi], y[lo:hi])  # torchmetrics' forward merges each batch after the earlier ones
+    assert torch.equal(stepped.values(), whole)
+
+
+def test_merge_state_refuses_what_torchmetrics_refuses():
+    metric = PerceptualMetric(tiny_loss(TinyNet(), reduction="none"), per_sample=True)
+    with pytest.raises(ValueError, match="dict or an instance of Metric"):
+        metric.merge_state([1, 2])
+    with pytest.raises(ValueError, match="samples"):
+        metric.merge_state({"total": torch.tensor(0.0, dtype=torch.float64), "count": torch.tensor(0)})

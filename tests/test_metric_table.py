@@ -15,7 +15,7 @@ from perceptloss import metric_table
 from perceptloss.__main__ import main as cli
 from perceptloss.metric_table import MetricEntry, MetricError, create_metric, get_metric, list_metrics, register_metric
 
-from .helpers import relative, save_features_checkpoint
+from .helpers import relative, save_features_checkpoint, standin_entries
 
 FEATURE = "<backbone>:<preset or layers>"
 FACTORY = "<package.module>:<factory>"
@@ -140,7 +140,7 @@ def user_package(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def trunk_files(tmp_path_factory):
+def _trunk_files(tmp_path_factory):
     """Random trunks under torchvision's file names: AlexNet's and VGG16's ``features.*``, SqueezeNet 1.1 whole."""
     import torchvision
     from torchvision.models.vgg import cfgs, make_layers
@@ -157,6 +157,13 @@ def trunk_files(tmp_path_factory):
         torch.save(perceptloss.create_backbone(backbone, perceptloss.list_layers(backbone)[-1:], weights=None)[0]
                    .state_dict(), files[net])
     return files
+
+
+@pytest.fixture
+def trunk_files(_trunk_files):
+    """``_trunk_files``, accepted under torchvision's names while a test runs (``standin_entries``)."""
+    with standin_entries(*_trunk_files.values()):
+        yield _trunk_files
 
 
 @pytest.fixture(scope="module")

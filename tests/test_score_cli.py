@@ -20,7 +20,7 @@ from perceptloss.__main__ import main as cli
 from perceptloss.score.decoding import decode
 from perceptloss.score.statistics import summarize, t_quantile
 
-from .helpers import relative, save_features_checkpoint
+from .helpers import relative, save_features_checkpoint, standin_entries
 from .score_images import SIZE, load_rgb, make_folders
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def folders(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trunk_files(tmp_path_factory):
+def _trunk_files(tmp_path_factory):
     """Random-init trunks saved under torchvision's published file names (their ImageNet files are not
     available offline): AlexNet and SqueezeNet 1.1 whole, VGG16 its ``features.*`` only."""
     import torchvision
@@ -51,6 +51,13 @@ def trunk_files(tmp_path_factory):
     vgg16_trunk = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])  # vgg16().features only
     save_features_checkpoint(vgg16_trunk, files["vgg16"])
     return files
+
+
+@pytest.fixture
+def trunk_files(_trunk_files):
+    """``_trunk_files``, accepted under torchvision's names while a test runs (``standin_entries``)."""
+    with standin_entries(*_trunk_files.values()):
+        yield _trunk_files
 
 
 def run(argv, capsys):

@@ -17,6 +17,8 @@ from perceptloss.weights import (
     save_checked,
 )
 
+from .helpers import standin_entries
+
 
 def test_save_and_load_round_trip(home):
     state = {"features.0.weight": torch.randn(4, 3, 3, 3), "features.0.bias": torch.randn(4)}
@@ -115,14 +117,15 @@ def test_cli_lists_fetches_and_verifies(home, caffe_weights, capsys):
 def test_torchvision_entry_found_in_torch_hub_cache(home, tmp_path, monkeypatch):
     """A torchvision checkpoint in torch's hub cache is converted (features only) and used, offline."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    trunk = perceptloss.create_backbone("vgg16", ["relu1_2"], weights=None)[0]
+    trunk = perceptloss.create_backbone("vgg16", perceptloss.list_layers("vgg16"), weights=None)[0]  # all of it
     # a torchvision-style checkpoint: features.* plus classifier.*
     state = {k: torch.full_like(v, 0.5) for k, v in trunk.state_dict().items()}  # keys: features.N.*
     state["classifier.0.weight"] = torch.zeros(2, 2)
     hub = tmp_path / "torch" / "hub" / "checkpoints"
     hub.mkdir(parents=True)
     torch.save(state, hub / "vgg16-397923af.pth")
-    loss = FeatureLoss("vgg16", ["relu1_2"], weights="torchvision")
+    with standin_entries(hub / "vgg16-397923af.pth"):  # a stand-in: its sha256 prefix is not 397923af
+        loss = FeatureLoss("vgg16", ["relu1_2"], weights="torchvision")
     assert torch.all(loss.net.features[0].weight == 0.5)
     assert loss.preprocess.norm is perceptloss.preprocessing.IMAGENET
     cached = load_checked(home / "vgg16-torchvision.safetensors")

@@ -17,6 +17,8 @@ from perceptloss import FeatureLoss, create_backbone
 from perceptloss.__main__ import main as cli
 from perceptloss.weights import WeightsCacheError, WeightsFileError, WeightsNotFoundError, save_checked
 
+from .helpers import standin_entries
+
 _CONFIG = {"vgg16": "D", "vgg19": "E"}
 
 
@@ -55,15 +57,16 @@ def one_line(e: BaseException) -> str:
 def test_a_vgg16_file_by_its_published_name_is_refused_for_vgg19(tmp_path, vgg16_sd):
     path = tmp_path / "vgg16-397923af.pth"  # torchvision's published VGG16 file name
     torch.save(vgg16_sd, path)
-    with pytest.raises(WeightsFileError) as info:
-        FeatureLoss("vgg19", "dfc123", weights=path)
-    msg = one_line(info.value)
-    assert "vgg16.torchvision" in msg and "vgg19" in msg and str(path) in msg
-    loss = FeatureLoss("vgg16", "dfc123", weights=path)  # the backbone it is for takes it, with its preprocessing
-    assert loss.preprocess.norm is perceptloss.preprocessing.IMAGENET
-    assert torch.equal(loss.net.features[0].weight, vgg16_sd["features.0.weight"])
-    trunk, norm = create_backbone("vgg16_l2pool", ["relu1_2"], weights=path)  # DISTS' trunk: VGG16's entry
-    assert norm is perceptloss.preprocessing.IMAGENET
+    with standin_entries(path):  # a stand-in: its sha256 prefix is not 397923af
+        with pytest.raises(WeightsFileError) as info:
+            FeatureLoss("vgg19", "dfc123", weights=path)
+        msg = one_line(info.value)
+        assert "vgg16.torchvision" in msg and "vgg19" in msg and str(path) in msg
+        loss = FeatureLoss("vgg16", "dfc123", weights=path)  # the backbone it is for takes it, with its preprocessing
+        assert loss.preprocess.norm is perceptloss.preprocessing.IMAGENET
+        assert torch.equal(loss.net.features[0].weight, vgg16_sd["features.0.weight"])
+        trunk, norm = create_backbone("vgg16_l2pool", ["relu1_2"], weights=path)  # DISTS' trunk: VGG16's entry
+        assert norm is perceptloss.preprocessing.IMAGENET
 
 
 def test_a_file_perceptloss_wrote_for_vgg16_is_refused_for_vgg19(tmp_path, vgg16_sd):
@@ -127,7 +130,8 @@ def test_wrapped_or_prefixed_torchvision_files_are_unwrapped(tmp_path, vgg19_sd,
 def test_a_wrapped_published_file_keeps_its_provenance(tmp_path, vgg19_sd):
     path = tmp_path / "vgg19-dcbb9e9d.pth"
     torch.save({"model": {"module." + k: v for k, v in vgg19_sd.items()}}, path)
-    assert FeatureLoss("vgg19", "dfc123", weights=path).preprocess.norm is perceptloss.preprocessing.IMAGENET
+    with standin_entries(path):
+        assert FeatureLoss("vgg19", "dfc123", weights=path).preprocess.norm is perceptloss.preprocessing.IMAGENET
 
 
 def test_an_unknown_wrapper_is_named(tmp_path, vgg19_sd):

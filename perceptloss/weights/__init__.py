@@ -27,12 +27,13 @@ from ._download import is_offline
 from ._errors import WeightsCacheError, WeightsChecksumError, WeightsFileError, WeightsNotFoundError
 from ._files import load_checked, load_state_dict_file, save_checked, sha256_file
 from ._lock import cache_lock
-from ._provenance import entry_for_file, load_backbone_file
+from ._provenance import entry_for_file, load_backbone_file, trunk_problem
 
 __all__ = [
     "StateDict", "WeightEntry", "register_weights", "get_weights", "group_entries", "list_weight_entries",
     "weight_groups", "is_default", "package_file", "weights_home", "cache_path", "cache_problem", "fetch_command",
     "find_source", "resolve", "convert_to_cache", "missing_message", "is_offline", "load_state_dict_file",
     "save_checked", "load_checked", "sha256_file", "cache_lock", "entry_for_file", "load_backbone_file",
+    "trunk_problem",
     "WeightsNotFoundError", "WeightsChecksumError", "WeightsFileError", "WeightsCacheError",
 ]

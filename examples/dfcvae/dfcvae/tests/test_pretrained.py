@@ -1,5 +1,7 @@
 """Shipped models (export, checksum-verified loading), the two prior-sampling conventions, and the demo gallery."""
 import csv
+import json
+import re
 
 import pytest
 import torch
@@ -162,6 +164,28 @@ def test_verify_explains_a_damaged_card(tmp_path, capsys, content):
     assert pretrained.main(["verify", "--folder", str(folder)]) == 1
     out = capsys.readouterr().out
     assert f"vae123: model card {folder / 'vae123.json'}" in out and "restore it from git" in out
+
+
+@pytest.mark.parametrize("field, value", [("latent", "abc"), ("latent", 0), ("latent", True), ("latent", 1.5),
+                                          ("steps", "7"), ("epochs", -1), ("sha256", 3), ("latent", None)])
+def test_a_hand_edited_card_field_is_a_pretrained_error(tmp_path, capsys, field, value):
+    """Issue 35 item 12: a card field of the wrong type or range (``"latent": "abc"`` used to give a ValueError
+    traceback) or a missing one is a PretrainedError naming the card, the field and the fix, like other damage."""
+    _, ckpt = _tiny_run(tmp_path / "run")
+    folder = tmp_path / "pretrained"
+    pretrained.export(ckpt, "vae123", folder)
+    card_path = folder / "vae123.json"
+    card = json.loads(card_path.read_text())
+    if value is None:
+        del card[field]
+    else:
+        card[field] = value
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(pretrained.PretrainedError, match=f"model card {re.escape(str(card_path))} has") as info:
+        pretrained.load_pretrained("vae123", folder)
+    assert repr(field) in str(info.value) and "re-export the model" in str(info.value)
+    assert pretrained.main(["verify", "--folder", str(folder)]) == 1
+    assert f"vae123: model card {card_path}" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- issue 35: an export never loses a model
