@@ -136,8 +136,11 @@ def test_list_columns_are_aligned(capsys):
         assert line[header.index("layers"):].startswith(f"{len(perceptloss.list_layers(name))} layers")
         assert line[header.index("weights"):].startswith(", ".join(perceptloss.list_weights(name)) + "  ")
         assert line[header.index("description") - 2:header.index("description")] == "  "
-    presets = [line for line in lines[lines.index(""):] if line.startswith("  ")]
+    first, second = (i for i, line in enumerate(lines) if not line)  # presets, then the metric table
+    presets = [line for line in lines[first:second] if line.startswith("  ")]
     assert len(presets) == len(perceptloss.registry.PRESETS) and len({line.index("relu") for line in presets}) == 1
+    metrics = [line[2:].split("  ")[0] for line in lines[second:] if line.startswith("  ")]
+    assert metrics == perceptloss.list_metrics()
 
 
 def test_weights_star_has_a_legend_and_aligned_columns(home, capsys):
