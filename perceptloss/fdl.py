@@ -72,12 +72,16 @@ def unit_projections(channels: Sequence[int], count: int, patch_size: int, seed:
 def amplitude_and_phase(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The amplitude and phase of the 2D FFT over (H, W) of real (N, C, H, W) features: two (N, C, H, W) tensors.
 
-    ``torch.abs`` and ``torch.angle`` of the spectrum (the same values: hypot and atan2 of its real and imaginary
-    parts), computed on the real and imaginary parts so that no complex tensor enters autograd (inductor cannot
-    compile the complex gradients). As torch's complex ``abs`` / ``angle``, a zero bin gets a zero gradient.
+    ``torch.abs`` and ``torch.angle`` of the spectrum, as the official code. Under ``torch.compile`` they are
+    computed from its real and imaginary parts instead (``torch.hypot``, ``torch.atan2``: the same values to an
+    ulp), so that no complex tensor enters autograd: inductor cannot compile the complex gradients. Either way a
+    zero bin gets a zero gradient.
     """
-    spectrum = torch.view_as_real(torch.fft.fftn(features.contiguous(), dim=(-2, -1)))
-    re, im = spectrum[..., 0], spectrum[..., 1]
+    spectrum = torch.fft.fftn(features, dim=(-2, -1))
+    if not torch.compiler.is_compiling():
+        return spectrum.abs(), spectrum.angle()
+    parts = torch.view_as_real(spectrum.contiguous())
+    re, im = parts[..., 0], parts[..., 1]
     zero = (re == 0) & (im == 0)
     safe_re = torch.where(zero, torch.ones_like(re), re)  # finite gradients at zero bins, masked below
     amplitude = torch.where(zero, torch.zeros_like(re), torch.hypot(safe_re, im))

@@ -15,6 +15,8 @@ esac
 bash scripts/setup_venv.sh "$venv" pytest pytest-xdist timm pillow lpips torchmetrics
 # Wheels read for a data file only (their pinned dependencies, an old torch, must not be installed).
 "$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps dists-pytorch==0.1 2>&1 | { grep -v "is ignored" || true; }
+# Test oracles only (parity tests import them; the library never does).
+"$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps fdl-pytorch==1.0 2>&1 | { grep -v "is ignored" || true; }
 # The DFC-VAE example's extra dependencies, all in one place: examples/dfcvae/requirements*.txt.
 example=examples/dfcvae
 "$venv/bin/python" -m pip --disable-pip-version-check -q install -r "$example/requirements.txt" 2>&1 | { grep -v "is ignored" || true; }

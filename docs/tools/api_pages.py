@@ -17,7 +17,7 @@ INIT = ROOT / "perceptloss" / "__init__.py"
 GROUPS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("losses", "Losses", "The loss modules and their common base. Every loss takes (N, C, H, W) images in "
      "`input_range` and returns a scalar (or (N,) terms with `reduction=\"none\"`); see the "
-     "[losses guide](../losses.md).", ("loss", "lpips", "style", "dists", "volume", "_base", "basicsr", "tiled",
+     "[losses guide](../losses.md).", ("loss", "lpips", "style", "dists", "fdl", "volume", "_base", "basicsr", "tiled",
                                       "tiling", "criteria", "metric_table")),
     ("channels", "Channels and preprocessing", "How images that are not RGB reach an RGB network, and what "
      "each set of weights expects as input.", ("channels", "preprocessing")),
@@ -71,7 +71,7 @@ def pages() -> list[tuple[str, str, str, list[str]]]:
 
 #: The public submodules documented in full on a page, after its top-level names (their own ``__all__``).
 MODULES: dict[str, tuple[str, ...]] = {
-    "losses": ("perceptloss.criteria", "perceptloss.metric", "perceptloss.metric_table"),
+    "losses": ("perceptloss.criteria", "perceptloss.metric", "perceptloss.metric_table", "perceptloss.fdl"),
     "channels": ("perceptloss.channels", "perceptloss.preprocessing"),
     "backbones": ("perceptloss.registry",),
     "weights": ("perceptloss.weights",),
