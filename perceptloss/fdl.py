@@ -137,8 +137,9 @@ class FrequencyDistribution(Criterion):
         return tuple(getattr(self, f"projection{k}") for k in range(len(self.channels)))
 
     def _apply(self, fn, recurse: bool = True):
-        """``.to()`` / ``.double()`` / ``.half()``: the projections follow device and float64 but stay float32
-        instead of 16 bits, drawn again from the seed in float64 (not a rounding of float32's) for float64."""
+        """``.to()`` / ``.double()`` / ``.half()``: the projections follow the device and float64 but stay float32
+        instead of 16 bits; on a dtype change they are made again from the seed (for float64 the draws normalised
+        in float64 and kept, not float32's rounded projections)."""
         before = self.projection0.dtype
         out = super()._apply(fn, recurse)
         dtype = self.projection0.dtype
@@ -274,4 +275,4 @@ class FDL(PerceptualLoss):
                 + (", checkpoint=True" if self.checkpoint else ""))
 
 
-__all__ = ["FDL", "FrequencyDistribution", "unit_projections", "FDL_LAYERS"]
+__all__ = ["FDL", "FrequencyDistribution", "unit_projections", "amplitude_and_phase", "FDL_LAYERS"]
