@@ -1,6 +1,6 @@
 """Command line: list backbones, layers and weights; fetch, convert and verify weights offline.
 
-    python -m perceptloss list                  # backbones and presets
+    python -m perceptloss list                  # backbones, presets and metrics
     python -m perceptloss layers vgg19          # layer names of a backbone
     python -m perceptloss weights [vgg19]       # catalogued weights and where they are (cached / source /
                                                 # missing): trunks and heads ("weights lpips" for LPIPS')
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 corrupt cached files, 2 misuse or missing weights)."""
     parser = _Parser(prog="perceptloss", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("list", help="registered backbones and layer presets")
+    sub.add_parser("list", help="registered backbones, layer presets and metrics")
     p = sub.add_parser("layers", help="layer names of a backbone")
     p.add_argument("backbone")
     p = sub.add_parser("weights", help="catalogued weights (trunks and heads) and their status")
@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             print("presets:")
             for name, layers in registry.PRESETS.items():
                 print(f"  {name:8s} {', '.join(layers)}")
+            from .score.metrics import metric_descriptions
+
+            print("metrics (score --metric NAME, perceptloss.create_metric(NAME)):")
+            print(metric_descriptions())
         elif args.command == "layers":
             print("\n".join(registry.list_layers(args.backbone)))
         elif args.command == "weights":
