@@ -31,6 +31,7 @@ from .lpips import LPIPS
 from .style import StyleLoss
 from .criteria import gram_matrix
 from .dists import DISTS
+from .fdl import FDL
 from .volume import VolumeLoss
 from .basicsr import from_basicsr
 from .tiling import tiled
@@ -46,6 +47,7 @@ __all__ = [
     "FeatureLoss",
     "LPIPS",
     "DISTS",
+    "FDL",
     "StyleLoss",
     "VolumeLoss",
     "PerceptualLoss",

@@ -57,6 +57,8 @@ class Criterion(nn.Module):
 
     #: How ``perceptloss.tiled`` evaluates this criterion exactly: "local", "pooled", "paired", or None (refused).
     tiling: ClassVar[TilingMode | None] = None
+    #: With ``tiling`` None, why no tiling can be exact (``tiled``'s refusal says it); None: not stated.
+    untiled_reason: ClassVar[str | None] = None
     #: True when the loss's output is a per-pixel map (``maps``) instead of one value per sample.
     spatial: bool = False
 

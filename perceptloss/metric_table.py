@@ -10,6 +10,7 @@ Built-in names:
   first release.
 - ``dists``: DISTS.
 - ``stlpips-alex``, ``stlpips-vgg``: ST-LPIPS, shift-tolerant LPIPS (``LPIPS(net, variant="shift_tolerant")``).
+- ``fdl``: FDL, the frequency distribution loss (``perceptloss.fdl``; images of at least 80 x 80).
 - ``<backbone>:<preset or comma-separated layers>``: a FeatureLoss, e.g. ``vgg19:dfc123`` or
   ``vgg16:relu1_2,relu2_2``; ``timm:<model>:<layers>`` for a timm backbone (the model name may hold dots).
 - ``<package.module>:<factory>``: a metric of your own: the module is imported and ``factory`` called.
@@ -43,6 +44,7 @@ import torch
 from torch import nn
 
 from .dists import DISTS
+from .fdl import FDL
 from .loss import FeatureLoss
 from .lpips import LPIPS, LPIPS_NETS
 from .lpips_heads import VERSIONS
@@ -312,6 +314,10 @@ def _stlpips(net: str) -> Callable[..., nn.Module]:
     return build
 
 
+def _fdl(*, weights: Any = "default", **options: Any) -> nn.Module:
+    return FDL(weights=weights, reduction="none", **options)
+
+
 def _feature_backbone(name: str) -> tuple[str, str]:
     """(backbone, layers) of a FeatureLoss name, with a ValueError where the backbone or the layers are missing."""
     backbone, _, layers = name.rpartition(":")
@@ -385,6 +391,8 @@ _BUILTINS: tuple[MetricEntry, ...] = (
     MetricEntry("dists", _dists, description="DISTS (structure and texture similarity of VGG16 features)"),
     *(MetricEntry(f"stlpips-{net}", _stlpips(net), description=f"ST-LPIPS (shift-tolerant LPIPS), anti-aliased "
                   f"{arch} trunk") for net, arch in (("alex", "AlexNet"), ("vgg", "VGG16"))),
+    MetricEntry("fdl", _fdl, description="FDL (sliced Wasserstein of FFT amplitude and phase of VGG19 features; "
+                                         "images >= 80x80)"),
     MetricEntry("<backbone>:<preset or layers>", _feature_loss, matches=_is_feature_name,
                 description="FeatureLoss (mean squared distance): vgg19:dfc123, vgg16:relu1_2,relu2_2, "
                             "timm:<model>:<layers>"),

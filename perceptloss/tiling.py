@@ -607,6 +607,8 @@ def _check_loss(loss: object) -> None:
             f"built on a perceptloss.criteria.Criterion), got {type(loss).__name__}; evaluate other losses whole"
         )
     criterion = loss.criterion
+    if criterion.tiling is None and criterion.untiled_reason:
+        raise ValueError(f"perceptloss.tiled cannot tile {type(loss).__name__}: {criterion.untiled_reason}")
     if criterion.tiling is None:
         raise ValueError(
             f"perceptloss.tiled cannot tile {type(loss).__name__} with criterion {type(criterion).__name__}: the "

@@ -18,6 +18,8 @@ bash scripts/setup_venv.sh "$venv" pytest pytest-xdist timm pillow lpips torchme
 # ST-LPIPS' trained trunks and heads, and its code as the parity tests' oracle (its stray IPython and
 # torchsummary imports are stubbed by tests/test_stlpips.py, so neither is installed).
 "$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps stlpips-pytorch==0.0.2 2>&1 | { grep -v "is ignored" || true; }
+# Test oracles only (parity tests import them; the library never does).
+"$venv/bin/python" -m pip --disable-pip-version-check -q install --no-deps fdl-pytorch==1.0 2>&1 | { grep -v "is ignored" || true; }
 # The DFC-VAE example's extra dependencies, all in one place: examples/dfcvae/requirements*.txt.
 example=examples/dfcvae
 "$venv/bin/python" -m pip --disable-pip-version-check -q install -r "$example/requirements.txt" 2>&1 | { grep -v "is ignored" || true; }

@@ -22,7 +22,7 @@ GROUPS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
      "`input_range` and returns a scalar (or (N,) terms with `reduction=\"none\"`); see the "
      "[losses guide](../losses.md). Each loss's *Options* table lists the keyword options every loss takes "
      "([`LossOptions`](#perceptloss.LossOptions)) with that loss's defaults.",
-     ("loss", "lpips", "style", "dists", "volume", "_base", "basicsr", "tiled", "tiling", "criteria",
+     ("loss", "lpips", "style", "dists", "fdl", "volume", "_base", "basicsr", "tiled", "tiling", "criteria",
       "metric_table", "_options")),
     ("channels", "Channels and preprocessing", "How images that are not RGB reach an RGB network, and what "
      "each set of weights expects as input.", ("channels", "preprocessing")),
@@ -76,7 +76,7 @@ def pages() -> list[tuple[str, str, str, list[str]]]:
 
 #: The public submodules documented in full on a page, after its top-level names (their own ``__all__``).
 MODULES: dict[str, tuple[str, ...]] = {
-    "losses": ("perceptloss.criteria", "perceptloss.metric", "perceptloss.metric_table"),
+    "losses": ("perceptloss.criteria", "perceptloss.metric", "perceptloss.metric_table", "perceptloss.fdl"),
     "channels": ("perceptloss.channels", "perceptloss.preprocessing"),
     "backbones": ("perceptloss.registry",),
     "weights": ("perceptloss.weights",),
