@@ -180,10 +180,11 @@ def test_projections_are_seeded_buffers_left_out_of_the_state_dict():
 
 
 def test_seed_and_count_are_in_the_signature():
-    fields = parse_signature(FDL(weights=None, projections=8, seed=4).signature)
-    assert fields["metric"] == "FDL" and fields["distance"] == "fdl"
+    loss = FDL(weights=None, projections=8, seed=4)
+    fields = parse_signature(loss.signature)
+    assert fields["metric"] == "FDL" and fields["distance"] == "fdl" and loss.weights_source == "random"
     assert fields["projections"] == "8/seed=4" and fields["patch"] == "5/stride=1" and fields["phase_weight"] == "1"
-    assert fields["layers"] == "relu1_2,relu2_2,relu3_4,relu4_4,relu5_4" and fields["weights"] == "random"
+    assert fields["layers"] == "relu1_2,relu2_2,relu3_4,relu4_4,relu5_4"
     other = parse_signature(FDL(weights=None, projections=8, seed=5, phase_weight=0.5).signature)
     assert other["projections"] == "8/seed=5" and other["phase_weight"] == "0.5"
 
@@ -307,7 +308,7 @@ def test_score_cli_with_a_vgg19_file(tmp_path, capsys):
     from PIL import Image
     from torchvision.models.vgg import cfgs, make_layers
 
-    from .helpers import save_features_checkpoint
+    from .helpers import save_features_checkpoint, standin_entries
 
     torch.manual_seed(0)
     trunk = tmp_path / torchvision.models.VGG19_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1]
@@ -317,19 +318,20 @@ def test_score_cli_with_a_vgg19_file(tmp_path, capsys):
         (tmp_path / side).mkdir()
         for k in range(2):
             Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)).save(tmp_path / side / f"{k}.png")
-    out = tmp_path / "summary.json"
-    code = cli(["score", str(tmp_path / "ref"), str(tmp_path / "dist"), "--metric", "fdl", "--weights",
-                f"fdl={trunk}", "--workers", "0", "--quiet", "--json", str(out)])
-    assert code == 0, capsys.readouterr().err
-    summary = json.loads(out.read_text())["metrics"]["fdl"]
-    metric = perceptloss.create_metric("fdl", weights=trunk)
-    assert summary["signature"] == metric.signature and summary["n"] == 2
-    assert "norm:imagenet" in metric.signature
-    pixels = [torch.from_numpy(np.asarray(Image.open(tmp_path / side / f"{k}.png"), dtype=np.float32)
-                               .transpose(2, 0, 1) / 255.0) for side in ("ref", "dist") for k in range(2)]
-    with torch.no_grad():
-        values = metric(torch.stack(pixels[2:]), torch.stack(pixels[:2]))
-    assert summary["mean"] == pytest.approx(values.mean().item(), rel=1e-5)
+    with standin_entries(trunk):  # a random stand-in under torchvision's name
+        out = tmp_path / "summary.json"
+        code = cli(["score", str(tmp_path / "ref"), str(tmp_path / "dist"), "--metric", "fdl", "--weights",
+                    f"fdl={trunk}", "--workers", "0", "--quiet", "--json", str(out)])
+        assert code == 0, capsys.readouterr().err
+        summary = json.loads(out.read_text())["metrics"]["fdl"]
+        metric = perceptloss.create_metric("fdl", weights=trunk)
+        assert summary["signature"] == metric.signature and summary["n"] == 2
+        assert "norm:imagenet" in metric.signature
+        pixels = [torch.from_numpy(np.asarray(Image.open(tmp_path / side / f"{k}.png"), dtype=np.float32)
+                                   .transpose(2, 0, 1) / 255.0) for side in ("ref", "dist") for k in range(2)]
+        with torch.no_grad():
+            values = metric(torch.stack(pixels[2:]), torch.stack(pixels[:2]))
+        assert summary["mean"] == pytest.approx(values.mean().item(), rel=1e-5)
 
 
 def test_list_names_the_metric(capsys):

@@ -78,7 +78,7 @@ def test_subclass_signatures_list_only_what_defines_them():
     assert own(FeatureLoss) == ["backbone", "layers", "layer_weights", "weights", "distance", "normalization",
                                 "charbonnier_eps"]
     assert own(StyleLoss) == ["backbone", "layers", "layer_weights", "weights", "distance", "normalization"]
-    assert own(LPIPS) == ["net", "version", "weights", "heads", "spatial"]
+    assert own(LPIPS) == ["net", "version", "variant", "weights", "heads", "spatial"]
     assert own(DISTS) == ["weights", "alpha_beta"]
 
 

@@ -86,7 +86,8 @@ def test_readme_example_says_first_what_it_needs(index, _hub_checkpoints, tmp_pa
     needed = []
     for _ in range(5):
         try:
-            exec(code, {"__name__": f"readme_fresh_{index}"})
+            with standin_entries(*_hub_checkpoints.iterdir()):  # accepted under torchvision's names
+                exec(code, {"__name__": f"readme_fresh_{index}"})
             break
         except WeightsNotFoundError as error:
             files = re.findall(r"/([\w.-]+\.pth)\b", str(error))

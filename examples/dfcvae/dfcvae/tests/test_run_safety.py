@@ -368,7 +368,7 @@ def test_load_pretrained_explains_weights_of_another_model(tmp_path):
     folder.mkdir()
     save_file({k: v.half() if v.is_floating_point() else v for k, v in vae.VAE(64).state_dict().items()},
               str(folder / "vae123.safetensors"))
-    files.write_text_atomic(folder / "vae123.json", '{"latent": 100, "sha256": "%s"}'
+    files.write_text_atomic(folder / "vae123.json", '{"latent": 100, "steps": 1, "epochs": 1, "sha256": "%s"}'
                             % sha256_file(folder / "vae123.safetensors"))
     with pytest.raises(pretrained.PretrainedError, match="does not fit"):
         pretrained.load_pretrained("vae123", folder)
