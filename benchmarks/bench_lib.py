@@ -142,8 +142,9 @@ def median_time(fn: Callable[[], object], device: str, warmup: int = 3, repeats:
     return interleaved_medians({"fn": fn}, device, warmup, repeats)["fn"]
 
 
-def time_once(fn: Callable[[], object], device: str) -> float:
-    """Wall time of one call in seconds (CUDA: between events, synchronised)."""
+def time_once(fn: Callable[[], object], device: str, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Wall time of one call in seconds (CUDA: between events, synchronised); on the CPU ``clock`` reads the time
+    (``time.process_time``: the CPU time of this process, for a machine shared with other jobs)."""
     if device.startswith("cuda"):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -151,13 +152,14 @@ def time_once(fn: Callable[[], object], device: str) -> float:
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1000
-    t = time.perf_counter()
+    t = clock()
     fn()
-    return time.perf_counter() - t
+    return clock() - t
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], device: str, warmup: int = 3,
-                        repeats: int = 10, seed: int = 0) -> dict[str, float]:
+                        repeats: int = 10, seed: int = 0,
+                        clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median wall time in seconds of each of ``fns``, timed round-robin on the same inputs, in a new order per round.
 
     Interleaving spreads the noise of a shared machine (other jobs, frequency changes) over every contender
@@ -177,7 +179,7 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], device: str, warmu
     for _ in range(repeats):
         rng.shuffle(names)
         for name in names:
-            times[name].append(time_once(fns[name], device))
+            times[name].append(time_once(fns[name], device, clock))
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

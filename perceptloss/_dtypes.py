@@ -86,9 +86,28 @@ def cast_to_network_dtype(images: torch.Tensor, network: torch.nn.Module) -> tor
 
 def functorch_transform_active() -> bool:
     """True inside a torch.func transform (grad, vmap, jacrev, ...), where compiled custom operators without
-    functorch rules cannot run (the losses then take their pure-PyTorch path, which has the same values)."""
+    functorch rules cannot run (the losses then take their pure-PyTorch path, which has the same values).
+
+    Eagerly: whether functorch's interpreter stack is non-empty. While torch.compile traces, the same question
+    is asked eagerly and its answer is a constant of the graph (``_transform_active_while_tracing``): dynamo
+    itself cannot evaluate it (it wraps the stack's ``None`` in an object, so ``is not None`` reads True and
+    every compiled loss took the reference path and the NCHW layout). The answer holds for the graph: dynamo
+    runs the transforms it traces (``torch.compile(torch.func.grad(f))``) on the real interpreter stack, and a
+    graph traced outside a transform is not reused inside one (the inputs' functorch wrappers fail its guards).
+    """
+    if torch.compiler.is_compiling():
+        return _transform_active_while_tracing()
+    return _interpreter_stack_nonempty()
+
+
+def _interpreter_stack_nonempty() -> bool:
     try:
         return torch._C._functorch.peek_interpreter_stack() is not None
     except Exception:  # pragma: no cover - older torch
         return False
 
+
+@torch.compiler.assume_constant_result
+def _transform_active_while_tracing() -> bool:
+    """``_interpreter_stack_nonempty()`` run eagerly while dynamo traces; a constant of the graph it builds."""
+    return _interpreter_stack_nonempty()

@@ -12,6 +12,7 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 import bench_lib as bl  # noqa: E402
+import compile as bench_compile  # noqa: E402
 import run as bench_run  # noqa: E402
 from .helpers import assert_close
 
@@ -131,3 +132,26 @@ def test_loss_section_reports_a_contender_it_cannot_build(monkeypatch):
     assert "| 1.00x |" in base
     with pytest.raises(SystemExit, match="unknown --contenders nope"):
         bench_run.bench_loss("cpu", 1, ["N1-32px"], ["nope"], "off")
+
+
+def test_interleaved_medians_read_the_given_clock():
+    ticks = iter(range(100))
+    times = bl.interleaved_medians({"a": lambda: None, "b": lambda: None}, "cpu", warmup=0, repeats=3,
+                                   clock=lambda: float(next(ticks)))
+    assert times == {"a": 1.0, "b": 1.0}  # every call reads the clock twice, one tick apart
+
+
+def test_compile_benchmark_refuses_an_unknown_dtype():
+    with pytest.raises(SystemExit, match="choose among fp32, auto"):
+        bench_compile.main(["--dtypes", "fp32,fp8"])
+
+
+@pytest.mark.slow
+def test_compile_benchmark_writes_its_table(tmp_path):
+    out = tmp_path / "compile.md"
+    assert bench_compile.main(["--n", "1", "--size", "32", "--repeats", "1", "--dtypes", "fp32", "--clock", "cpu",
+                               "--output", str(out)]) == 0
+    text = out.read_text()
+    for row in ("| fp32 | loss compiled |", "| fp32 | loss eager | ", "| fp32 | model compiled |", "| fp32 | model eager |"):
+        assert row in text
+    assert "2 graphs for 2 compiled contenders, 0 graphs built while timing" in text and "Reproduce: `python benchmarks/compile.py" in text

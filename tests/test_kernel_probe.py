@@ -14,7 +14,6 @@ import perceptloss
 from perceptloss import __main__ as cli
 from perceptloss.backends import probe
 from perceptloss.backends.probe import DeviceProbes, FusedKernelProbeWarning, probe_kernels
-from perceptloss import functional
 from perceptloss.functional import feature_distance, feature_distance_reference
 
 from .helpers import assert_equal
@@ -199,10 +198,7 @@ def test_out_of_memory_is_not_recorded(probing_cpu):
 
 
 @needs_cpu_kernel
-def test_the_probe_runs_eagerly_outside_the_compiled_graph(probing_cpu, monkeypatch):
-    # While dynamo traces, functorch_transform_active() reads True (it sees the interpreter stack's None as an
-    # object), so feature_distance would take the reference before asking the probe; set it as it is eagerly.
-    monkeypatch.setattr(functional, "functorch_transform_active", lambda: False)
+def test_the_probe_runs_eagerly_outside_the_compiled_graph(probing_cpu):
     seen = []
 
     def broken_and_watching(a, b, w, p):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .._relu import keeps_output_while_tracing, relu_keeping_output
 from .._sizes import min_input_size
 from .._extractor import FeatureExtractor
 
@@ -47,7 +48,7 @@ class SequentialFeatures(FeatureExtractor):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         found: dict[int, torch.Tensor] = {}
         for i, module in enumerate(self.features):
-            x = module(x)
+            x = self._run(module, x)
             if i in self._tapset:
                 found[i] = x
         return [found[i] for i in self.taps]
@@ -64,8 +65,16 @@ class SequentialFeatures(FeatureExtractor):
 
     def _segment(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         for module in list(self.features)[start:stop]:
-            x = module(x)
+            x = self._run(module, x)
         return x
+
+    @staticmethod
+    def _run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``module(x)``; a ReLU in a CPU training graph torch.compile traces keeps its output for the backward
+        instead of a boolean mask (``perceptloss._relu``: inductor's boolean tensors are slow on the CPU)."""
+        if isinstance(module, nn.ReLU) and keeps_output_while_tracing(x):
+            return relu_keeping_output(x)
+        return module(x)
 
     def forward_checkpointed(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``forward`` with one checkpointed segment per tapped layer: the modules after one tap up to the
