@@ -10,8 +10,11 @@ sets of K projections is the mean absolute difference of the sorted values; FDL 
 projections (the sliced Wasserstein distance, SW):
 
 .. math:: \mathrm{SW}(a, b) = \frac{1}{P K} \sum_{k=1}^{P} \sum_{i=1}^{K}
-          \big|\mathrm{sort}(\theta_k \ast a)_i - \mathrm{sort}(\theta_k \ast b)_i\big|, \qquad
-          \ell_n = \sum_l \mathrm{SW}(A_l(x_n), A_l(y_n)) + w_\phi\, \mathrm{SW}(\Phi_l(x_n), \Phi_l(y_n))
+          \big|\mathrm{sort}(\theta_k \ast a)_i - \mathrm{sort}(\theta_k \ast b)_i\big|
+
+and the loss of image pair n is
+
+.. math:: \ell_n = \sum_l \mathrm{SW}(A_l(x_n), A_l(y_n)) + w_\phi\, \mathrm{SW}(\Phi_l(x_n), \Phi_l(y_n))
 
 A distance between distributions of patches, not between aligned positions: a shifted copy of an image keeps
 its amplitude spectrum, and a sorted set forgets where each patch came from. This is the official
