@@ -108,3 +108,37 @@ def test_paste_ready_line():
     assert paste_ready(summarize([0.1, 0.2, 0.3, 0.5])) == "0.3 ± 0.3 (95% CI, n = 4)"
     assert paste_ready({"n": 10, "mean": 35688.0, "std": 1.0, "ci95": [31232.0, 40144.0]}) == \
         "36000 ± 4000 (95% CI, n = 10)"
+
+
+_LOOK = r"""(() => {
+  const imgs = [...document.images];
+  return {loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length, images: imgs.length,
+          svgBars: document.querySelectorAll('svg rect').length, scripts: document.scripts.length,
+          pageWidth: document.documentElement.scrollWidth, window: window.innerWidth,
+          paste: [...document.querySelectorAll('.paste')].map(p => p.innerText)};
+})()"""
+
+
+@pytest.mark.slow
+def test_report_page_in_a_browser(folders, tmp_path, capsys, caffe_weights):
+    """The page as a reader sees it in headless Chromium at 1,400 px: every thumbnail and heat map loads, the
+    histograms have bars, no script, nothing wider than the window (PERCEPTLOSS_SCREENSHOTS=DIR keeps a picture)."""
+    import os
+
+    from .browser import HOW_TO_GET_ONE, Browser, find_browser
+
+    binary = find_browser()
+    if binary is None:
+        pytest.skip(HOW_TO_GET_ONE)
+    report = tmp_path / "report"
+    code, _, err = score([folders["ref"], folders["jpeg10"], "--metric", "vgg19:dfc123", "--report", report,
+                          "--report-pairs", "3", "--workers", "0", "--quiet"], capsys)
+    assert code == 0, err
+    with Browser(binary, width=1400, height=900) as browser:
+        browser.open((report / "index.html").as_uri())
+        seen = browser.evaluate(_LOOK)
+        if os.environ.get("PERCEPTLOSS_SCREENSHOTS"):
+            browser.screenshot(Path(os.environ["PERCEPTLOSS_SCREENSHOTS"]) / "score-report.png", full_page=True)
+    assert seen["images"] == 18 and seen["loaded"] == 18  # 3 + 3 pairs: reference, distorted, heat map
+    assert seen["svgBars"] == 30 and seen["scripts"] == 0 and seen["pageWidth"] <= seen["window"]
+    assert len(seen["paste"]) == 1 and "95% CI, n = 10" in seen["paste"][0]
