@@ -9,6 +9,7 @@ the fused operator's CPU kernel level (or the GPU), and whether a lower ISA is e
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import platform
 import random
 import re
@@ -355,3 +356,13 @@ def machine_info(device: str) -> dict[str, str]:
 def describe_machine(device: str) -> str:
     """``machine_info`` as markdown lines (a list), for the head of every result file."""
     return "\n".join(f"- {k}: {v}" for k, v in machine_info(device).items())
+
+
+def print_and_write(text: str, out: Path | None) -> None:
+    """Print a result table and, when ``out`` is given, write it there atomically (a temporary file renamed)."""
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(out)

@@ -27,7 +27,7 @@ import torch
 import perceptloss
 from perceptloss.backends import cpu as backend
 
-from bench_lib import describe_machine
+from bench_lib import describe_machine, print_and_write
 
 #: (name, N, side, layers, dtype option)
 CASES = [
@@ -89,12 +89,7 @@ def main() -> None:
         lines.append(f"| {case[0]} | {1000 * base:.1f} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n\nCells: median time with that knob off / the default's (above 1: the knob helps).\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.out)
+    print_and_write(text, args.out)
 
 
 if __name__ == "__main__":

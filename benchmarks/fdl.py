@@ -25,7 +25,7 @@ from unittest import mock
 import torch
 
 import perceptloss
-from bench_lib import describe_machine, interleaved_medians
+from bench_lib import describe_machine, interleaved_medians, print_and_write
 
 
 def official_loss(projections: int) -> torch.nn.Module:
@@ -140,12 +140,7 @@ def main() -> None:
             lines.append(f"| {c} | " + " | ".join(f"{b.get(c, 0.0):.3f}" for b in per_loss.values()) + " |")
         lines.append("| total | " + " | ".join(f"{sum(b.values()):.3f}" for b in per_loss.values()) + " |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.out)
+    print_and_write(text, args.out)
 
 
 if __name__ == "__main__":

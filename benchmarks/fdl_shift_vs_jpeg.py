@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 import perceptloss
+from bench_lib import print_and_write
 
 FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "celeba" / "img_align_celeba"
 SHIFTS = (1, 2, 3, 4)
@@ -118,12 +119,7 @@ def main() -> None:
               "shifted copy scores better than the JPEG one)."]
     lines += [f"Not run: {s}" for s in skipped]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.out)
+    print_and_write(text, args.out)
 
 
 if __name__ == "__main__":
