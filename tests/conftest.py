@@ -1,5 +1,7 @@
 """Test settings: never download, keep the weight cache in a per-session folder."""
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -9,6 +11,7 @@ os.environ["PERCEPTLOSS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 _HOME = tempfile.mkdtemp(prefix="perceptloss-test-home-")
 os.environ["PERCEPTLOSS_HOME"] = _HOME
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)  # each session's cache (~150 MB) goes with it
 # torch.compile's C++ cache is kept per emulated CPU level: inductor's on-disk cache does not key its kernels on
 # ATEN_CPU_CAPABILITY, so runs under different emulations (the tolerance rule's three CPU levels) would load each
 # other's kernels, which then fail to compile or compute wrong values.

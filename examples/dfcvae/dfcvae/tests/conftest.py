@@ -1,13 +1,17 @@
 """Settings of the DFC-VAE example's tests: never download, keep caches in a per-session folder, and skip (with
 the install command) what needs the VGG19 Caffe weights where they are not installed."""
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
 
 os.environ["PERCEPTLOSS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["PERCEPTLOSS_HOME"] = tempfile.mkdtemp(prefix="dfcvae-test-home-")  # weights and face caches
+_HOME = tempfile.mkdtemp(prefix="dfcvae-test-home-")  # weights and face caches, removed when the session ends
+os.environ["PERCEPTLOSS_HOME"] = _HOME
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 # torch.compile's C++ cache is kept per emulated CPU level: inductor's on-disk cache does not key its kernels on
 # ATEN_CPU_CAPABILITY, so runs under different emulations (the tolerance rule's three CPU levels) would load each
 # other's kernels, which then fail to compile or compute wrong values.
