@@ -71,7 +71,7 @@ def test_score_help_shows_the_defaults(capsys):
         cli(["score", "--help"])
     assert info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for option, default in (("--batch-size", "16"), ("--workers", "2"), ("--device", "cpu"), ("--dtype", "float32")):
+    for option, default in (("--batch-size", "16"), ("--workers", "2"), ("--device", "cpu"), ("--dtype", "auto")):
         start = text.index(f"{option} ", text.index("options:"))
         assert f"(default: {default})" in text[start:text.index(" --", start + len(option))], option
     assert "(default: None)" not in text and "(default: False)" not in text and "(default: [])" not in text

@@ -321,7 +321,7 @@ def test_score_cli_with_a_vgg19_file(tmp_path, capsys):
     with standin_entries(trunk):  # a random stand-in under torchvision's name
         out = tmp_path / "summary.json"
         code = cli(["score", str(tmp_path / "ref"), str(tmp_path / "dist"), "--metric", "fdl", "--weights",
-                    f"fdl={trunk}", "--workers", "0", "--quiet", "--json", str(out)])
+                    f"fdl={trunk}", "--dtype", "float32", "--workers", "0", "--quiet", "--json", str(out)])
         assert code == 0, capsys.readouterr().err
         summary = json.loads(out.read_text())["metrics"]["fdl"]
         metric = perceptloss.create_metric("fdl", weights=trunk)

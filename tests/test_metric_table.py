@@ -186,7 +186,9 @@ def score(argv, capsys, tmp_path):
     ref, dist = argv[:2]
     out = tmp_path / "summary.json"
     out.unlink(missing_ok=True)
-    code = cli(["score", str(ref), str(dist), *map(str, argv[2:]), "--workers", "0", "--quiet", "--json", str(out)])
+    rest = [*map(str, argv[2:])]
+    rest += [] if "--dtype" in rest else ["--dtype", "float32"]  # compared with the library's float32 losses
+    code = cli(["score", str(ref), str(dist), *rest, "--workers", "0", "--quiet", "--json", str(out)])
     err = capsys.readouterr().err
     return code, err, json.loads(out.read_text()) if out.exists() else None
 

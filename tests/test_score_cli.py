@@ -61,8 +61,10 @@ def trunk_files(_trunk_files):
 
 
 def run(argv, capsys):
-    """(exit code, stdout, stderr) of the CLI called in this process."""
-    code = cli(["score", *map(str, argv)])
+    """(exit code, stdout, stderr) of the CLI called in this process, in float32 unless ``argv`` names a
+    ``--dtype`` (the values are compared with the library's float32 losses)."""
+    argv = [*map(str, argv)]
+    code = cli(["score", *argv, *([] if "--dtype" in argv else ["--dtype", "float32"])])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -123,6 +125,30 @@ def test_every_metric_equals_the_library(folders, trunk_files, tmp_path, capsys,
         assert s["n"] == 10
         assert s["mean"] == pytest.approx(float(np.mean([float(rows[k][name]) for k in keys])), rel=1e-12)
         assert s["signature"] == loss.signature  # no resize: the library's own signature
+
+
+def test_the_default_precision_is_the_hardwares_and_the_signature_names_it(folders, tmp_path, capsys, caffe_weights):
+    """Without --dtype the network runs in what ``dtype="auto"`` picks on this machine (bfloat16 on AVX512-BF16 /
+    AMX CPUs, float32 elsewhere; also under the AVX2 emulation), the signature's dtype field names it, and the
+    values are the library's ``dtype="auto"`` loss's on the same batches (bfloat16: within 1e-3, its rounding)."""
+    import perceptloss
+
+    out = tmp_path / "s.json"
+    argv = ["score", str(folders["ref"]), str(folders["jpeg10"]), "--metric", "vgg19:dfc123", "--batch-size", "8",
+            "--workers", "0", "--quiet", "--json", str(out), "--csv", str(tmp_path / "s.csv")]
+    assert cli(argv) == 0, capsys.readouterr().err
+    summary = json.loads(out.read_text())["metrics"]["vgg19:dfc123"]
+    picked = str(perceptloss.auto_dtype("cpu")).replace("torch.", "")
+    assert f"|dtype:{picked}|" in summary["signature"]
+    rows = read_csv(tmp_path / "s.csv")
+    keys = sorted(rows)
+    ref, dist = stacked(folders["ref"], keys, ".png"), stacked(folders["jpeg10"], keys, ".jpg")
+    loss = perceptloss.FeatureLoss("vgg19", "dfc123", reduction="none", dtype="auto")
+    with torch.inference_mode():
+        expected = torch.cat([loss(dist[i:i + 8], ref[i:i + 8]) for i in range(0, len(keys), 8)])
+    got = torch.tensor([float(rows[k]["vgg19:dfc123"]) for k in keys])
+    assert relative(got, expected) < (TOL if picked == "float32" else 1e-3)
+    assert summary["signature"] == loss.signature
 
 
 def test_stronger_distortion_scores_worse(folders, tmp_path, capsys, caffe_weights):
@@ -371,7 +397,7 @@ def test_torchrun_two_ranks_equal_one_process(folders, tmp_path, capsys, caffe_w
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "PERCEPTLOSS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     common = [str(folders["ref"]), str(folders["jpeg10"]), "--metric", "vgg19:dfc123", "--batch-size", "5",
-              "--workers", "0", "--quiet"]
+              "--workers", "0", "--quiet", "--dtype", "float32"]
     code, out, err = run([*common, "--csv", tmp_path / "1.csv", "--json", tmp_path / "1.json"], capsys)
     assert code == 0, err
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

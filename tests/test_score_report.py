@@ -53,7 +53,8 @@ class Page(HTMLParser):
 
 
 def score(argv, capsys):
-    code = cli(["score", *map(str, argv)])
+    """(exit code, stdout, stderr) of the CLI in this process, float32 (compared with the library's losses)."""
+    code = cli(["score", *map(str, argv), "--dtype", "float32"])
     out, err = capsys.readouterr()
     return code, out, err
 

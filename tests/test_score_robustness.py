@@ -77,8 +77,10 @@ METRIC = f"{__name__}:mean_abs"
 
 
 def run(argv, capsys):
-    """(exit code, stdout, stderr) of the CLI called in this process."""
-    code = cli(["score", *map(str, argv)])
+    """(exit code, stdout, stderr) of the CLI called in this process, in float32 unless ``argv`` names a
+    ``--dtype`` (values are compared with the library's float32 losses)."""
+    argv = [*map(str, argv)]
+    code = cli(["score", *argv, *([] if "--dtype" in argv else ["--dtype", "float32"])])
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -397,7 +397,7 @@ def test_score_command_line_is_create_metric(tmp_path, capsys):
     for name in ("jpeg10", "jpeg60"):
         out = tmp_path / f"{name}.json"
         code = cli(["score", str(folders["ref"]), str(folders[name]), "--metric", "stlpips-alex", "--metric",
-                    "stlpips-vgg", "--workers", "0", "--quiet", "--json", str(out)])
+                    "stlpips-vgg", "--dtype", "float32", "--workers", "0", "--quiet", "--json", str(out)])
         assert code == 0, capsys.readouterr().err
         means[name] = json.loads(out.read_text())["metrics"]
     keys = stems(folders["ref"])

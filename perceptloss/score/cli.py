@@ -11,7 +11,11 @@ from .metrics import (DTYPES, build_metric, import_plugins, metric_descriptions,
                       signature_of)
 from .output import printable
 
-EPILOG = """metrics (perceptloss.list_metrics(); in Python, perceptloss.create_metric(NAME) builds the same loss):
+#: Pairs per batch unless --batch-size says otherwise (the throughput is flat from about 8 pairs on a CPU:
+#: benchmarks/evaluation.py --batch).
+DEFAULT_BATCH_SIZE = 16
+
+EPILOG = """metrics (perceptloss.list_metrics(); in Python, perceptloss.create_metric(NAME, dtype="auto") builds the same loss):
 {metrics}
 
 pairing: REF/a/b.png is paired with DIST/a/b.<any image extension>; files without a partner are listed
@@ -81,11 +85,13 @@ def add_arguments(sub) -> None:
     p.add_argument("--resize", choices=RESIZE_FILTERS, default=None, metavar="FILTER",
                    help=f"resample a distorted image of another size to the reference's size ({', '.join(RESIZE_FILTERS)})")
     p.add_argument("--crop", choices=CROPS, default=None, help="crop both images of a pair to their common size")
-    p.add_argument("--batch-size", type=int, default=16, help="pairs per batch (batches hold images of one size)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="pairs per batch (batches hold images of one size)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes decoding the images (0: none)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun, cuda is cuda:<local rank>)")
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32",
-                   help="network dtype; auto: bfloat16 where the device computes it natively")
+    p.add_argument("--dtype", choices=list(DTYPES), default="auto",
+                   help="network dtype; auto: bfloat16 where the device computes it natively (AVX512-BF16 or AMX "
+                        "CPUs, CUDA compute capability 8.0+), float32 elsewhere, named in each signature's dtype "
+                        "field; float32 for numbers that every machine reproduces")
     p.add_argument("--tile", type=int, default=None, metavar="N", help="evaluate in N x N tiles (perceptloss.tiling)")
     p.add_argument("--weights", action="append", default=[], metavar="METRIC=FILE",
                    help="trunk weights for a metric: a file (e.g. lpips-alex=alexnet-owt-7be5be79.pth) or an entry name")

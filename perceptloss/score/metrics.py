@@ -1,7 +1,8 @@
 """Metric names of ``perceptloss score`` to loss modules: the library's metric table, ``perceptloss.metric_table``.
 
-``--metric NAME`` builds ``perceptloss.create_metric(NAME, ...)``, so a name gives the same loss (the same
-signature) on the command line and in Python; ``perceptloss.list_metrics()`` is the list ``--help`` shows. Names
+``--metric NAME`` builds ``perceptloss.create_metric(NAME, dtype=...)``, so a name gives the same loss (the same
+signature) on the command line and in Python with the same dtype (``--dtype`` is "auto" unless given: the
+precision the hardware computes fastest, as ``create_metric(NAME, dtype="auto")``); ``perceptloss.list_metrics()`` is the list ``--help`` shows. Names
 added with ``perceptloss.metric_table.register_metric`` in a module named by ``--plugin MODULE`` are accepted too,
 and so is ``package.module:factory`` (a function returning the metric module).
 
@@ -52,8 +53,10 @@ def _missing_weights(name: str, error: WeightsNotFoundError) -> WeightsNotFoundE
     return WeightsNotFoundError(f"metric {name}: " + "\n".join(lines))
 
 
-def build_metric(name: str, *, weights: str | None = None, dtype: str = "float32") -> torch.nn.Module:
-    """``perceptloss.create_metric(name)``: (N,) values for (N, 3, H, W) [0, 1] pairs; errors as ScoreError."""
+def build_metric(name: str, *, weights: str | None = None, dtype: str = "auto") -> torch.nn.Module:
+    """``perceptloss.create_metric(name, dtype=...)``: (N,) values for (N, 3, H, W) [0, 1] pairs; errors as
+    ScoreError. ``dtype`` is a ``--dtype`` choice: "auto" (the default) picks by the hardware as the losses'
+    ``dtype="auto"`` does, and the signature names what was picked."""
     if dtype not in DTYPES:
         raise ScoreError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     try:

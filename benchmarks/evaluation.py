@@ -1,0 +1,249 @@
+#!/usr/bin/env python
+"""Evaluation throughput: perceptloss' metrics against the peers' own evaluation loops, forward only.
+
+    python benchmarks/evaluation.py [--nets vgg,alex] [--sizes 64,256] [--pairs 64] [--repeats 5]
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/evaluation.py   # as an AVX2-only CPU
+
+What a user waits for when scoring image pairs: the metric on in-memory (N, 3, H, W) [0, 1] pairs, no gradient
+(decoding the files is the same for everybody and left out). Per LPIPS trunk and image size, every contender
+scores the same ``--pairs`` random pairs with **the same weights**: one random trunk (the cost does not depend on
+the values) given to all of them, and LPIPS' published linear heads (from the lpips wheel, which perceptloss and
+torchmetrics read too; piq gets the same tensors in place of its download).
+
+- ``perceptloss (default)``: ``perceptloss.create_metric("lpips-<net>", weights=<the trunk file>)`` in batches of
+  ``perceptloss.score``'s default size under ``torch.inference_mode()``: what ``perceptloss score`` runs, with
+  the precision it picks by default (``dtype="auto"``: bfloat16 where the hardware computes it natively);
+- ``perceptloss fp32``: the same with ``dtype=None`` (float32);
+- ``lpips (batched)``: ``lpips.LPIPS(net=...)(x, y, normalize=True)`` under ``torch.no_grad()`` in the same
+  batches: the fastest way to drive the lpips package;
+- ``lpips (lpips_2dirs.py)``: the package's own directory script, one pair at a time with autograd on;
+- ``torchmetrics``: ``LearnedPerceptualImagePatchSimilarity(net_type=..., normalize=True).update`` per batch
+  under ``torch.no_grad()``, ``compute()`` at the end;
+- ``piq``: ``piq.LPIPS(reduction="none")`` (VGG only) per batch under ``torch.no_grad()``.
+
+All contenders are timed interleaved in one process (a new seeded order per round, medians of whole passes
+over the pairs). The table gives pairs per second, the speed relative to the fastest peer, and the largest
+relative difference of the per-pair values from the lpips package's (torchmetrics: of the mean). Prints markdown
+and writes it to ``--output`` or ``benchmarks/results/cpu-<date>-<kind>-evaluation.md``, headed by the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import functools
+import os
+import re
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable
+from unittest import mock
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench_lib as bl  # noqa: E402
+from peers import _no_downloads, _version  # noqa: E402
+
+NETS = ("vgg", "alex")
+#: A contender scores all pairs and returns the values it reports: (pairs,) per pair, or a 0-dim mean.
+Contender = Callable[[], torch.Tensor]
+
+
+def lpips_reference(net: str) -> torch.nn.Module:
+    """The lpips package's metric: a random trunk (seeded), its published heads, frozen."""
+    import lpips
+
+    torch.manual_seed(0)
+    with _no_downloads():
+        ref = lpips.LPIPS(net=net, pnet_rand=True, pretrained=True, verbose=False)
+    return ref.eval().requires_grad_(False)
+
+
+def trunk_file(ref: torch.nn.Module, folder: Path, net: str) -> Path:
+    """lpips' ``net.sliceK.<index>.*`` trunk tensors saved under torchvision's ``features.<index>.*`` names."""
+    state = {re.sub(r"^net\.slice\d+\.", "features.", k): v for k, v in ref.state_dict().items()
+             if k.startswith("net.")}
+    path = folder / f"{net}-random-trunk.pth"
+    torch.save(state, path)
+    return path
+
+
+def heads_of(ref: torch.nn.Module) -> list[torch.Tensor]:
+    """lpips' per-layer heads as (1, C, 1, 1) tensors (the form piq downloads)."""
+    return [lin.model[-1].weight.detach().clone() for lin in ref.lins]
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, size: int):
+    for i in range(0, len(x), size):
+        yield x[i:i + size], y[i:i + size]
+
+
+def perceptloss_contender(net: str, trunk: Path, dtype: object, batch: int, x, y) -> Contender:
+    import perceptloss
+
+    metric = perceptloss.create_metric(f"lpips-{net}", weights=str(trunk), dtype=dtype)
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.cat([metric(a, b).float() for a, b in batches(x, y, batch)])
+    run.signature = metric.signature  # type: ignore[attr-defined]
+    return run
+
+
+def lpips_batched(ref: torch.nn.Module, batch: int, x, y) -> Contender:
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([ref(a, b, normalize=True).flatten() for a, b in batches(x, y, batch)])
+    return run
+
+
+def lpips_script_loop(ref: torch.nn.Module, x, y) -> Contender:
+    """As lpips_2dirs.py: one (1, 3, H, W) pair per call in [-1, 1], autograd left on, a float per pair."""
+    def run() -> torch.Tensor:
+        out = []
+        for a, b in zip(x, y):
+            d = ref(a[None] * 2 - 1, b[None] * 2 - 1)
+            out.append(float(d))
+        return torch.tensor(out)
+    return run
+
+
+def torchmetrics_contender(net: str, ref: torch.nn.Module, batch: int, x, y) -> Contender:
+    from torchmetrics.image import lpip
+
+    trunk = {k: v for k, v in ref.state_dict().items()}
+    random_trunk = functools.partial(lpip._NoTrainLpips, pnet_rand=True)
+    with _no_downloads(), mock.patch.object(lpip, "_NoTrainLpips", random_trunk):
+        metric = lpip.LearnedPerceptualImagePatchSimilarity(net_type=net, reduction="mean", normalize=True)
+    metric.net.load_state_dict(trunk, strict=False)  # the same trunk (its heads are lpips' own already)
+    metric = metric.eval().requires_grad_(False)
+
+    def run() -> torch.Tensor:
+        metric.reset()
+        with torch.no_grad():
+            for a, b in batches(x, y, batch):
+                metric.update(a, b)
+            return metric.compute()
+    return run
+
+
+def piq_contender(ref: torch.nn.Module, batch: int, x, y) -> Contender:
+    import piq
+    import piq.perceptual
+    import torchvision
+
+    trunk = {re.sub(r"^net\.slice\d+\.", "features.", k): v for k, v in ref.state_dict().items()
+             if k.startswith("net.")}
+
+    def vgg16(*args: object, **kwargs: object) -> torch.nn.Module:
+        model = torchvision.models.vgg16(weights=None)
+        model.load_state_dict(trunk, strict=False)
+        return model
+
+    heads = heads_of(ref)
+    with _no_downloads(), mock.patch.object(piq.perceptual, "vgg16", vgg16), \
+            mock.patch.object(torch.hub, "load_state_dict_from_url", lambda *a, **k: heads):
+        metric = piq.LPIPS(reduction="none").eval().requires_grad_(False)
+
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([metric(a, b).flatten() for a, b in batches(x, y, batch)])
+    return run
+
+
+def relative_difference(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |got - expected| / max |expected| over the pairs (a mean against the mean when ``got`` is 0-dim)."""
+    got, expected = got.double().flatten(), expected.double().flatten()
+    if got.numel() == 1 and expected.numel() > 1:
+        expected = expected.mean().reshape(1)
+    return float((got - expected).abs().max() / expected.abs().max())
+
+
+def contenders(net: str, size: int, pairs: int, batch: int, folder: Path) -> dict[str, Contender]:
+    g = torch.Generator().manual_seed(size)
+    x = torch.rand(pairs, 3, size, size, generator=g)
+    y = (x + 0.2 * torch.randn(pairs, 3, size, size, generator=g)).clamp(0, 1)  # related pairs, as in practice
+    ref = lpips_reference(net)
+    trunk = trunk_file(ref, folder, net)
+    out = {"perceptloss (default)": perceptloss_contender(net, trunk, "auto", batch, x, y),
+           "perceptloss fp32": perceptloss_contender(net, trunk, None, batch, x, y),
+           "lpips (batched)": lpips_batched(ref, batch, x, y),
+           "lpips (lpips_2dirs.py)": lpips_script_loop(ref, x, y),
+           "torchmetrics": torchmetrics_contender(net, ref, batch, x, y)}
+    if net == "vgg":
+        out["piq"] = piq_contender(ref, batch, x, y)
+    return out
+
+
+PEERS = ("lpips (batched)", "lpips (lpips_2dirs.py)", "torchmetrics", "piq")
+
+
+def measure(args: argparse.Namespace) -> str:
+    from perceptloss.score.cli import DEFAULT_BATCH_SIZE as DEFAULT_BATCH
+
+    batch = args.batch or DEFAULT_BATCH
+    lines = ["| trunk | size | contender | pairs/s | vs fastest peer | max rel. difference from lpips |",
+             "|---|---|---|---|---|---|"]
+    signatures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for net in args.nets:
+            for size in args.sizes:
+                fns = contenders(net, size, args.pairs, batch, Path(tmp))
+                values = {name: fn() for name, fn in fns.items()}  # also the warm-up
+                times = bl.interleaved_medians(fns, "cpu", warmup=1, repeats=args.repeats)
+                rate = {name: args.pairs / t for name, t in times.items()}
+                fastest_peer = max(rate[name] for name in fns if name in PEERS)
+                expected = values["lpips (batched)"]
+                for name in fns:
+                    lines.append(f"| {net} | {size}² | {name} | {rate[name]:.1f} | {rate[name] / fastest_peer:.2f}x | "
+                                 f"{relative_difference(values[name], expected):.1e} |")
+                    print(lines[-1], flush=True)
+                signatures.append(f"- lpips-{net}, {size}²: `{fns['perceptloss (default)'].signature}`")
+    lines += ["", f"{args.pairs} pairs per contender and size, batches of {batch} (the score CLI's default) for every "
+              f"batched contender, {args.repeats} interleaved rounds after one warm-up pass; wall time; "
+              f"{torch.get_num_threads()} threads. Versions: lpips {_version('lpips')}, torchmetrics "
+              f"{_version('torchmetrics')}, piq {_version('piq')}.", "",
+              "The default contender's signatures (the precision it picked is in `dtype:`):", *signatures]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nets", default="vgg,alex", help="comma-separated LPIPS trunks: " + ", ".join(NETS))
+    parser.add_argument("--sizes", default="64,256", help="comma-separated image sides in pixels")
+    parser.add_argument("--pairs", type=int, default=64, help="pairs each contender scores per round")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default: the score CLI's)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--output", default=None,
+                        help="the result file (default benchmarks/results/cpu-<date>-<kind>-evaluation.md)")
+    args = parser.parse_args(argv)
+    args.nets = [n.strip() for n in args.nets.split(",") if n.strip()]
+    if any(n not in NETS for n in args.nets):
+        raise SystemExit(f"--nets: choose among {', '.join(NETS)}, got {args.nets}")
+    args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    os.environ.setdefault("PERCEPTLOSS_OFFLINE", "1")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torchmetrics")
+    today = datetime.date.today().isoformat()
+    env = " ".join(f"{k}={v}" for k, v in bl.emulation().items())
+    cmd = f"{env + ' ' if env else ''}python benchmarks/evaluation.py {' '.join(sys.argv[1:] if argv is None else argv)}"
+    head = [f"# Evaluation throughput, LPIPS (cpu, {bl.device_kind('cpu')}, {today})", "",
+            bl.describe_machine("cpu"), "", f"Reproduce: `{cmd.strip()}`", ""]
+    print("\n".join(head), flush=True)
+    body = measure(args)
+    path = Path(args.output) if args.output else HERE / "results" / f"cpu-{today}-{bl.device_kind('cpu')}-evaluation.md"
+    bl.print_and_write("\n".join(head) + "\n" + body + "\n", path)
+    print(f"written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
