@@ -184,6 +184,30 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], device: str, warmu
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def matrix_rate(dtype: torch.dtype, device: str = "cpu", size: int = 2048, repeats: int = 5) -> float:
+    """The hardware's matrix rate in this run, FLOP/s: the median of ``repeats`` ``size``^3 matmuls in ``dtype``
+    (2 * size^3 operations each; bfloat16 runs on AMX / AVX512-BF16 where present, float32 on the FMA units).
+
+    The yardstick of a network's compute fraction: a convolution network cannot run faster than its FLOPs at this
+    rate, and the fraction it reaches says how much time goes outside the matrix engines (elementwise passes,
+    casts, layout conversions, the interpreter)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, generator=g, device=device).to(dtype)
+    b = torch.randn(size, size, generator=g, device=device).to(dtype)
+    return 2 * size ** 3 / median_time(lambda: torch.mm(a, b), device, warmup=2, repeats=repeats)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """The floating-point operations of one call of ``fn`` as torch's FLOP counter counts them: matrix
+    multiplications and convolutions, forward and backward (the input gradient only where the weights are
+    frozen), 2 per multiply-add; elementwise operations are not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
 def read_floor(a, b, w):
     """Reads every element of a and b once (one dot product per layer): the least a forward can do."""
     return [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)]

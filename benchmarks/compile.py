@@ -113,19 +113,32 @@ def measure(args: argparse.Namespace) -> str:
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     times = bl.interleaved_medians(fns, "cpu", warmup=2, repeats=args.repeats, clock=clock)
     recompiles = counters["stats"]["unique_graphs"] - graphs_built  # a recompilation builds a graph
+    # the compute fraction: the eager call's FLOPs (the compiled one does the same convolutions) at the time
+    # measured, against this run's matrix rate in the dtype the network runs in
+    flops = {key: bl.count_flops(fns[(key[0], key[1].replace("compiled", "eager"))]) for key in fns}
+    from perceptloss import auto_dtype
+
+    rates = {name: bl.matrix_rate(auto_dtype("cpu") if name == "auto" else torch.float32) for name in args.dtypes}
     rows = []
     for (name, what), t in times.items():
         base = times[(name, "loss eager")] if "loss" in what else times[(name, "model eager")]
-        rows.append([name, what, f"{t * 1e3:.1f}", f"{base / t:.2f}x", f"{build[(name, what)]:.0f}"])
+        achieved = flops[(name, what)] / t
+        rows.append([name, what, f"{t * 1e3:.1f}", f"{base / t:.2f}x", f"{achieved / 1e9:.0f}",
+                     f"{100 * achieved / rates[name]:.0f}%", f"{build[(name, what)]:.0f}"])
     compiled = sum("compiled" in what for _, what in fns)
     what_ms = "CPU ms" if args.clock == "cpu" else "ms"
-    lines = [f"| dtype | contender | {what_ms} (fwd+bwd, median) | eager / this | first call s |", "|---|---|---|---|---|"]
+    lines = [f"| dtype | contender | {what_ms} (fwd+bwd, median) | eager / this | GFLOP/s | of the matrix rate | "
+             "first call s |", "|---|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in sorted(rows)]
     lines += ["", f"dynamo: {graphs} graphs for {compiled} compiled contenders, {recompiles} graphs built while timing (recompilations).",
               f"N={args.n}, {args.size}x{args.size}, FeatureLoss('vgg19', {args.layers!r}, weights=None) (random trunk), "
               f"{args.repeats} interleaved rounds after 2 warm-up rounds; {torch.get_num_threads()} threads; "
               f"{'CPU time of the process' if args.clock == 'cpu' else 'wall time'} per call; the model's ratio is "
-              "against the eager model."]
+              "against the eager model.",
+              "Matrix rate of this run (a 2048³ matmul): " + ", ".join(
+                  f"{name} {rates[name] / 1e9:.0f} GFLOP/s" for name in args.dtypes) +
+              f"; FLOPs per call (torch's counter: convolutions and matmuls, forward and input gradient): " +
+              ", ".join(f"{n} {w} {flops[(n, w)] / 1e9:.2f} G" for n, w in sorted(flops) if "eager" in w) + "."]
     return "\n".join(lines)
 
 
