@@ -193,10 +193,11 @@ def measure(args: argparse.Namespace) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         for net in args.nets:
             for size in args.sizes:
-                fns = contenders(net, size, args.pairs, batch, Path(tmp))
+                pairs = args.pairs or max(16, 64 * 64 * 64 // (size * size))
+                fns = contenders(net, size, pairs, batch, Path(tmp))
                 values = {name: fn() for name, fn in fns.items()}  # also the warm-up
                 times = bl.interleaved_medians(fns, "cpu", warmup=1, repeats=args.repeats)
-                rate = {name: args.pairs / t for name, t in times.items()}
+                rate = {name: pairs / t for name, t in times.items()}
                 fastest_peer = max(rate[name] for name in fns if name in PEERS)
                 expected = values["lpips (batched)"]
                 for name in fns:
@@ -204,7 +205,8 @@ def measure(args: argparse.Namespace) -> str:
                                  f"{relative_difference(values[name], expected):.1e} |")
                     print(lines[-1], flush=True)
                 signatures.append(f"- lpips-{net}, {size}²: `{fns['perceptloss (default)'].signature}`")
-    lines += ["", f"{args.pairs} pairs per contender and size, batches of {batch} (the score CLI's default) for every "
+    pairs = args.pairs or "64 (64²) or 16 (256² and larger)"
+    lines += ["", f"{pairs} pairs per contender and size, batches of {batch} (the score CLI's default) for every "
               f"batched contender, {args.repeats} interleaved rounds after one warm-up pass; wall time; "
               f"{torch.get_num_threads()} threads. Versions: lpips {_version('lpips')}, torchmetrics "
               f"{_version('torchmetrics')}, piq {_version('piq')}.", "",
@@ -216,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nets", default="vgg,alex", help="comma-separated LPIPS trunks: " + ", ".join(NETS))
     parser.add_argument("--sizes", default="64,256", help="comma-separated image sides in pixels")
-    parser.add_argument("--pairs", type=int, default=64, help="pairs each contender scores per round")
+    parser.add_argument("--pairs", type=int, default=None,
+                        help="pairs each contender scores per round (default: 64 at 64², fewer for larger images, "
+                             "the same pixels, at least 16)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the score CLI's)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")

@@ -13,6 +13,7 @@ if str(BENCH) not in sys.path:
 
 import bench_lib as bl  # noqa: E402
 import compile as bench_compile  # noqa: E402
+import evaluation as bench_evaluation  # noqa: E402
 import run as bench_run  # noqa: E402
 from .helpers import assert_close
 
@@ -155,3 +156,26 @@ def test_compile_benchmark_writes_its_table(tmp_path):
     for row in ("| fp32 | loss compiled |", "| fp32 | loss eager | ", "| fp32 | model compiled |", "| fp32 | model eager |"):
         assert row in text
     assert "2 graphs for 2 compiled contenders, 0 graphs built while timing" in text and "Reproduce: `python benchmarks/compile.py" in text
+    assert "of the matrix rate" in text and "Matrix rate of this run" in text
+
+
+def test_matrix_rate_and_flop_count():
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    x = torch.rand(2, 3, 16, 16)
+    assert bl.count_flops(lambda: conv(x)) == 2 * (2 * 16 * 16) * 8 * (3 * 9)  # 2 per multiply-add
+    assert bl.matrix_rate(torch.float32, size=64, repeats=1) > 0
+
+
+def test_evaluation_benchmark_scores_the_same_values_as_the_peers(tmp_path):
+    """Every contender scores the same pairs with the same trunk and heads: the float32 ones agree with the lpips
+    package to 1e-5 (the table's last column); no timing is asserted."""
+    out = tmp_path / "evaluation.md"
+    assert bench_evaluation.main(["--nets", "alex", "--sizes", "64", "--pairs", "4", "--repeats", "1",
+                                  "--output", str(out)]) == 0
+    rows = {line.split("|")[3].strip(): line.split("|") for line in out.read_text().splitlines()
+            if line.startswith("| alex |")}
+    assert set(rows) == {"perceptloss (default)", "perceptloss fp32", "lpips (batched)", "lpips (lpips_2dirs.py)",
+                         "torchmetrics"}
+    for name in ("perceptloss fp32", "lpips (lpips_2dirs.py)", "torchmetrics"):
+        assert float(rows[name][6]) <= 1e-5, name
+    assert float(rows["perceptloss (default)"][6]) <= 1e-2  # bfloat16 where the CPU computes it natively
