@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .._conv_relu import can_fuse, conv_relu
 from .._relu import keeps_output_while_tracing, relu_keeping_output
 from .._sizes import min_input_size
 from .._extractor import FeatureExtractor
@@ -47,11 +48,28 @@ class SequentialFeatures(FeatureExtractor):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         found: dict[int, torch.Tensor] = {}
-        for i, module in enumerate(self.features):
-            x = self._run(module, x)
-            if i in self._tapset:
-                found[i] = x
+        self._run_range(x, 0, len(self.features), found)
         return [found[i] for i in self.taps]
+
+    def _run_range(self, x: torch.Tensor, start: int, stop: int, found: dict[int, torch.Tensor] | None = None
+                   ) -> torch.Tensor:
+        """Modules ``start`` to ``stop - 1`` on ``x``; the tapped outputs go into ``found``. A convolution whose
+        output is not requested and the ReLU after it run as one oneDNN primitive where ``can_fuse`` allows
+        (``perceptloss._conv_relu``: the same values, without the ReLU's own pass over the activations)."""
+        modules = self.features
+        i = start
+        while i < stop:
+            module = modules[i]
+            if (i + 1 < stop and isinstance(modules[i + 1], nn.ReLU) and i not in self._tapset
+                    and can_fuse(module, x)):
+                x = conv_relu(module, x)
+                i += 1  # the ReLU's index: its output is x
+            else:
+                x = self._run(module, x)
+            if found is not None and i in self._tapset:
+                found[i] = x
+            i += 1
+        return x
 
     def min_input_sizes(self) -> dict[str, tuple[int, int]] | None:
         """The smallest (H, W) input for each requested layer (from the trunk's kernels, strides and pools)."""
@@ -64,9 +82,7 @@ class SequentialFeatures(FeatureExtractor):
         return sizes
 
     def _segment(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        for module in list(self.features)[start:stop]:
-            x = self._run(module, x)
-        return x
+        return self._run_range(x, start, stop)
 
     @staticmethod
     def _run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
