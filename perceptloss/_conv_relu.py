@@ -9,9 +9,10 @@ registers (a "post-op"), which is what inductor's CPU backend emits for conv + R
 same primitive (``torch.ops.mkldnn._convolution_pointwise``) from eager code. Its backward is the usual one: the
 gradient masked where the saved output is 0, then the convolution's input gradient (the weights are frozen).
 
-Used where it is the same computation: CPU tensors in float32, or bfloat16 where oneDNN runs bfloat16
-convolutions (float64 and float16 keep the two operators), an ``nn.Conv2d`` with zero padding, outside ``torch.compile`` (inductor fuses them itself)
-and ``torch.func`` transforms, and with a oneDNN-enabled torch.
+Used where it is the same computation: CPU tensors in float32, or bfloat16 where oneDNN runs bfloat16 convolutions
+(float64 and float16 keep the two operators), an ``nn.Conv2d`` with zero padding, outside CPU autocast (which casts
+``conv2d``'s inputs, not this operator's), ``torch.compile`` (inductor fuses them itself) and ``torch.func``
+transforms, and with a oneDNN-enabled torch.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ def can_fuse(conv: nn.Module, x: torch.Tensor) -> bool:
     return (_AVAILABLE and type(conv) is nn.Conv2d and conv.padding_mode == "zeros"
             and isinstance(conv.padding, tuple) and x.device.type == "cpu" and x.dim() == 4
             and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _BF16)) and conv.weight.dtype == x.dtype
+            and not torch.is_autocast_enabled("cpu")  # autocast casts conv2d's inputs; the oneDNN op it does not
             and not torch.compiler.is_compiling() and not torch.jit.is_scripting()
             and not functorch_transform_active())
 
