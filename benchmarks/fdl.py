@@ -71,7 +71,8 @@ def step(loss: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
 _FFT = ("aten::_fft_r2c", "aten::_fft_c2c", "aten::_fft_c2r")
 _SORT = ("aten::sort", "aten::scatter", "aten::scatter_", "aten::gather")
 _PHASE = ("aten::abs", "aten::angle", "aten::atan2", "aten::hypot", "aten::sgn", "aten::view_as_real")
-_CONV = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution", "aten::thnn_conv2d",
+_CONV = ("aten::mkldnn_convolution", "mkldnn::_convolution_pointwise",  # the latter: a trunk's conv + ReLU in one
+         "aten::convolution_backward", "aten::_convolution", "aten::thnn_conv2d",
          "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward", "aten::convolution", "aten::conv2d")
 
 
