@@ -361,6 +361,15 @@ def test_a_factory_gets_the_keywords_it_accepts(user_package, folders, tmp_path,
     create_metric("pl_user_metrics.factories:make", weights="default", dtype=None)
     with pytest.raises(MetricError, match="takes no weights argument; leave it out"):
         create_metric("pl_user_metrics.factories:make", weights="w.pth")
+    # dtype="auto" (the command line's default) is a preference: a factory without dtype is built as it is,
+    # an explicit dtype it cannot take is an error
+    create_metric("pl_user_metrics.factories:make", dtype="auto")
+    with pytest.raises(MetricError, match="takes no dtype argument"):
+        create_metric("pl_user_metrics.factories:make", dtype=torch.bfloat16)
+    out = tmp_path / "default.json"
+    assert cli(["score", *map(str, folders), "--metric", "pl_user_metrics.factories:make", "--workers", "0",
+                "--quiet", "--json", str(out)]) == 0, capsys.readouterr().err
+    assert json.loads(out.read_text())["metrics"]["pl_user_metrics.factories:make"]["n"] > 0
 
 
 def test_the_check_leaves_the_module_as_it_was(user_package):
