@@ -32,6 +32,10 @@ def _check_weights(weights: Sequence[float] | None, layers: int) -> list[float]:
     """One finite weight >= 0 per layer (1.0 each when None)."""
     if weights is None:
         return [1.0] * layers
+    if torch.compiler.is_compiling():
+        # checked eagerly where the loss was built; while dynamo traces, a weight that changed between two
+        # compilations of this code is a symbolic float (automatic dynamic), on which math.isfinite breaks the graph
+        return list(weights)
     return [check_number(f"the weight of layer {l} (weights[{l}])", w, minimum=0.0) for l, w in enumerate(weights)]
 
 

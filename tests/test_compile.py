@@ -94,6 +94,19 @@ def test_compiled_feature_distance_calls_the_fused_operator(fused):
 # ------------------------------------------------------------------------------------------ the loss, compiled
 
 
+def test_layer_weights_that_change_between_compilations_keep_one_graph():
+    """dynamo makes a float that differs between two compilations of the same code symbolic ("automatic
+    dynamic"); the weights' number check must not run on it (math.isfinite broke the graph: fullgraph=True failed
+    for the second loss with other layer weights in a process). Values follow each call's weights."""
+    torch.compiler.reset()
+    g = torch.Generator().manual_seed(0)
+    a, b = [torch.rand(2, 3, 4, 4, generator=g)], [torch.rand(2, 3, 4, 4, generator=g)]
+    for w in (1.0, 2.0, 3.0):
+        compiled = torch.compile(lambda a, b: feature_distance(a, b, [w]), fullgraph=True, backend="aot_eager")
+        assert_close(compiled(a, b), feature_distance(a, b, [w]))
+    torch.compiler.reset()
+
+
 @pytest.mark.parametrize("dtype", [None, "auto"], ids=["fp32", "auto"])
 def test_compiled_loss_and_model_are_one_graph_with_the_fused_operator_and_channels_last(dtype):
     """FeatureLoss("vgg19", "dfc123") alone and inside a model: one graph each, the fused operator (when built)
