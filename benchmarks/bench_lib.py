@@ -8,12 +8,14 @@ the fused operator's CPU kernel level (or the GPU), and whether a lower ISA is e
 """
 from __future__ import annotations
 
+import datetime
 import os
 from pathlib import Path
 import platform
 import random
 import re
 import statistics
+import sys
 import time
 from typing import Callable
 
@@ -205,19 +207,22 @@ def count_flops(fn: Callable[[], object]) -> int:
     from torch.utils.flop_counter import flop_registry
 
     class Counter(TorchDispatchMode):  # FlopCounterMode's count without its module tracker, which refuses
-        total = 0                      # torch.autograd.grad (the benchmarks' backward)
+        def __init__(self) -> None:    # torch.autograd.grad (the benchmarks' backward)
+            super().__init__()
+            self.total = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
             formula = flop_registry.get(func._overloadpacket)
             if formula is not None:
-                Counter.total += formula(*args, **kwargs, out_val=out)
+                self.total += formula(*args, **kwargs, out_val=out)
             return out
 
-    with Counter():
+    counter = Counter()
+    with counter:
         fn()
-    return int(Counter.total)
+    return int(counter.total)
 
 
 def read_floor(a, b, w):
@@ -394,11 +399,28 @@ def describe_machine(device: str) -> str:
     return "\n".join(f"- {k}: {v}" for k, v in machine_info(device).items())
 
 
+def result_head(title: str, device: str, script: str, argv: list[str] | None) -> list[str]:
+    """The head of a result file: ``# title (device, kind, date)``, the machine, and the command that reproduces
+    the run (the emulation variables in effect, then ``python benchmarks/<script>`` with ``argv``, sys.argv's
+    when None)."""
+    env = " ".join(f"{k}={v}" for k, v in emulation().items())
+    args = " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = f"{env + ' ' if env else ''}python benchmarks/{script} {args}".strip()
+    today = datetime.date.today().isoformat()
+    return [f"# {title} ({device}, {device_kind(device)}, {today})", "", describe_machine(device), "",
+            f"Reproduce: `{cmd}`", ""]
+
+
+def write_result(text: str, out: Path) -> None:
+    """Write a result file atomically (a temporary file renamed), creating its folder."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+
+
 def print_and_write(text: str, out: Path | None) -> None:
-    """Print a result table and, when ``out`` is given, write it there atomically (a temporary file renamed)."""
+    """Print a result table and, when ``out`` is given, write it there atomically (``write_result``)."""
     print(text)
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(out)
+        write_result(text, out)

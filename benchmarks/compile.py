@@ -163,19 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PERCEPTLOSS_OFFLINE", "1")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    today = datetime.date.today().isoformat()
-    env = " ".join(f"{k}={v}" for k, v in bl.emulation().items())
-    cmd = f"{env + ' ' if env else ''}python benchmarks/compile.py {' '.join(sys.argv[1:] if argv is None else argv)}"
-    head = [f"# Eager vs torch.compile (cpu, {bl.device_kind('cpu')}, {today})", "", bl.describe_machine("cpu"), "",
-            f"Reproduce: `{cmd.strip()}`", ""]
+    head = bl.result_head("Eager vs torch.compile", "cpu", "compile.py", argv)
     print("\n".join(head), flush=True)
     body = measure(args)
     print(body, flush=True)
+    today = datetime.date.today().isoformat()
     path = Path(args.output) if args.output else HERE / "results" / f"cpu-{today}-{bl.device_kind('cpu')}-compile.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(head) + "\n" + body + "\n")
-    tmp.replace(path)
+    bl.write_result("\n".join(head) + "\n" + body + "\n", path)
     print(f"written {path}")
     return 0
 

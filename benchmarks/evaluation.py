@@ -47,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_lib as bl  # noqa: E402
-from peers import _no_downloads, _version  # noqa: E402
+from peers import installed_version, no_downloads  # noqa: E402
 
 NETS = ("vgg", "alex")
 #: A contender scores all pairs and returns the values it reports: (pairs,) per pair, or a 0-dim mean.
@@ -59,17 +59,21 @@ def lpips_reference(net: str) -> torch.nn.Module:
     import lpips
 
     torch.manual_seed(0)
-    with _no_downloads():
+    with no_downloads():
         ref = lpips.LPIPS(net=net, pnet_rand=True, pretrained=True, verbose=False)
     return ref.eval().requires_grad_(False)
 
 
+def trunk_state(ref: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """lpips' ``net.sliceK.<index>.*`` trunk tensors under torchvision's ``features.<index>.*`` names."""
+    return {re.sub(r"^net\.slice\d+\.", "features.", k): v for k, v in ref.state_dict().items()
+            if k.startswith("net.")}
+
+
 def trunk_file(ref: torch.nn.Module, folder: Path, net: str) -> Path:
-    """lpips' ``net.sliceK.<index>.*`` trunk tensors saved under torchvision's ``features.<index>.*`` names."""
-    state = {re.sub(r"^net\.slice\d+\.", "features.", k): v for k, v in ref.state_dict().items()
-             if k.startswith("net.")}
+    """``trunk_state(ref)`` saved as a torchvision checkpoint in ``folder``."""
     path = folder / f"{net}-random-trunk.pth"
-    torch.save(state, path)
+    torch.save(trunk_state(ref), path)
     return path
 
 
@@ -116,11 +120,10 @@ def lpips_script_loop(ref: torch.nn.Module, x, y) -> Contender:
 def torchmetrics_contender(net: str, ref: torch.nn.Module, batch: int, x, y) -> Contender:
     from torchmetrics.image import lpip
 
-    trunk = {k: v for k, v in ref.state_dict().items()}
     random_trunk = functools.partial(lpip._NoTrainLpips, pnet_rand=True)
-    with _no_downloads(), mock.patch.object(lpip, "_NoTrainLpips", random_trunk):
+    with no_downloads(), mock.patch.object(lpip, "_NoTrainLpips", random_trunk):
         metric = lpip.LearnedPerceptualImagePatchSimilarity(net_type=net, reduction="mean", normalize=True)
-    metric.net.load_state_dict(trunk, strict=False)  # the same trunk (its heads are lpips' own already)
+    metric.net.load_state_dict(ref.state_dict(), strict=False)  # the same trunk (its heads are lpips' own already)
     metric = metric.eval().requires_grad_(False)
 
     def run() -> torch.Tensor:
@@ -137,8 +140,7 @@ def piq_contender(ref: torch.nn.Module, batch: int, x, y) -> Contender:
     import piq.perceptual
     import torchvision
 
-    trunk = {re.sub(r"^net\.slice\d+\.", "features.", k): v for k, v in ref.state_dict().items()
-             if k.startswith("net.")}
+    trunk = trunk_state(ref)
 
     def vgg16(*args: object, **kwargs: object) -> torch.nn.Module:
         model = torchvision.models.vgg16(weights=None)
@@ -146,7 +148,7 @@ def piq_contender(ref: torch.nn.Module, batch: int, x, y) -> Contender:
         return model
 
     heads = heads_of(ref)
-    with _no_downloads(), mock.patch.object(piq.perceptual, "vgg16", vgg16), \
+    with no_downloads(), mock.patch.object(piq.perceptual, "vgg16", vgg16), \
             mock.patch.object(torch.hub, "load_state_dict_from_url", lambda *a, **k: heads):
         metric = piq.LPIPS(reduction="none").eval().requires_grad_(False)
 
@@ -208,8 +210,8 @@ def measure(args: argparse.Namespace) -> str:
     pairs = args.pairs or "64 (64²) or 16 (256² and larger)"
     lines += ["", f"{pairs} pairs per contender and size, batches of {batch} (the score CLI's default) for every "
               f"batched contender, {args.repeats} interleaved rounds after one warm-up pass; wall time; "
-              f"{torch.get_num_threads()} threads. Versions: lpips {_version('lpips')}, torchmetrics "
-              f"{_version('torchmetrics')}, piq {_version('piq')}.", "",
+              f"{torch.get_num_threads()} threads. Versions: lpips {installed_version('lpips')}, torchmetrics "
+              f"{installed_version('torchmetrics')}, piq {installed_version('piq')}.", "",
               "The default contender's signatures (the precision it picked is in `dtype:`):", *signatures]
     return "\n".join(lines)
 
@@ -235,15 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning, module="torchmetrics")
-    today = datetime.date.today().isoformat()
-    env = " ".join(f"{k}={v}" for k, v in bl.emulation().items())
-    cmd = f"{env + ' ' if env else ''}python benchmarks/evaluation.py {' '.join(sys.argv[1:] if argv is None else argv)}"
-    head = [f"# Evaluation throughput, LPIPS (cpu, {bl.device_kind('cpu')}, {today})", "",
-            bl.describe_machine("cpu"), "", f"Reproduce: `{cmd.strip()}`", ""]
+    head = bl.result_head("Evaluation throughput, LPIPS", "cpu", "evaluation.py", argv)
     print("\n".join(head), flush=True)
-    body = measure(args)
+    body = measure(args)  # prints each row as it is measured
+    print(body.split("\n\n", 1)[1], flush=True)  # then what follows the table
+    today = datetime.date.today().isoformat()
     path = Path(args.output) if args.output else HERE / "results" / f"cpu-{today}-{bl.device_kind('cpu')}-evaluation.md"
-    bl.print_and_write("\n".join(head) + "\n" + body + "\n", path)
+    bl.write_result("\n".join(head) + "\n" + body + "\n", path)
     print(f"written {path}")
     return 0
 

@@ -22,7 +22,7 @@ How each one is built without downloading anything:
   ``torchmetrics.image.lpip`` with ``partial(_NoTrainLpips, pnet_rand=True)`` during the constructor.
   Its linear heads come from ``lpips_models/vgg.pth`` inside the wheel (trained ones).
 
-Each build runs under ``_no_downloads()``, which makes ``torch.hub.download_url_to_file`` raise, so a
+Each build runs under ``no_downloads()``, which makes ``torch.hub.download_url_to_file`` raise, so a
 peer version that starts fetching weights fails loudly with the URL instead of going online. (Not
 covered: importing ``torchmetrics.image.lpip`` with ``SKIP_SLOW_DOCTEST`` set in the environment starts
 a child process that tries to download the pretrained LPIPS at import time; leave that variable unset.)
@@ -44,7 +44,7 @@ Device = Union[str, torch.device]
 M = TypeVar("M", bound=nn.Module)
 
 
-def _version(dist: str) -> str:
+def installed_version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -52,7 +52,7 @@ def _version(dist: str) -> str:
 
 
 @contextlib.contextmanager
-def _no_downloads() -> Iterator[None]:
+def no_downloads() -> Iterator[None]:
     """Any download through torch.hub (which torchvision's weight loading also uses) raises."""
     def refuse(url: str, *args: object, **kwargs: object) -> None:
         raise RuntimeError(f"peer tried to download {url}; it must be built offline")
@@ -78,7 +78,7 @@ def build_lpips(device: Device) -> LossFn:
     squared difference, learned 1x1 linear head per layer, spatial mean, sum over layers."""
     import lpips
 
-    with _no_downloads():
+    with no_downloads():
         net = _frozen(lpips.LPIPS(net="vgg", pnet_rand=True, pretrained=True, verbose=False), device)
     return lambda x, y: net(x, y, normalize=True).mean()  # normalize=True: maps [0, 1] to [-1, 1]
 
@@ -93,7 +93,7 @@ def build_piq_lpips(device: Device) -> LossFn:
         assert url == piq.LPIPS._weights_url, url  # the only thing piq.LPIPS fetches this way
         return [torch.rand(1, c, 1, 1) for c in (64, 128, 256, 512, 512)]
 
-    with _no_downloads(), mock.patch.object(piq.perceptual, "vgg16", _random_vgg("vgg16")), \
+    with no_downloads(), mock.patch.object(piq.perceptual, "vgg16", _random_vgg("vgg16")), \
             mock.patch.object(torch.hub, "load_state_dict_from_url", random_heads):
         loss = _frozen(piq.LPIPS(reduction="mean"), device)
     return loss  # expects [0, 1]; the per-channel weights are plain tensors, moved to x's device per call
@@ -106,7 +106,7 @@ def build_piq_content(device: Device) -> LossFn:
     import piq.perceptual
 
     layers = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-    with _no_downloads(), mock.patch.object(piq.perceptual, "vgg19", _random_vgg("vgg19")):
+    with no_downloads(), mock.patch.object(piq.perceptual, "vgg19", _random_vgg("vgg19")):
         loss = piq.ContentLoss("vgg19", layers=layers, weights=[1.0] * len(layers), reduction="mean")
     return _frozen(loss, device)  # expects [0, 1]
 
@@ -117,7 +117,7 @@ def build_torchmetrics(device: Device) -> LossFn:
     from torchmetrics.image import lpip
 
     random_trunk = functools.partial(lpip._NoTrainLpips, pnet_rand=True)
-    with _no_downloads(), mock.patch.object(lpip, "_NoTrainLpips", random_trunk):
+    with no_downloads(), mock.patch.object(lpip, "_NoTrainLpips", random_trunk):
         metric = lpip.LearnedPerceptualImagePatchSimilarity(net_type="vgg", reduction="mean", normalize=True)
     metric = _frozen(metric, device)
 
@@ -131,8 +131,8 @@ def build_torchmetrics(device: Device) -> LossFn:
 
 #: key -> (label with the installed version, builder).
 PEERS: dict[str, tuple[str, Callable[[Device], LossFn]]] = {
-    "lpips": (f"lpips {_version('lpips')} LPIPS(vgg)", build_lpips),
-    "piq-lpips": (f"piq {_version('piq')} LPIPS(vgg16)", build_piq_lpips),
-    "piq-content": (f"piq {_version('piq')} ContentLoss(vgg19, relu1_1..relu5_1)", build_piq_content),
-    "torchmetrics-lpips": (f"torchmetrics {_version('torchmetrics')} LPIPS(vgg)", build_torchmetrics),
+    "lpips": (f"lpips {installed_version('lpips')} LPIPS(vgg)", build_lpips),
+    "piq-lpips": (f"piq {installed_version('piq')} LPIPS(vgg16)", build_piq_lpips),
+    "piq-content": (f"piq {installed_version('piq')} ContentLoss(vgg19, relu1_1..relu5_1)", build_piq_content),
+    "torchmetrics-lpips": (f"torchmetrics {installed_version('torchmetrics')} LPIPS(vgg)", build_torchmetrics),
 }

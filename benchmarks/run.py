@@ -443,10 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     memory = args.memory or ("inline" if args.device.startswith("cuda") else "process")
     cases = args.cases.split(",")
     today = datetime.date.today().isoformat()
-    cmd = " ".join(f"{k}={v}" for k, v in bl.emulation().items())
-    cmd = (cmd + " " if cmd else "") + "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    parts = [f"# perceptloss benchmarks ({args.device}, {bl.device_kind(args.device)}, {today})", "",
-             bl.describe_machine(args.device), "", f"Reproduce: `{cmd.strip()}`", ""]
+    parts = bl.result_head("perceptloss benchmarks", args.device, "run.py", argv)
     run = {"operator": ("## 1. Fused operator",
                         lambda: bench_operator(args.device, args.repeats, cases, dtypes, args.levels)),
            "loss": ("## 2. Whole loss (VGG19 + distance, forward + backward)",
@@ -464,8 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         print(body + "\n", flush=True)
         parts += [title, "", body, ""]
     path = Path(args.output) if args.output else result_path(args.out, args.device, sections, today)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts))
+    bl.write_result("\n".join(parts), path)
     print(f"written {path}")
     return 0
 
