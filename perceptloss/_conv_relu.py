@@ -21,6 +21,7 @@ from torch import nn
 
 from ._dtypes import functorch_transform_active
 
+
 def _pointwise_available() -> bool:
     try:
         return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
@@ -53,12 +54,18 @@ def can_fuse(conv: nn.Module, x: torch.Tensor) -> bool:
             and not functorch_transform_active())
 
 
+def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list[int],
+               padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
+    """oneDNN's convolution with a ReLU post-op (the operator takes padding before stride)."""
+    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, padding, stride, dilation, groups, "relu",
+                                                   [None], "")
+
+
 class _ConvReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list[int],
                 padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
-        y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, padding, stride, dilation, groups, "relu",
-                                                    [None], "")
+        y = _pointwise(x, weight, bias, stride, padding, dilation, groups)
         ctx.save_for_backward(x, weight, y)
         ctx.conf = (stride, padding, dilation, groups, bias is not None)
         return y
@@ -77,9 +84,7 @@ class _ConvReLU(torch.autograd.Function):
 
 def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``relu(conv(x))`` in one oneDNN primitive, with its gradient; call where :func:`can_fuse` is True."""
+    args = (x, conv.weight, conv.bias, list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
     if not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)):
-        return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, list(conv.padding),
-                                                       list(conv.stride), list(conv.dilation), conv.groups,
-                                                       "relu", [None], "")
-    return _ConvReLU.apply(x, conv.weight, conv.bias, list(conv.stride), list(conv.padding), list(conv.dilation),
-                           conv.groups)
+        return _pointwise(*args)  # nothing to differentiate: no autograd node, nothing saved
+    return _ConvReLU.apply(*args)

@@ -187,9 +187,8 @@ def create_metric(name: str, *, weights: str | Path | None = "default", dtype: A
                           "another reduction build the loss class itself (perceptloss.LPIPS(..., reduction='mean'))")
     entry = get_metric(name)
     arguments = {"weights": weights, "dtype": dtype, **kwargs}
-    defaults = {"weights": ("default",), "dtype": (None, "auto")}
     what = f"factory {name}" if entry.build is _factory else f"the build function of metric {entry.name!r}"
-    call = _with_accepted(name, entry.build, arguments, defaults, what, positional=int(entry.matches is not None))
+    call = _with_accepted(name, entry.build, arguments, what, positional=int(entry.matches is not None))
     module = call(name) if entry.matches is not None else call()
     if entry.build is _factory or not _builtin(entry):  # the user's code: checked once
         check_per_sample(name, module, what)
@@ -241,12 +240,17 @@ def _builtin(entry: MetricEntry) -> bool:
     return any(entry is b for b in _BUILTINS)
 
 
-def _with_accepted(name: str, build: Callable[..., Any], arguments: dict[str, Any],
-                   defaults: dict[str, tuple[Any, ...]], what: str, positional: int = 0) -> Callable[..., Any]:
+#: The values of create_metric's own arguments that a build function or factory without such a parameter is
+#: built without: each one's default, and ``dtype="auto"`` (a preference, not a demand).
+_LEAVABLE: dict[str, tuple[Any, ...]] = {"weights": ("default",), "dtype": (None, "auto")}
+
+
+def _with_accepted(name: str, build: Callable[..., Any], arguments: dict[str, Any], what: str,
+                   positional: int = 0) -> Callable[..., Any]:
     """``build`` bound to the ``arguments`` it accepts (after ``positional`` positional ones); one it does not
-    take is an error unless it has one of the values ``defaults`` lists for it (its default, or ``dtype="auto"``:
-    a preference for the hardware's fastest precision, which a factory without a ``dtype`` parameter cannot take,
-    so it is built as it is), and so is a parameter nothing fills."""
+    take is an error unless it has one of the values ``_LEAVABLE`` lists for it (its default, or
+    ``dtype="auto"``: a preference for the hardware's fastest precision, which a factory without a ``dtype``
+    parameter cannot take, so it is built as it is), and so is a parameter nothing fills."""
     try:
         params = list(inspect.signature(build).parameters.values())
     except (TypeError, ValueError):  # no signature to read (some builtins): pass everything
@@ -260,7 +264,7 @@ def _with_accepted(name: str, build: Callable[..., Any], arguments: dict[str, An
     else:
         accepted = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - filled
         refused = [k for k, v in arguments.items()
-                   if k not in accepted and not (k in defaults and any(v is d or v == d for d in defaults[k]))]
+                   if k not in accepted and not any(v is d or v == d for d in _LEAVABLE.get(k, ()))]
         if refused:
             raise MetricError(f"metric {name!r}: {what} takes no {', '.join(refused)} argument; leave "
                               f"{'it' if len(refused) == 1 else 'them'} out, or give it such a keyword parameter")
@@ -384,8 +388,7 @@ def _factory(name: str, **arguments: Any) -> nn.Module:
     if not callable(factory):
         raise MetricError(f"metric {name!r}: {module_name}.{attribute} is a {type(factory).__name__}, not callable; "
                           "name a function (or class) that returns the metric module")
-    defaults = {"weights": ("default",), "dtype": (None, "auto")}
-    return _with_accepted(name, factory, arguments, defaults, f"factory {module_name}:{attribute}")()
+    return _with_accepted(name, factory, arguments, f"factory {module_name}:{attribute}")()
 
 
 _BUILTINS: tuple[MetricEntry, ...] = (
