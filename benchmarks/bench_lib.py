@@ -411,6 +411,14 @@ def result_head(title: str, device: str, script: str, argv: list[str] | None) ->
             f"Reproduce: `{cmd}`", ""]
 
 
+def result_file(output: str | None, kind: str, device: str = "cpu") -> Path:
+    """``output`` as a Path, or by default ``benchmarks/results/<device>-<date>-<machine kind>-<kind>.md``."""
+    if output:
+        return Path(output)
+    today = datetime.date.today().isoformat()
+    return Path(__file__).resolve().parent / "results" / f"{device}-{today}-{device_kind(device)}-{kind}.md"
+
+
 def write_result(text: str, out: Path) -> None:
     """Write a result file atomically (a temporary file renamed), creating its folder."""
     out.parent.mkdir(parents=True, exist_ok=True)

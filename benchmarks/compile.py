@@ -33,7 +33,6 @@ other jobs do not inflate (``time.process_time``; with one thread it is the work
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 import tempfile
@@ -167,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(head), flush=True)
     body = measure(args)
     print(body, flush=True)
-    today = datetime.date.today().isoformat()
-    path = Path(args.output) if args.output else HERE / "results" / f"cpu-{today}-{bl.device_kind('cpu')}-compile.md"
+    path = bl.result_file(args.output, "compile")
     bl.write_result("\n".join(head) + "\n" + body + "\n", path)
     print(f"written {path}")
     return 0

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import functools
 import os
 import re
@@ -241,8 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(head), flush=True)
     body = measure(args)  # prints each row as it is measured
     print(body.split("\n\n", 1)[1], flush=True)  # then what follows the table
-    today = datetime.date.today().isoformat()
-    path = Path(args.output) if args.output else HERE / "results" / f"cpu-{today}-{bl.device_kind('cpu')}-evaluation.md"
+    path = bl.result_file(args.output, "evaluation")
     bl.write_result("\n".join(head) + "\n" + body + "\n", path)
     print(f"written {path}")
     return 0
