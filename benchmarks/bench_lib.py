@@ -202,9 +202,13 @@ def matrix_rate(dtype: torch.dtype, device: str = "cpu", size: int = 2048, repea
 def count_flops(fn: Callable[[], object]) -> int:
     """The floating-point operations of one call of ``fn`` as torch's FLOP counter counts them: matrix
     multiplications and convolutions, forward and backward (the input gradient only where the weights are
-    frozen), 2 per multiply-add; elementwise operations are not counted."""
+    frozen), 2 per multiply-add; elementwise operations are not counted. The trunks' convolution + ReLU primitive
+    (oneDNN's ``_convolution_pointwise``, ``perceptloss._conv_relu``), which the counter's table does not know, is
+    counted as the convolution it is."""
     from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import flop_registry
+    from torch.utils.flop_counter import conv_flop_count, flop_registry
+
+    pointwise = getattr(getattr(torch.ops.mkldnn, "_convolution_pointwise", None), "default", None)
 
     class Counter(TorchDispatchMode):  # FlopCounterMode's count without its module tracker, which refuses
         def __init__(self) -> None:    # torch.autograd.grad (the benchmarks' backward)
@@ -215,7 +219,9 @@ def count_flops(fn: Callable[[], object]) -> int:
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
             formula = flop_registry.get(func._overloadpacket)
-            if formula is not None:
+            if func is pointwise:  # (x, weight, bias, padding, stride, dilation, groups, ...)
+                self.total += conv_flop_count(list(args[0].shape), list(args[1].shape), list(out.shape), False)
+            elif formula is not None:
                 self.total += formula(*args, **kwargs, out_val=out)
             return out
 

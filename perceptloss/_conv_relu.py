@@ -13,13 +13,22 @@ Used where it is the same computation: CPU tensors in float32, or bfloat16 where
 (float64 and float16 keep the two operators), an ``nn.Conv2d`` with zero padding, outside CPU autocast (which casts
 ``conv2d``'s inputs, not this operator's), ``torch.compile`` (inductor fuses them itself) and ``torch.func``
 transforms, and with a oneDNN-enabled torch.
+
+The backward's elementwise passes run as the compiled operator's CPU kernels where it is built (``relu_backward``,
+``max_pool2x2_relu_backward``; ATen's ``threshold_backward`` and max-pool backward otherwise, and when a second
+order gradient is asked, as those are differentiable): a 2x2 max-pool after the ReLU joins the primitive (no int64
+indices written in the forward; the backward sends each window's gradient to its first maximum and masks it in
+one pass), and a tapped ReLU, whose output is read by the loss and by the next convolution, gets its two gradients
+as two outputs' gradients summed inside the mask's pass instead of autograd's in-place add first.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._dtypes import functorch_transform_active
+from ._ops import has_relu_kernels
 
 
 def _pointwise_available() -> bool:
@@ -61,30 +70,114 @@ def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                                                    [None], "")
 
 
+def is_pool2x2(module: nn.Module) -> bool:
+    """Whether ``module`` is a plain 2x2, stride-2 max-pool (VGG's), which :func:`conv_relu` can fuse."""
+    def pair(v):
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    return (type(module) is nn.MaxPool2d and pair(module.kernel_size) == (2, 2) and pair(module.stride) == (2, 2)
+            and pair(module.padding) == (0, 0) and pair(module.dilation) == (1, 1) and not module.ceil_mode
+            and not module.return_indices)
+
+
+def _pool(y: torch.Tensor) -> torch.Tensor:
+    """``max_pool2d(y, 2, 2)``, without the indices ATen's CPU max-pool writes even when nothing reads them."""
+    return torch.ops.perceptloss.max_pool2x2(y) if has_relu_kernels() else F.max_pool2d(y, 2, 2)
+
+
+def _relu_grad(grad: torch.Tensor | None, output: torch.Tensor, grad2: torch.Tensor | None) -> torch.Tensor:
+    """``grad + grad2`` where ``output = relu(x) > 0``, else 0 (either gradient may be None, not both)."""
+    if grad is None:
+        grad, grad2 = grad2, None
+    if has_relu_kernels() and not torch.is_grad_enabled():  # create_graph: differentiable ATen ops below
+        return torch.ops.perceptloss.relu_backward(grad, output, grad2)
+    if grad2 is not None:
+        grad = grad + grad2
+    return torch.ops.aten.threshold_backward(grad, output, 0)
+
+
+def _pool_relu_grad(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """The gradient of ``x`` through ``max_pool2d(relu(x), 2, 2)`` from the pooled gradient and ``relu(x)``."""
+    if has_relu_kernels() and not torch.is_grad_enabled():
+        return torch.ops.perceptloss.max_pool2x2_relu_backward(grad, output)
+    window = ([2, 2], [2, 2], [0, 0], [1, 1], False)
+    with torch.no_grad():
+        _, indices = torch.ops.aten.max_pool2d_with_indices(output, *window)
+    unpooled = torch.ops.aten.max_pool2d_with_indices_backward(grad, output, *window, indices)
+    return torch.ops.aten.threshold_backward(unpooled, output, 0)
+
+
+def _forward(ctx, x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
+    y = _pointwise(x, weight, bias, stride, padding, dilation, groups)
+    ctx.save_for_backward(x, weight, y)
+    ctx.conf = (stride, padding, dilation, groups, bias is not None)
+    return y
+
+
+def _backward(ctx, x: torch.Tensor, weight: torch.Tensor, masked: torch.Tensor):
+    """The convolution's gradients from the gradient of its output (the ReLU's mask applied); ``x`` and
+    ``weight`` from ``ctx.saved_tensors``, which a checkpointed segment lets a backward unpack once only."""
+    stride, padding, dilation, groups, has_bias = ctx.conf
+    wants = ctx.needs_input_grad
+    grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+        masked, x, weight, [weight.shape[0]] if has_bias else None, stride, padding, dilation, False,
+        [0] * len(stride), groups, [wants[0], wants[1], has_bias and wants[2]])
+    return grad_x, grad_w, grad_b, None, None, None, None
+
+
 class _ConvReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list[int],
-                padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
-        y = _pointwise(x, weight, bias, stride, padding, dilation, groups)
-        ctx.save_for_backward(x, weight, y)
-        ctx.conf = (stride, padding, dilation, groups, bias is not None)
-        return y
+    """``relu(conv(x))``."""
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        return _forward(ctx, x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
         x, weight, y = ctx.saved_tensors
-        stride, padding, dilation, groups, has_bias = ctx.conf
-        masked = torch.ops.aten.threshold_backward(grad, y, 0)
-        wants = ctx.needs_input_grad
-        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            masked, x, weight, [weight.shape[0]] if has_bias else None, stride, padding, dilation, False,
-            [0] * len(stride), groups, [wants[0], wants[1], has_bias and wants[2]])
-        return grad_x, grad_w, grad_b, None, None, None, None
+        return _backward(ctx, x, weight, _relu_grad(grad, y, None))
 
 
-def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``relu(conv(x))`` in one oneDNN primitive, with its gradient; call where :func:`can_fuse` is True."""
+class _ConvReLUTapped(torch.autograd.Function):
+    """``relu(conv(x))`` twice, as the input of the next module and as a requested feature: autograd hands the
+    two gradients to this backward instead of adding them into one tensor first."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not a tensor of zeros
+        y = _forward(ctx, x, weight, bias, stride, padding, dilation, groups)
+        return y, y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, grad, grad_tap):
+        if grad is None and grad_tap is None:
+            return None, None, None, None, None, None, None
+        x, weight, y = ctx.saved_tensors
+        return _backward(ctx, x, weight, _relu_grad(grad, y, grad_tap))
+
+
+class _ConvReLUPool(torch.autograd.Function):
+    """``max_pool2d(relu(conv(x)), 2, 2)``: the pool's forward writes no indices; its backward and the ReLU's
+    are one pass."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        return _pool(_forward(ctx, x, weight, bias, stride, padding, dilation, groups))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, y = ctx.saved_tensors
+        return _backward(ctx, x, weight, _pool_relu_grad(grad, y))
+
+
+def conv_relu(conv: nn.Conv2d, x: torch.Tensor, *, tapped: bool = False, pool: bool = False):
+    """``relu(conv(x))`` in one oneDNN primitive, with its gradient; call where :func:`can_fuse` is True.
+
+    ``pool=True``: ``max_pool2d(relu(conv(x)), 2, 2)`` (see :func:`is_pool2x2`). ``tapped=True``: a pair of the
+    same values, one for the next module and one for the loss (see ``_ConvReLUTapped``)."""
     args = (x, conv.weight, conv.bias, list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
     if not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)):
-        return _pointwise(*args)  # nothing to differentiate: no autograd node, nothing saved
-    return _ConvReLU.apply(*args)
+        y = _pointwise(*args)  # nothing to differentiate: no autograd node, nothing saved
+        return _pool(y) if pool else ((y, y) if tapped else y)
+    if pool:
+        return _ConvReLUPool.apply(*args)
+    return _ConvReLUTapped.apply(*args) if tapped else _ConvReLU.apply(*args)

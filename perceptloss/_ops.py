@@ -51,6 +51,17 @@ def _registered_kernels() -> frozenset[str]:
 _KERNELS = _registered_kernels()  # looked up once: torch.compile cannot trace the dispatcher query
 
 
+_RELU_KERNELS = HAS_EXT and all(
+    torch._C._dispatch_has_kernel_for_dispatch_key(f"perceptloss::{op}", "CPU")
+    for op in ("relu_backward", "max_pool2x2_relu_backward", "max_pool2x2"))
+
+
+def has_relu_kernels() -> bool:
+    """True when the operator's CPU kernels for the trunks' 2x2 max-pool and ReLU / max-pool backward are built
+    (``perceptloss._conv_relu``)."""
+    return _RELU_KERNELS
+
+
 def has_kernel(device_type: str) -> bool:
     """True when the fused operator has a kernel for ``device_type`` ('cpu' or 'cuda')."""
     return device_type in _KERNELS
@@ -145,6 +156,19 @@ if HAS_EXT:
         grads_a = [torch.empty_like(a) for a in inputs] if input_grad else []
         grads_b = [torch.empty_like(a) for a in inputs] if target_grad else []
         return grads_a, grads_b
+
+    @torch.library.register_fake("perceptloss::relu_backward")
+    def _relu_backward_fake(grad, output, grad2=None):
+        return torch.empty_like(output)
+
+    @torch.library.register_fake("perceptloss::max_pool2x2_relu_backward")
+    def _max_pool2x2_relu_backward_fake(grad, output):
+        return torch.empty_like(output)
+
+    @torch.library.register_fake("perceptloss::max_pool2x2")
+    def _max_pool2x2_fake(x):
+        n, c, h, w = x.shape
+        return x.new_empty((n, c, h // 2, w // 2))
 
     def _setup_context(ctx, inputs, output):
         features_a, features_b, weights = inputs[:3]

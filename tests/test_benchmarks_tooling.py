@@ -166,6 +166,22 @@ def test_matrix_rate_and_flop_count():
     assert bl.matrix_rate(torch.float32, size=64, repeats=1) > 0
 
 
+def test_flop_count_includes_the_fused_convolution_relu(monkeypatch):
+    """The trunks' convolution + ReLU primitive counts as the convolution it is (torch's table does not know it):
+    a loss's count is the same with and without the fusion."""
+    import perceptloss._conv_relu as conv_relu
+
+    if not conv_relu._AVAILABLE:
+        pytest.skip("this torch has no oneDNN")
+    from perceptloss import FeatureLoss
+
+    loss = FeatureLoss("vgg19", "dfc123", weights=None)
+    x, y = torch.rand(2, 3, 32, 32, requires_grad=True), torch.rand(2, 3, 32, 32)
+    fused = bl.count_flops(lambda: torch.autograd.grad(loss(x, y), x))
+    monkeypatch.setattr(conv_relu, "_AVAILABLE", False)
+    assert fused == bl.count_flops(lambda: torch.autograd.grad(loss(x, y), x)) > 0
+
+
 def test_evaluation_benchmark_scores_the_same_values_as_the_peers(tmp_path):
     """Every contender scores the same pairs with the same trunk and heads: the float32 ones agree with the lpips
     package to 1e-5 (the table's last column); no timing is asserted."""

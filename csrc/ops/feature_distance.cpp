@@ -106,4 +106,10 @@ TORCH_LIBRARY(perceptloss, m) {
   m.def(
       "feature_distance_backward(Tensor grad, Tensor[] inputs, Tensor[] targets, float[] weights, "
       "bool input_grad, bool target_grad, int p=2) -> (Tensor[], Tensor[])");
+  // The backward of the frozen trunks' fused convolution + ReLU (+ 2x2 max-pool), perceptloss/_conv_relu.py:
+  // grad (+ grad2, a tapped layer's second gradient) where output = relu(x) > 0, else 0; and through
+  // max_pool2d(output, 2, 2) first, each window's first maximum taking the pooled gradient. CPU kernels only.
+  m.def("relu_backward(Tensor grad, Tensor output, Tensor? grad2=None) -> Tensor");
+  m.def("max_pool2x2_relu_backward(Tensor grad, Tensor output) -> Tensor");
+  m.def("max_pool2x2(Tensor x) -> Tensor");  // max_pool2d(x, 2, 2)'s values, no indices (the fused block's forward)
 }

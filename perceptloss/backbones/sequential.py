@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .._conv_relu import can_fuse, conv_relu
+from .._conv_relu import can_fuse, conv_relu, is_pool2x2
 from .._relu import keeps_output_while_tracing, relu_keeping_output
 from .._sizes import min_input_size
 from .._extractor import FeatureExtractor
@@ -55,15 +55,26 @@ class SequentialFeatures(FeatureExtractor):
                    ) -> torch.Tensor:
         """Modules ``start`` to ``stop - 1`` on ``x``; the tapped outputs go into ``found``. A convolution whose
         output is not requested and the ReLU after it run as one oneDNN primitive where ``can_fuse`` allows
-        (``perceptloss._conv_relu``: the same values, without the ReLU's own pass over the activations)."""
-        modules = self.features
+        (``perceptloss._conv_relu``: the same values, without the ReLU's own pass over the activations), with
+        a 2x2 max-pool after an unrequested ReLU joined to it, and a requested ReLU that the next module reads
+        too handed out twice (its two gradients are summed in the ReLU's backward pass)."""
+        modules, taps = self.features, self._tapset
         i = start
         while i < stop:
             module = modules[i]
-            if (i + 1 < stop and isinstance(modules[i + 1], nn.ReLU) and i not in self._tapset
+            if (i + 1 < stop and isinstance(modules[i + 1], nn.ReLU) and i not in taps
                     and can_fuse(module, x)):
-                x = conv_relu(module, x)
-                i += 1  # the ReLU's index: its output is x
+                more = i + 2 < stop  # a module after the ReLU runs in this range
+                if found is not None and i + 1 in taps and more:
+                    x, found[i + 1] = conv_relu(module, x, tapped=True)
+                    i += 2
+                    continue
+                if i + 1 not in taps and more and is_pool2x2(modules[i + 2]):
+                    x = conv_relu(module, x, pool=True)
+                    i += 2  # the pool's index: its output is x
+                else:
+                    x = conv_relu(module, x)
+                    i += 1  # the ReLU's index: its output is x
             else:
                 x = self._run(module, x)
             if found is not None and i in self._tapset:

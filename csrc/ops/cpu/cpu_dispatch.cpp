@@ -77,6 +77,17 @@ const KernelTable& kernels() {
   return k ? *k : automatic();
 }
 
+const ReluKernelTable& relu_kernels() {
+  const std::string level = kernels().level;
+#ifdef PERCEPTLOSS_HAVE_AVX512_KERNELS
+  if (level == AVX512::relu_kernels.level) return AVX512::relu_kernels;
+#endif
+#ifdef PERCEPTLOSS_HAVE_AVX2_KERNELS
+  if (level == AVX2::relu_kernels.level) return AVX2::relu_kernels;
+#endif
+  return DEFAULT::relu_kernels;
+}
+
 std::vector<std::string> available_levels() {
   std::vector<std::string> out;
   for (const KernelTable* k : runnable_levels()) out.emplace_back(k->level);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "feature_distance_kernel.h"
+#include "relu_backward_kernel.h"
 
 #include <string>
 #include <vector>
@@ -14,6 +15,9 @@ namespace cpu {
 
 // The kernels of the level in use.
 const KernelTable& kernels();
+
+// The ReLU / max-pool backward kernels of the same level.
+const ReluKernelTable& relu_kernels();
 
 // Levels built into this library that this CPU can run, lowest first ("DEFAULT", "AVX2", "AVX512").
 std::vector<std::string> available_levels();

@@ -1,0 +1,136 @@
+// CPU entry points of perceptloss::relu_backward, max_pool2x2_relu_backward and max_pool2x2: argument checks, the
+// layout the kernels read, and at::parallel_for over independent ranges (kernels/relu_backward_kernel.cpp).
+#include "cpu_dispatch.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+
+namespace perceptloss {
+namespace ops {
+namespace {
+
+constexpr int64_t kGrain = 1 << 15;  // elements per parallel work item
+
+void check_pair(const char* op, const at::Tensor& grad, const at::Tensor& output) {
+  TORCH_CHECK(grad.device().is_cpu() && output.device().is_cpu(), op, ": CPU kernel called with tensors on ",
+              grad.device(), " and ", output.device());
+  TORCH_CHECK(grad.scalar_type() == output.scalar_type(), op, ": grad is ", grad.scalar_type(), ", output ",
+              output.scalar_type(), "; give both in one dtype");
+  const auto t = output.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, op,
+              ": tensors must be float32, float64, float16 or bfloat16, got ", t);
+}
+
+// `t` with the strides of the dense tensor `like` (a copy where they differ).
+at::Tensor strided_like(const at::Tensor& t, const at::Tensor& like) {
+  if (t.strides() == like.strides()) return t;
+  at::Tensor out = at::empty_like(like);
+  out.copy_(t);
+  return out;
+}
+
+at::Tensor relu_backward_cpu(const at::Tensor& grad, const at::Tensor& output, const std::optional<at::Tensor>& grad2) {
+  check_pair("relu_backward", grad, output);
+  TORCH_CHECK(grad.sizes() == output.sizes(), "relu_backward: grad ", grad.sizes(), " and output ", output.sizes(),
+              " shapes differ");
+  const bool two = grad2.has_value() && grad2->defined();
+  if (two) {
+    check_pair("relu_backward", *grad2, output);
+    TORCH_CHECK(grad2->sizes() == output.sizes(), "relu_backward: grad2 ", grad2->sizes(), " and output ",
+                output.sizes(), " shapes differ");
+  }
+  const at::Tensor y = output.is_non_overlapping_and_dense() ? output : output.contiguous();
+  const at::Tensor g = strided_like(grad, y);
+  const at::Tensor g2 = two ? strided_like(*grad2, y) : at::Tensor();
+  at::Tensor out = at::empty_like(y);
+  const auto dtype = y.scalar_type();
+  const int64_t es = y.element_size();
+  const char* py = static_cast<const char*>(y.const_data_ptr());
+  const char* pg = static_cast<const char*>(g.const_data_ptr());
+  const char* pg2 = two ? static_cast<const char*>(g2.const_data_ptr()) : nullptr;
+  char* po = static_cast<char*>(out.mutable_data_ptr());
+  const auto& k = cpu::relu_kernels();
+  at::parallel_for(0, y.numel(), kGrain, [&](int64_t b, int64_t e) {
+    k.relu_backward(dtype, py + b * es, pg + b * es, pg2 ? pg2 + b * es : nullptr, po + b * es, e - b);
+  });
+  return out;
+}
+
+at::Tensor max_pool2x2_relu_backward_cpu(const at::Tensor& grad, const at::Tensor& output) {
+  check_pair("max_pool2x2_relu_backward", grad, output);
+  TORCH_CHECK(output.dim() == 4, "max_pool2x2_relu_backward: output must be (N, C, H, W), got ", output.sizes());
+  const int64_t n = output.size(0), c = output.size(1), h = output.size(2), w = output.size(3);
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == n && grad.size(1) == c && grad.size(2) == h / 2 &&
+                  grad.size(3) == w / 2,
+              "max_pool2x2_relu_backward: grad must be (", n, ", ", c, ", ", h / 2, ", ", w / 2,
+              ") for a 2x2 max-pool of ", output.sizes(), ", got ", grad.sizes());
+  const bool channels_last = output.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  if (output.numel() == 0 || h / 2 == 0 || w / 2 == 0) {
+    return at::zeros(output.sizes(), output.options().memory_format(format));
+  }
+  const at::Tensor y = output.contiguous(format);
+  const at::Tensor g = grad.contiguous(format);
+  at::Tensor out = at::empty(output.sizes(), output.options().memory_format(format));
+  const auto dtype = y.scalar_type();
+  const void* py = y.const_data_ptr();
+  const void* pg = g.const_data_ptr();
+  void* po = out.mutable_data_ptr();
+  const auto& k = cpu::relu_kernels();
+  if (channels_last) {
+    const int64_t rows = n * (h / 2);
+    at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / (2 * w * c)), [&](int64_t r0, int64_t r1) {
+      k.pool_backward_channels_last(dtype, py, pg, po, c, h, w, r0, r1);
+    });
+  } else {
+    at::parallel_for(0, n * c, std::max<int64_t>(1, kGrain / (h * w)), [&](int64_t p0, int64_t p1) {
+      k.pool_backward_contiguous(dtype, py, pg, po, h, w, p0, p1);
+    });
+  }
+  return out;
+}
+
+at::Tensor max_pool2x2_cpu(const at::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu(), "max_pool2x2: CPU kernel called with a tensor on ", x.device());
+  TORCH_CHECK(x.dim() == 4, "max_pool2x2: x must be (N, C, H, W), got ", x.sizes());
+  const auto t = x.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
+              "max_pool2x2: x must be float32, float64, float16 or bfloat16, got ", t);
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  TORCH_CHECK(h >= 2 && w >= 2, "max_pool2x2: a 2x2 max-pool needs H, W >= 2, got ", x.sizes());
+  const bool channels_last = x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor xc = x.contiguous(format);
+  at::Tensor out = at::empty({n, c, h / 2, w / 2}, x.options().memory_format(format));
+  if (out.numel() == 0) return out;
+  const void* px = xc.const_data_ptr();
+  void* po = out.mutable_data_ptr();
+  const auto& k = cpu::relu_kernels();
+  if (channels_last) {
+    at::parallel_for(0, n * (h / 2), std::max<int64_t>(1, kGrain / (2 * w * c)), [&](int64_t r0, int64_t r1) {
+      k.pool_forward_channels_last(t, px, po, c, h, w, r0, r1);
+    });
+  } else {
+    at::parallel_for(0, n * c, std::max<int64_t>(1, kGrain / (h * w)), [&](int64_t p0, int64_t p1) {
+      k.pool_forward_contiguous(t, px, po, h, w, p0, p1);
+    });
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(perceptloss, CPU, m) {
+  m.impl("relu_backward", &relu_backward_cpu);
+  m.impl("max_pool2x2_relu_backward", &max_pool2x2_relu_backward_cpu);
+  m.impl("max_pool2x2", &max_pool2x2_cpu);
+}
+
+}  // namespace ops
+}  // namespace perceptloss
