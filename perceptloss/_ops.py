@@ -157,18 +157,21 @@ if HAS_EXT:
         grads_b = [torch.empty_like(a) for a in inputs] if target_grad else []
         return grads_a, grads_b
 
+    def _pool_format(t: torch.Tensor) -> torch.memory_format:  # the layout the CPU kernels write (relu_backward_cpu.cpp)
+        return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
     @torch.library.register_fake("perceptloss::relu_backward")
     def _relu_backward_fake(grad, output, grad2=None):
         return torch.empty_like(output)
 
     @torch.library.register_fake("perceptloss::max_pool2x2_relu_backward")
     def _max_pool2x2_relu_backward_fake(grad, output):
-        return torch.empty_like(output)
+        return torch.empty(output.shape, dtype=output.dtype, device=output.device, memory_format=_pool_format(output))
 
     @torch.library.register_fake("perceptloss::max_pool2x2")
     def _max_pool2x2_fake(x):
         n, c, h, w = x.shape
-        return x.new_empty((n, c, h // 2, w // 2))
+        return torch.empty((n, c, h // 2, w // 2), dtype=x.dtype, device=x.device, memory_format=_pool_format(x))
 
     def _setup_context(ctx, inputs, output):
         features_a, features_b, weights = inputs[:3]

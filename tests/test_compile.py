@@ -187,12 +187,16 @@ def saved_dtypes(fn, *args) -> list[torch.dtype]:
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
 def test_compiled_cpu_training_graph_keeps_no_boolean_relu_masks(dtype, monkeypatch):
     """A compiled VGG loss keeps ReLU outputs, not boolean masks, for its backward on the CPU (inductor's CPU
-    code is slow on boolean tensors; perceptloss._relu); with the network's own ReLUs it keeps masks."""
+    code is slow on boolean tensors): with the convolution + ReLU blocks (perceptloss._conv_relu) and, where they
+    cannot run, with perceptloss._relu; with the network's own ReLUs it keeps masks."""
     from perceptloss.backbones import sequential
 
     loss = FeatureLoss("vgg19", "dfc123", weights=None, dtype=dtype)
     x, y = images()
     x.requires_grad_()
+    dtypes = saved_dtypes(loss, x, y)
+    assert dtypes and torch.bool not in dtypes
+    monkeypatch.setattr(sequential, "can_fuse", lambda conv, x: False)
     dtypes = saved_dtypes(loss, x, y)
     assert dtypes and torch.bool not in dtypes
     monkeypatch.setattr(sequential, "keeps_output_while_tracing", lambda x: False)
@@ -323,3 +327,38 @@ def test_inductor_fuses_every_convolution_with_its_relu_in_evaluation(dtype):
     if perceptloss.backends.has_kernel("cpu"):
         assert "torch.ops.perceptloss.feature_distance.default(" in code[0]
     assert_close(got, expected, rtol=1e-5 if dtype is None else None)
+
+
+@pytest.mark.skipif(not perceptloss.backends.has_kernel("cpu"), reason="the compiled operator is not built")
+def test_compiled_training_graph_runs_the_convolution_relu_blocks():
+    """A compiled CPU training graph of a VGG loss runs the trunk's convolution + ReLU (+ pool) blocks of
+    perceptloss._conv_relu, as eager does: oneDNN's fused primitive forward, the operator's ReLU / max-pool
+    backward kernels; the same values and gradients as eager (float32, norm-wise 1e-6)."""
+    from functorch.compile import make_boxed_func
+    from perceptloss._conv_relu import _AVAILABLE
+    from torch._dynamo.backends.common import aot_autograd
+
+    if not _AVAILABLE:
+        pytest.skip("this torch has no oneDNN")
+    code: list[str] = []
+
+    def keep(gm, _):
+        code.append(gm.code)
+        return make_boxed_func(gm.forward)
+
+    loss = FeatureLoss("vgg19", "dfc123", weights=None)
+    x, y = images(2, 32)
+    xr = x.clone().requires_grad_()
+    expected = loss(xr, y)
+    (expected_grad,) = torch.autograd.grad(expected, xr)
+    torch.compiler.reset()
+    compiled = torch.compile(loss, backend=aot_autograd(fw_compiler=keep, bw_compiler=keep), fullgraph=True)
+    xr = x.clone().requires_grad_()
+    got = compiled(xr, y)
+    (got_grad,) = torch.autograd.grad(got, xr)
+    forward, backward = code
+    assert forward.count("mkldnn._convolution_pointwise") == 5 and "perceptloss.max_pool2x2" in forward
+    assert backward.count("perceptloss.max_pool2x2_relu_backward") == 2
+    assert backward.count("perceptloss.relu_backward") == 3
+    assert_close(got, expected, rtol=1e-6)
+    assert_close(got_grad, expected_grad, rtol=1e-6)

@@ -91,10 +91,13 @@ def test_two_operators_where_fusing_would_change_something(fused_calls):
     assert len(fused_calls) == 2  # conv1_1 and conv2_1 (input and target in one batch: no gradient asked)
 
 
-def test_not_while_compiling_nor_under_autocast(monkeypatch):
+def test_compiled_only_with_a_gradient_and_not_under_autocast(monkeypatch):
+    """Under torch.compile the blocks go into training graphs; a graph without gradient is inductor's to fuse."""
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     conv = torch.nn.Conv2d(3, 4, 3, padding=1)
-    assert not conv_relu_module.can_fuse(conv, torch.rand(1, 3, 8, 8))
+    assert conv_relu_module.can_fuse(conv, torch.rand(1, 3, 8, 8))
+    with torch.no_grad():
+        assert not conv_relu_module.can_fuse(conv, torch.rand(1, 3, 8, 8))
     monkeypatch.undo()
     assert conv_relu_module.can_fuse(conv, torch.rand(1, 3, 8, 8))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast would run conv2d in bf16, this op in fp32

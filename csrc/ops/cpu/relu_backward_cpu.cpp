@@ -45,10 +45,10 @@ at::Tensor relu_backward_cpu(const at::Tensor& grad, const at::Tensor& output, c
     TORCH_CHECK(grad2->sizes() == output.sizes(), "relu_backward: grad2 ", grad2->sizes(), " and output ",
                 output.sizes(), " shapes differ");
   }
-  const at::Tensor y = output.is_non_overlapping_and_dense() ? output : output.contiguous();
-  const at::Tensor g = strided_like(grad, y);
-  const at::Tensor g2 = two ? strided_like(*grad2, y) : at::Tensor();
-  at::Tensor out = at::empty_like(y);
+  at::Tensor out = at::empty_like(output);  // output's strides where it is dense (the fake kernel's rule too)
+  const at::Tensor y = strided_like(output, out);
+  const at::Tensor g = strided_like(grad, out);
+  const at::Tensor g2 = two ? strided_like(*grad2, out) : at::Tensor();
   const auto dtype = y.scalar_type();
   const int64_t es = y.element_size();
   const char* py = static_cast<const char*>(y.const_data_ptr());
