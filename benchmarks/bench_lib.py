@@ -417,6 +417,23 @@ def result_head(title: str, device: str, script: str, argv: list[str] | None) ->
             f"Reproduce: `{cmd}`", ""]
 
 
+def add_memory_option(parser) -> None:
+    parser.add_argument("--retain-freed-memory", action="store_true",
+                        help="call perceptloss.backends.cpu.retain_freed_memory() first, as `perceptloss score` does "
+                             "(glibc keeps freed memory mapped for the next step); result file kind '<kind>-retained'")
+
+
+def apply_memory_option(args) -> str:
+    """Applies ``--retain-freed-memory``; returns the suffix of the result file's kind ('' or '-retained')."""
+    if not args.retain_freed_memory:
+        return ""
+    from perceptloss.backends.cpu import retain_freed_memory
+
+    if not retain_freed_memory():
+        raise SystemExit("--retain-freed-memory: this C library is not glibc; nothing to retain")
+    return "-retained"
+
+
 def result_file(output: str | None, kind: str, device: str = "cpu") -> Path:
     """``output`` as a Path, or by default ``benchmarks/results/<device>-<date>-<machine kind>-<kind>.md``."""
     if output:

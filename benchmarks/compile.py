@@ -154,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time, or the process's CPU time (with --threads 1 on a shared machine)")
     parser.add_argument("--output", default=None, help="the result file (default benchmarks/results/cpu-<date>-<kind>-compile.md)")
+    bl.add_memory_option(parser)
     args = parser.parse_args(argv)
+    memory = bl.apply_memory_option(args)
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     unknown = [d for d in args.dtypes if d not in DTYPE_OPTIONS]
     if unknown:
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(head), flush=True)
     body = measure(args)
     print(body, flush=True)
-    path = bl.result_file(args.output, "compile")
+    path = bl.result_file(args.output, "compile" + memory)
     bl.write_result("\n".join(head) + "\n" + body + "\n", path)
     print(f"written {path}")
     return 0

@@ -227,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--output", default=None,
                         help="the result file (default benchmarks/results/cpu-<date>-<kind>-evaluation.md)")
+    bl.add_memory_option(parser)
     args = parser.parse_args(argv)
+    memory = bl.apply_memory_option(args)
     args.nets = [n.strip() for n in args.nets.split(",") if n.strip()]
     if any(n not in NETS for n in args.nets):
         raise SystemExit(f"--nets: choose among {', '.join(NETS)}, got {args.nets}")
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(head), flush=True)
     body = measure(args)  # prints each row as it is measured
     print(body.split("\n\n", 1)[1], flush=True)  # then what follows the table
-    path = bl.result_file(args.output, "evaluation")
+    path = bl.result_file(args.output, "evaluation" + memory)
     bl.write_result("\n".join(head) + "\n" + body + "\n", path)
     print(f"written {path}")
     return 0

@@ -70,3 +70,33 @@ def test_info_prints_the_cpu_settings():
     if perceptloss.backends.has_kernel("cpu"):
         level = perceptloss.backends.cpu.kernel_level()
         assert f"CPU kernel level: {level}" in out.stdout
+
+
+_FAULTS = """
+import resource, sys, torch
+import perceptloss
+if sys.argv[1] == "retain":
+    assert perceptloss.backends.cpu.retain_freed_memory()
+loss = perceptloss.FeatureLoss("vgg19", "dfc123", weights=None)
+x, y = torch.rand(2, 3, 64, 64, requires_grad=True), torch.rand(2, 3, 64, 64)
+def steps(n):
+    for _ in range(n):
+        torch.autograd.grad(loss(x, y), x)
+steps(3)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+steps(5)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_retain_freed_memory_stops_remapping_freed_blocks():
+    """After retain_freed_memory(), the steps of a training loop reuse the memory the last step freed: page faults
+    per step (counted by the kernel) fall from about 2,000 (glibc's default: 8 MiB mapped again and zero-filled
+    every forward+backward of a VGG loss, N = 2, 64x64, float32) to nearly none."""
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return float(out.stdout.split()[-1])
+
+    assert faults("retain") * 4 < faults("default")

@@ -114,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
 
     ranks = ranks_from_env()  # checked before anything else: a broken torchrun environment is named at once
     rank_device(args.device, ranks)
+    from ..backends.cpu import retain_freed_memory
+
+    retain_freed_memory()  # this command's own process: every batch reuses the last one's memory
     if ranks.is_main:  # the process that writes them (rank 0 under torchrun)
         check_outputs({"--csv": args.csv, "--json": args.json})
         if args.report is not None:
