@@ -404,9 +404,9 @@ def parse_sections(text: str | None) -> list[str]:
     return [s for s in SECTIONS if s in chosen]
 
 
-def result_path(folder: str, device: str, sections: list[str], today: str) -> Path:
-    """benchmarks/results/<device type>-<date>-<kind>[-<sections>].md"""
-    suffix = "" if sections == list(SECTIONS) else "-" + "-".join(sections)
+def result_path(folder: str, device: str, sections: list[str], today: str, retained: str = "") -> Path:
+    """benchmarks/results/<device type>-<date>-<kind>[-<sections>][-retained].md"""
+    suffix = ("" if sections == list(SECTIONS) else "-" + "-".join(sections)) + retained
     return Path(folder) / f"{torch.device(device).type}-{today}-{bl.device_kind(device)}{suffix}.md"
 
 
@@ -431,7 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64, help="training-step batch")
     parser.add_argument("--out", default=str(HERE / "results"), help="folder of the result file")
     parser.add_argument("--output", default=None, help="write the result to exactly this file instead")
+    bl.add_memory_option(parser)
     args = parser.parse_args(argv)
+    retained = bl.apply_memory_option(args)
     os.environ.setdefault("PERCEPTLOSS_OFFLINE", "1")
     sections = parse_sections(args.only)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -460,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         body = fn()
         print(body + "\n", flush=True)
         parts += [title, "", body, ""]
-    path = Path(args.output) if args.output else result_path(args.out, args.device, sections, today)
+    path = Path(args.output) if args.output else result_path(args.out, args.device, sections, today, retained)
     bl.write_result("\n".join(parts), path)
     print(f"written {path}")
     return 0

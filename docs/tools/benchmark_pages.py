@@ -5,7 +5,7 @@ that date (natively, and with the instruction sets lowered as an AVX2-only CPU):
 its flags, what was emulated, versions, threads), the command that reproduces them, and their tables and notes
 as recorded. A file named ``<device>-<date>[-<machine>]-<kind>[-<variant>].md`` is superseded by the
 ``-shuffled`` variant of the same date and machine (the contenders timed in a random order each round);
-``SKIPPED_VARIANTS`` are experiments of the development history. Rows and notes about settings deleted since
+``SKIPPED_VARIANTS`` (a variant ending in one of them) are experiments of the development history. Rows and notes about settings deleted since
 (``REMOVED``) are left out. The page says which file each table comes from; the development history (how the
 figures came about, what changed) stays in benchmarks/README.md.
 """
@@ -39,7 +39,7 @@ KINDS: tuple[tuple[str, str, str], ...] = (
     ("launch", "CPU launch settings",
      "The training step under other memory allocators and launchers."),
 )
-SKIPPED_VARIANTS = {"streaming", "run2", "before", "wall-before"}
+SKIPPED_VARIANTS = {"streaming", "run2", "before", "wall-before", "early"}
 #: Phrases that mark a row, a header line or a sentence about a setting deleted since: (phrase, when deleted).
 REMOVED: tuple[tuple[str, str], ...] = (
     ("gradient cache off", "2026-12-06"), ("no streaming", "2026-12-06"), ("CPU streaming", "2026-12-06"),
@@ -74,7 +74,8 @@ def latest(files: list[ResultFile], kind: str) -> list[ResultFile]:
     """The files the page shows for ``kind``: per device, its latest date's, one set per machine setting."""
     chosen = []
     for device in sorted({f.device for f in files if f.kind == kind}):
-        of_kind = [f for f in files if f.kind == kind and f.device == device and f.variant not in SKIPPED_VARIANTS]
+        of_kind = [f for f in files if f.kind == kind and f.device == device
+                   and f.variant.rsplit("-", 1)[-1] not in SKIPPED_VARIANTS]
         if not of_kind:
             continue
         date = max(f.date for f in of_kind)

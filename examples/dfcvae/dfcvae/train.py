@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     """The training program on ``argv``; the exit code: 0, 1 (diverged), 2 (a setup problem, said in one line),
     130 (Ctrl-C) or 143 (SIGTERM; a started run saves a checkpoint first)."""
     args = parse_args(argv)
+    from perceptloss.backends.cpu import retain_freed_memory
+
+    retain_freed_memory()  # this program's own process: each step reuses the memory the last one freed
     session = Session(RunFolder.from_args(args), Distributed(process_device(args.device)))
     main_process = session.dist.main
     code, stopped_by = 0, ""
