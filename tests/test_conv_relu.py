@@ -64,10 +64,13 @@ def test_same_values_and_input_gradients_as_two_operators(monkeypatch, fused_cal
     assert norm_relative(fused_eval, plain[0]) <= TOL[dtype]
 
 
-def test_second_order_gradient_as_two_operators(monkeypatch):
-    """float32: the backward is made of differentiable operators, so a gradient penalty works through it."""
+@pytest.mark.parametrize("layers", [["relu1_2", "relu2_2"], ["relu1_1", "relu2_1"]], ids=["tapped", "pooled"])
+def test_second_order_gradient_as_two_operators(monkeypatch, layers):
+    """float32: the backward is made of differentiable operators (create_graph=True takes ATen's ReLU and
+    max-pool backward, not the operator's kernels), so a gradient penalty works through it: through tapped
+    ReLUs, and through a convolution + ReLU + max-pool block (relu1_1, relu2_1)."""
     torch.manual_seed(0)
-    loss = FeatureLoss("vgg16", ["relu1_2", "relu2_2"], weights=None)
+    loss = FeatureLoss("vgg16", layers, weights=None)
     x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
 
     def penalty():

@@ -104,21 +104,3 @@ def test_fused_blocks_give_the_gradients_of_atens_operators(monkeypatch, dtype):
     monkeypatch.setattr(ops_module, "_RELU_KERNELS", False)
     plain_value, plain_grad, _ = gradient_and_graph(loss, x, y)
     assert torch.equal(value, plain_value) and torch.equal(grad, plain_grad)
-
-
-@pytest.mark.skipif(not ONEDNN, reason="this torch has no oneDNN")
-def test_second_order_through_the_fused_pool(monkeypatch):
-    """create_graph=True takes ATen's differentiable operators in the blocks' backward: a gradient penalty
-    through conv1_2 + ReLU + pool equals the one without the operator's kernels."""
-    torch.manual_seed(0)
-    loss = FeatureLoss("vgg16", ["relu1_1", "relu2_1"], weights=None)
-    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
-
-    def penalty():
-        xr = x.clone().requires_grad_()
-        (g,) = torch.autograd.grad(loss(xr, y), xr, create_graph=True)
-        return torch.autograd.grad(g.square().sum(), xr)[0]
-
-    fused = penalty()
-    monkeypatch.setattr(ops_module, "_RELU_KERNELS", False)
-    assert torch.equal(fused, penalty())
