@@ -77,26 +77,31 @@ import resource, sys, torch
 import perceptloss
 if sys.argv[1] == "retain":
     assert perceptloss.backends.cpu.retain_freed_memory()
-loss = perceptloss.FeatureLoss("vgg19", "dfc123", weights=None)
-x, y = torch.rand(2, 3, 64, 64, requires_grad=True), torch.rand(2, 3, 64, 64)
-def steps(n):
-    for _ in range(n):
-        torch.autograd.grad(loss(x, y), x)
-steps(3)
+else:  # glibc's initial setting, fixed (its thresholds otherwise move with the heap's history)
+    import ctypes
+    assert ctypes.CDLL(None).mallopt(-3, 128 << 10) == 1  # M_MMAP_THRESHOLD: 128 KiB
+def step():  # a step's activations: three 16 MiB blocks alive together, then freed
+    blocks = [torch.ones(4 << 20) for _ in range(3)]
+    del blocks
+for _ in range(3):
+    step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-steps(5)
+for _ in range(5):
+    step()
 print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 """
 
 
 @pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's malloc only")
 def test_retain_freed_memory_stops_remapping_freed_blocks():
-    """After retain_freed_memory(), the steps of a training loop reuse the memory the last step freed: page faults
-    per step (counted by the kernel) fall from about 2,000 (glibc's default: 8 MiB mapped again and zero-filled
-    every forward+backward of a VGG loss, N = 2, 64x64, float32) to nearly none."""
+    """After retain_freed_memory(), the steps of a loop reuse the memory the last step freed: page faults per step
+    (counted by the kernel) fall from thousands (with glibc's initial 128 KiB threshold, held fixed, the three
+    freed 16 MiB blocks go back to the system and are mapped again, 4 KiB at a time, at the next step; its dynamic
+    threshold does that or not depending on the heap's history) to nearly none. The allocation pattern alone, so
+    the count does not depend on which convolution code the CPU runs."""
     def faults(mode):
         out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         return float(out.stdout.split()[-1])
 
-    assert faults("retain") * 4 < faults("default")
+    assert faults("retain") < 100 < 1000 < faults("default")
