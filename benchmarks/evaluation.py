@@ -185,9 +185,8 @@ PEERS = ("lpips (batched)", "lpips (lpips_2dirs.py)", "torchmetrics", "piq")
 
 
 def measure(args: argparse.Namespace) -> str:
-    from perceptloss.score.cli import DEFAULT_BATCH_SIZE as DEFAULT_BATCH
+    from perceptloss.score.batching import auto_batch_size
 
-    batch = args.batch or DEFAULT_BATCH
     lines = ["| trunk | size | contender | pairs/s | vs fastest peer | max rel. difference from lpips |",
              "|---|---|---|---|---|---|"]
     signatures = []
@@ -195,6 +194,7 @@ def measure(args: argparse.Namespace) -> str:
         for net in args.nets:
             for size in args.sizes:
                 pairs = args.pairs or max(16, 64 * 64 * 64 // (size * size))
+                batch = args.batch or auto_batch_size((size, size))  # the score CLI's default
                 fns = contenders(net, size, pairs, batch, Path(tmp))
                 values = {name: fn() for name, fn in fns.items()}  # also the warm-up
                 times = bl.interleaved_medians(fns, "cpu", warmup=1, repeats=args.repeats)

@@ -1,6 +1,7 @@
 """The command line: misuse gives one line and exit code 2; listings include the LPIPS heads."""
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -71,7 +72,7 @@ def test_score_help_shows_the_defaults(capsys):
         cli(["score", "--help"])
     assert info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for option, default in (("--batch-size", "16"), ("--workers", "2"), ("--device", "cpu"), ("--dtype", "auto")):
+    for option, default in (("--batch-size", "auto"), ("--workers", "2"), ("--device", "cpu"), ("--dtype", "auto")):
         start = text.index(f"{option} ", text.index("options:"))
         assert f"(default: {default})" in text[start:text.index(" --", start + len(option))], option
     assert "(default: None)" not in text and "(default: False)" not in text and "(default: [])" not in text
@@ -150,3 +151,19 @@ def test_weights_star_has_a_legend_and_aligned_columns(home, capsys):
     entries = [line for line in lines[:-1] if not line.startswith("    ")]
     assert len(entries) > 5 and any(line.startswith("* ") for line in entries)
     assert len({max(line.find(w) for w in ("cached ", "source ", "missing ")) for line in entries}) == 1
+
+
+def test_batch_size_auto_follows_the_image_size():
+    """--batch-size auto (the default): pairs per batch by image size, from the images alone (so the same on every
+    machine and for any number of torchrun ranks); an integer keeps its meaning; anything else is one-line error."""
+    from perceptloss.score.batching import Plan, Planned, auto_batch_size, make_batches
+    from perceptloss.score.cli import batch_size_arg
+
+    assert [auto_batch_size(s) for s in ((64, 64), (128, 128), (181, 181), (256, 256), (8, 8))] == [8, 2, 1, 1, 64]
+    plan = Plan([Planned(pair=None, size=(64, 64) if i < 20 else (256, 256)) for i in range(23)], {})
+    assert [len(b) for b in make_batches(plan, "auto")] == [8, 8, 4, 1, 1, 1]
+    assert [len(b) for b in make_batches(plan, 16)] == [16, 4, 3]
+    assert batch_size_arg("auto") == "auto" and batch_size_arg("3") == 3
+    for bad in ("0", "-2", "x", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="'auto' or an integer >= 1"):
+            batch_size_arg(bad)

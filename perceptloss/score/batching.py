@@ -77,14 +77,33 @@ def plan_pairs(pairs: list[Pair], *, resize: str | None = None, crop: str | None
     return Plan(items, failed, resize, crop)
 
 
-def make_batches(plan: Plan, batch_size: int) -> list[list[int]]:
-    """Indices into ``plan.items`` grouped by size (sizes in order of first appearance), at most ``batch_size`` each."""
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ScoreError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
+#: ``--batch-size auto``: pairs per batch for one image size, this many pixels per image side (8 pairs at 64x64,
+#: 2 at 128x128, 1 from 182x182 on), within [1, AUTO_BATCH_MAX]. Large batches of large images leave the caches:
+#: LPIPS-vgg without gradient on a 2-core Sapphire Rapids, pairs/s at batch 1 / 2 / 8 / 16: 64x64 bf16 63 / 109 /
+#: 172 / 160, float32 31 / 40 / 54 / 52; 256x256 bf16 12.7 / 10.6 / 7.9 / 7.6, float32 3.5 / 3.1 / 2.9 / 3.0
+#: (benchmarks/README.md).
+AUTO_BATCH_PIXELS = 32768
+AUTO_BATCH_MAX = 64
+
+
+def auto_batch_size(size: tuple[int, int]) -> int:
+    """Pairs per batch for images of ``size`` (H, W) under ``--batch-size auto``."""
+    return max(1, min(AUTO_BATCH_MAX, AUTO_BATCH_PIXELS // max(1, size[0] * size[1])))
+
+
+def make_batches(plan: Plan, batch_size: int | str) -> list[list[int]]:
+    """Indices into ``plan.items`` grouped by size (sizes in order of first appearance), at most ``batch_size`` each
+    (``"auto"``: :func:`auto_batch_size` of the group's size)."""
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ScoreError(f"--batch-size must be 'auto' or an integer >= 1, got {batch_size!r}")
     groups: dict[tuple[int, int], list[int]] = {}
     for i, item in enumerate(plan.items):
         groups.setdefault(item.size, []).append(i)
-    return [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
+    batches = []
+    for size, idx in groups.items():
+        n = auto_batch_size(size) if batch_size == "auto" else batch_size
+        batches += [idx[k:k + n] for k in range(0, len(idx), n)]
+    return batches
 
 
 class PairImages(torch.utils.data.Dataset):

@@ -11,9 +11,18 @@ from .metrics import (DTYPES, build_metric, import_plugins, metric_descriptions,
                       signature_of)
 from .output import printable
 
-#: Pairs per batch unless --batch-size says otherwise (the throughput is flat from about 8 pairs on a CPU:
-#: benchmarks/evaluation.py --batch).
-DEFAULT_BATCH_SIZE = 16
+def batch_size_arg(text: str) -> int | str:
+    """``--batch-size``: 'auto' (pairs per batch by image size, ``batching.auto_batch_size``) or an integer >= 1."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1, got {text!r}")
+    return n
+
 
 EPILOG = """metrics (perceptloss.list_metrics(); in Python, perceptloss.create_metric(NAME, dtype="auto") builds the same loss):
 {metrics}
@@ -85,7 +94,9 @@ def add_arguments(sub) -> None:
     p.add_argument("--resize", choices=RESIZE_FILTERS, default=None, metavar="FILTER",
                    help=f"resample a distorted image of another size to the reference's size ({', '.join(RESIZE_FILTERS)})")
     p.add_argument("--crop", choices=CROPS, default=None, help="crop both images of a pair to their common size")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="pairs per batch (batches hold images of one size)")
+    p.add_argument("--batch-size", type=batch_size_arg, default="auto",
+                   help="pairs per batch (batches hold images of one size); auto: by image size, 8 pairs at 64x64, "
+                        "2 at 128x128, 1 from 182x182 on")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes decoding the images (0: none)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun, cuda is cuda:<local rank>)")
     p.add_argument("--dtype", choices=list(DTYPES), default="auto",
