@@ -159,10 +159,11 @@ def test_batch_size_auto_follows_the_image_size():
     from perceptloss.score.batching import Plan, Planned, auto_batch_size, make_batches
     from perceptloss.score.cli import batch_size_arg
 
-    assert [auto_batch_size(s) for s in ((64, 64), (128, 128), (181, 181), (256, 256), (8, 8))] == [8, 2, 1, 1, 64]
+    assert [auto_batch_size(s) for s in ((64, 64), (128, 128), (181, 181), (182, 182), (512, 512), (8, 8))] == [
+        16, 4, 2, 1, 1, 64]
     plan = Plan([Planned(pair=None, size=(64, 64) if i < 20 else (256, 256)) for i in range(23)], {})
-    assert [len(b) for b in make_batches(plan, "auto")] == [8, 8, 4, 1, 1, 1]
-    assert [len(b) for b in make_batches(plan, 16)] == [16, 4, 3]
+    assert [len(b) for b in make_batches(plan, "auto")] == [16, 4, 1, 1, 1]
+    assert [len(b) for b in make_batches(plan, 8)] == [8, 8, 4, 3]
     assert batch_size_arg("auto") == "auto" and batch_size_arg("3") == 3
     for bad in ("0", "-2", "x", "1.5"):
         with pytest.raises(argparse.ArgumentTypeError, match="'auto' or an integer >= 1"):

@@ -95,8 +95,8 @@ def add_arguments(sub) -> None:
                    help=f"resample a distorted image of another size to the reference's size ({', '.join(RESIZE_FILTERS)})")
     p.add_argument("--crop", choices=CROPS, default=None, help="crop both images of a pair to their common size")
     p.add_argument("--batch-size", type=batch_size_arg, default="auto",
-                   help="pairs per batch (batches hold images of one size); auto: by image size, 8 pairs at 64x64, "
-                        "2 at 128x128, 1 from 182x182 on")
+                   help="pairs per batch (batches hold images of one size); auto: by image size, 16 pairs at 64x64, "
+                        "4 at 128x128, 1 from 182x182 on")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes decoding the images (0: none)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun, cuda is cuda:<local rank>)")
     p.add_argument("--dtype", choices=list(DTYPES), default="auto",
