@@ -32,6 +32,7 @@ from torch import nn
 
 from ._dtypes import functorch_transform_active
 from ._ops import has_relu_kernels
+from ._sizes import pair
 
 
 def _pointwise_available() -> bool:
@@ -76,8 +77,6 @@ def _pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 
 def is_pool2x2(module: nn.Module) -> bool:
     """Whether ``module`` is a plain 2x2, stride-2 max-pool (VGG's), which :func:`conv_relu` can fuse."""
-    def pair(v):
-        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
     return (type(module) is nn.MaxPool2d and pair(module.kernel_size) == (2, 2) and pair(module.stride) == (2, 2)
             and pair(module.padding) == (0, 0) and pair(module.dilation) == (1, 1) and not module.ceil_mode
             and not module.return_indices)
@@ -88,11 +87,17 @@ def _pool(y: torch.Tensor) -> torch.Tensor:
     return torch.ops.perceptloss.max_pool2x2(y) if has_relu_kernels() else F.max_pool2d(y, 2, 2)
 
 
+def _kernels_for_backward() -> bool:
+    """Whether the backward runs the operator's kernels: built, and no second-order gradient asked
+    (``create_graph=True`` needs ATen's differentiable operators)."""
+    return has_relu_kernels() and not torch.is_grad_enabled()
+
+
 def _relu_grad(grad: torch.Tensor | None, output: torch.Tensor, grad2: torch.Tensor | None) -> torch.Tensor:
     """``grad + grad2`` where ``output = relu(x) > 0``, else 0 (either gradient may be None, not both)."""
     if grad is None:
         grad, grad2 = grad2, None
-    if has_relu_kernels() and not torch.is_grad_enabled():  # create_graph: differentiable ATen ops below
+    if _kernels_for_backward():
         return torch.ops.perceptloss.relu_backward(grad, output, grad2)
     if grad2 is not None:
         grad = grad + grad2
@@ -101,7 +106,7 @@ def _relu_grad(grad: torch.Tensor | None, output: torch.Tensor, grad2: torch.Ten
 
 def _pool_relu_grad(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     """The gradient of ``x`` through ``max_pool2d(relu(x), 2, 2)`` from the pooled gradient and ``relu(x)``."""
-    if has_relu_kernels() and not torch.is_grad_enabled():
+    if _kernels_for_backward():
         return torch.ops.perceptloss.max_pool2x2_relu_backward(grad, output)
     window = ([2, 2], [2, 2], [0, 0], [1, 1], False)
     with torch.no_grad():

@@ -41,19 +41,14 @@ else:
         _IMPORT_ERROR = e
 
 
-def _registered_kernels() -> frozenset[str]:
-    if not HAS_EXT:
-        return frozenset()
-    has = torch._C._dispatch_has_kernel_for_dispatch_key
-    return frozenset(t for t, key in (("cpu", "CPU"), ("cuda", "CUDA")) if has("perceptloss::feature_distance", key))
+def _has_kernel_for(op: str, key: str) -> bool:
+    """Whether the built operator library has a ``key`` ('CPU', 'CUDA') kernel for ``perceptloss::<op>``."""
+    return HAS_EXT and torch._C._dispatch_has_kernel_for_dispatch_key(f"perceptloss::{op}", key)
 
 
-_KERNELS = _registered_kernels()  # looked up once: torch.compile cannot trace the dispatcher query
-
-
-_RELU_KERNELS = HAS_EXT and all(
-    torch._C._dispatch_has_kernel_for_dispatch_key(f"perceptloss::{op}", "CPU")
-    for op in ("relu_backward", "max_pool2x2_relu_backward", "max_pool2x2"))
+# Looked up once: torch.compile cannot trace the dispatcher query.
+_KERNELS = frozenset(t for t, key in (("cpu", "CPU"), ("cuda", "CUDA")) if _has_kernel_for("feature_distance", key))
+_RELU_KERNELS = all(_has_kernel_for(op, "CPU") for op in ("relu_backward", "max_pool2x2_relu_backward", "max_pool2x2"))
 
 
 def has_relu_kernels() -> bool:

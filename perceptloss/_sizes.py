@@ -33,8 +33,9 @@ class ImageTooSmallError(ValueError):
         self.layers = tuple(layers)
 
 
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
+def pair(value: int | Sequence[int]) -> tuple[int, int]:
+    """A module's int-or-pair size argument (kernel, stride, padding, dilation) as (height, width)."""
+    return (int(value[0]), int(value[1])) if isinstance(value, (tuple, list)) else (int(value), int(value))
 
 
 def _window_output(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
@@ -60,14 +61,14 @@ def output_size(module: nn.Module, size: int, axis: int) -> int | None:
                 return size
             padding = 0
         else:
-            padding = _pair(module.padding)[axis]
-        return _window_output(size, _pair(module.kernel_size)[axis], _pair(module.stride)[axis], padding,
-                              _pair(module.dilation)[axis], False)
+            padding = pair(module.padding)[axis]
+        return _window_output(size, pair(module.kernel_size)[axis], pair(module.stride)[axis], padding,
+                              pair(module.dilation)[axis], False)
     if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
         stride = module.stride if module.stride is not None else module.kernel_size
-        dilation = _pair(module.dilation)[axis] if isinstance(module, nn.MaxPool2d) else 1
-        return _window_output(size, _pair(module.kernel_size)[axis], _pair(stride)[axis],
-                              _pair(module.padding)[axis], dilation, bool(module.ceil_mode))
+        dilation = pair(module.dilation)[axis] if isinstance(module, nn.MaxPool2d) else 1
+        return _window_output(size, pair(module.kernel_size)[axis], pair(stride)[axis],
+                              pair(module.padding)[axis], dilation, bool(module.ceil_mode))
     if hasattr(module, "output_size") and callable(module.output_size):
         return int(module.output_size(size))
     if isinstance(module, _SIZE_PRESERVING):

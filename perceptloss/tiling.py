@@ -36,6 +36,7 @@ from torch.autograd.function import once_differentiable
 
 from ._base import PerceptualLoss
 from ._signature import format_signature, parse_signature
+from ._sizes import pair
 from .backbones.sequential import SequentialFeatures
 from .backbones.blurpool import BlurPool2d
 from .backbones.vgg_l2pool import L2Pool2d
@@ -87,10 +88,6 @@ class _Op:
 AxisOps = list[_Op]
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
-
-
 def _module_ops(m: nn.Module) -> list[tuple[_Op, _Op]]:
     """The (height, width) operations of one trunk module, in order; _Opaque for a module it cannot analyse."""
     if isinstance(m, nn.Sequential):
@@ -102,21 +99,21 @@ def _module_ops(m: nn.Module) -> list[tuple[_Op, _Op]]:
             raise _Opaque(f"a Conv2d with padding={m.padding!r}")
         if m.padding_mode == "circular":
             raise _Opaque("a Conv2d with circular padding (its border outputs read the opposite border)")
-        pad = (0, 0) if isinstance(m.padding, str) else _pair(m.padding)
-        k, s, d = _pair(m.kernel_size), _pair(m.stride), _pair(m.dilation)
+        pad = (0, 0) if isinstance(m.padding, str) else pair(m.padding)
+        k, s, d = pair(m.kernel_size), pair(m.stride), pair(m.dilation)
         return [(_Op(k[0], s[0], pad[0], d[0]), _Op(k[1], s[1], pad[1], d[1]))]
     if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-        k = _pair(m.kernel_size)
-        s = _pair(m.stride if m.stride is not None else m.kernel_size)
-        p = _pair(m.padding)
-        d = _pair(getattr(m, "dilation", 1))
+        k = pair(m.kernel_size)
+        s = pair(m.stride if m.stride is not None else m.kernel_size)
+        p = pair(m.padding)
+        d = pair(getattr(m, "dilation", 1))
         return [(_Op(k[0], s[0], p[0], d[0], m.ceil_mode), _Op(k[1], s[1], p[1], d[1], m.ceil_mode))]
     if isinstance(m, (L2Pool2d, BlurPool2d)):  # a depthwise window; BlurPool's reflection padding, like zero
         k = int(m.window.shape[-1])  # padding, reads only the image's own border pixels, which border tiles keep
         return [(_Op(k, m.stride, m.padding), _Op(k, m.stride, m.padding))]
     if type(m).__name__ == "Fire" and all(hasattr(m, a) for a in ("squeeze", "expand1x1", "expand3x3")):
         one = [op for c in (m.squeeze, m.expand1x1) for op in _module_ops(c)]
-        if any(op != _Op(1, 1, 0) for pair in one for op in pair):
+        if any(op != _Op(1, 1, 0) for axes in one for op in axes):
             raise _Opaque("a Fire module whose 1x1 convolutions are not 1x1, stride 1, unpadded")
         three = _module_ops(m.expand3x3)
         if len(three) != 1 or any(op.stride != 1 or 2 * op.padding != op.extent - 1 for op in three[0]):
