@@ -207,9 +207,10 @@ def measure(args: argparse.Namespace) -> str:
                     print(lines[-1], flush=True)
                 signatures.append(f"- lpips-{net}, {size}²: `{fns['perceptloss (default)'].signature}`")
     pairs = args.pairs or "64 (64²) or 16 (256² and larger)"
-    lines += ["", f"{pairs} pairs per contender and size, batches of {batch} (the score CLI's default) for every "
-              f"batched contender, {args.repeats} interleaved rounds after one warm-up pass; wall time; "
-              f"{torch.get_num_threads()} threads. Versions: lpips {installed_version('lpips')}, torchmetrics "
+    batches = (f"batches of {args.batch}" if args.batch else "batches of " + ", ".join(
+        f"{auto_batch_size((size, size))} at {size}²" for size in args.sizes) + " (the score CLI's default, by size)")
+    lines += ["", f"{pairs} pairs per contender and size, {batches} for every batched contender, "
+              f"{args.repeats} interleaved rounds after one warm-up pass; wall time; {torch.get_num_threads()} threads. Versions: lpips {installed_version('lpips')}, torchmetrics "
               f"{installed_version('torchmetrics')}, piq {installed_version('piq')}.", "",
               "The default contender's signatures (the precision it picked is in `dtype:`):", *signatures]
     return "\n".join(lines)

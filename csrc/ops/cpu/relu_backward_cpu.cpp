@@ -17,14 +17,35 @@ namespace {
 
 constexpr int64_t kGrain = 1 << 15;  // elements per parallel work item
 
+void check_dtype(const char* op, at::ScalarType t) {
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, op,
+              ": tensors must be float32, float64, float16 or bfloat16, got ", t);
+}
+
 void check_pair(const char* op, const at::Tensor& grad, const at::Tensor& output) {
   TORCH_CHECK(grad.device().is_cpu() && output.device().is_cpu(), op, ": CPU kernel called with tensors on ",
               grad.device(), " and ", output.device());
   TORCH_CHECK(grad.scalar_type() == output.scalar_type(), op, ": grad is ", grad.scalar_type(), ", output ",
               output.scalar_type(), "; give both in one dtype");
-  const auto t = output.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, op,
-              ": tensors must be float32, float64, float16 or bfloat16, got ", t);
+  check_dtype(op, output.scalar_type());
+}
+
+// The layout the 2x2-window kernels read and write: channels-last where `t` is, else contiguous.
+at::MemoryFormat window_format(const at::Tensor& t) {
+  return t.is_contiguous(at::MemoryFormat::ChannelsLast) ? at::MemoryFormat::ChannelsLast
+                                                         : at::MemoryFormat::Contiguous;
+}
+
+// Runs the 2x2-window kernels of an (N, C, H, W) tensor in parallel: channels-last `rows(r0, r1)` over the output
+// rows (n * (H / 2)), contiguous `planes(p0, p1)` over the (n, c) planes, about kGrain input elements per item.
+template <typename Rows, typename Planes>
+void parallel_over_windows(at::MemoryFormat format, int64_t n, int64_t c, int64_t h, int64_t w, const Rows& rows,
+                           const Planes& planes) {
+  if (format == at::MemoryFormat::ChannelsLast) {
+    at::parallel_for(0, n * (h / 2), std::max<int64_t>(1, kGrain / (2 * w * c)), rows);
+  } else {
+    at::parallel_for(0, n * c, std::max<int64_t>(1, kGrain / (h * w)), planes);
+  }
 }
 
 // `t` with the strides of the dense tensor `like` (a copy where they differ).
@@ -70,8 +91,7 @@ at::Tensor max_pool2x2_relu_backward_cpu(const at::Tensor& grad, const at::Tenso
                   grad.size(3) == w / 2,
               "max_pool2x2_relu_backward: grad must be (", n, ", ", c, ", ", h / 2, ", ", w / 2,
               ") for a 2x2 max-pool of ", output.sizes(), ", got ", grad.sizes());
-  const bool channels_last = output.is_contiguous(at::MemoryFormat::ChannelsLast);
-  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto format = window_format(output);
   if (output.numel() == 0 || h / 2 == 0 || w / 2 == 0) {
     return at::zeros(output.sizes(), output.options().memory_format(format));
   }
@@ -83,16 +103,10 @@ at::Tensor max_pool2x2_relu_backward_cpu(const at::Tensor& grad, const at::Tenso
   const void* pg = g.const_data_ptr();
   void* po = out.mutable_data_ptr();
   const auto& k = cpu::relu_kernels();
-  if (channels_last) {
-    const int64_t rows = n * (h / 2);
-    at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / (2 * w * c)), [&](int64_t r0, int64_t r1) {
-      k.pool_backward_channels_last(dtype, py, pg, po, c, h, w, r0, r1);
-    });
-  } else {
-    at::parallel_for(0, n * c, std::max<int64_t>(1, kGrain / (h * w)), [&](int64_t p0, int64_t p1) {
-      k.pool_backward_contiguous(dtype, py, pg, po, h, w, p0, p1);
-    });
-  }
+  parallel_over_windows(
+      format, n, c, h, w,
+      [&](int64_t r0, int64_t r1) { k.pool_backward_channels_last(dtype, py, pg, po, c, h, w, r0, r1); },
+      [&](int64_t p0, int64_t p1) { k.pool_backward_contiguous(dtype, py, pg, po, h, w, p0, p1); });
   return out;
 }
 
@@ -100,27 +114,19 @@ at::Tensor max_pool2x2_cpu(const at::Tensor& x) {
   TORCH_CHECK(x.device().is_cpu(), "max_pool2x2: CPU kernel called with a tensor on ", x.device());
   TORCH_CHECK(x.dim() == 4, "max_pool2x2: x must be (N, C, H, W), got ", x.sizes());
   const auto t = x.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
-              "max_pool2x2: x must be float32, float64, float16 or bfloat16, got ", t);
+  check_dtype("max_pool2x2", t);
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   TORCH_CHECK(h >= 2 && w >= 2, "max_pool2x2: a 2x2 max-pool needs H, W >= 2, got ", x.sizes());
-  const bool channels_last = x.is_contiguous(at::MemoryFormat::ChannelsLast);
-  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto format = window_format(x);
   const at::Tensor xc = x.contiguous(format);
   at::Tensor out = at::empty({n, c, h / 2, w / 2}, x.options().memory_format(format));
   if (out.numel() == 0) return out;
   const void* px = xc.const_data_ptr();
   void* po = out.mutable_data_ptr();
   const auto& k = cpu::relu_kernels();
-  if (channels_last) {
-    at::parallel_for(0, n * (h / 2), std::max<int64_t>(1, kGrain / (2 * w * c)), [&](int64_t r0, int64_t r1) {
-      k.pool_forward_channels_last(t, px, po, c, h, w, r0, r1);
-    });
-  } else {
-    at::parallel_for(0, n * c, std::max<int64_t>(1, kGrain / (h * w)), [&](int64_t p0, int64_t p1) {
-      k.pool_forward_contiguous(t, px, po, h, w, p0, p1);
-    });
-  }
+  parallel_over_windows(
+      format, n, c, h, w, [&](int64_t r0, int64_t r1) { k.pool_forward_channels_last(t, px, po, c, h, w, r0, r1); },
+      [&](int64_t p0, int64_t p1) { k.pool_forward_contiguous(t, px, po, h, w, p0, p1); });
   return out;
 }
 
