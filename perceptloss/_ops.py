@@ -48,6 +48,7 @@ def _has_kernel_for(op: str, key: str) -> bool:
 
 # Looked up once: torch.compile cannot trace the dispatcher query.
 _KERNELS = frozenset(t for t, key in (("cpu", "CPU"), ("cuda", "CUDA")) if _has_kernel_for("feature_distance", key))
+_UNIT_KERNELS = frozenset(t for t, key in (("cpu", "CPU"), ("cuda", "CUDA")) if _has_kernel_for("unit_feature_distance", key))
 _RELU_KERNELS = all(_has_kernel_for(op, "CPU") for op in ("relu_backward", "max_pool2x2_relu_backward", "max_pool2x2"))
 
 
@@ -60,6 +61,11 @@ def has_relu_kernels() -> bool:
 def has_kernel(device_type: str) -> bool:
     """True when the fused operator has a kernel for ``device_type`` ('cpu' or 'cuda')."""
     return device_type in _KERNELS
+
+
+def has_unit_kernel(device_type: str) -> bool:
+    """True when ``unit_feature_distance`` (LPIPS' and the cosine distance in one pass) has a kernel for ``device_type``."""
+    return device_type in _UNIT_KERNELS
 
 
 def supports(device: torch.device) -> bool:
@@ -139,7 +145,81 @@ def _backward_of_backward(grad, inputs, targets, weights, p, grads_ga, grads_gb,
     return grad_g, grad_a, grad_b
 
 
+def _inverse_norms(f: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C, *) -> 1 / (|f| + eps) and 1 / |f| (0 where |f| = 0), the L2 norm over C, kept as (N, 1, *)."""
+    squared = f.square().sum(dim=1, keepdim=True)
+    positive = squared > 0
+    norm = torch.where(positive, torch.where(positive, squared, torch.ones_like(squared)).sqrt(), 0.0)
+    return 1.0 / (norm + eps), torch.where(positive, 1.0 / torch.where(positive, norm, torch.ones_like(norm)), 0.0)
+
+
+def _unit_feature_distance_backward(grad, inputs, targets, channel_weights, weights, eps, need_a, need_b, need_w):
+    """Gradients of ``unit_feature_distance`` in plain torch ops (so they are differentiable again).
+
+    Per layer, with u(a) = a / (|a| + eps) over channels, P positions and ``g = grad[:, l]``:
+    ``t = 2 g w_l / P * c * (u(a) - u(b))`` (c the channel weights), and the normalisation's Jacobian gives
+    ``d/da = t / (|a| + eps) - u(a) sum_c(t u(a)) / |a|`` (the second term 0 where |a| = 0, as autograd through
+    ``unit_normalize``), ``d/db`` the same for b with -t; ``d/dc = g w_l / P * sum (u(a) - u(b))^2`` over N and P.
+    """
+    acc = grad.dtype
+    grads_a, grads_b, grads_w = [], [], []
+    for l, (a, b, c) in enumerate(zip(inputs, targets, channel_weights)):
+        spatial = [1] * (a.dim() - 2)
+        positions = max(a[0, 0].numel(), 1) if a.shape[0] > 0 else 1
+        per_sample = (grad[:, l] * (weights[l] / positions)).view(-1, 1, *spatial)
+        ia, ra = _inverse_norms(a.to(acc), eps)
+        ib, rb = _inverse_norms(b.to(acc), eps)
+        ua, ub = a.to(acc) * ia, b.to(acc) * ib
+        d = ua - ub
+        t = 2 * per_sample * c.to(acc).view(1, -1, *spatial) * d
+        grads_a.append((t * ia - ua * (t * ua).sum(dim=1, keepdim=True) * ra).to(a.dtype) if need_a[l] else None)
+        grads_b.append((ub * (t * ub).sum(dim=1, keepdim=True) * rb - t * ib).to(b.dtype) if need_b[l] else None)
+        if need_w[l]:
+            grads_w.append((per_sample * d.square()).transpose(0, 1).reshape(a.shape[1], -1).sum(dim=1).to(c.dtype))
+        else:
+            grads_w.append(None)
+    return grads_a, grads_b, grads_w
+
+
 if HAS_EXT:
+
+    @torch.library.register_fake("perceptloss::unit_feature_distance")
+    def _unit_feature_distance_fake(inputs, targets, channel_weights, weights, eps=1e-10):
+        torch._check(len(inputs) > 0, lambda: "unit_feature_distance needs at least one layer")
+        return inputs[0].new_empty((inputs[0].shape[0], len(inputs)), dtype=accumulation_dtype(inputs[0].dtype))
+
+    @torch.library.register_fake("perceptloss::unit_feature_distance_backward")
+    def _unit_feature_distance_backward_fake(grad, inputs, targets, channel_weights, weights, eps, input_grad, target_grad):
+        grads_a = [torch.empty_like(a) for a in inputs] if input_grad else []
+        grads_b = [torch.empty_like(a) for a in inputs] if target_grad else []
+        return grads_a, grads_b
+
+    def _setup_context_unit(ctx, inputs, output):
+        features_a, features_b, channel_weights, weights = inputs[:4]
+        ctx.save_for_backward(*features_a, *features_b, *channel_weights)
+        ctx.num_layers = len(features_a)
+        ctx.weights = list(weights)
+        ctx.eps = inputs[4] if len(inputs) > 4 else 1e-10
+
+    def _backward_unit(ctx, grad):
+        saved, n = ctx.saved_tensors, ctx.num_layers
+        a, b, c = list(saved[:n]), list(saved[n : 2 * n]), list(saved[2 * n :])
+        need_a, need_b, need_w = ctx.needs_input_grad[:3]
+        # The kernel unless a gradient of the gradient is wanted (create_graph=True: torch ops, differentiable)
+        # or the channel weights need one (the kernel writes the features' gradients only).
+        if not torch.is_grad_enabled() and not any(need_w) and has_unit_kernel(a[0].device.type):
+            input_grad, target_grad = any(need_a), any(need_b)
+            grads_a, grads_b = torch.ops.perceptloss.unit_feature_distance_backward(
+                grad, a, b, c, ctx.weights, ctx.eps, input_grad, target_grad)
+            grads_a = [g if k else None for g, k in zip(grads_a, need_a)] if input_grad else [None] * n
+            grads_b = [g if k else None for g, k in zip(grads_b, need_b)] if target_grad else [None] * n
+            return grads_a, grads_b, [None] * n, None, None
+        grads_a, grads_b, grads_w = _unit_feature_distance_backward(
+            grad, a, b, c, ctx.weights, ctx.eps, need_a, need_b, need_w)
+        return grads_a, grads_b, grads_w, None, None
+
+    torch.library.register_autograd(
+        "perceptloss::unit_feature_distance", _backward_unit, setup_context=_setup_context_unit)
 
     @torch.library.register_fake("perceptloss::feature_distance")
     def _feature_distance_fake(inputs, targets, weights, p=2):

@@ -38,7 +38,7 @@ from torch import nn
 from ._dtypes import accumulation_dtype
 from ._signature import number, numbers
 from ._validation import check_choice, check_number
-from .functional import charbonnier_distance, feature_distance, unit_normalize
+from .functional import charbonnier_distance, feature_distance, unit_feature_distance, unit_normalize
 
 __all__ = ["Criterion", "FeatureDistance", "GramDistance", "gram_matrix", "TILING_MODES"]
 
@@ -163,19 +163,12 @@ class FeatureDistance(Criterion):
         self.charbonnier_eps = 1e-3 if charbonnier_eps is None else check_number(
             "charbonnier_eps", charbonnier_eps, positive=True)
 
-    def representation(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The activations; with "cosine" unit-normalised over channels (float32) at each position."""
-        if self.distance == "cosine":
-            return [unit_normalize(f) for f in features]
-        return features
-
     def compare(self, input_repr: list[torch.Tensor], target_repr: list[torch.Tensor]) -> torch.Tensor:
         """(N, L) weighted per-layer distances (float32, float64 for float64)."""
         if self.distance == "charbonnier":
             return charbonnier_distance(input_repr, target_repr, self.layer_weights, eps=self.charbonnier_eps)
-        if self.distance == "cosine":  # the operator's mean over C*H*W, times C: a sum over C, mean over H*W
-            weights = [w * a.shape[1] for w, a in zip(self.layer_weights, input_repr)]
-            return feature_distance(input_repr, target_repr, weights, fused=self.fused, p=2)
+        if self.distance == "cosine":
+            return unit_feature_distance(input_repr, target_repr, None, self.layer_weights, fused=self.fused)
         p = 1 if self.distance == "l1" else 2
         return feature_distance(input_repr, target_repr, self.layer_weights, fused=self.fused, p=p)
 
@@ -185,6 +178,8 @@ class FeatureDistance(Criterion):
         penalty, or for "cosine" the channel sum of the squared difference of the unit-normalised features."""
         out = []
         for w, a, b in zip(self.layer_weights, input_repr, target_repr):
+            if self.distance == "cosine":
+                a, b = unit_normalize(a), unit_normalize(b)
             d = a.to(accumulation_dtype(a.dtype)) - b.to(accumulation_dtype(b.dtype))
             if self.distance == "l1":
                 per_channel = d.abs()

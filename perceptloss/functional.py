@@ -11,8 +11,8 @@ Two more per-layer forms that image-restoration code uses (``FeatureLoss(distanc
 
     cosine:       D[n, l] = w_l / (H_l W_l) * sum_{h,w} || u(a_l[n])_{:,h,w} - u(b_l[n])_{:,h,w} ||^2
                   with u the unit normalisation over channels (``unit_normalize``), = 2 (1 - cos) per position:
-                  LPIPS without its heads, for any backbone. On the fused operator: the L2 form over the
-                  normalised features with weight w_l * C_l (its mean over C*H*W, times C).
+                  LPIPS without its heads, for any backbone (``unit_feature_distance``, which also takes
+                  per-channel weights: LPIPS' heads; on the CPU one pass of the fused operator over a and b).
     charbonnier:  D[n, l] = w_l / (C_l H_l W_l) * sum_{c,h,w} sqrt((a_l[n] - b_l[n])**2 + eps**2)
                   (``charbonnier_distance``): pure PyTorch, as the fused operator computes |d|^p for p = 1, 2 only.
 """
@@ -205,3 +205,106 @@ def charbonnier_distance(
         for a, b, w in zip(inputs, targets, weights)
     ]
     return torch.stack(cols, dim=1)
+
+
+def _check_channel_weights(channel_weights: Sequence[torch.Tensor] | None, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
+    """None, or one floating (C_l,) tensor per layer."""
+    if channel_weights is None:
+        return None
+    channel_weights = list(channel_weights)
+    if len(channel_weights) != len(inputs):
+        raise ValueError(f"got {len(channel_weights)} channel weight tensors for {len(inputs)} layers; give one (C_l,) "
+                         "tensor per layer, or None for weight 1 on every channel")
+    for l, (c, a) in enumerate(zip(channel_weights, inputs)):
+        if not isinstance(c, torch.Tensor) or not c.is_floating_point() or c.dim() != 1 or c.shape[0] != a.shape[1]:
+            got = f"{c.dtype} tensor of shape {tuple(c.shape)}" if isinstance(c, torch.Tensor) else type(c).__name__
+            raise ValueError(f"layer {l}: channel weights must be a floating ({a.shape[1]},) tensor (one per channel of "
+                             f"the features {tuple(a.shape)}), got a {got}")
+    return channel_weights
+
+
+def unit_feature_distance_reference(
+    inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+    channel_weights: Sequence[torch.Tensor] | None = None, weights: Sequence[float] | None = None, eps: float = 1e-10,
+) -> torch.Tensor:
+    r"""The maths of :func:`unit_feature_distance` in plain PyTorch (float32; float64 for float64): its oracle
+    and fallback, differentiable by autograd."""
+    inputs, targets = list(inputs), list(targets)
+    weights = _check_weights(weights, len(inputs))
+    _check_features(inputs, targets, weights)
+    channel_weights = _check_channel_weights(channel_weights, inputs)
+    cols = []
+    for l, (a, b, w) in enumerate(zip(inputs, targets, weights)):
+        squared = (unit_normalize(a, eps) - unit_normalize(b, eps)).square()
+        if channel_weights is not None:
+            squared = squared * channel_weights[l].to(squared.dtype).view(1, -1, *[1] * (a.dim() - 2))
+        cols.append(float(w) * squared.sum(dim=1).reshape(a.shape[0], -1).mean(dim=1))
+    return torch.stack(cols, dim=1)
+
+
+def unit_feature_distance(
+    inputs: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
+    channel_weights: Sequence[torch.Tensor] | None = None,
+    weights: Sequence[float] | None = None,
+    *,
+    eps: float = 1e-10,
+    fused: bool | None = None,
+) -> torch.Tensor:
+    r"""Per-sample, per-layer distances of the channel-unit-normalised features: LPIPS' distance.
+
+    For layer :math:`l` with features :math:`a_l, b_l` of shape :math:`(N, C_l, *)` (``*``: :math:`P_l`
+    positions), channel weights :math:`c_l` and weight :math:`w_l`, with :math:`u` the division by the L2 norm
+    over channels plus ``eps`` at each position (:func:`unit_normalize`):
+
+    .. math:: D[n, l] = \frac{w_l}{P_l} \sum_{p} \sum_{c} c_{l,c} \big(u(a_l[n])_{c,p} - u(b_l[n])_{c,p}\big)^2
+
+    With LPIPS' heads as ``channel_weights`` this is LPIPS' per-layer term; without (weight 1 per channel) the
+    "cosine" feature distance, :math:`2 (1 - \cos)` per position. On the CPU the fused operator reads a and b
+    once (no normalised copy is made); its gradient is plain torch ops (differentiable again). Elsewhere the
+    features are normalised in PyTorch and compared on the fused L2 operator (the channel weights' square roots
+    folded in; non-negative channel weights) or, with ``fused=False``, entirely in PyTorch
+    (:func:`unit_feature_distance_reference`). The result is float32 (float64 for float64 features).
+
+    Args:
+        inputs: the L input feature maps, each (N, C_l, ...) with the same N.
+        targets: the L target feature maps, each of its input's shape, dtype and device.
+        channel_weights: one (C_l,) tensor per layer, or None (1 for every channel).
+        weights: one weight per layer (default 1 each).
+        eps: added to each norm (lpips' 1e-10 by default); finite, >= 0.
+        fused: as :func:`feature_distance`'s: None uses the compiled operator where it has a kernel, True
+            requires one (a RuntimeError says how to build it), False runs the reference.
+
+    Returns:
+        The (N, L) distances.
+
+    Example:
+        >>> import torch, perceptloss
+        >>> a, b = [torch.tensor([[[[3.0]], [[4.0]]]])], [torch.tensor([[[[4.0]], [[3.0]]]])]
+        >>> perceptloss.functional.unit_feature_distance(a, b)   # 2 (1 - cos) = 2 (1 - 24/25)
+        tensor([[0.0800]])
+    """
+    inputs, targets = list(inputs), list(targets)
+    weights = _check_weights(weights, len(inputs))
+    eps = check_number("unit_feature_distance's eps", eps, minimum=0.0)
+    device = inputs[0].device if inputs else torch.device("cpu")
+    use = fused is not False and not functorch_transform_active()
+    if use and _ops.has_unit_kernel(device.type):
+        _check_features(inputs, targets, weights)
+        checked = _check_channel_weights(channel_weights, inputs)
+        acc = accumulation_dtype(inputs[0].dtype)
+        if checked is None:
+            checked = [torch.ones(a.shape[1], dtype=acc, device=device) for a in inputs]
+        return torch.ops.perceptloss.unit_feature_distance(inputs, targets, checked, weights, eps)
+    checked = _check_channel_weights(channel_weights, inputs) if inputs else None
+    foldable = checked is None or not torch.compiler.is_compiling() and all(bool((c >= 0).all()) for c in checked)
+    if use and _ops.supports(device) and foldable:
+        # normalised copies, the channel weights' square roots folded in; the L2 operator's mean over C*P times C
+        na, nb = ([unit_normalize(f, eps) for f in fs] for fs in (inputs, targets))
+        if checked is not None:
+            roots = [c.to(f.dtype).sqrt().view(1, -1, *[1] * (f.dim() - 2)) for c, f in zip(checked, na)]
+            na, nb = [f * r for f, r in zip(na, roots)], [f * r for f, r in zip(nb, roots)]
+        return feature_distance(na, nb, [w * a.shape[1] for w, a in zip(weights, inputs)], fused=fused)
+    if fused:
+        raise RuntimeError(_ops.unavailable_reason(device))
+    return unit_feature_distance_reference(inputs, targets, checked, weights, eps)

@@ -7,8 +7,8 @@ over channels at every position and w_l >= 0 the learned per-channel head,
           \big(\hat\phi_l(x)_{c,h,w} - \hat\phi_l(y)_{c,h,w}\big)^2
 
 value-identical to the ``lpips`` package (v0.1, and v0.0 with ``version="0.0"``) given the same trunk weights. The non-spatial form runs on the
-fused distance operator (the heads folded into the features as sqrt(w)); the unit normalisation has a finite
-gradient where a feature vector is zero (lpips' ``normalize_tensor`` alone gives NaN there; inside lpips' metric
+fused operator (``unit_feature_distance``: normalisation, heads and mean in one pass on the CPU); the unit
+normalisation has a finite gradient where a feature vector is zero (lpips' ``normalize_tensor`` alone gives NaN there; inside lpips' metric
 the ReLU before every tap happens to mask it). ``LPIPS(net, variant="shift_tolerant")`` is ST-LPIPS: the same
 distance on anti-aliased trunks with their own trained heads (``perceptloss.stlpips``).
 """
@@ -25,7 +25,8 @@ from ._signature import tensors_digest
 from ._validation import check_choice
 from .criteria import Criterion, TilingMode
 from .factory import create_backbone
-from .functional import feature_distance, unit_normalize
+from ._dtypes import accumulation_dtype
+from .functional import unit_feature_distance, unit_normalize
 from .lpips_heads import HEAD_CHANNELS, LPIPS_NORMALIZATION, LPIPS_V00_NORMALIZATION, VERSIONS, load_heads
 from .stlpips import VARIANTS, load_stlpips_heads, stlpips_net
 
@@ -45,10 +46,11 @@ class LPIPSDistance(Criterion):
     r"""LPIPS' criterion: per layer, the spatial mean of the head-weighted squared difference of the
     channel-unit-normalised features, :math:`\frac{1}{H W}\sum_{h,w}\sum_c w_c (\hat a - \hat b)^2`.
 
-    ``heads``: the (C_l,) weights of each layer (kept as buffers ``head0``, ``head1``, ...). With non-negative
-    heads the comparison runs on the fused operator (sqrt(w) folded into the features); ``spatial=True``
-    makes the loss return the per-layer maps upsampled and summed. ``net``, ``version`` and ``variant`` (None,
-    or "shift_tolerant" for ST-LPIPS) name the metric in the signature.
+    ``heads``: the (C_l,) weights of each layer (kept as buffers ``head0``, ``head1``, ...). The representation
+    is the activations themselves; ``compare`` normalises and weighs them in one pass of the fused operator
+    (``perceptloss.functional.unit_feature_distance``). ``spatial=True`` makes the loss return the per-layer maps
+    upsampled and summed. ``net``, ``version`` and ``variant`` (None, or "shift_tolerant" for ST-LPIPS) name the
+    metric in the signature.
     """
 
     tiling: ClassVar[TilingMode | None] = "local"
@@ -59,13 +61,6 @@ class LPIPSDistance(Criterion):
         for k, w in enumerate(heads):
             self.register_buffer(f"head{k}", w, persistent=False)
         self.num_layers = len(heads)
-        # The fused path folds sqrt(w) into the features; negative weights (foreign heads) take the direct path.
-        self.fusable = all(bool((w >= 0).all()) for w in heads)
-        if fused and not self.fusable:
-            raise ValueError(
-                "fused=True cannot apply: these heads have negative weights, which the fused form (sqrt(w) folded "
-                "into the features) cannot take, so they run in plain PyTorch; leave fused unset or pass fused=False"
-            )
         self.net_name, self.version, self.spatial, self.fused = net, version, bool(spatial), fused
         self.variant = variant
 
@@ -74,28 +69,14 @@ class LPIPSDistance(Criterion):
         """The (C_l,) head weights of each layer."""
         return [getattr(self, f"head{k}") for k in range(self.num_layers)]
 
-    def representation(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Unit-normalised float32 features; with non-negative heads, times sqrt(head) per channel."""
-        normalized = [unit_normalize(f) for f in features]
-        if not self.fusable:
-            return normalized
-        return [a * w.to(a.dtype).sqrt().view(1, -1, 1, 1) for a, w in zip(normalized, self.heads)]
-
-    def compare(self, na: list[torch.Tensor], nb: list[torch.Tensor]) -> torch.Tensor:
+    def compare(self, input_repr: list[torch.Tensor], target_repr: list[torch.Tensor]) -> torch.Tensor:
         """(N, L) float32: each layer's term (spatial mean of the head-weighted squared difference)."""
-        if self.fusable:
-            return feature_distance(
-                na, nb, [float(a.shape[1]) for a in na],  # the operator's mean over C*H*W, times C: a sum over C
-                fused=self.fused,
-            )
-        return torch.stack([m.mean(dim=(1, 2, 3)) for m in self.maps(na, nb)], dim=1)
+        return unit_feature_distance(input_repr, target_repr, self.heads, fused=self.fused)
 
-    def maps(self, na: list[torch.Tensor], nb: list[torch.Tensor]) -> list[torch.Tensor]:
+    def maps(self, input_repr: list[torch.Tensor], target_repr: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per layer the (N, 1, H_l, W_l) map of the head-weighted squared difference summed over channels."""
-        if self.fusable:  # the heads are already folded into a and b
-            return [(a - b).square().sum(dim=1, keepdim=True) for a, b in zip(na, nb)]
-        return [((a - b).square() * w.to(a.dtype).view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
-                for a, b, w in zip(na, nb, self.heads)]
+        return [((unit_normalize(a) - unit_normalize(b)).square() * w.to(accumulation_dtype(a.dtype)).view(1, -1, 1, 1))
+                .sum(dim=1, keepdim=True) for a, b, w in zip(input_repr, target_repr, self.heads)]
 
     def signature_fields(self) -> dict[str, object]:
         heads = {f"head{k}": w for k, w in enumerate(self.heads)}

@@ -106,6 +106,14 @@ TORCH_LIBRARY(perceptloss, m) {
   m.def(
       "feature_distance_backward(Tensor grad, Tensor[] inputs, Tensor[] targets, float[] weights, "
       "bool input_grad, bool target_grad, int p=2) -> (Tensor[], Tensor[])");
+  // LPIPS' distance and the "cosine" feature distance in one pass over a and b (CPU kernels; the backward's
+  // own derivative, and create_graph=True, use plain torch ops: perceptloss/_ops.py). Per layer, (N, C, *) features:
+  //   out[n, l] = weights[l] / P * sum over the P positions of sum_c channel_weights[l][c] (a_c / (|a| + eps) - b_c / (|b| + eps))^2
+  // with |.| the L2 norm over the C channels at the position; float32 (float64 for float64 features).
+  m.def("unit_feature_distance(Tensor[] inputs, Tensor[] targets, Tensor[] channel_weights, float[] weights, "
+        "float eps=1e-10) -> Tensor");
+  m.def("unit_feature_distance_backward(Tensor grad, Tensor[] inputs, Tensor[] targets, Tensor[] channel_weights, "
+        "float[] weights, float eps, bool input_grad, bool target_grad) -> (Tensor[], Tensor[])");
   // The backward of the frozen trunks' fused convolution + ReLU (+ 2x2 max-pool), perceptloss/_conv_relu.py:
   // grad (+ grad2, a tapped layer's second gradient) where output = relu(x) > 0, else 0; and through
   // max_pool2d(output, 2, 2) first, each window's first maximum taking the pooled gradient. CPU kernels only.

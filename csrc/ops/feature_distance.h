@@ -8,6 +8,9 @@
 //   p = 2: grad_a = 2 w_l / numel(a_l[n]) * (a - b) * grad_out[n, l]
 //   p = 1: grad_a = w_l / numel(a_l[n]) * sign(a - b) * grad_out[n, l]   (sign(0) = 0: the subgradient 0)
 // and grad_b = -grad_a.
+//
+// perceptloss::unit_feature_distance (CPU) is the same reduction over the channel-unit-normalised features, with
+// per-channel weights: LPIPS' distance and FeatureDistance("cosine"); it shares the argument checks below.
 #pragma once
 
 #include <ATen/core/Tensor.h>

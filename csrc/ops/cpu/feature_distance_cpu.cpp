@@ -8,9 +8,11 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 
 namespace perceptloss {
 namespace ops {
@@ -23,69 +25,69 @@ constexpr int64_t kChunk = 1 << 15;  // elements of one sample handled by one wo
 struct WorkItem {
   int32_t layer;
   int64_t sample;
-  int64_t begin;  // element offset inside the sample
+  int64_t begin;  // offset inside the sample, in units (elements; positions for unit_feature_distance)
   int64_t end;
   int64_t start;  // elements of all earlier items: where the item starts in the whole work
+  int64_t elements;
 };
 
-std::vector<WorkItem> make_work(const std::vector<PreparedLayer>& layers, int64_t n) {
+// Work items of `units[l]` units per sample, `unit_elements[l]` elements each, about kChunk elements per item.
+std::vector<WorkItem> make_work(const std::vector<int64_t>& units, const std::vector<int64_t>& unit_elements,
+                                int64_t n) {
   std::vector<WorkItem> items;
   int64_t start = 0;
-  for (size_t l = 0; l < layers.size(); ++l) {
+  for (size_t l = 0; l < units.size(); ++l) {
+    const int64_t chunk = std::max<int64_t>(1, kChunk / unit_elements[l]);
     for (int64_t s = 0; s < n; ++s) {
-      for (int64_t b = 0; b < layers[l].per_sample; b += kChunk) {
-        const int64_t e = std::min(b + kChunk, layers[l].per_sample);
-        items.push_back({static_cast<int32_t>(l), s, b, e, start});
-        start += e - b;
+      for (int64_t b = 0; b < units[l]; b += chunk) {
+        const int64_t e = std::min(b + chunk, units[l]);
+        items.push_back({static_cast<int32_t>(l), s, b, e, start, (e - b) * unit_elements[l]});
+        start += items.back().elements;
       }
     }
   }
   return items;
 }
 
-// Elements of all items (of every layer and sample).
-int64_t total_elements(const std::vector<WorkItem>& items) {
-  return items.empty() ? 0 : items.back().start + (items.back().end - items.back().begin);
+std::vector<WorkItem> make_work(const std::vector<PreparedLayer>& layers, int64_t n) {
+  std::vector<int64_t> units;
+  for (const auto& L : layers) {
+    units.push_back(L.per_sample);
+  }
+  return make_work(units, std::vector<int64_t>(layers.size(), 1), n);
 }
 
-// Calls f(index, item, its layer, byte offset of the item in the layer's a and b) for every work item, in
-// parallel; items are independent. The threads get equal shares of elements, not of items: the items of a
-// layer whose samples are smaller than kChunk are short, and an even split of items would give one thread
-// more memory to read than the other (with VGG19 relu1_1..relu5_1 at 64x64, 52.5% against 47.5% on two
-// threads). Each item goes to the thread whose element range holds its first element.
+// Calls f(index, item) for every work item, in parallel; items are independent. The threads get equal shares of
+// elements, not of items: the items of a layer whose samples are smaller than kChunk are short, and an even split
+// of items would give one thread more memory to read than the other (with VGG19 relu1_1..relu5_1 at 64x64, 52.5%
+// against 47.5% on two threads). Each item goes to the thread whose element range holds its first element.
 template <typename F>
-void parallel_over_items(const std::vector<PreparedLayer>& layers, const std::vector<WorkItem>& items, F&& f) {
+void parallel_over_items(const std::vector<WorkItem>& items, F&& f) {
   if (items.empty()) {
     return;
   }
-  at::parallel_for(0, total_elements(items), kChunk, [&](int64_t lo, int64_t hi) {
+  const int64_t total = items.back().start + items.back().elements;
+  at::parallel_for(0, total, kChunk, [&](int64_t lo, int64_t hi) {
     const auto by_start = [](const WorkItem& w, int64_t x) { return w.start < x; };
     const int64_t first = std::lower_bound(items.begin(), items.end(), lo, by_start) - items.begin();
     const int64_t last = std::lower_bound(items.begin(), items.end(), hi, by_start) - items.begin();
     for (int64_t i = first; i < last; ++i) {
-      const WorkItem& w = items[i];
-      const PreparedLayer& L = layers[w.layer];
-      f(i, w, L, (w.sample * L.per_sample + w.begin) * L.a.element_size());
+      f(i, items[i]);
     }
   });
 }
 
-at::Tensor feature_distance_cpu(at::TensorList inputs, at::TensorList targets, at::ArrayRef<double> weights,
-                                int64_t p) {
-  check_norm(p);
-  const auto layers = prepare_layers(inputs, targets, weights, c10::DeviceType::CPU);
-  const int64_t n = inputs[0].size(0);
-  const int64_t num_layers = static_cast<int64_t>(layers.size());
-  const auto dtype = inputs[0].scalar_type();
-  at::Tensor out = at::empty({n, num_layers}, inputs[0].options().dtype(accumulate_type(dtype)));
-  const auto items = make_work(layers, n);
-  std::vector<double> partial(items.size());
-  const KernelTable& k = cpu::kernels();
-  parallel_over_items(layers, items, [&](int64_t i, const WorkItem& w, const PreparedLayer& L, int64_t offset) {
-    partial[i] = k.diff_norm_sum(dtype, p, static_cast<const char*>(L.a.const_data_ptr()) + offset,
-                                 static_cast<const char*>(L.b.const_data_ptr()) + offset, w.end - w.begin);
-  });
-  // Items are ordered layer-major, sample, chunk: reduce each (layer, sample) run in that fixed order.
+// Byte offset of a flat work item in its layer's a and b.
+int64_t flat_offset(const WorkItem& w, const PreparedLayer& L) {
+  return (w.sample * L.per_sample + w.begin) * L.a.element_size();
+}
+
+// (N, L) per-layer sums of the items' partials, reduced per (layer, sample) in the items' fixed order (so results
+// do not depend on the thread count), times each layer's scale.
+at::Tensor reduce_partials(const std::vector<WorkItem>& items, const std::vector<double>& partial,
+                           const std::vector<double>& scale, int64_t n, const at::TensorOptions& options) {
+  const int64_t num_layers = static_cast<int64_t>(scale.size());
+  at::Tensor out = at::empty({n, num_layers}, options);
   std::vector<double> total(static_cast<size_t>(n * num_layers), 0.0);
   for (size_t k = 0; k < items.size(); ++k) {
     total[items[k].sample * num_layers + items[k].layer] += partial[k];
@@ -94,11 +96,138 @@ at::Tensor feature_distance_cpu(at::TensorList inputs, at::TensorList targets, a
     scalar_t* o = out.data_ptr<scalar_t>();
     for (int64_t s = 0; s < n; ++s) {
       for (int64_t l = 0; l < num_layers; ++l) {
-        o[s * num_layers + l] = static_cast<scalar_t>(total[s * num_layers + l] * layers[l].scale);
+        o[s * num_layers + l] = static_cast<scalar_t>(total[s * num_layers + l] * scale[l]);
       }
     }
   });
   return out;
+}
+
+at::Tensor feature_distance_cpu(at::TensorList inputs, at::TensorList targets, at::ArrayRef<double> weights,
+                                int64_t p) {
+  check_norm(p);
+  const auto layers = prepare_layers(inputs, targets, weights, c10::DeviceType::CPU);
+  const int64_t n = inputs[0].size(0);
+  const auto dtype = inputs[0].scalar_type();
+  const auto items = make_work(layers, n);
+  std::vector<double> partial(items.size());
+  const KernelTable& k = cpu::kernels();
+  parallel_over_items(items, [&](int64_t i, const WorkItem& w) {
+    const PreparedLayer& L = layers[w.layer];
+    const int64_t offset = flat_offset(w, L);
+    partial[i] = k.diff_norm_sum(dtype, p, static_cast<const char*>(L.a.const_data_ptr()) + offset,
+                                 static_cast<const char*>(L.b.const_data_ptr()) + offset, w.end - w.begin);
+  });
+  std::vector<double> scale;
+  for (const auto& L : layers) {
+    scale.push_back(L.scale);
+  }
+  return reduce_partials(items, partial, scale, n, inputs[0].options().dtype(accumulate_type(dtype)));
+}
+
+// The layers of perceptloss::unit_feature_distance (feature_distance.h), each with channels contiguous
+// (channels_last, or one position) or positions contiguous (NCHW); any other layout is copied to NCHW.
+struct UnitLayers {
+  std::vector<at::Tensor> a, b, w;
+  std::vector<int64_t> channels, positions, channel_stride, position_stride;
+  std::vector<double> scale;  // weights[l] / P
+
+  UnitLayers(at::TensorList inputs, at::TensorList targets, at::TensorList channel_weights,
+             at::ArrayRef<double> weights, double eps) {
+    TORCH_CHECK(std::isfinite(eps) && eps >= 0, "unit_feature_distance: eps must be finite and >= 0, got ", eps);
+    const auto layers = prepare_layers(inputs, targets, weights, c10::DeviceType::CPU);
+    TORCH_CHECK(channel_weights.size() == layers.size(), "unit_feature_distance: got ", channel_weights.size(),
+                " channel weight tensors for ", layers.size(), " layers; give one (C,) tensor per layer");
+    const auto acc = accumulate_type(inputs[0].scalar_type());
+    for (size_t l = 0; l < layers.size(); ++l) {
+      at::Tensor la = layers[l].a, lb = layers[l].b;  // lb has la's strides
+      const int64_t c = la.size(1);
+      const int64_t p = layers[l].per_sample / c;
+      const auto& cw = channel_weights[l];
+      TORCH_CHECK(cw.dim() == 1 && cw.size(0) == c, "unit_feature_distance: layer ", l, " has ", c,
+                  " channels, its channel weights have shape ", cw.sizes());
+      const bool channels_inner = la.dim() == 2 ||
+                                  (la.dim() == 4 && la.is_contiguous(at::MemoryFormat::ChannelsLast)) ||
+                                  (la.dim() == 5 && la.is_contiguous(at::MemoryFormat::ChannelsLast3d));
+      if (!channels_inner && !la.is_contiguous()) {
+        la = la.contiguous();
+        lb = lb.contiguous();
+      }
+      const bool inner = channels_inner && la.stride(1) == 1;
+      a.push_back(la);
+      b.push_back(lb);
+      w.push_back(cw.to(la.device(), acc).contiguous());
+      channels.push_back(c);
+      positions.push_back(p);
+      channel_stride.push_back(inner ? 1 : p);
+      position_stride.push_back(inner ? c : 1);
+      scale.push_back(weights[l] / static_cast<double>(p));
+    }
+  }
+
+  // Byte offset of a work item's first position in its layer (sample `it.sample` is one dense block of C * P).
+  int64_t offset(const WorkItem& it) const {
+    const size_t l = it.layer;
+    return (it.sample * channels[l] * positions[l] + it.begin * position_stride[l]) * a[l].element_size();
+  }
+};
+
+at::Tensor unit_feature_distance_cpu(at::TensorList inputs, at::TensorList targets, at::TensorList channel_weights,
+                                     at::ArrayRef<double> weights, double eps) {
+  const UnitLayers L(inputs, targets, channel_weights, weights, eps);
+  const int64_t n = inputs[0].size(0);
+  const auto dtype = inputs[0].scalar_type();
+  const auto items = make_work(L.positions, L.channels, n);
+  std::vector<double> partial(items.size());
+  const KernelTable& k = cpu::kernels();
+  parallel_over_items(items, [&](int64_t i, const WorkItem& it) {
+    const size_t l = it.layer;
+    const int64_t o = L.offset(it);
+    partial[i] = k.unit_diff_sum(dtype, static_cast<const char*>(L.a[l].const_data_ptr()) + o,
+                                 static_cast<const char*>(L.b[l].const_data_ptr()) + o, L.w[l].const_data_ptr(),
+                                 L.channels[l], L.channel_stride[l], it.end - it.begin, L.position_stride[l], eps);
+  });
+  return reduce_partials(items, partial, L.scale, n, inputs[0].options().dtype(accumulate_type(dtype)));
+}
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> unit_feature_distance_backward_cpu(
+    const at::Tensor& grad, at::TensorList inputs, at::TensorList targets, at::TensorList channel_weights,
+    at::ArrayRef<double> weights, double eps, bool input_grad, bool target_grad) {
+  const UnitLayers L(inputs, targets, channel_weights, weights, eps);
+  const int64_t n = inputs[0].size(0);
+  const int64_t num_layers = static_cast<int64_t>(L.a.size());
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == n && grad.size(1) == num_layers,
+              "unit_feature_distance_backward: grad must be (", n, ", ", num_layers, "), got ", grad.sizes());
+  const auto dtype = inputs[0].scalar_type();
+  const at::Tensor g = grad.to(at::kDouble).contiguous();
+  const double* gp = g.const_data_ptr<double>();
+  // Gradients in each input's own layout; written where the kernel reads (L.a's layout), copied back if those differ.
+  std::vector<at::Tensor> out_a, out_b, work_a, work_b;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    for (auto [needed, out, work] : {std::tuple{input_grad, &out_a, &work_a}, std::tuple{target_grad, &out_b, &work_b}}) {
+      if (!needed) continue;
+      out->push_back(at::empty_like(inputs[l]));
+      work->push_back(out->back().strides() == L.a[l].strides() ? out->back() : at::empty_like(L.a[l]));
+    }
+  }
+  const auto items = make_work(L.positions, L.channels, n);
+  const KernelTable& k = cpu::kernels();
+  parallel_over_items(items, [&](int64_t, const WorkItem& it) {
+    const size_t l = it.layer;
+    const int64_t o = L.offset(it);
+    auto* qa = input_grad ? static_cast<char*>(work_a[l].mutable_data_ptr()) + o : nullptr;
+    auto* qb = target_grad ? static_cast<char*>(work_b[l].mutable_data_ptr()) + o : nullptr;
+    k.unit_diff_grad(dtype, static_cast<const char*>(L.a[l].const_data_ptr()) + o,
+                     static_cast<const char*>(L.b[l].const_data_ptr()) + o, L.w[l].const_data_ptr(), L.channels[l],
+                     L.channel_stride[l], it.end - it.begin, L.position_stride[l], eps,
+                     2.0 * L.scale[l] * gp[it.sample * num_layers + it.layer], qa, qb);
+  });
+  for (auto [out, work] : {std::pair{&out_a, &work_a}, std::pair{&out_b, &work_b}}) {
+    for (size_t l = 0; l < out->size(); ++l) {
+      if (!(*work)[l].is_same((*out)[l])) (*out)[l].copy_((*work)[l]);
+    }
+  }
+  return {out_a, out_b};
 }
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> feature_distance_backward_cpu(
@@ -118,7 +247,9 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> feature_distance_ba
   if (input_grad || target_grad) {
     const auto items = make_work(layers, n);
     const KernelTable& k = cpu::kernels();
-    parallel_over_items(layers, items, [&](int64_t, const WorkItem& w, const PreparedLayer& L, int64_t offset) {
+    parallel_over_items(items, [&](int64_t, const WorkItem& w) {
+      const PreparedLayer& L = layers[w.layer];
+      const int64_t offset = flat_offset(w, L);
       // d/da of |a - b|^p: p (a - b)^(p - 1), i.e. 2 (a - b) for p = 2 and sign(a - b) for p = 1.
       const double s = static_cast<double>(p) * L.scale * gp[w.sample * num_layers + w.layer];
       auto* pa = static_cast<char*>(ga.data(w.layer));
@@ -136,6 +267,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> feature_distance_ba
 TORCH_LIBRARY_IMPL(perceptloss, CPU, m) {
   m.impl("feature_distance", &feature_distance_cpu);
   m.impl("feature_distance_backward", &feature_distance_backward_cpu);
+  m.impl("unit_feature_distance", &unit_feature_distance_cpu);
+  m.impl("unit_feature_distance_backward", &unit_feature_distance_backward_cpu);
 }
 
 }  // namespace ops

@@ -24,6 +24,19 @@ struct KernelTable {
   // ga = s * (a - b) (p = 2) or s * sign(a - b) (p = 1), gb = -ga, over len elements; ga or gb may be nullptr.
   void (*scaled_diff)(c10::ScalarType dtype, int64_t p, const void* a, const void* b, void* ga, void* gb, double s,
                       int64_t len);
+  // perceptloss::unit_feature_distance: over `positions` positions of one sample, the sum of
+  // sum_c w_c (a_c / (|a| + eps) - b_c / (|b| + eps))^2, |.| the L2 norm over the `channels` channels at the position
+  // (0 where all are 0). Element (c, p) is at c * channel_stride + p * position_stride (channels_last:
+  // 1 and C; contiguous: H*W and 1). `w`: C weights in the accumulation type (float; double for double).
+  double (*unit_diff_sum)(c10::ScalarType dtype, const void* a, const void* b, const void* w, int64_t channels,
+                          int64_t channel_stride, int64_t positions, int64_t position_stride, double eps);
+  // Its gradients over the same positions, for k = 2 w_l g / P: with u(x) = x / (|x| + eps) and
+  // t_c = k w_c (u(a)_c - u(b)_c), ga = t / (|a| + eps) - u(a) sum_c(t u(a)) / |a| and
+  // gb = u(b) sum_c(t u(b)) / |b| - t / (|b| + eps) (the 1 / |x| terms 0 where |x| = 0); ga or gb may be nullptr
+  // and have a's strides.
+  void (*unit_diff_grad)(c10::ScalarType dtype, const void* a, const void* b, const void* w, int64_t channels,
+                         int64_t channel_stride, int64_t positions, int64_t position_stride, double eps, double k,
+                         void* ga, void* gb);
 };
 
 namespace DEFAULT {

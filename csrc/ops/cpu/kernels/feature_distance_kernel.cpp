@@ -11,8 +11,12 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
-#include <type_traits>
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <tuple>
+#include <type_traits>
+#include <vector>
 
 #ifndef CPU_CAPABILITY
 #error "compile feature_distance_kernel.cpp with -DCPU_CAPABILITY=<level> (setup.py and CMakeLists.txt do)"
@@ -133,6 +137,302 @@ void scaled_diff_typed(const void* a, const void* b, void* ga, void* gb, double 
   }
 }
 
+// ---------------------------------------------------------------------------------- unit_feature_distance
+// One position's L2 norm over its channels as 1 / (norm + eps), the factor that unit-normalises it (norm 0 where
+// the squares sum to 0, as perceptloss.functional.unit_normalize).
+template <typename acc_t>
+inline acc_t inverse_norm(acc_t squares, acc_t eps) {
+  const acc_t norm = squares > acc_t(0) ? std::sqrt(squares) : acc_t(0);
+  return acc_t(1) / (norm + eps);
+}
+
+// sum_c x_c^2 over C contiguous channels.
+template <typename scalar_t>
+at::opmath_type<scalar_t> sum_of_squares(const scalar_t* x, int64_t C) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using AccVec = at::vec::Vectorized<acc_t>;
+  using Vec = at::vec::Vectorized<scalar_t>;
+  AccVec s0(acc_t(0)), s1(acc_t(0));
+  int64_t c = 0;
+  if constexpr (is_reduced_v<scalar_t>) {
+    for (; c + Vec::size() <= C; c += Vec::size()) {
+      auto [x0, x1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(x + c));
+      s0 = at::vec::fmadd(x0, x0, s0);
+      s1 = at::vec::fmadd(x1, x1, s1);
+    }
+  } else {
+    for (; c + 2 * Vec::size() <= C; c += 2 * Vec::size()) {
+      const Vec x0 = Vec::loadu(x + c);
+      const Vec x1 = Vec::loadu(x + c + Vec::size());
+      s0 = at::vec::fmadd(x0, x0, s0);
+      s1 = at::vec::fmadd(x1, x1, s1);
+    }
+  }
+  acc_t s = at::vec::vec_reduce_all<acc_t>([](AccVec u, AccVec v) { return u + v; }, s0 + s1);
+  for (; c < C; ++c) {
+    const acc_t v = static_cast<acc_t>(x[c]);
+    s += v * v;
+  }
+  return s;
+}
+
+// sum_c w_c (a_c ia - b_c ib)^2 over C contiguous channels. kSameNorm (ia = ib, as for identical vectors): the
+// difference as (a - b) ia, exactly 0 where a = b. Written as a ia - b ib, a fused multiply-add the compiler may
+// contract it into rounds one product and not the other, leaving ~1e-16 between identical images.
+template <bool kSameNorm, typename scalar_t>
+at::opmath_type<scalar_t> weighted_unit_diff(const scalar_t* a, const scalar_t* b, const at::opmath_type<scalar_t>* w,
+                                             int64_t C, at::opmath_type<scalar_t> ia, at::opmath_type<scalar_t> ib) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using AccVec = at::vec::Vectorized<acc_t>;
+  using Vec = at::vec::Vectorized<scalar_t>;
+  const auto diff = [](auto x, auto y, auto ix, auto iy) {
+    if constexpr (kSameNorm) {
+      return (x - y) * ix;
+    } else {
+      return x * ix - y * iy;
+    }
+  };
+  const AccVec iav(ia), ibv(ib);
+  AccVec s0(acc_t(0)), s1(acc_t(0));
+  int64_t c = 0;
+  if constexpr (is_reduced_v<scalar_t>) {
+    for (; c + Vec::size() <= C; c += Vec::size()) {
+      auto [a0, a1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(a + c));
+      auto [b0, b1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(b + c));
+      const AccVec d0 = diff(a0, b0, iav, ibv);
+      const AccVec d1 = diff(a1, b1, iav, ibv);
+      s0 = at::vec::fmadd(AccVec::loadu(w + c) * d0, d0, s0);
+      s1 = at::vec::fmadd(AccVec::loadu(w + c + AccVec::size()) * d1, d1, s1);
+    }
+  } else {
+    for (; c + Vec::size() <= C; c += Vec::size()) {
+      const Vec d = diff(Vec::loadu(a + c), Vec::loadu(b + c), iav, ibv);
+      s0 = at::vec::fmadd(Vec::loadu(w + c) * d, d, s0);
+    }
+  }
+  acc_t s = at::vec::vec_reduce_all<acc_t>([](AccVec u, AccVec v) { return u + v; }, s0 + s1);
+  for (; c < C; ++c) {
+    const acc_t d = diff(static_cast<acc_t>(a[c]), static_cast<acc_t>(b[c]), ia, ib);
+    s += w[c] * d * d;
+  }
+  return s;
+}
+
+// Channels contiguous (channels_last, or one position): both passes over a position's channels stay in L1.
+template <typename scalar_t>
+double unit_diff_sum_channels_last(const scalar_t* a, const scalar_t* b, const at::opmath_type<scalar_t>* w,
+                                   int64_t C, int64_t positions, int64_t position_stride,
+                                   at::opmath_type<scalar_t> eps) {
+  double total = 0.0;
+  for (int64_t p = 0; p < positions; ++p) {
+    const scalar_t* pa = a + p * position_stride;
+    const scalar_t* pb = b + p * position_stride;
+    const auto ia = inverse_norm(sum_of_squares(pa, C), eps);
+    const auto ib = inverse_norm(sum_of_squares(pb, C), eps);
+    total += static_cast<double>(ia == ib ? weighted_unit_diff<true>(pa, pb, w, C, ia, ib)
+                                          : weighted_unit_diff<false>(pa, pb, w, C, ia, ib));
+  }
+  return total;
+}
+
+// Positions contiguous (NCHW): tiles of kTile positions, the channel loops run across a tile's positions (both
+// passes over a tile's C x kTile values come from the caches).
+template <typename scalar_t>
+double unit_diff_sum_positions(const scalar_t* a, const scalar_t* b, const at::opmath_type<scalar_t>* w, int64_t C,
+                               int64_t channel_stride, int64_t positions, at::opmath_type<scalar_t> eps) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t kTile = 64;
+  double total = 0.0;
+  for (int64_t p0 = 0; p0 < positions; p0 += kTile) {
+    const int64_t n = std::min(kTile, positions - p0);
+    acc_t sa[kTile] = {}, sb[kTile] = {}, acc[kTile] = {};
+    for (int64_t c = 0; c < C; ++c) {
+      const scalar_t* ra = a + c * channel_stride + p0;
+      const scalar_t* rb = b + c * channel_stride + p0;
+      for (int64_t t = 0; t < n; ++t) {
+        const acc_t va = static_cast<acc_t>(ra[t]);
+        const acc_t vb = static_cast<acc_t>(rb[t]);
+        sa[t] += va * va;
+        sb[t] += vb * vb;
+      }
+    }
+    for (int64_t t = 0; t < n; ++t) {
+      sa[t] = inverse_norm(sa[t], eps);
+      sb[t] = inverse_norm(sb[t], eps);
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const scalar_t* ra = a + c * channel_stride + p0;
+      const scalar_t* rb = b + c * channel_stride + p0;
+      const acc_t wc = w[c];
+      for (int64_t t = 0; t < n; ++t) {
+        const acc_t va = static_cast<acc_t>(ra[t]);
+        const acc_t vb = static_cast<acc_t>(rb[t]);
+        const acc_t d = sa[t] == sb[t] ? (va - vb) * sa[t] : va * sa[t] - vb * sb[t];  // as weighted_unit_diff
+        acc[t] += wc * d * d;
+      }
+    }
+    for (int64_t t = 0; t < n; ++t) {
+      total += static_cast<double>(acc[t]);
+    }
+  }
+  return total;
+}
+
+// 1 / |x| for the normalisation's Jacobian (0 where the squares sum to 0: that term's factor u(x) is 0 there).
+template <typename acc_t>
+inline acc_t inverse_norm_or_zero(acc_t squares) {
+  return squares > acc_t(0) ? acc_t(1) / std::sqrt(squares) : acc_t(0);
+}
+
+// The gradient at one position whose C channels are contiguous (three passes over them, from L1): the norms,
+// the dot products sum_c t u(a) and sum_c t u(b), then the writes. kSameNorm as weighted_unit_diff's.
+template <bool kSameNorm, typename scalar_t>
+void unit_diff_grad_channels(const scalar_t* a, const scalar_t* b, const at::opmath_type<scalar_t>* w, int64_t C,
+                             at::opmath_type<scalar_t> ia, at::opmath_type<scalar_t> ib,
+                             at::opmath_type<scalar_t> ra, at::opmath_type<scalar_t> rb,
+                             at::opmath_type<scalar_t> k, scalar_t* ga, scalar_t* gb) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using AccVec = at::vec::Vectorized<acc_t>;
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t kAcc = AccVec::size();
+  // t = k w (u(a) - u(b)) for the channels [c, c + kAcc), as vectors, from float/double values
+  const auto t_of = [&](auto va, auto vb, auto iav, auto ibv, auto kw) {
+    if constexpr (kSameNorm) {
+      return kw * ((va - vb) * iav);
+    } else {
+      return kw * (va * iav - vb * ibv);
+    }
+  };
+  const AccVec iav(ia), ibv(ib), kv(k);
+  // Loads kAcc channels of x from c as accumulation-type vectors (a reduced vector holds two of them).
+  const auto load = [](const scalar_t* x, int64_t c, AccVec& lo, AccVec& hi, bool two) {
+    if constexpr (is_reduced_v<scalar_t>) {
+      std::tie(lo, hi) = at::vec::convert_to_float<scalar_t>(Vec::loadu(x + c));
+    } else {
+      lo = AccVec::loadu(x + c);
+      if (two) hi = AccVec::loadu(x + c + kAcc);
+    }
+  };
+  constexpr int64_t kStep = 2 * kAcc;  // one reduced vector, or two accumulation vectors
+  AccVec da(acc_t(0)), db(acc_t(0));
+  int64_t c = 0;
+  for (; c + kStep <= C; c += kStep) {
+    AccVec a0, a1, b0, b1;
+    load(a, c, a0, a1, true);
+    load(b, c, b0, b1, true);
+    const AccVec t0 = t_of(a0, b0, iav, ibv, kv * AccVec::loadu(w + c));
+    const AccVec t1 = t_of(a1, b1, iav, ibv, kv * AccVec::loadu(w + c + kAcc));
+    da = at::vec::fmadd(t0, a0, at::vec::fmadd(t1, a1, da));
+    db = at::vec::fmadd(t0, b0, at::vec::fmadd(t1, b1, db));
+  }
+  acc_t dot_a = at::vec::vec_reduce_all<acc_t>([](AccVec u, AccVec v) { return u + v; }, da);
+  acc_t dot_b = at::vec::vec_reduce_all<acc_t>([](AccVec u, AccVec v) { return u + v; }, db);
+  for (int64_t r = c; r < C; ++r) {
+    const acc_t va = static_cast<acc_t>(a[r]), vb = static_cast<acc_t>(b[r]);
+    const acc_t t = t_of(va, vb, ia, ib, k * w[r]);
+    dot_a += t * va;
+    dot_b += t * vb;
+  }
+  // sum_c t u(x) / |x| times u(x) = x * (dot * ia * ra) for a (ib * rb for b); the dots above are sums of t x
+  const acc_t ca = dot_a * ia * ia * ra, cb = dot_b * ib * ib * rb;
+  const AccVec cav(ca), cbv(cb);
+  for (c = 0; c + kStep <= C; c += kStep) {
+    AccVec a0, a1, b0, b1;
+    load(a, c, a0, a1, true);
+    load(b, c, b0, b1, true);
+    const AccVec t0 = t_of(a0, b0, iav, ibv, kv * AccVec::loadu(w + c));
+    const AccVec t1 = t_of(a1, b1, iav, ibv, kv * AccVec::loadu(w + c + kAcc));
+    const AccVec ga0 = t0 * iav - a0 * cav, ga1 = t1 * iav - a1 * cav;
+    const AccVec gb0 = b0 * cbv - t0 * ibv, gb1 = b1 * cbv - t1 * ibv;
+    if constexpr (is_reduced_v<scalar_t>) {
+      if (ga) at::vec::convert_from_float<scalar_t>(ga0, ga1).store(ga + c);
+      if (gb) at::vec::convert_from_float<scalar_t>(gb0, gb1).store(gb + c);
+    } else {
+      if (ga) { ga0.store(ga + c); ga1.store(ga + c + kAcc); }
+      if (gb) { gb0.store(gb + c); gb1.store(gb + c + kAcc); }
+    }
+  }
+  for (; c < C; ++c) {
+    const acc_t va = static_cast<acc_t>(a[c]), vb = static_cast<acc_t>(b[c]);
+    const acc_t t = t_of(va, vb, ia, ib, k * w[c]);
+    if (ga) ga[c] = static_cast<scalar_t>(t * ia - va * ca);
+    if (gb) gb[c] = static_cast<scalar_t>(vb * cb - t * ib);
+  }
+}
+
+template <typename scalar_t>
+void unit_diff_grad_position(const scalar_t* a, const scalar_t* b, const at::opmath_type<scalar_t>* w, int64_t C,
+                             at::opmath_type<scalar_t> eps, at::opmath_type<scalar_t> k, scalar_t* ga, scalar_t* gb) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t sa = sum_of_squares(a, C), sb = sum_of_squares(b, C);
+  const acc_t ia = inverse_norm(sa, eps), ib = inverse_norm(sb, eps);
+  const acc_t ra = inverse_norm_or_zero(sa), rb = inverse_norm_or_zero(sb);
+  if (ia == ib) {
+    unit_diff_grad_channels<true>(a, b, w, C, ia, ib, ra, rb, k, ga, gb);
+  } else {
+    unit_diff_grad_channels<false>(a, b, w, C, ia, ib, ra, rb, k, ga, gb);
+  }
+}
+
+template <typename scalar_t>
+void unit_diff_grad_typed(const scalar_t* a, const scalar_t* b, const at::opmath_type<scalar_t>* w, int64_t C,
+                          int64_t channel_stride, int64_t positions, int64_t position_stride,
+                          at::opmath_type<scalar_t> eps, at::opmath_type<scalar_t> k, scalar_t* ga, scalar_t* gb) {
+  if (channel_stride == 1) {
+    for (int64_t p = 0; p < positions; ++p) {
+      const int64_t o = p * position_stride;
+      unit_diff_grad_position(a + o, b + o, w, C, eps, k, ga ? ga + o : nullptr, gb ? gb + o : nullptr);
+    }
+    return;
+  }
+  // Positions contiguous (NCHW): gather one position's channels into a buffer, compute, scatter.
+  TORCH_CHECK(position_stride == 1, "unit_feature_distance: channels or positions must be contiguous");
+  std::vector<scalar_t> buf(static_cast<size_t>(4 * C));
+  scalar_t *pa = buf.data(), *pb = pa + C, *qa = pb + C, *qb = qa + C;
+  for (int64_t p = 0; p < positions; ++p) {
+    for (int64_t c = 0; c < C; ++c) {
+      pa[c] = a[c * channel_stride + p];
+      pb[c] = b[c * channel_stride + p];
+    }
+    unit_diff_grad_position(pa, pb, w, C, eps, k, ga ? qa : nullptr, gb ? qb : nullptr);
+    for (int64_t c = 0; c < C; ++c) {
+      if (ga) ga[c * channel_stride + p] = qa[c];
+      if (gb) gb[c * channel_stride + p] = qb[c];
+    }
+  }
+}
+
+void unit_diff_grad_any(c10::ScalarType dtype, const void* a, const void* b, const void* w, int64_t channels,
+                        int64_t channel_stride, int64_t positions, int64_t position_stride, double eps, double k,
+                        void* ga, void* gb) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "unit_feature_distance_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    unit_diff_grad_typed(static_cast<const scalar_t*>(a), static_cast<const scalar_t*>(b),
+                         static_cast<const acc_t*>(w), channels, channel_stride, positions, position_stride,
+                         static_cast<acc_t>(eps), static_cast<acc_t>(k), static_cast<scalar_t*>(ga),
+                         static_cast<scalar_t*>(gb));
+  });
+}
+
+double unit_diff_sum_any(c10::ScalarType dtype, const void* a, const void* b, const void* w, int64_t channels,
+                         int64_t channel_stride, int64_t positions, int64_t position_stride, double eps) {
+  double sum = 0.0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "unit_feature_distance_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    auto* pa = static_cast<const scalar_t*>(a);
+    auto* pb = static_cast<const scalar_t*>(b);
+    auto* pw = static_cast<const acc_t*>(w);
+    const auto e = static_cast<acc_t>(eps);
+    if (channel_stride == 1) {
+      sum = unit_diff_sum_channels_last(pa, pb, pw, channels, positions, position_stride, e);
+    } else {
+      TORCH_CHECK(position_stride == 1, "unit_feature_distance: channels or positions must be contiguous");
+      sum = unit_diff_sum_positions(pa, pb, pw, channels, channel_stride, positions, e);
+    }
+  });
+  return sum;
+}
+
 double diff_norm_sum_any(c10::ScalarType dtype, int64_t p, const void* a, const void* b, int64_t len) {
   double sum = 0.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "feature_distance_cpu", [&] {
@@ -157,7 +457,8 @@ void scaled_diff_any(c10::ScalarType dtype, int64_t p, const void* a, const void
 }  // namespace
 
 extern const KernelTable kernels;
-const KernelTable kernels = {PERCEPTLOSS_STRINGIFY(CPU_CAPABILITY), &diff_norm_sum_any, &scaled_diff_any};
+const KernelTable kernels = {PERCEPTLOSS_STRINGIFY(CPU_CAPABILITY), &diff_norm_sum_any, &scaled_diff_any,
+                             &unit_diff_sum_any, &unit_diff_grad_any};
 
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu
