@@ -38,7 +38,7 @@ from torch import nn
 
 from ._dtypes import accumulation_dtype, cast_to_network_dtype, compute_dtype, functorch_transform_active, network_dtype
 from ._network_dtype import NetworkDtype
-from ._layout import check_memory_format, to_activation_layout
+from ._layout import check_memory_format, match_weight_layout, to_activation_layout
 from ._options import LossOptions, options_signature, resolve_options, with_options_doc
 from ._sizes import ImageTooSmallError, too_small_message
 from ._frozen import NetworkKeysOnLoad, omit_network_keys
@@ -238,6 +238,7 @@ class PerceptualLoss(nn.Module):
         self._check_size(images)
         wide = images if images.dtype in (torch.float32, torch.float64) else images.float()
         x = to_activation_layout(cast_to_network_dtype(self.preprocess(wide), self.net), self.memory_format)
+        match_weight_layout(self.net, x)
         feats = self.net.forward_checkpointed(x) if self.checkpoint and torch.is_grad_enabled() else self.net(x)
         if not torch.compiler.is_compiling():
             self._last_compute_dtype = compute_dtype(self.dtype, x.device)

@@ -248,6 +248,33 @@ def test_memory_format_changes_speed_not_results():
         FeatureLoss("vgg19", "dfc123", weights=None, memory_format="nhwc")
 
 
+def test_convolution_weights_follow_the_activation_layout():
+    torch.manual_seed(0)
+    loss = FeatureLoss("vgg19", ["relu1_1", "relu3_1"], weights=None)
+    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    convs = [m for m in loss.net.modules() if isinstance(m, torch.nn.Conv2d)]
+    before = [c.weight.detach().clone() for c in convs]
+    loss.memory_format = "contiguous"
+    contiguous = loss(x, y)
+    assert all(c.weight.is_contiguous() for c in convs)
+    loss.memory_format = "auto"  # channels_last on the CPU
+    with torch.inference_mode():  # converted outside inference mode: the weights stay usable with autograd
+        value = loss(x, y)
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) and not c.weight.is_inference() for c in convs)
+    assert all(torch.equal(c.weight, w) for c, w in zip(convs, before))
+    assert_close(value, contiguous)
+    xg = x.clone().requires_grad_()
+    loss(xg, y).backward()
+    loss.memory_format = "contiguous"
+    loss(x, y)
+    assert all(c.weight.is_contiguous() for c in convs)
+    # a shared module is its owner's: its weights are never converted
+    owner = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    shared = FeatureLoss(owner, ["1"], share_module=True)
+    shared(x, y)
+    assert owner[0].weight.is_contiguous()
+
+
 def test_reduced_precision_network_close_to_float32():
     torch.manual_seed(0)
     ref = FeatureLoss("vgg19", "dfc123", weights=None, reduction="none")
