@@ -6,6 +6,8 @@
 #include "../feature_distance_kernel.h"
 #include "../../feature_distance_utils.h"
 
+#include "level_common.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/functional.h>
@@ -17,12 +19,6 @@
 #include <tuple>
 #include <type_traits>
 #include <vector>
-
-#ifndef CPU_CAPABILITY
-#error "compile feature_distance_kernel.cpp with -DCPU_CAPABILITY=<level> (setup.py and CMakeLists.txt do)"
-#endif
-#define PERCEPTLOSS_STRINGIFY_(x) #x
-#define PERCEPTLOSS_STRINGIFY(x) PERCEPTLOSS_STRINGIFY_(x)
 
 namespace perceptloss {
 namespace ops {
@@ -47,9 +43,6 @@ struct ElementOps<at::vec::Vectorized<T>> {
 namespace cpu {
 namespace CPU_CAPABILITY {
 namespace {
-
-template <typename T>
-constexpr bool is_reduced_v = std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>;
 
 using math::add_norm_term;
 using math::grad_term;

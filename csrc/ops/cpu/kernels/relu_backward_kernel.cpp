@@ -3,6 +3,8 @@
 // with at::vec; reduced-precision values are compared and summed in float and rounded once, as ATen's ops do.
 #include "../relu_backward_kernel.h"
 
+#include "level_common.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/functional.h>
@@ -13,20 +15,11 @@
 #include <cstring>
 #include <type_traits>
 
-#ifndef CPU_CAPABILITY
-#error "compile relu_backward_kernel.cpp with -DCPU_CAPABILITY=<level> (setup.py and CMakeLists.txt do)"
-#endif
-#define PERCEPTLOSS_STRINGIFY_(x) #x
-#define PERCEPTLOSS_STRINGIFY(x) PERCEPTLOSS_STRINGIFY_(x)
-
 namespace perceptloss {
 namespace ops {
 namespace cpu {
 namespace CPU_CAPABILITY {
 namespace {
-
-template <typename T>
-constexpr bool is_reduced_v = std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>;
 
 // ---------------------------------------------------------------------------------------------- relu_backward
 
