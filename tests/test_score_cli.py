@@ -125,6 +125,7 @@ def test_every_metric_equals_the_library(folders, trunk_files, tmp_path, capsys,
         assert s["n"] == 10
         assert s["mean"] == pytest.approx(float(np.mean([float(rows[k][name]) for k in keys])), rel=1e-12)
         assert s["signature"] == loss.signature  # no resize: the library's own signature
+        assert s["weights"] == loss.weights_source != "unknown"  # where the tensors came from, beside it
 
 
 def test_the_default_precision_is_the_hardwares_and_the_signature_names_it(folders, tmp_path, capsys, caffe_weights):

@@ -8,7 +8,7 @@ from pathlib import Path
 from .decoding import CROPS, DECODING_POLICY, RESIZE_FILTERS
 from .errors import ScoreError
 from .metrics import (DTYPES, build_metric, import_plugins, metric_descriptions, metric_help, parse_weights,
-                      signature_of)
+                      signature_of, weights_source_of)
 from .output import printable
 
 def batch_size_arg(text: str) -> int | str:
@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         document = summary_document(
             {n: summarize(values[n]) for n in names}, signatures, ref=str(args.ref), dist=str(args.dist),
             pairs=len(scored), ref_only=pairing.ref_only, dist_only=pairing.dist_only, failed={**plan.failed, **failed},
-            too_small=too_small,
+            too_small=too_small, weights={n: weights_source_of(m) for n, m in metrics.items()},
         )
         outputs = {}
         if args.csv is not None:

@@ -196,7 +196,8 @@ def write_report(folder: Path, document: dict, metrics: dict[str, torch.nn.Modul
     for number, (name, summary) in enumerate(document["metrics"].items()):
         parts.append(f"<h2>{_text(name)}</h2>")
         parts.append(f'<p class="paste">{html.escape(paste_ready(summary))}</p>'
-                     f"<p>signature: <code>{_text(summary['signature'])}</code></p>")
+                     f"<p>signature: <code>{_text(summary['signature'])}</code>; weights from "
+                     f"<code>{_text(summary.get('weights', 'unknown'))}</code></p>")
         if values[name]:
             parts.append(histogram_svg(values[name]))
             largest, smallest = extremes(values[name], pairs)

@@ -70,6 +70,13 @@ def build_metric(name: str, *, weights: str | None = None, dtype: str = "auto") 
         raise ScoreError(f"metric {name}: {text}") from None
 
 
+def weights_source_of(metric: torch.nn.Module) -> str:
+    """Where the metric's network weights came from (``PerceptualLoss.weights_source``: a catalogue entry,
+    "file:<name>", ...), beside the signature, which names the tensors; "unknown" for a module of your own."""
+    source = getattr(getattr(metric, "loss", metric), "weights_source", None)
+    return source if isinstance(source, str) and source else "unknown"
+
+
 def signature_of(name: str, metric: torch.nn.Module) -> str:
     """The metric's ``.signature``; for a module of your own without one, its name, class and torch version."""
     signature = getattr(metric, "signature", None)

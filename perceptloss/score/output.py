@@ -178,10 +178,12 @@ def write_outputs(outputs: dict[str, tuple[Path, str]]) -> list[str]:
 
 def summary_document(summaries: dict[str, dict], signatures: dict[str, str], *, ref: str, dist: str, pairs: int,
                      ref_only: list[str], dist_only: list[str], failed: dict[str, str],
-                     too_small: dict[str, str] | None = None) -> dict:
+                     too_small: dict[str, str] | None = None, weights: dict[str, str] | None = None) -> dict:
     """The JSON summary: the folders, how many pairs were scored and skipped (and why: no partner, an
     unreadable file, images too small for a metric), and per metric n, mean, std, ci95, the paste-ready line
-    (``reported``: ``0.213 ± 0.004 (95% CI, n = 500)``) and the signature."""
+    (``reported``: ``0.213 ± 0.004 (95% CI, n = 500)``), the signature and where its weights came from
+    (``weights``: ``weights_source_of``; the signature names the tensors themselves)."""
+    weights = weights or {}
     return {
         "ref": ref,
         "dist": dist,
@@ -189,8 +191,8 @@ def summary_document(summaries: dict[str, dict], signatures: dict[str, str], *, 
         "skipped": {"ref_only": ref_only, "dist_only": dist_only, "unreadable": failed,
                     "too_small": dict(too_small or {})},
         "ci95_method": CI_METHOD,
-        "metrics": {name: {**summaries[name], "reported": paste_ready(summaries[name]), "signature": signatures[name]}
-                    for name in summaries},
+        "metrics": {name: {**summaries[name], "reported": paste_ready(summaries[name]), "signature": signatures[name],
+                           "weights": weights.get(name, "unknown")} for name in summaries},
     }
 
 
