@@ -113,6 +113,12 @@ DISTS_ENTRY = register_weights(WeightEntry(
 def load_alpha_beta(alpha_beta: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """(1475,) float32 α and β: ``alpha_beta`` is "default" (the published v0.1 values) or a file (the official or
     ours)."""
+    if not isinstance(alpha_beta, (str, Path)):
+        raise TypeError(
+            f"alpha_beta must be 'default' (DISTS' published weights) or the path of a DISTS weights file, got "
+            f"{type(alpha_beta).__name__}; DISTS has no form without them (LPIPS' heads=None baseline has no DISTS "
+            f"counterpart)"
+        )
     state = resolve(DISTS_ENTRY) if str(alpha_beta) == "default" else convert_dists_weights(Path(alpha_beta))
     return state["alpha"].float(), state["beta"].float()
 

@@ -121,6 +121,11 @@ def test_missing_alpha_beta_says_what_to_install(monkeypatch, tmp_path):
         resolve(entry)
 
 
+def test_alpha_beta_none_says_what_it_takes():
+    with pytest.raises(TypeError, match="alpha_beta must be 'default' .* or the path of a DISTS weights file, got NoneType"):
+        DISTS(weights=None, alpha_beta=None)
+
+
 def test_missing_trunk_names_the_torchvision_file(tmp_path, monkeypatch):
     monkeypatch.setenv("PERCEPTLOSS_HOME", str(tmp_path / "home"))
     # TORCH_HOME, not torch.hub.set_dir: restoring set_dir(get_dir()) would pin the hub folder for every
