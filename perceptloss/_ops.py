@@ -49,6 +49,7 @@ def _has_kernel_for(op: str, key: str) -> bool:
 # Looked up once: torch.compile cannot trace the dispatcher query.
 _KERNELS = frozenset(t for t, key in (("cpu", "CPU"), ("cuda", "CUDA")) if _has_kernel_for("feature_distance", key))
 _UNIT_KERNELS = frozenset(t for t, key in (("cpu", "CPU"), ("cuda", "CUDA")) if _has_kernel_for("unit_feature_distance", key))
+_MOMENT_KERNELS = frozenset(t for t, key in (("cpu", "CPU"), ("cuda", "CUDA")) if _has_kernel_for("paired_moments", key))
 _RELU_KERNELS = all(_has_kernel_for(op, "CPU") for op in ("relu_backward", "max_pool2x2_relu_backward", "max_pool2x2"))
 
 
@@ -66,6 +67,11 @@ def has_kernel(device_type: str) -> bool:
 def has_unit_kernel(device_type: str) -> bool:
     """True when ``unit_feature_distance`` (LPIPS' and the cosine distance in one pass) has a kernel for ``device_type``."""
     return device_type in _UNIT_KERNELS
+
+
+def has_moments_kernel(device_type: str) -> bool:
+    """True when ``paired_moments`` (DISTS' per-channel statistics in one pass) has a kernel for ``device_type``."""
+    return device_type in _MOMENT_KERNELS
 
 
 def supports(device: torch.device) -> bool:
@@ -181,7 +187,45 @@ def _unit_feature_distance_backward(grad, inputs, targets, channel_weights, weig
     return grads_a, grads_b, grads_w
 
 
+def _paired_moments_backward(grads, inputs, targets, moments, need_x, need_y):
+    """Gradients of ``paired_moments`` in plain torch ops (differentiable again). Per layer, with P positions and the
+    incoming (5, N, C) gradient g of (m_x, m_y, v_x, v_y, cov): ``d/dx = (g_mx + 2 g_vx (x - m_x) + g_cov (y - m_y)) / P``
+    and the same for y with the roles swapped."""
+    grads_x, grads_y = [], []
+    for l, (x, y, m) in enumerate(zip(inputs, targets, moments)):
+        g = grads[l]
+        if g is None or not (need_x[l] or need_y[l]):
+            grads_x.append(None)
+            grads_y.append(None)
+            continue
+        spatial = [1] * (x.dim() - 2)
+        positions = max(x[0, 0].numel(), 1) if x.shape[0] > 0 else 1
+        g = g.to(m.dtype) / positions
+        gm_x, gm_y, gv_x, gv_y, g_cov = (t.view(*t.shape, *spatial) for t in g)
+        m_x, m_y = (t.view(*t.shape, *spatial) for t in m[:2])
+        dx, dy = x.to(m.dtype) - m_x, y.to(m.dtype) - m_y
+        grads_x.append((gm_x + 2 * gv_x * dx + g_cov * dy).to(x.dtype) if need_x[l] else None)
+        grads_y.append((gm_y + 2 * gv_y * dy + g_cov * dx).to(y.dtype) if need_y[l] else None)
+    return grads_x, grads_y
+
+
 if HAS_EXT:
+
+    @torch.library.register_fake("perceptloss::paired_moments")
+    def _paired_moments_fake(inputs, targets):
+        return [x.new_empty((5, x.shape[0], x.shape[1]), dtype=accumulation_dtype(x.dtype)) for x in inputs]
+
+    def _setup_context_moments(ctx, inputs, output):
+        xs, ys = inputs
+        ctx.save_for_backward(*xs, *ys, *output)
+        ctx.num_layers = len(xs)
+
+    def _backward_moments(ctx, grads):
+        saved, n = ctx.saved_tensors, ctx.num_layers
+        xs, ys, ms = list(saved[:n]), list(saved[n : 2 * n]), list(saved[2 * n :])
+        return _paired_moments_backward(list(grads), xs, ys, ms, *ctx.needs_input_grad[:2])
+
+    torch.library.register_autograd("perceptloss::paired_moments", _backward_moments, setup_context=_setup_context_moments)
 
     @torch.library.register_fake("perceptloss::unit_feature_distance")
     def _unit_feature_distance_fake(inputs, targets, channel_weights, weights, eps=1e-10):

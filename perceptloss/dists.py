@@ -14,12 +14,13 @@ with c1 = c2 = 1e-6 and the published α, β (1475 each). Value-identical to the
 (``DISTS_pt.DISTS``) given the same trunk weights: same trunk, same L2 pooling, same ImageNet normalisation, same
 formulas, in float32.
 
-Not on the fused distance operator: DISTS is a structure/texture *similarity* of per-channel statistics (means,
-variances, a cross-covariance, combined in ratios), not a sum of per-element differences of two feature maps,
-so the operator's form (a weighted mean of |a - b|^p) does not apply. The statistics are a few reductions per
-layer in plain PyTorch, computed in float32 (float64 for float64) with autocast disabled, whatever the trunk's
-dtype; under bf16 autocast or ``dtype=torch.bfloat16`` only the trunk runs in 16 bits (peers compute the
-ratios in 16 bits there, and c1 = c2 = 1e-6 vanish below bf16's resolution: DISTS#12).
+DISTS is a structure/texture *similarity* of per-channel statistics (means, variances, a cross-covariance, combined
+in ratios), not a sum of per-element differences. The statistics come from the fused operator's ``paired_moments``
+on the CPU (one pass over both images' features per layer; two passes over each run of positions, from cache, for
+the centred variances) and from plain PyTorch elsewhere (``paired_moments_reference``), computed in float32
+(float64 for float64) whatever the trunk's dtype; under bf16 autocast or ``dtype=torch.bfloat16`` only the trunk
+runs in 16 bits (peers compute the ratios in 16 bits there, and c1 = c2 = 1e-6 vanish below bf16's resolution:
+DISTS#12).
 
 α, β ship inside the ``dists-pytorch`` 0.1 wheel (MIT) as ``DISTS_pytorch/weights.pt`` and, the same bytes, in
 ``torchmetrics`` >= 1.7 as ``torchmetrics/functional/image/dists_models/weights.pt``; they are located through
@@ -29,7 +30,7 @@ safetensors like the LPIPS heads.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Unpack
+from typing import ClassVar, Sequence, Unpack
 
 import torch
 
@@ -37,7 +38,8 @@ from ._base import PerceptualLoss
 from ._options import LossOptions
 from ._signature import tensors_digest
 from ._sizes import ImageTooSmallError
-from ._dtypes import accumulation_dtype
+from . import _ops
+from ._dtypes import accumulation_dtype, functorch_transform_active
 from .criteria import Criterion, TilingMode
 from .backbones.vgg_l2pool import DISTS_LAYERS
 from .factory import create_backbone
@@ -123,21 +125,55 @@ def load_alpha_beta(alpha_beta: str | Path) -> tuple[torch.Tensor, torch.Tensor]
     return state["alpha"].float(), state["beta"].float()
 
 
+def paired_moments_reference(fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+    """(N, C, *) features of two images -> (5, N, C): the means over positions of x and y, their variances (mean
+    squared deviation) and the covariance mean(x y) - mean(x) mean(y), as the official DISTS computes them, in
+    float32 (float64 for float64; autocast off, 16-bit features widened first). Plain PyTorch: the oracle of the
+    operator's ``paired_moments`` and its fallback."""
+    acc = accumulation_dtype(fx.dtype)
+    dims = tuple(range(2, fx.dim()))
+    with torch.autocast(device_type=fx.device.type, enabled=False):
+        x, y = fx.to(acc), fy.to(acc)
+        mx, my = x.mean(dim=dims, keepdim=True), y.mean(dim=dims, keepdim=True)
+        vx = (x - mx).square().mean(dim=dims)
+        vy = (y - my).square().mean(dim=dims)
+        cov = (x * y).mean(dim=dims) - (mx * my).flatten(1)
+    return torch.stack([mx.flatten(1), my.flatten(1), vx, vy, cov])
+
+
+def paired_moments(fx: Sequence[torch.Tensor], fy: Sequence[torch.Tensor], *, fused: bool | None = None) -> list[torch.Tensor]:
+    """Per layer, ``paired_moments_reference`` of the two images' features: on the CPU one pass of the fused
+    operator over both (``fused``: None where it has a kernel, True required, False the reference). The operator
+    sums runs of positions in float32 and merges them in float64, and forms the covariance from the deviations
+    (the same value as mean(x y) - mean(x) mean(y), without its cancellation)."""
+    fx, fy = list(fx), list(fy)
+    device = fx[0].device if fx else torch.device("cpu")
+    use = fused is not False and _ops.has_moments_kernel(device.type) and not functorch_transform_active()
+    if fused and not use:
+        raise RuntimeError(_ops.unavailable_reason(device))
+    if not use:
+        return [paired_moments_reference(x, y) for x, y in zip(fx, fy)]
+    if len({t.dtype for t in fx}) == 1:
+        return list(torch.ops.perceptloss.paired_moments(fx, fy))
+    # one dtype per call: DISTS' image tap stays float32 beside a bf16 trunk's features
+    return [torch.ops.perceptloss.paired_moments([x], [y])[0] for x, y in zip(fx, fy)]
+
+
+def similarity_terms(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(5, N, C) moments (``paired_moments``) -> (N, C) structure S1 and texture S2 terms, in their dtype."""
+    mx, my, vx, vy, cov = moments
+    with torch.autocast(device_type=moments.device.type, enabled=False):
+        s1 = (2 * mx * my + C1) / (mx.square() + my.square() + C1)
+        s2 = (2 * cov + C2) / (vx + vy + C2)
+    return s1, s2
+
+
 def dists_statistics(fx: torch.Tensor, fy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, C, H, W) features of two images -> (N, C) structure S1 and texture S2 terms, in float32.
 
     float64 features give float64; autocast is disabled, so 16-bit features are widened first.
     """
-    acc = accumulation_dtype(fx.dtype)
-    with torch.autocast(device_type=fx.device.type, enabled=False):
-        x, y = fx.to(acc), fy.to(acc)
-        mx, my = x.mean(dim=(2, 3), keepdim=True), y.mean(dim=(2, 3), keepdim=True)
-        s1 = (2 * mx * my + C1) / (mx.square() + my.square() + C1)
-        vx = (x - mx).square().mean(dim=(2, 3), keepdim=True)
-        vy = (y - my).square().mean(dim=(2, 3), keepdim=True)
-        cov = (x * y).mean(dim=(2, 3), keepdim=True) - mx * my
-        s2 = (2 * cov + C2) / (vx + vy + C2)
-    return s1.flatten(1), s2.flatten(1)
+    return similarity_terms(paired_moments([fx], [fy])[0])
 
 
 class DISTSSimilarity(Criterion):
@@ -150,10 +186,11 @@ class DISTSSimilarity(Criterion):
 
     tiling: ClassVar[TilingMode | None] = "paired"
 
-    def __init__(self, alpha: torch.Tensor, beta: torch.Tensor) -> None:
+    def __init__(self, alpha: torch.Tensor, beta: torch.Tensor, *, fused: bool | None = None) -> None:
         super().__init__()
         self.register_buffer("alpha", alpha, persistent=False)
         self.register_buffer("beta", beta, persistent=False)
+        self.fused = fused
 
     def check_size(self, size: tuple[int, int]) -> None:
         h, w = size
@@ -177,8 +214,8 @@ class DISTSSimilarity(Criterion):
         """(N, 6) per-layer similarity terms sum_c (α S1 + β S2) of two feature lists (float32)."""
         alphas, betas = self.layer_weights()
         cols = []
-        for a, b, x, y in zip(alphas, betas, fx, fy):
-            s1, s2 = dists_statistics(x, y)
+        for a, b, moments in zip(alphas, betas, paired_moments(fx, fy, fused=self.fused)):
+            s1, s2 = similarity_terms(moments)
             cols.append((a.to(s1.dtype) * s1).sum(dim=1) + (b.to(s2.dtype) * s2).sum(dim=1))
         return torch.stack(cols, dim=1)
 
@@ -226,8 +263,8 @@ class DISTS(PerceptualLoss):
     to the official ``DISTS_pytorch`` 0.1 given the same trunk weights. Frozen by construction: the trunk's
     weights and :math:`\alpha, \beta` are buffers left out of the state dict, it stays in eval mode.
     ``set_target(y)`` keeps a reference image's features for ``loss(x)`` (a batch of 1 is compared with every
-    input). ``per_layer`` gives the (N, 6) similarity terms; DISTS = 1 - their sum. DISTS does not run on the
-    fused distance operator (``fused`` must stay None or False).
+    input). ``per_layer`` gives the (N, 6) similarity terms; DISTS = 1 - their sum. On the CPU its per-channel
+    statistics come from one pass of the fused operator over both images' features (``paired_moments``).
 
     Args:
         weights: the VGG16 trunk: "default" / "torchvision" (torchvision's ImageNet weights, resolved offline
@@ -256,7 +293,7 @@ class DISTS(PerceptualLoss):
         tensor(True)
     """
 
-    _option_defaults: ClassVar[dict[str, object]] = {"reduction": "none", "fused": False}
+    _option_defaults: ClassVar[dict[str, object]] = {"reduction": "none"}
     _fixed_layers: ClassVar[bool] = True
     image_tap: ClassVar[bool] = True
 
@@ -268,16 +305,11 @@ class DISTS(PerceptualLoss):
         **options: Unpack[LossOptions],
     ) -> None:
         super().__init__(**options)
-        if self.fused:
-            raise ValueError(
-                "DISTS does not run on the fused distance operator (its per-channel statistics are not a sum of "
-                "feature differences); pass fused=False (the default) or None"
-            )
         trunk, _ = create_backbone("vgg16_l2pool", DISTS_LAYERS, weights, IMAGENET)
         self._set_network(trunk, IMAGENET)
         alpha, beta = load_alpha_beta(alpha_beta)
         self._set_criterion(DISTSSimilarity(alpha.to(self._constant_dtype, copy=True),
-                                            beta.to(self._constant_dtype, copy=True)))
+                                            beta.to(self._constant_dtype, copy=True), fused=self.fused))
 
     @property
     def alpha(self) -> torch.Tensor:

@@ -114,6 +114,10 @@ TORCH_LIBRARY(perceptloss, m) {
         "float eps=1e-10) -> Tensor");
   m.def("unit_feature_distance_backward(Tensor grad, Tensor[] inputs, Tensor[] targets, Tensor[] channel_weights, "
         "float[] weights, float eps, bool input_grad, bool target_grad) -> (Tensor[], Tensor[])");
+  // DISTS' statistics (CPU kernel; gradient in plain torch ops, perceptloss/_ops.py): per layer, (N, C, *) features
+  // of two images -> (5, N, C) float32 (float64 for float64): the means over positions of x and y, their variances
+  // (mean squared deviation) and their covariance (mean product of the deviations, = mean(x y) - mean(x) mean(y)).
+  m.def("paired_moments(Tensor[] inputs, Tensor[] targets) -> Tensor[]");
   // The backward of the frozen trunks' fused convolution + ReLU (+ 2x2 max-pool), perceptloss/_conv_relu.py:
   // grad (+ grad2, a tapped layer's second gradient) where output = relu(x) > 0, else 0; and through
   // max_pool2d(output, 2, 2) first, each window's first maximum taking the pooled gradient. CPU kernels only.

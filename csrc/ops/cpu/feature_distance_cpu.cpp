@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace perceptloss {
 namespace ops {
@@ -31,13 +32,14 @@ struct WorkItem {
   int64_t elements;
 };
 
-// Work items of `units[l]` units per sample, `unit_elements[l]` elements each, about kChunk elements per item.
+// Work items of `units[l]` units per sample, `unit_elements[l]` elements each, about kChunk elements (and at most
+// `max_units` units) per item.
 std::vector<WorkItem> make_work(const std::vector<int64_t>& units, const std::vector<int64_t>& unit_elements,
-                                int64_t n) {
+                                int64_t n, int64_t max_units = std::numeric_limits<int64_t>::max()) {
   std::vector<WorkItem> items;
   int64_t start = 0;
   for (size_t l = 0; l < units.size(); ++l) {
-    const int64_t chunk = std::max<int64_t>(1, kChunk / unit_elements[l]);
+    const int64_t chunk = std::min(max_units, std::max<int64_t>(1, kChunk / unit_elements[l]));
     for (int64_t s = 0; s < n; ++s) {
       for (int64_t b = 0; b < units[l]; b += chunk) {
         const int64_t e = std::min(b + chunk, units[l]);
@@ -125,27 +127,16 @@ at::Tensor feature_distance_cpu(at::TensorList inputs, at::TensorList targets, a
   return reduce_partials(items, partial, scale, n, inputs[0].options().dtype(accumulate_type(dtype)));
 }
 
-// The layers of perceptloss::unit_feature_distance (feature_distance.h), each with channels contiguous
-// (channels_last, or one position) or positions contiguous (NCHW); any other layout is copied to NCHW.
-struct UnitLayers {
-  std::vector<at::Tensor> a, b, w;
+// Layers read per channel (unit_feature_distance, paired_moments): each with its channels contiguous
+// (channels_last, or one position) or its positions contiguous (NCHW); any other layout is copied to NCHW.
+struct ChannelLayers {
+  std::vector<at::Tensor> a, b;
   std::vector<int64_t> channels, positions, channel_stride, position_stride;
-  std::vector<double> scale;  // weights[l] / P
 
-  UnitLayers(at::TensorList inputs, at::TensorList targets, at::TensorList channel_weights,
-             at::ArrayRef<double> weights, double eps) {
-    TORCH_CHECK(std::isfinite(eps) && eps >= 0, "unit_feature_distance: eps must be finite and >= 0, got ", eps);
-    const auto layers = prepare_layers(inputs, targets, weights, c10::DeviceType::CPU);
-    TORCH_CHECK(channel_weights.size() == layers.size(), "unit_feature_distance: got ", channel_weights.size(),
-                " channel weight tensors for ", layers.size(), " layers; give one (C,) tensor per layer");
-    const auto acc = accumulate_type(inputs[0].scalar_type());
-    for (size_t l = 0; l < layers.size(); ++l) {
-      at::Tensor la = layers[l].a, lb = layers[l].b;  // lb has la's strides
+  explicit ChannelLayers(const std::vector<PreparedLayer>& layers) {
+    for (const auto& L : layers) {
+      at::Tensor la = L.a, lb = L.b;  // lb has la's strides
       const int64_t c = la.size(1);
-      const int64_t p = layers[l].per_sample / c;
-      const auto& cw = channel_weights[l];
-      TORCH_CHECK(cw.dim() == 1 && cw.size(0) == c, "unit_feature_distance: layer ", l, " has ", c,
-                  " channels, its channel weights have shape ", cw.sizes());
       const bool channels_inner = la.dim() == 2 ||
                                   (la.dim() == 4 && la.is_contiguous(at::MemoryFormat::ChannelsLast)) ||
                                   (la.dim() == 5 && la.is_contiguous(at::MemoryFormat::ChannelsLast3d));
@@ -154,14 +145,13 @@ struct UnitLayers {
         lb = lb.contiguous();
       }
       const bool inner = channels_inner && la.stride(1) == 1;
+      const int64_t p = L.per_sample / c;
       a.push_back(la);
       b.push_back(lb);
-      w.push_back(cw.to(la.device(), acc).contiguous());
       channels.push_back(c);
       positions.push_back(p);
       channel_stride.push_back(inner ? 1 : p);
       position_stride.push_back(inner ? c : 1);
-      scale.push_back(weights[l] / static_cast<double>(p));
     }
   }
 
@@ -170,6 +160,39 @@ struct UnitLayers {
     const size_t l = it.layer;
     return (it.sample * channels[l] * positions[l] + it.begin * position_stride[l]) * a[l].element_size();
   }
+
+  std::vector<WorkItem> work(int64_t n, int64_t max_positions = std::numeric_limits<int64_t>::max()) const {
+    return make_work(positions, channels, n, max_positions);
+  }
+};
+
+// The layers of perceptloss::unit_feature_distance (feature_distance.h) with their channel weights and scales.
+struct UnitLayers : ChannelLayers {
+  std::vector<at::Tensor> w;
+  std::vector<double> scale;  // weights[l] / P
+
+  UnitLayers(at::TensorList inputs, at::TensorList targets, at::TensorList channel_weights,
+             at::ArrayRef<double> weights, double eps)
+      : ChannelLayers(checked(inputs, targets, channel_weights, weights, eps)) {
+    const auto acc = accumulate_type(inputs[0].scalar_type());
+    for (size_t l = 0; l < a.size(); ++l) {
+      const auto& cw = channel_weights[l];
+      TORCH_CHECK(cw.dim() == 1 && cw.size(0) == channels[l], "unit_feature_distance: layer ", l, " has ",
+                  channels[l], " channels, its channel weights have shape ", cw.sizes());
+      w.push_back(cw.to(a[l].device(), acc).contiguous());
+      scale.push_back(weights[l] / static_cast<double>(positions[l]));
+    }
+  }
+
+  static std::vector<PreparedLayer> checked(at::TensorList inputs, at::TensorList targets,
+                                            at::TensorList channel_weights, at::ArrayRef<double> weights,
+                                            double eps) {
+    TORCH_CHECK(std::isfinite(eps) && eps >= 0, "unit_feature_distance: eps must be finite and >= 0, got ", eps);
+    auto layers = prepare_layers(inputs, targets, weights, c10::DeviceType::CPU);
+    TORCH_CHECK(channel_weights.size() == layers.size(), "unit_feature_distance: got ", channel_weights.size(),
+                " channel weight tensors for ", layers.size(), " layers; give one (C,) tensor per layer");
+    return layers;
+  }
 };
 
 at::Tensor unit_feature_distance_cpu(at::TensorList inputs, at::TensorList targets, at::TensorList channel_weights,
@@ -177,7 +200,7 @@ at::Tensor unit_feature_distance_cpu(at::TensorList inputs, at::TensorList targe
   const UnitLayers L(inputs, targets, channel_weights, weights, eps);
   const int64_t n = inputs[0].size(0);
   const auto dtype = inputs[0].scalar_type();
-  const auto items = make_work(L.positions, L.channels, n);
+  const auto items = L.work(n);
   std::vector<double> partial(items.size());
   const KernelTable& k = cpu::kernels();
   parallel_over_items(items, [&](int64_t i, const WorkItem& it) {
@@ -210,7 +233,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> unit_feature_distan
       work->push_back(out->back().strides() == L.a[l].strides() ? out->back() : at::empty_like(L.a[l]));
     }
   }
-  const auto items = make_work(L.positions, L.channels, n);
+  const auto items = L.work(n);
   const KernelTable& k = cpu::kernels();
   parallel_over_items(items, [&](int64_t, const WorkItem& it) {
     const size_t l = it.layer;
@@ -228,6 +251,76 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> unit_feature_distan
     }
   }
   return {out_a, out_b};
+}
+
+// perceptloss::paired_moments (feature_distance.h): per (layer, sample, run of at most kMomentRun positions) the
+// kernel's per-channel sums and centred squares and products, summed in float within the run; runs merge in double
+// in the items' fixed order (Chan et al.'s pairwise update), so results do not depend on the thread count.
+constexpr int64_t kMomentRun = 1024;
+
+std::vector<at::Tensor> paired_moments_cpu(at::TensorList inputs, at::TensorList targets) {
+  const ChannelLayers L(prepare_layers(inputs, targets, std::vector<double>(inputs.size(), 1.0), c10::DeviceType::CPU));
+  const int64_t n = inputs[0].size(0);
+  const auto dtype = inputs[0].scalar_type();
+  const auto acc = accumulate_type(dtype);
+  const auto items = L.work(n, kMomentRun);
+  std::vector<int64_t> at_item(items.size() + 1, 0);  // where each item's 5 * C partials start
+  for (size_t i = 0; i < items.size(); ++i) {
+    at_item[i + 1] = at_item[i] + 5 * L.channels[items[i].layer];
+  }
+  at::Tensor partial = at::empty({at_item.back()}, inputs[0].options().dtype(acc));
+  const KernelTable& k = cpu::kernels();
+  char* base = static_cast<char*>(partial.mutable_data_ptr());
+  parallel_over_items(items, [&](int64_t i, const WorkItem& it) {
+    const size_t l = it.layer;
+    const int64_t o = L.offset(it);
+    k.paired_moment_sums(dtype, static_cast<const char*>(L.a[l].const_data_ptr()) + o,
+                         static_cast<const char*>(L.b[l].const_data_ptr()) + o, L.channels[l], L.channel_stride[l],
+                         it.end - it.begin, L.position_stride[l], base + at_item[i] * partial.element_size());
+  });
+  const at::Tensor sums = partial.to(at::kDouble);
+  const double* ps = sums.const_data_ptr<double>();
+  std::vector<at::Tensor> out;
+  for (size_t l = 0; l < L.a.size(); ++l) {
+    out.push_back(at::empty({5, n, L.channels[l]}, inputs[0].options().dtype(acc)));
+  }
+  // Items are ordered layer-major, sample, run: merge each (layer, sample)'s runs in that order.
+  size_t i = 0;
+  while (i < items.size()) {
+    const size_t l = items[i].layer;
+    const int64_t s = items[i].sample, C = L.channels[l];
+    std::vector<double> total(static_cast<size_t>(5 * C), 0.0);  // sx, sy, M2x, M2y, Cxy
+    double count = 0;
+    for (; i < items.size() && items[i].layer == static_cast<int32_t>(l) && items[i].sample == s; ++i) {
+      const double* q = ps + at_item[i];
+      const double m = static_cast<double>(items[i].end - items[i].begin);
+      for (int64_t c = 0; c < C; ++c) {
+        // the run's means minus those so far: the squares and products gain d_x d_y count m / (count + m)
+        const double dx = count > 0 ? q[c] / m - total[c] / count : 0.0;
+        const double dy = count > 0 ? q[C + c] / m - total[C + c] / count : 0.0;
+        const double f = count > 0 ? count * m / (count + m) : 0.0;
+        total[2 * C + c] += q[2 * C + c] + dx * dx * f;
+        total[3 * C + c] += q[3 * C + c] + dy * dy * f;
+        total[4 * C + c] += q[4 * C + c] + dx * dy * f;
+        total[c] += q[c];
+        total[C + c] += q[C + c];
+      }
+      count += m;
+    }
+    AT_DISPATCH_FLOATING_TYPES(out[l].scalar_type(), "paired_moments_out", [&] {
+      scalar_t* o = out[l].data_ptr<scalar_t>();
+      const int64_t N = n;
+      for (int64_t c = 0; c < C; ++c) {
+        const double mx = total[c] / count, my = total[C + c] / count;
+        o[(0 * N + s) * C + c] = static_cast<scalar_t>(mx);
+        o[(1 * N + s) * C + c] = static_cast<scalar_t>(my);
+        o[(2 * N + s) * C + c] = static_cast<scalar_t>(total[2 * C + c] / count);
+        o[(3 * N + s) * C + c] = static_cast<scalar_t>(total[3 * C + c] / count);
+        o[(4 * N + s) * C + c] = static_cast<scalar_t>(total[4 * C + c] / count);
+      }
+    });
+  }
+  return out;
 }
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> feature_distance_backward_cpu(
@@ -269,6 +362,7 @@ TORCH_LIBRARY_IMPL(perceptloss, CPU, m) {
   m.impl("feature_distance_backward", &feature_distance_backward_cpu);
   m.impl("unit_feature_distance", &unit_feature_distance_cpu);
   m.impl("unit_feature_distance_backward", &unit_feature_distance_backward_cpu);
+  m.impl("paired_moments", &paired_moments_cpu);
 }
 
 }  // namespace ops

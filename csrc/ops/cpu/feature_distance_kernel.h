@@ -37,6 +37,12 @@ struct KernelTable {
   void (*unit_diff_grad)(c10::ScalarType dtype, const void* a, const void* b, const void* w, int64_t channels,
                          int64_t channel_stride, int64_t positions, int64_t position_stride, double eps, double k,
                          void* ga, void* gb);
+  // perceptloss::paired_moments over `positions` positions of one sample: per channel c, into out[k * C + c] (the
+  // accumulation type, float or double), k = 0..4: sum x, sum y, and around this run's own means m the sums of
+  // (x - m_x)^2, (y - m_y)^2 and (x - m_x)(y - m_y) (runs merge by Chan et al.'s formula). Strides as
+  // unit_diff_sum's.
+  void (*paired_moment_sums)(c10::ScalarType dtype, const void* x, const void* y, int64_t channels,
+                             int64_t channel_stride, int64_t positions, int64_t position_stride, void* out);
 };
 
 namespace DEFAULT {

@@ -426,6 +426,122 @@ double unit_diff_sum_any(c10::ScalarType dtype, const void* a, const void* b, co
   return sum;
 }
 
+// ------------------------------------------------------------------------------------------ paired_moments
+// Channels contiguous (channels_last): one accumulator per channel (vectorised over channels); pass 1 the sums,
+// pass 2 the centred squares and cross products around this run's means (the run is in cache).
+template <typename scalar_t>
+void paired_moment_sums_channels_last(const scalar_t* x, const scalar_t* y, int64_t C, int64_t positions,
+                                      int64_t position_stride, at::opmath_type<scalar_t>* out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using AccVec = at::vec::Vectorized<acc_t>;
+  using Vec = at::vec::Vectorized<scalar_t>;
+  acc_t *sx = out, *sy = out + C, *mx2 = out + 2 * C, *my2 = out + 3 * C, *cxy = out + 4 * C;
+  std::fill(out, out + 5 * C, acc_t(0));
+  constexpr int64_t kStep = is_reduced_v<scalar_t> ? Vec::size() : AccVec::size();
+  constexpr int64_t kHalves = is_reduced_v<scalar_t> ? 2 : 1;
+  const auto load = [](const scalar_t* p, AccVec* v) {
+    if constexpr (is_reduced_v<scalar_t>) {
+      std::tie(v[0], v[1]) = at::vec::convert_to_float<scalar_t>(Vec::loadu(p));
+    } else {
+      v[0] = AccVec::loadu(p);
+    }
+  };
+  for (int64_t p = 0; p < positions; ++p) {
+    const scalar_t* px = x + p * position_stride;
+    const scalar_t* py = y + p * position_stride;
+    int64_t c = 0;
+    for (; c + kStep <= C; c += kStep) {
+      AccVec xv[2], yv[2];
+      load(px + c, xv);
+      load(py + c, yv);
+      for (int64_t h = 0; h < kHalves; ++h) {
+        const int64_t o = c + h * AccVec::size();
+        (AccVec::loadu(sx + o) + xv[h]).store(sx + o);
+        (AccVec::loadu(sy + o) + yv[h]).store(sy + o);
+      }
+    }
+    for (; c < C; ++c) {
+      sx[c] += static_cast<acc_t>(px[c]);
+      sy[c] += static_cast<acc_t>(py[c]);
+    }
+  }
+  const acc_t inv = acc_t(1) / static_cast<acc_t>(positions);
+  std::vector<acc_t> means(static_cast<size_t>(2 * C));
+  for (int64_t c = 0; c < C; ++c) {
+    means[c] = sx[c] * inv;
+    means[C + c] = sy[c] * inv;
+  }
+  const acc_t *mx = means.data(), *my = means.data() + C;
+  for (int64_t p = 0; p < positions; ++p) {
+    const scalar_t* px = x + p * position_stride;
+    const scalar_t* py = y + p * position_stride;
+    int64_t c = 0;
+    for (; c + kStep <= C; c += kStep) {
+      AccVec xv[2], yv[2];
+      load(px + c, xv);
+      load(py + c, yv);
+      for (int64_t h = 0; h < kHalves; ++h) {
+        const int64_t o = c + h * AccVec::size();
+        const AccVec dx = xv[h] - AccVec::loadu(mx + o), dy = yv[h] - AccVec::loadu(my + o);
+        at::vec::fmadd(dx, dx, AccVec::loadu(mx2 + o)).store(mx2 + o);
+        at::vec::fmadd(dy, dy, AccVec::loadu(my2 + o)).store(my2 + o);
+        at::vec::fmadd(dx, dy, AccVec::loadu(cxy + o)).store(cxy + o);
+      }
+    }
+    for (; c < C; ++c) {
+      const acc_t dx = static_cast<acc_t>(px[c]) - mx[c], dy = static_cast<acc_t>(py[c]) - my[c];
+      mx2[c] += dx * dx;
+      my2[c] += dy * dy;
+      cxy[c] += dx * dy;
+    }
+  }
+}
+
+// Positions contiguous (NCHW): each channel's run of positions is contiguous.
+template <typename scalar_t>
+void paired_moment_sums_positions(const scalar_t* x, const scalar_t* y, int64_t C, int64_t channel_stride,
+                                  int64_t positions, at::opmath_type<scalar_t>* out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t c = 0; c < C; ++c) {
+    const scalar_t* px = x + c * channel_stride;
+    const scalar_t* py = y + c * channel_stride;
+    acc_t sx = 0, sy = 0;
+    for (int64_t p = 0; p < positions; ++p) {
+      sx += static_cast<acc_t>(px[p]);
+      sy += static_cast<acc_t>(py[p]);
+    }
+    const acc_t mx = sx / static_cast<acc_t>(positions), my = sy / static_cast<acc_t>(positions);
+    acc_t mx2 = 0, my2 = 0, cxy = 0;
+    for (int64_t p = 0; p < positions; ++p) {
+      const acc_t dx = static_cast<acc_t>(px[p]) - mx, dy = static_cast<acc_t>(py[p]) - my;
+      mx2 += dx * dx;
+      my2 += dy * dy;
+      cxy += dx * dy;
+    }
+    out[c] = sx;
+    out[C + c] = sy;
+    out[2 * C + c] = mx2;
+    out[3 * C + c] = my2;
+    out[4 * C + c] = cxy;
+  }
+}
+
+void paired_moment_sums_any(c10::ScalarType dtype, const void* x, const void* y, int64_t channels,
+                            int64_t channel_stride, int64_t positions, int64_t position_stride, void* out) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "paired_moments_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    auto* px = static_cast<const scalar_t*>(x);
+    auto* py = static_cast<const scalar_t*>(y);
+    auto* o = static_cast<acc_t*>(out);
+    if (channel_stride == 1) {
+      paired_moment_sums_channels_last(px, py, channels, positions, position_stride, o);
+    } else {
+      TORCH_CHECK(position_stride == 1, "paired_moments: channels or positions must be contiguous");
+      paired_moment_sums_positions(px, py, channels, channel_stride, positions, o);
+    }
+  });
+}
+
 double diff_norm_sum_any(c10::ScalarType dtype, int64_t p, const void* a, const void* b, int64_t len) {
   double sum = 0.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "feature_distance_cpu", [&] {
@@ -451,7 +567,7 @@ void scaled_diff_any(c10::ScalarType dtype, int64_t p, const void* a, const void
 
 extern const KernelTable kernels;
 const KernelTable kernels = {PERCEPTLOSS_STRINGIFY(CPU_CAPABILITY), &diff_norm_sum_any, &scaled_diff_any,
-                             &unit_diff_sum_any, &unit_diff_grad_any};
+                             &unit_diff_sum_any, &unit_diff_grad_any, &paired_moment_sums_any};
 
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu
