@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Evaluation throughput: perceptloss' metrics against the peers' own evaluation loops, forward only.
 
-    python benchmarks/evaluation.py [--nets vgg,alex] [--sizes 64,256] [--pairs 64] [--repeats 5]
+    python benchmarks/evaluation.py [--nets vgg,alex,dists] [--sizes 64,256] [--pairs 64] [--repeats 5]
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/evaluation.py   # as an AVX2-only CPU
 
 What a user waits for when scoring image pairs: the metric on in-memory (N, 3, H, W) [0, 1] pairs, no gradient
@@ -21,9 +21,17 @@ torchmetrics read too; piq gets the same tensors in place of its download).
   under ``torch.no_grad()``, ``compute()`` at the end;
 - ``piq``: ``piq.LPIPS(reduction="none")`` (VGG only) per batch under ``torch.no_grad()``.
 
+``--nets dists``: DISTS, every contender with the official model's random VGG16 trunk and the published α/β:
+``perceptloss.create_metric("dists", ...)`` (default and float32, as above); ``DISTS_pytorch (batched)``, the
+official ``DISTS_pt.DISTS`` per batch (``batch_average=False``, the reference values); ``torchmetrics``'s
+``DeepImageStructureAndTextureSimilarity.update`` per batch (it builds its network anew in every update, reading
+torchvision's VGG16 and α/β from disk: here it gets one network built once, which spares it that cost); ``piq``'s
+``DISTS(reduction="none")`` per batch (its own implementation of the formulas).
+
 All contenders are timed interleaved in one process (a new seeded order per round, medians of whole passes
 over the pairs). The table gives pairs per second, the speed relative to the fastest peer, and the largest
-relative difference of the per-pair values from the lpips package's (torchmetrics: of the mean). Prints markdown
+relative difference of the per-pair values from the reference implementation's (lpips; DISTS_pytorch for DISTS;
+torchmetrics: of the mean). Prints markdown
 and writes it to ``--output`` or ``benchmarks/results/cpu-<date>-<kind>-evaluation.md``, headed by the machine.
 """
 from __future__ import annotations
@@ -48,7 +56,10 @@ sys.path.insert(0, str(HERE))
 import bench_lib as bl  # noqa: E402
 from peers import installed_version, no_downloads  # noqa: E402
 
-NETS = ("vgg", "alex")
+NETS = ("vgg", "alex", "dists")
+#: perceptloss' metric name for each ``--nets`` entry, and the implementation every contender's values are compared to.
+METRIC = {"vgg": "lpips-vgg", "alex": "lpips-alex", "dists": "dists"}
+REFERENCE = {"vgg": "lpips (batched)", "alex": "lpips (batched)", "dists": "DISTS_pytorch (batched)"}
 #: A contender scores all pairs and returns the values it reports: (pairs,) per pair, or a 0-dim mean.
 Contender = Callable[[], torch.Tensor]
 
@@ -89,7 +100,7 @@ def batches(x: torch.Tensor, y: torch.Tensor, size: int):
 def perceptloss_contender(net: str, trunk: Path, dtype: object, batch: int, x, y) -> Contender:
     import perceptloss
 
-    metric = perceptloss.create_metric(f"lpips-{net}", weights=str(trunk), dtype=dtype)
+    metric = perceptloss.create_metric(METRIC[net], weights=str(trunk), dtype=dtype)
 
     def run() -> torch.Tensor:
         with torch.inference_mode():
@@ -134,27 +145,99 @@ def torchmetrics_contender(net: str, ref: torch.nn.Module, batch: int, x, y) -> 
     return run
 
 
-def piq_contender(ref: torch.nn.Module, batch: int, x, y) -> Contender:
-    import piq
+@contextlib.contextmanager
+def piq_offline(trunk: dict[str, torch.Tensor], download: object):
+    """piq builds its VGG16 with ``trunk``'s tensors and gets ``download`` in place of its weights download."""
     import piq.perceptual
     import torchvision
-
-    trunk = trunk_state(ref)
 
     def vgg16(*args: object, **kwargs: object) -> torch.nn.Module:
         model = torchvision.models.vgg16(weights=None)
         model.load_state_dict(trunk, strict=False)
         return model
 
-    heads = heads_of(ref)
     with no_downloads(), mock.patch.object(piq.perceptual, "vgg16", vgg16), \
-            mock.patch.object(torch.hub, "load_state_dict_from_url", lambda *a, **k: heads):
-        metric = piq.LPIPS(reduction="none").eval().requires_grad_(False)
+            mock.patch.object(torch.hub, "load_state_dict_from_url", lambda *a, **k: download):
+        yield
+
+
+def piq_batched(metric: torch.nn.Module, batch: int, x, y) -> Contender:
+    metric = metric.eval().requires_grad_(False)
 
     def run() -> torch.Tensor:
         with torch.no_grad():
             return torch.cat([metric(a, b).flatten() for a, b in batches(x, y, batch)])
     return run
+
+
+def piq_contender(ref: torch.nn.Module, batch: int, x, y) -> Contender:
+    import piq
+
+    with piq_offline(trunk_state(ref), heads_of(ref)):
+        return piq_batched(piq.LPIPS(reduction="none"), batch, x, y)
+
+
+def dists_reference() -> torch.nn.Module:
+    """The official ``DISTS_pytorch`` 0.1 metric with a random VGG16 trunk (seeded; its torchvision call would
+    download) and the published α/β from its wheel, frozen."""
+    import torchvision
+    from DISTS_pytorch import DISTS_pt
+
+    import perceptloss.dists
+    from perceptloss.weights import find_source
+
+    torch.manual_seed(0)
+    with mock.patch.object(DISTS_pt, "models", mock.Mock(vgg16=lambda pretrained=True: torchvision.models.vgg16(weights=None))):
+        ref = DISTS_pt.DISTS(load_weights=False)
+    published = torch.load(find_source(perceptloss.dists.DISTS_ENTRY), map_location="cpu", weights_only=True)
+    ref.alpha.data, ref.beta.data = published["alpha"], published["beta"]
+    return ref.eval().requires_grad_(False)
+
+
+def dists_trunk_file(ref: torch.nn.Module, folder: Path) -> Path:
+    """The official model's ``stageK.<index>.*`` convolutions as a torchvision VGG16 checkpoint in ``folder``."""
+    path = folder / "dists-random-trunk.pth"
+    torch.save({"features." + k.split(".", 1)[1]: v for k, v in ref.state_dict().items()
+                if k.startswith("stage") and not k.endswith(".filter")}, path)
+    return path
+
+
+def dists_official_batched(ref: torch.nn.Module, batch: int, x, y) -> Contender:
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([ref(a, b, batch_average=False).flatten() for a, b in batches(x, y, batch)])
+    return run
+
+
+def dists_torchmetrics(ref: torch.nn.Module, batch: int, x, y) -> Contender:
+    """torchmetrics' DISTS metric, ``update`` per batch. It builds its network anew in every ``update`` (loading
+    torchvision's VGG16 and α/β from disk); here that network is built once, with the reference's weights, and handed
+    to every ``update``: the peer's loop without its rebuilding cost (generous to it)."""
+    import torchvision
+    from torchmetrics.functional.image import dists as tm_dists
+    from torchmetrics.image import DeepImageStructureAndTextureSimilarity
+
+    with no_downloads(), mock.patch.object(tm_dists, "vgg16", lambda weights=None: torchvision.models.vgg16(weights=None)):
+        network = tm_dists.DISTSNetwork(load_weights=False)
+    network.load_state_dict(ref.state_dict())  # the same trunk, L2 pooling filters and α/β
+    network = network.eval().requires_grad_(False)
+    metric = DeepImageStructureAndTextureSimilarity(reduction="mean")
+
+    def run() -> torch.Tensor:
+        metric.reset()
+        with torch.no_grad(), mock.patch.object(tm_dists, "DISTSNetwork", lambda: network):
+            for a, b in batches(x, y, batch):
+                metric.update(a, b)
+            return metric.compute()
+    return run
+
+
+def dists_piq(ref: torch.nn.Module, trunk: Path, batch: int, x, y) -> Contender:
+    import piq
+
+    alpha_beta = {"alpha": ref.alpha.detach().clone(), "beta": ref.beta.detach().clone()}
+    with piq_offline(torch.load(trunk, map_location="cpu", weights_only=True), alpha_beta):
+        return piq_batched(piq.DISTS(reduction="none"), batch, x, y)
 
 
 def relative_difference(got: torch.Tensor, expected: torch.Tensor) -> float:
@@ -169,6 +252,14 @@ def contenders(net: str, size: int, pairs: int, batch: int, folder: Path) -> dic
     g = torch.Generator().manual_seed(size)
     x = torch.rand(pairs, 3, size, size, generator=g)
     y = (x + 0.2 * torch.randn(pairs, 3, size, size, generator=g)).clamp(0, 1)  # related pairs, as in practice
+    if net == "dists":
+        ref = dists_reference()
+        trunk = dists_trunk_file(ref, folder)
+        return {"perceptloss (default)": perceptloss_contender(net, trunk, "auto", batch, x, y),
+                "perceptloss fp32": perceptloss_contender(net, trunk, None, batch, x, y),
+                "DISTS_pytorch (batched)": dists_official_batched(ref, batch, x, y),
+                "torchmetrics": dists_torchmetrics(ref, batch, x, y),
+                "piq": dists_piq(ref, trunk, batch, x, y)}
     ref = lpips_reference(net)
     trunk = trunk_file(ref, folder, net)
     out = {"perceptloss (default)": perceptloss_contender(net, trunk, "auto", batch, x, y),
@@ -181,13 +272,13 @@ def contenders(net: str, size: int, pairs: int, batch: int, folder: Path) -> dic
     return out
 
 
-PEERS = ("lpips (batched)", "lpips (lpips_2dirs.py)", "torchmetrics", "piq")
+PEERS = ("lpips (batched)", "lpips (lpips_2dirs.py)", "torchmetrics", "piq", "DISTS_pytorch (batched)")
 
 
 def measure(args: argparse.Namespace) -> str:
     from perceptloss.score.batching import auto_batch_size
 
-    lines = ["| trunk | size | contender | pairs/s | vs fastest peer | max rel. difference from lpips |",
+    lines = ["| metric | size | contender | pairs/s | vs fastest peer | max rel. difference from the reference |",
              "|---|---|---|---|---|---|"]
     signatures = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,17 +291,19 @@ def measure(args: argparse.Namespace) -> str:
                 times = bl.interleaved_medians(fns, "cpu", warmup=1, repeats=args.repeats)
                 rate = {name: pairs / t for name, t in times.items()}
                 fastest_peer = max(rate[name] for name in fns if name in PEERS)
-                expected = values["lpips (batched)"]
+                expected = values[REFERENCE[net]]
                 for name in fns:
-                    lines.append(f"| {net} | {size}² | {name} | {rate[name]:.1f} | {rate[name] / fastest_peer:.2f}x | "
+                    lines.append(f"| {METRIC[net]} | {size}² | {name} | {rate[name]:.1f} | {rate[name] / fastest_peer:.2f}x | "
                                  f"{relative_difference(values[name], expected):.1e} |")
                     print(lines[-1], flush=True)
-                signatures.append(f"- lpips-{net}, {size}²: `{fns['perceptloss (default)'].signature}`")
+                signatures.append(f"- {METRIC[net]}, {size}²: `{fns['perceptloss (default)'].signature}`")
     pairs = args.pairs or "64 (64²) or 16 (256² and larger)"
     batches = (f"batches of {args.batch}" if args.batch else "batches of " + ", ".join(
         f"{auto_batch_size((size, size))} at {size}²" for size in args.sizes) + " (the score CLI's default, by size)")
     lines += ["", f"{pairs} pairs per contender and size, {batches} for every batched contender, "
-              f"{args.repeats} interleaved rounds after one warm-up pass; wall time; {torch.get_num_threads()} threads. Versions: lpips {installed_version('lpips')}, torchmetrics "
+              f"{args.repeats} interleaved rounds after one warm-up pass; wall time; {torch.get_num_threads()} threads. The reference "
+              f"implementation: lpips (batched) for LPIPS, DISTS_pytorch (batched) for DISTS. Versions: lpips "
+              f"{installed_version('lpips')}, DISTS_pytorch {installed_version('dists-pytorch')}, torchmetrics "
               f"{installed_version('torchmetrics')}, piq {installed_version('piq')}.", "",
               "The default contender's signatures (the precision it picked is in `dtype:`):", *signatures]
     return "\n".join(lines)
@@ -218,7 +311,8 @@ def measure(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nets", default="vgg,alex", help="comma-separated LPIPS trunks: " + ", ".join(NETS))
+    parser.add_argument("--nets", default="vgg,alex,dists",
+                        help="comma-separated metrics: LPIPS trunks and dists, of " + ", ".join(NETS))
     parser.add_argument("--sizes", default="64,256", help="comma-separated image sides in pixels")
     parser.add_argument("--pairs", type=int, default=None,
                         help="pairs each contender scores per round (default: 64 at 64², fewer for larger images, "
@@ -239,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning, module="torchmetrics")
-    head = bl.result_head("Evaluation throughput, LPIPS", "cpu", "evaluation.py", argv)
+    head = bl.result_head("Evaluation throughput, " + " and ".join(
+        dict.fromkeys("DISTS" if n == "dists" else "LPIPS" for n in args.nets)), "cpu", "evaluation.py", argv)
     print("\n".join(head), flush=True)
     body = measure(args)  # prints each row as it is measured
     print(body.split("\n\n", 1)[1], flush=True)  # then what follows the table

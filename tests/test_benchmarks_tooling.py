@@ -189,9 +189,24 @@ def test_evaluation_benchmark_scores_the_same_values_as_the_peers(tmp_path):
     assert bench_evaluation.main(["--nets", "alex", "--sizes", "64", "--pairs", "4", "--repeats", "1",
                                   "--output", str(out)]) == 0
     rows = {line.split("|")[3].strip(): line.split("|") for line in out.read_text().splitlines()
-            if line.startswith("| alex |")}
+            if line.startswith("| lpips-alex |")}
     assert set(rows) == {"perceptloss (default)", "perceptloss fp32", "lpips (batched)", "lpips (lpips_2dirs.py)",
                          "torchmetrics"}
     for name in ("perceptloss fp32", "lpips (lpips_2dirs.py)", "torchmetrics"):
         assert float(rows[name][6]) <= 1e-5, name
     assert float(rows["perceptloss (default)"][6]) <= 1e-2  # bfloat16 where the CPU computes it natively
+
+
+def test_evaluation_benchmark_scores_dists_as_the_official_code(tmp_path):
+    """DISTS: every contender gets the official model's random trunk and the published α/β; float32 values agree
+    with DISTS_pytorch (torchmetrics runs the same code; piq its own, to 1e-3); no timing is asserted."""
+    out = tmp_path / "evaluation.md"
+    assert bench_evaluation.main(["--nets", "dists", "--sizes", "64", "--pairs", "2", "--repeats", "1",
+                                  "--output", str(out)]) == 0
+    rows = {line.split("|")[3].strip(): line.split("|") for line in out.read_text().splitlines()
+            if line.startswith("| dists |")}
+    assert set(rows) == {"perceptloss (default)", "perceptloss fp32", "DISTS_pytorch (batched)", "torchmetrics", "piq"}
+    assert float(rows["perceptloss fp32"][6]) <= 1e-4
+    assert float(rows["torchmetrics"][6]) <= 1e-6
+    assert float(rows["piq"][6]) <= 1e-3
+    assert float(rows["perceptloss (default)"][6]) <= 3e-2

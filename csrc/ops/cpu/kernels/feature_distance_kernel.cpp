@@ -427,6 +427,36 @@ double unit_diff_sum_any(c10::ScalarType dtype, const void* a, const void* b, co
 }
 
 // ------------------------------------------------------------------------------------------ paired_moments
+// Calls block(o, x_vec, y_vec) for each vector-wide block of channels starting at o and tail(c, x, y) for each
+// remaining channel, at every position of a channels-contiguous run, with the values in the accumulation type.
+template <typename scalar_t, typename Block, typename Tail>
+void for_each_channel(const scalar_t* x, const scalar_t* y, int64_t C, int64_t positions, int64_t position_stride,
+                      Block&& block, Tail&& tail) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using AccVec = at::vec::Vectorized<acc_t>;
+  using Vec = at::vec::Vectorized<scalar_t>;
+  for (int64_t p = 0; p < positions; ++p) {
+    const scalar_t* px = x + p * position_stride;
+    const scalar_t* py = y + p * position_stride;
+    int64_t c = 0;
+    if constexpr (is_reduced_v<scalar_t>) {  // one reduced vector: two accumulation vectors
+      for (; c + Vec::size() <= C; c += Vec::size()) {
+        auto [x0, x1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(px + c));
+        auto [y0, y1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(py + c));
+        block(c, x0, y0);
+        block(c + AccVec::size(), x1, y1);
+      }
+    } else {
+      for (; c + AccVec::size() <= C; c += AccVec::size()) {
+        block(c, AccVec::loadu(px + c), AccVec::loadu(py + c));
+      }
+    }
+    for (; c < C; ++c) {
+      tail(c, static_cast<acc_t>(px[c]), static_cast<acc_t>(py[c]));
+    }
+  }
+}
+
 // Channels contiguous (channels_last): one accumulator per channel (vectorised over channels); pass 1 the sums,
 // pass 2 the centred squares and cross products around this run's means (the run is in cache).
 template <typename scalar_t>
@@ -434,37 +464,18 @@ void paired_moment_sums_channels_last(const scalar_t* x, const scalar_t* y, int6
                                       int64_t position_stride, at::opmath_type<scalar_t>* out) {
   using acc_t = at::opmath_type<scalar_t>;
   using AccVec = at::vec::Vectorized<acc_t>;
-  using Vec = at::vec::Vectorized<scalar_t>;
   acc_t *sx = out, *sy = out + C, *mx2 = out + 2 * C, *my2 = out + 3 * C, *cxy = out + 4 * C;
   std::fill(out, out + 5 * C, acc_t(0));
-  constexpr int64_t kStep = is_reduced_v<scalar_t> ? Vec::size() : AccVec::size();
-  constexpr int64_t kHalves = is_reduced_v<scalar_t> ? 2 : 1;
-  const auto load = [](const scalar_t* p, AccVec* v) {
-    if constexpr (is_reduced_v<scalar_t>) {
-      std::tie(v[0], v[1]) = at::vec::convert_to_float<scalar_t>(Vec::loadu(p));
-    } else {
-      v[0] = AccVec::loadu(p);
-    }
-  };
-  for (int64_t p = 0; p < positions; ++p) {
-    const scalar_t* px = x + p * position_stride;
-    const scalar_t* py = y + p * position_stride;
-    int64_t c = 0;
-    for (; c + kStep <= C; c += kStep) {
-      AccVec xv[2], yv[2];
-      load(px + c, xv);
-      load(py + c, yv);
-      for (int64_t h = 0; h < kHalves; ++h) {
-        const int64_t o = c + h * AccVec::size();
-        (AccVec::loadu(sx + o) + xv[h]).store(sx + o);
-        (AccVec::loadu(sy + o) + yv[h]).store(sy + o);
-      }
-    }
-    for (; c < C; ++c) {
-      sx[c] += static_cast<acc_t>(px[c]);
-      sy[c] += static_cast<acc_t>(py[c]);
-    }
-  }
+  for_each_channel(
+      x, y, C, positions, position_stride,
+      [&](int64_t o, const AccVec& vx, const AccVec& vy) {
+        (AccVec::loadu(sx + o) + vx).store(sx + o);
+        (AccVec::loadu(sy + o) + vy).store(sy + o);
+      },
+      [&](int64_t c, acc_t vx, acc_t vy) {
+        sx[c] += vx;
+        sy[c] += vy;
+      });
   const acc_t inv = acc_t(1) / static_cast<acc_t>(positions);
   std::vector<acc_t> means(static_cast<size_t>(2 * C));
   for (int64_t c = 0; c < C; ++c) {
@@ -472,29 +483,20 @@ void paired_moment_sums_channels_last(const scalar_t* x, const scalar_t* y, int6
     means[C + c] = sy[c] * inv;
   }
   const acc_t *mx = means.data(), *my = means.data() + C;
-  for (int64_t p = 0; p < positions; ++p) {
-    const scalar_t* px = x + p * position_stride;
-    const scalar_t* py = y + p * position_stride;
-    int64_t c = 0;
-    for (; c + kStep <= C; c += kStep) {
-      AccVec xv[2], yv[2];
-      load(px + c, xv);
-      load(py + c, yv);
-      for (int64_t h = 0; h < kHalves; ++h) {
-        const int64_t o = c + h * AccVec::size();
-        const AccVec dx = xv[h] - AccVec::loadu(mx + o), dy = yv[h] - AccVec::loadu(my + o);
+  for_each_channel(
+      x, y, C, positions, position_stride,
+      [&](int64_t o, const AccVec& vx, const AccVec& vy) {
+        const AccVec dx = vx - AccVec::loadu(mx + o), dy = vy - AccVec::loadu(my + o);
         at::vec::fmadd(dx, dx, AccVec::loadu(mx2 + o)).store(mx2 + o);
         at::vec::fmadd(dy, dy, AccVec::loadu(my2 + o)).store(my2 + o);
         at::vec::fmadd(dx, dy, AccVec::loadu(cxy + o)).store(cxy + o);
-      }
-    }
-    for (; c < C; ++c) {
-      const acc_t dx = static_cast<acc_t>(px[c]) - mx[c], dy = static_cast<acc_t>(py[c]) - my[c];
-      mx2[c] += dx * dx;
-      my2[c] += dy * dy;
-      cxy[c] += dx * dy;
-    }
-  }
+      },
+      [&](int64_t c, acc_t vx, acc_t vy) {
+        const acc_t dx = vx - mx[c], dy = vy - my[c];
+        mx2[c] += dx * dx;
+        my2[c] += dy * dy;
+        cxy[c] += dx * dy;
+      });
 }
 
 // Positions contiguous (NCHW): each channel's run of positions is contiguous.
