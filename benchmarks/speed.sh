@@ -3,7 +3,7 @@
 # with the compute fraction, evaluation throughput against the peers, the whole loss against the hand-written
 # loss, the fused operator in bfloat16 against torch.compile; each natively and as an AVX2-only CPU (emulated).
 # Result files go to benchmarks/results/ (cpu-<date>-<kind>-<section>.md); natively, compile.py and evaluation.py
-# run again with --retain-freed-memory (as `perceptloss score` runs: <section>-retained.md). About 35 minutes on 2 cores.
+# run again with --retain-freed-memory (as `perceptloss score` runs: <section>-retained.md). About 45 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv-test/bin/python}
