@@ -38,7 +38,7 @@ from torch import nn
 
 from ._dtypes import accumulation_dtype, cast_to_network_dtype, compute_dtype, functorch_transform_active, network_dtype
 from ._network_dtype import NetworkDtype
-from ._layout import check_memory_format, match_weight_layout, to_activation_layout
+from ._layout import activation_layout, check_memory_format, match_weight_layout, to_activation_layout, weight_layout
 from ._options import LossOptions, options_signature, resolve_options, with_options_doc
 from ._sizes import ImageTooSmallError, too_small_message
 from ._frozen import NetworkKeysOnLoad, omit_network_keys
@@ -113,6 +113,7 @@ class PerceptualLoss(nn.Module):
         shared = bool(getattr(net, "shared", False))
         self.network_dtype.install(net, shared)
         self.net = net
+        match_weight_layout(net, weight_layout(net, self.memory_format))
         self.layers: tuple[str, ...] = ("image",) * self.image_tap + tuple(net.layers)
         if self.share_module and not shared:
             raise ValueError(
@@ -163,6 +164,7 @@ class PerceptualLoss(nn.Module):
         out = super()._apply(fn, recurse)
         if hasattr(self, "net"):
             self.network_dtype.follow_device(self.net)
+            match_weight_layout(self.net, weight_layout(self.net, self.memory_format))
         self._last_compute_dtype = None  # a call before a move or a cast says nothing about the next one
         return out
 
@@ -238,7 +240,7 @@ class PerceptualLoss(nn.Module):
         self._check_size(images)
         wide = images if images.dtype in (torch.float32, torch.float64) else images.float()
         x = to_activation_layout(cast_to_network_dtype(self.preprocess(wide), self.net), self.memory_format)
-        match_weight_layout(self.net, x)
+        match_weight_layout(self.net, activation_layout(x, self.memory_format))
         feats = self.net.forward_checkpointed(x) if self.checkpoint and torch.is_grad_enabled() else self.net(x)
         if not torch.compiler.is_compiling():
             self._last_compute_dtype = compute_dtype(self.dtype, x.device)

@@ -56,17 +56,25 @@ def to_activation_layout(x: torch.Tensor, choice: MemoryFormat | torch.memory_fo
     return _ToLayout.apply(x, layout)
 
 
-def match_weight_layout(net: torch.nn.Module, x: torch.Tensor) -> None:
-    """Keep the 4-D weights of ``net``'s convolutions in the layout of its (N, C, H, W) input ``x``, converting them
-    once: a convolution whose weight is in the other layout copies it on every call (oneDNN reads channels_last
-    weights with channels_last activations; LPIPS-vgg scoring at 256x256 spent 6% of its time on those copies).
-    Values do not change. Not for a shared module (its owner's), nor while compiling or inside torch.func."""
-    if x.dim() != 4 or getattr(net, "shared", False) or torch.compiler.is_compiling() or functorch_transform_active():
+def weight_layout(net: torch.nn.Module, choice: MemoryFormat | torch.memory_format) -> torch.memory_format:
+    """The layout ``net``'s convolution weights should have for the activations ``choice`` gives on the device and
+    dtype of its weights ("auto": channels_last on the CPU, and on CUDA for 16-bit weights)."""
+    if choice != "auto":
+        return MEMORY_FORMATS[choice]
+    weight = next((m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if weight is None or weight.device.type == "cpu" or weight.dtype in (torch.float16, torch.bfloat16):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def match_weight_layout(net: torch.nn.Module, layout: torch.memory_format | None) -> None:
+    """Bring the 4-D weights of ``net``'s convolutions to ``layout`` (the activations'), once: a convolution whose
+    weight is in the other layout copies it on every call (oneDNN reads channels_last weights with channels_last
+    activations; LPIPS-vgg scoring at 256x256 spent 6% of its time on those copies). Values do not change. The loss
+    calls it where its network is installed, moved or cast (so a compiled graph never sees the weights change) and,
+    eagerly, before each call. Not for a shared module (its owner's), nor while compiling or inside torch.func."""
+    if layout is None or getattr(net, "shared", False) or torch.compiler.is_compiling() or functorch_transform_active():
         return
-    last, plain = x.is_contiguous(memory_format=torch.channels_last), x.is_contiguous()
-    if last == plain:
-        return  # both (1x1 maps, one channel) or neither: no layout to follow
-    layout = torch.channels_last if last else torch.contiguous_format
     weights = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-2:].numel() > 1]
     if not weights or weights[0].is_contiguous(memory_format=layout):
         return
