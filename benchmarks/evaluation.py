@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib.util
 import os
 import re
 import sys
@@ -255,21 +256,31 @@ def contenders(net: str, size: int, pairs: int, batch: int, folder: Path) -> dic
     if net == "dists":
         ref = dists_reference()
         trunk = dists_trunk_file(ref, folder)
-        return {"perceptloss (default)": perceptloss_contender(net, trunk, "auto", batch, x, y),
-                "perceptloss fp32": perceptloss_contender(net, trunk, None, batch, x, y),
-                "DISTS_pytorch (batched)": dists_official_batched(ref, batch, x, y),
-                "torchmetrics": dists_torchmetrics(ref, batch, x, y),
-                "piq": dists_piq(ref, trunk, batch, x, y)}
-    ref = lpips_reference(net)
-    trunk = trunk_file(ref, folder, net)
-    out = {"perceptloss (default)": perceptloss_contender(net, trunk, "auto", batch, x, y),
-           "perceptloss fp32": perceptloss_contender(net, trunk, None, batch, x, y),
-           "lpips (batched)": lpips_batched(ref, batch, x, y),
-           "lpips (lpips_2dirs.py)": lpips_script_loop(ref, x, y),
-           "torchmetrics": torchmetrics_contender(net, ref, batch, x, y)}
-    if net == "vgg":
-        out["piq"] = piq_contender(ref, batch, x, y)
+        out = {"perceptloss (default)": perceptloss_contender(net, trunk, "auto", batch, x, y),
+               "perceptloss fp32": perceptloss_contender(net, trunk, None, batch, x, y),
+               "DISTS_pytorch (batched)": dists_official_batched(ref, batch, x, y)}
+        optional = {"torchmetrics": lambda: dists_torchmetrics(ref, batch, x, y),
+                    "piq": lambda: dists_piq(ref, trunk, batch, x, y)}
+    else:
+        ref = lpips_reference(net)
+        trunk = trunk_file(ref, folder, net)
+        out = {"perceptloss (default)": perceptloss_contender(net, trunk, "auto", batch, x, y),
+               "perceptloss fp32": perceptloss_contender(net, trunk, None, batch, x, y),
+               "lpips (batched)": lpips_batched(ref, batch, x, y),
+               "lpips (lpips_2dirs.py)": lpips_script_loop(ref, x, y)}
+        optional = {"torchmetrics": lambda: torchmetrics_contender(net, ref, batch, x, y)}
+        if net == "vgg":
+            optional["piq"] = lambda: piq_contender(ref, batch, x, y)
+    for name, make in optional.items():  # peers beside the reference implementation, where installed
+        if importlib.util.find_spec(name) is None:
+            NOT_INSTALLED.add(name)
+        else:
+            out[name] = make()
     return out
+
+
+#: Optional peers (torchmetrics, piq) that were not installed, so not measured: the result file names them.
+NOT_INSTALLED: set[str] = set()
 
 
 PEERS = ("lpips (batched)", "lpips (lpips_2dirs.py)", "torchmetrics", "piq", "DISTS_pytorch (batched)")
@@ -305,6 +316,7 @@ def measure(args: argparse.Namespace) -> str:
               f"implementation: lpips (batched) for LPIPS, DISTS_pytorch (batched) for DISTS. Versions: lpips "
               f"{installed_version('lpips')}, DISTS_pytorch {installed_version('dists-pytorch')}, torchmetrics "
               f"{installed_version('torchmetrics')}, piq {installed_version('piq')}.", "",
+              *([f"Not installed, so not measured: {', '.join(sorted(NOT_INSTALLED))}.", ""] if NOT_INSTALLED else []),
               "The default contender's signatures (the precision it picked is in `dtype:`):", *signatures]
     return "\n".join(lines)
 
