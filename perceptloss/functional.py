@@ -305,6 +305,9 @@ def unit_feature_distance(
             roots = [c.to(f.dtype).sqrt().view(1, -1, *[1] * (f.dim() - 2)) for c, f in zip(checked, na)]
             na, nb = [f * r for f, r in zip(na, roots)], [f * r for f, r in zip(nb, roots)]
         return feature_distance(na, nb, [w * a.shape[1] for w, a in zip(weights, inputs)], fused=fused)
+    if fused and _ops.supports(device) and not foldable:
+        raise ValueError(f"fused=True cannot apply on {device.type}: its operator compares normalised features with the "
+                         "channel weights' square roots folded in, and these have negative weights; pass fused=None")
     if fused:
         raise RuntimeError(_ops.unavailable_reason(device))
     return unit_feature_distance_reference(inputs, targets, checked, weights, eps)
