@@ -50,6 +50,7 @@ def _has_kernel_for(op: str, key: str) -> bool:
 _KERNELS = frozenset(t for t, key in (("cpu", "CPU"), ("cuda", "CUDA")) if _has_kernel_for("feature_distance", key))
 _UNIT_KERNELS = frozenset(t for t, key in (("cpu", "CPU"), ("cuda", "CUDA")) if _has_kernel_for("unit_feature_distance", key))
 _MOMENT_KERNELS = frozenset(t for t, key in (("cpu", "CPU"), ("cuda", "CUDA")) if _has_kernel_for("paired_moments", key))
+_L2_POOL_KERNEL = _has_kernel_for("l2_pool3x3", "CPU")
 _RELU_KERNELS = all(_has_kernel_for(op, "CPU") for op in ("relu_backward", "max_pool2x2_relu_backward", "max_pool2x2"))
 
 
@@ -67,6 +68,11 @@ def has_kernel(device_type: str) -> bool:
 def has_unit_kernel(device_type: str) -> bool:
     """True when ``unit_feature_distance`` (LPIPS' and the cosine distance in one pass) has a kernel for ``device_type``."""
     return device_type in _UNIT_KERNELS
+
+
+def has_l2_pool_kernel() -> bool:
+    """True when the CPU kernel of DISTS' L2 pooling (``l2_pool3x3``, forward only) is built."""
+    return _L2_POOL_KERNEL
 
 
 def has_moments_kernel(device_type: str) -> bool:
@@ -286,6 +292,12 @@ if HAS_EXT:
     @torch.library.register_fake("perceptloss::max_pool2x2_relu_backward")
     def _max_pool2x2_relu_backward_fake(grad, output):
         return torch.empty(output.shape, dtype=output.dtype, device=output.device, memory_format=_pool_format(output))
+
+    @torch.library.register_fake("perceptloss::l2_pool3x3")
+    def _l2_pool3x3_fake(x, window):
+        n, c, h, w = x.shape
+        return torch.empty((n, c, (h + 1) // 2, (w + 1) // 2), dtype=x.dtype, device=x.device,
+                           memory_format=torch.channels_last)
 
     @torch.library.register_fake("perceptloss::max_pool2x2")
     def _max_pool2x2_fake(x):

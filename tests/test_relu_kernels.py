@@ -104,3 +104,43 @@ def test_fused_blocks_give_the_gradients_of_atens_operators(monkeypatch, dtype):
     monkeypatch.setattr(ops_module, "_RELU_KERNELS", False)
     plain_value, plain_grad, _ = gradient_and_graph(loss, x, y)
     assert torch.equal(value, plain_value) and torch.equal(grad, plain_grad)
+
+
+# ----------------------------------------------------------------------------- DISTS' L2 pooling (forward kernel)
+
+
+@pytest.mark.parametrize("level", levels())
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["channels_last", "contiguous"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_l2_pool_kernel_equals_the_pytorch_pooling(level, layout, dtype):
+    """l2_pool3x3 against L2Pool2d's PyTorch path (depthwise convolution of the squares in float32): float64 to
+    1e-12, float32 to its rounding, 16-bit after both round the same float32 value (a last-bit difference at most)."""
+    from perceptloss.backbones.vgg_l2pool import L2Pool2d
+    from perceptloss.backends.cpu import forced_kernel_level
+
+    for shape in SHAPES + [(1, 130, 5, 6), (2, 8, 1, 1)]:
+        x = relu_output(shape, dtype, layout)
+        pool = L2Pool2d(shape[1])
+        with torch.enable_grad():
+            expected = pool(x.detach().requires_grad_()).detach()  # with a gradient wanted: the PyTorch path
+        with forced_kernel_level(level), torch.no_grad():
+            got = pool(x)
+        assert got.shape == expected.shape and got.dtype == dtype
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        tol = {torch.float64: 1e-12, torch.float32: 1e-6}.get(dtype, 1e-2)
+        torch.testing.assert_close(got.double(), expected.double(), rtol=tol, atol=tol)
+
+
+def test_l2_pool_opcheck_and_dists_without_gradient_equal_with():
+    from perceptloss import DISTS
+    from perceptloss.backbones.vgg_l2pool import hanning_window
+
+    x = torch.rand(2, 5, 7, 6)
+    torch.library.opcheck(ops.l2_pool3x3, (x, hanning_window(5).flatten().tolist()))
+    torch.manual_seed(0)
+    metric = DISTS(weights=None)
+    a, b = torch.rand(2, 3, 40, 36), torch.rand(2, 3, 40, 36)
+    with torch.no_grad():
+        kernel = metric(a, b)
+    pytorch = metric(a.clone().requires_grad_(), b).detach()  # a gradient wanted: the pooling in PyTorch
+    torch.testing.assert_close(kernel, pytorch, rtol=1e-5, atol=1e-6)

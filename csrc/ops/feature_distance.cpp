@@ -123,5 +123,8 @@ TORCH_LIBRARY(perceptloss, m) {
   // max_pool2d(output, 2, 2) first, each window's first maximum taking the pooled gradient. CPU kernels only.
   m.def("relu_backward(Tensor grad, Tensor output, Tensor? grad2=None) -> Tensor");
   m.def("max_pool2x2_relu_backward(Tensor grad, Tensor output) -> Tensor");
-  m.def("max_pool2x2(Tensor x) -> Tensor");  // max_pool2d(x, 2, 2)'s values, no indices (the fused block's forward)
+  m.def("max_pool2x2(Tensor x) -> Tensor");
+  // DISTS' L2 pooling: sqrt(3x3 window-weighted sum of x^2 + 1e-12), stride 2, zero padding 1, per channel, in
+  // float32 (float64 for float64), channels-last out (perceptloss/backbones/vgg_l2pool.py). CPU kernel, no backward.
+  m.def("l2_pool3x3(Tensor x, float[] window) -> Tensor");  // max_pool2d(x, 2, 2)'s values, no indices (the fused block's forward)
 }

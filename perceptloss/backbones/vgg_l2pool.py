@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import vgg as tv_vgg
 
+from .. import _ops
+from .._dtypes import functorch_transform_active
 from ..registry import BackboneSpec, register_backbone
 from .sequential import SequentialFeatures
 from .vgg import VGG_CONFIGS, vgg_layer_names  # importing .vgg registers vgg16, whose weight entry is reused
@@ -28,7 +30,7 @@ DISTS_LAYERS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "re
 
 def hanning_window(size: int = 5) -> torch.Tensor:
     """The (size-2, size-2) normalised 2-D Hanning window of DISTS' L2 pooling (float64, sums to 1)."""
-    n = torch.arange(size, dtype=torch.float64)
+    n = torch.arange(size, dtype=torch.float64, device="cpu")  # a constant, also while a model is built on "meta"
     a = 0.5 - 0.5 * torch.cos(2 * torch.pi * n / (size - 1))  # numpy's np.hanning(size)
     a = a[1:-1]
     g = a[:, None] * a[None, :]
@@ -42,7 +44,9 @@ class L2Pool2d(nn.Module):
     buffer (it is no weight: state dicts and weight files never hold it); it is cast to the input's device and
     dtype at each call (9 numbers).
 
-    16-bit inputs (``dtype=`` or autocast) are pooled in float32, autocast off, and the result cast back: the
+    Without gradient on the CPU the fused operator's ``l2_pool3x3`` kernel computes the same in one pass (squares
+    and sums in float32, float64 for float64). 16-bit inputs (``dtype=`` or autocast) are pooled in float32,
+    autocast off, and the result cast back: the
     pooling is a sum of squares (accumulated in float32 like every statistic of the library), and its
     ``+ 1e-12`` is 0 in float16, so that an all-zero window (common after a ReLU) would have the gradient
     sqrt'(0) = inf, and inf * 0 = NaN. In float32 that slope is at most 5e5 and multiplies a zero: finite.
@@ -54,14 +58,23 @@ class L2Pool2d(nn.Module):
         self.stride = int(stride)
         self.padding = (filter_size - 2) // 2
         self.window = hanning_window(filter_size).float()  # float32, as the official code's filter
+        self._window_values = [float(v) for v in self.window.flatten()]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._kernel_applies(x):  # the same sums in one pass, without the float32 copy and its square
+            return torch.ops.perceptloss.l2_pool3x3(x, self._window_values)
         wide = x if x.dtype in (torch.float32, torch.float64) else x.float()
         with torch.autocast(device_type=x.device.type, enabled=False):
             g = self.window.to(device=x.device, dtype=wide.dtype).expand(x.shape[1], 1, *self.window.shape)
             out = F.conv2d(wide.square(), g, stride=self.stride, padding=self.padding, groups=x.shape[1])
             pooled = (out + 1e-12).sqrt()
         return pooled.to(x.dtype)
+
+    def _kernel_applies(self, x: torch.Tensor) -> bool:
+        """The operator's CPU kernel (forward only) runs where no gradient is wanted and nothing traces."""
+        return (x.device.type == "cpu" and x.dim() == 4 and _ops.has_l2_pool_kernel() and self.stride == 2
+                and tuple(self.window.shape) == (3, 3) and not (torch.is_grad_enabled() and x.requires_grad)
+                and not torch.compiler.is_compiling() and not functorch_transform_active())
 
     def output_size(self, size: int) -> int:
         """The output length along H or W for an input of length ``size`` (<= 0: no output)."""

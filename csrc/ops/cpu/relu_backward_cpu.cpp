@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <vector>
 
 namespace perceptloss {
 namespace ops {
@@ -130,12 +131,36 @@ at::Tensor max_pool2x2_cpu(const at::Tensor& x) {
   return out;
 }
 
+// DISTS' L2 pooling, forward (perceptloss/backbones/vgg_l2pool.py): (N, C, H, W) -> channels-last
+// (N, C, ceil(H/2), ceil(W/2)), the input made channels-last first where it is not.
+at::Tensor l2_pool3x3_cpu(const at::Tensor& x, at::ArrayRef<double> window) {
+  TORCH_CHECK(x.device().is_cpu(), "l2_pool3x3: CPU kernel called with a tensor on ", x.device());
+  TORCH_CHECK(x.dim() == 4, "l2_pool3x3: x must be (N, C, H, W), got ", x.sizes());
+  TORCH_CHECK(window.size() == 9, "l2_pool3x3: window must hold the 9 weights of a 3x3 window, got ", window.size());
+  check_dtype("l2_pool3x3", x.scalar_type());
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor out = at::empty({n, c, (h + 1) / 2, (w + 1) / 2}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) return out;
+  const auto t = x.scalar_type();
+  const void* px = xc.const_data_ptr();
+  void* po = out.mutable_data_ptr();
+  const std::vector<double> wt(window.begin(), window.end());
+  const auto& k = cpu::relu_kernels();
+  const int64_t rows = n * ((h + 1) / 2);
+  at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / (6 * w * c)), [&](int64_t r0, int64_t r1) {
+    k.l2_pool3x3_channels_last(t, px, po, wt.data(), c, h, w, r0, r1);
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(perceptloss, CPU, m) {
   m.impl("relu_backward", &relu_backward_cpu);
   m.impl("max_pool2x2_relu_backward", &max_pool2x2_relu_backward_cpu);
   m.impl("max_pool2x2", &max_pool2x2_cpu);
+  m.impl("l2_pool3x3", &l2_pool3x3_cpu);
 }
 
 }  // namespace ops

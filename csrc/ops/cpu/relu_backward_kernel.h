@@ -31,6 +31,11 @@ struct ReluKernelTable {
                                      int64_t w, int64_t r0, int64_t r1);
   void (*pool_forward_contiguous)(c10::ScalarType dtype, const void* x, void* out, int64_t h, int64_t w, int64_t p0,
                                   int64_t p1);
+  // DISTS' L2 pooling, channels-last (N, H, W, C) x and (N, OH, OW, C) out, OH = ceil(H / 2), OW = ceil(W / 2):
+  // out = sqrt(sum of window[i][j] * x^2 over the 3x3 window at (2 oh - 1, 2 ow - 1), zero padding, + 1e-12),
+  // squares and sums in float (double for double), over output rows [r0, r1) (r = n * OH + oh).
+  void (*l2_pool3x3_channels_last)(c10::ScalarType dtype, const void* x, void* out, const double* window, int64_t c,
+                                   int64_t h, int64_t w, int64_t r0, int64_t r1);
 };
 
 namespace DEFAULT {

@@ -11,6 +11,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -263,6 +264,78 @@ void pool_forward_planes(const scalar_t* x, scalar_t* out, int64_t h, int64_t w,
   }
 }
 
+// -------------------------------------------------------------------------------------------- l2_pool3x3
+template <typename scalar_t>
+void l2_pool_rows(const scalar_t* x, scalar_t* out, const double* window, int64_t c, int64_t h, int64_t w, int64_t r0,
+                  int64_t r1) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using AccVec = at::vec::Vectorized<acc_t>;
+  using Vec = at::vec::Vectorized<scalar_t>;
+  const int64_t oh_count = (h + 1) / 2, ow_count = (w + 1) / 2;
+  acc_t wt[9];
+  for (int k = 0; k < 9; ++k) wt[k] = static_cast<acc_t>(window[k]);
+  const acc_t tiny = static_cast<acc_t>(1e-12);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / oh_count, oh = r % oh_count;
+    const scalar_t* image = x + n * h * w * c;
+    scalar_t* row = out + r * ow_count * c;
+    for (int64_t ow = 0; ow < ow_count; ++ow) {
+      // the window's taps inside the image: (offset of the element, weight)
+      int64_t offsets[9];
+      acc_t weights[9];
+      int taps = 0;
+      for (int di = 0; di < 3; ++di) {
+        const int64_t i = 2 * oh - 1 + di;
+        if (i < 0 || i >= h) continue;
+        for (int dj = 0; dj < 3; ++dj) {
+          const int64_t j = 2 * ow - 1 + dj;
+          if (j < 0 || j >= w) continue;
+          offsets[taps] = (i * w + j) * c;
+          weights[taps++] = wt[di * 3 + dj];
+        }
+      }
+      scalar_t* o = row + ow * c;
+      int64_t ch = 0;
+      if constexpr (is_reduced_v<scalar_t>) {
+        for (; ch + Vec::size() <= c; ch += Vec::size()) {
+          AccVec s0(acc_t(0)), s1(acc_t(0));
+          for (int t = 0; t < taps; ++t) {
+            auto [v0, v1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(image + offsets[t] + ch));
+            const AccVec k(weights[t]);
+            s0 = at::vec::fmadd(k * v0, v0, s0);
+            s1 = at::vec::fmadd(k * v1, v1, s1);
+          }
+          at::vec::convert_from_float<scalar_t>((s0 + AccVec(tiny)).sqrt(), (s1 + AccVec(tiny)).sqrt()).store(o + ch);
+        }
+      } else {
+        for (; ch + Vec::size() <= c; ch += Vec::size()) {
+          Vec s(acc_t(0));
+          for (int t = 0; t < taps; ++t) {
+            const Vec v = Vec::loadu(image + offsets[t] + ch);
+            s = at::vec::fmadd(Vec(weights[t]) * v, v, s);
+          }
+          (s + Vec(tiny)).sqrt().store(o + ch);
+        }
+      }
+      for (; ch < c; ++ch) {
+        acc_t s = 0;
+        for (int t = 0; t < taps; ++t) {
+          const acc_t v = static_cast<acc_t>(image[offsets[t] + ch]);
+          s += weights[t] * v * v;
+        }
+        o[ch] = static_cast<scalar_t>(std::sqrt(s + tiny));
+      }
+    }
+  }
+}
+
+void l2_pool3x3_channels_last_any(c10::ScalarType dtype, const void* x, void* out, const double* window, int64_t c,
+                                  int64_t h, int64_t w, int64_t r0, int64_t r1) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "l2_pool3x3_cpu", [&] {
+    l2_pool_rows<scalar_t>(static_cast<const scalar_t*>(x), static_cast<scalar_t*>(out), window, c, h, w, r0, r1);
+  });
+}
+
 void pool_forward_channels_last_any(c10::ScalarType dtype, const void* x, void* out, int64_t c, int64_t h, int64_t w,
                                     int64_t r0, int64_t r1) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "max_pool2x2_cpu", [&] {
@@ -298,7 +371,8 @@ void pool_contiguous_any(c10::ScalarType dtype, const void* y, const void* g, vo
 extern const ReluKernelTable relu_kernels;
 const ReluKernelTable relu_kernels = {PERCEPTLOSS_STRINGIFY(CPU_CAPABILITY), &relu_backward_any,
                                       &pool_channels_last_any, &pool_contiguous_any,
-                                      &pool_forward_channels_last_any, &pool_forward_contiguous_any};
+                                      &pool_forward_channels_last_any, &pool_forward_contiguous_any,
+                                      &l2_pool3x3_channels_last_any};
 
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu
