@@ -110,11 +110,16 @@ def perceptloss_contender(net: str, trunk: Path, dtype: object, batch: int, x, y
     return run
 
 
-def lpips_batched(ref: torch.nn.Module, batch: int, x, y) -> Contender:
+def batched(score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch: int, x, y) -> Contender:
+    """A peer's metric called per batch under ``torch.no_grad()``, its per-pair values concatenated."""
     def run() -> torch.Tensor:
         with torch.no_grad():
-            return torch.cat([ref(a, b, normalize=True).flatten() for a, b in batches(x, y, batch)])
+            return torch.cat([score(a, b).flatten() for a, b in batches(x, y, batch)])
     return run
+
+
+def lpips_batched(ref: torch.nn.Module, batch: int, x, y) -> Contender:
+    return batched(lambda a, b: ref(a, b, normalize=True), batch, x, y)
 
 
 def lpips_script_loop(ref: torch.nn.Module, x, y) -> Contender:
@@ -162,20 +167,11 @@ def piq_offline(trunk: dict[str, torch.Tensor], download: object):
         yield
 
 
-def piq_batched(metric: torch.nn.Module, batch: int, x, y) -> Contender:
-    metric = metric.eval().requires_grad_(False)
-
-    def run() -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat([metric(a, b).flatten() for a, b in batches(x, y, batch)])
-    return run
-
-
 def piq_contender(ref: torch.nn.Module, batch: int, x, y) -> Contender:
     import piq
 
     with piq_offline(trunk_state(ref), heads_of(ref)):
-        return piq_batched(piq.LPIPS(reduction="none"), batch, x, y)
+        return batched(piq.LPIPS(reduction="none").eval().requires_grad_(False), batch, x, y)
 
 
 def dists_reference() -> torch.nn.Module:
@@ -204,10 +200,7 @@ def dists_trunk_file(ref: torch.nn.Module, folder: Path) -> Path:
 
 
 def dists_official_batched(ref: torch.nn.Module, batch: int, x, y) -> Contender:
-    def run() -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat([ref(a, b, batch_average=False).flatten() for a, b in batches(x, y, batch)])
-    return run
+    return batched(lambda a, b: ref(a, b, batch_average=False), batch, x, y)
 
 
 def dists_torchmetrics(ref: torch.nn.Module, batch: int, x, y) -> Contender:
@@ -238,7 +231,7 @@ def dists_piq(ref: torch.nn.Module, trunk: Path, batch: int, x, y) -> Contender:
 
     alpha_beta = {"alpha": ref.alpha.detach().clone(), "beta": ref.beta.detach().clone()}
     with piq_offline(torch.load(trunk, map_location="cpu", weights_only=True), alpha_beta):
-        return piq_batched(piq.DISTS(reduction="none"), batch, x, y)
+        return batched(piq.DISTS(reduction="none").eval().requires_grad_(False), batch, x, y)
 
 
 def relative_difference(got: torch.Tensor, expected: torch.Tensor) -> float:
