@@ -72,16 +72,23 @@ std::vector<PreparedLayer> prepare_layers(
   return layers;
 }
 
-GradBuffers::GradBuffers(at::TensorList inputs, const std::vector<PreparedLayer>& layers, bool needed) {
+GradBuffers::GradBuffers(at::TensorList inputs, const std::vector<at::Tensor>& read, bool needed) {
   if (!needed) {
     return;
   }
-  for (size_t l = 0; l < layers.size(); ++l) {
+  for (size_t l = 0; l < read.size(); ++l) {
     at::Tensor o = at::empty_like(inputs[l]);
     out.push_back(o);
-    work.push_back(o.strides() == layers[l].a.strides() ? o : at::empty_like(layers[l].a));
+    work.push_back(o.strides() == read[l].strides() ? o : at::empty_like(read[l]));
   }
 }
+
+GradBuffers::GradBuffers(at::TensorList inputs, const std::vector<PreparedLayer>& layers, bool needed)
+    : GradBuffers(inputs, [&] {
+        std::vector<at::Tensor> read;
+        for (const auto& L : layers) read.push_back(L.a);
+        return read;
+      }(), needed) {}
 
 void* GradBuffers::data(size_t layer) {
   return work.empty() ? nullptr : work[layer].mutable_data_ptr();
@@ -123,8 +130,8 @@ TORCH_LIBRARY(perceptloss, m) {
   // max_pool2d(output, 2, 2) first, each window's first maximum taking the pooled gradient. CPU kernels only.
   m.def("relu_backward(Tensor grad, Tensor output, Tensor? grad2=None) -> Tensor");
   m.def("max_pool2x2_relu_backward(Tensor grad, Tensor output) -> Tensor");
-  m.def("max_pool2x2(Tensor x) -> Tensor");
+  m.def("max_pool2x2(Tensor x) -> Tensor");  // max_pool2d(x, 2, 2)'s values, no indices (the fused block's forward)
   // DISTS' L2 pooling: sqrt(3x3 window-weighted sum of x^2 + 1e-12), stride 2, zero padding 1, per channel, in
   // float32 (float64 for float64), channels-last out (perceptloss/backbones/vgg_l2pool.py). CPU kernel, no backward.
-  m.def("l2_pool3x3(Tensor x, float[] window) -> Tensor");  // max_pool2d(x, 2, 2)'s values, no indices (the fused block's forward)
+  m.def("l2_pool3x3(Tensor x, float[] window) -> Tensor");
 }

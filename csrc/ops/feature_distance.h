@@ -48,7 +48,9 @@ struct GradBuffers {
   std::vector<at::Tensor> out;
   std::vector<at::Tensor> work;
 
-  // Empty when `needed` is false; otherwise uninitialised tensors from at::empty_like.
+  // Empty when `needed` is false; otherwise uninitialised tensors from at::empty_like. `read[l]`: the tensor whose
+  // layout the kernel reads layer l in (and so writes its gradient in).
+  GradBuffers(at::TensorList inputs, const std::vector<at::Tensor>& read, bool needed);
   GradBuffers(at::TensorList inputs, const std::vector<PreparedLayer>& layers, bool needed);
   // Raw pointers the kernels write to (nullptr per layer when not needed).
   void* data(size_t layer);

@@ -8,7 +8,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -224,33 +223,21 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> unit_feature_distan
   const auto dtype = inputs[0].scalar_type();
   const at::Tensor g = grad.to(at::kDouble).contiguous();
   const double* gp = g.const_data_ptr<double>();
-  // Gradients in each input's own layout; written where the kernel reads (L.a's layout), copied back if those differ.
-  std::vector<at::Tensor> out_a, out_b, work_a, work_b;
-  for (int64_t l = 0; l < num_layers; ++l) {
-    for (auto [needed, out, work] : {std::tuple{input_grad, &out_a, &work_a}, std::tuple{target_grad, &out_b, &work_b}}) {
-      if (!needed) continue;
-      out->push_back(at::empty_like(inputs[l]));
-      work->push_back(out->back().strides() == L.a[l].strides() ? out->back() : at::empty_like(L.a[l]));
-    }
-  }
+  GradBuffers ga(inputs, L.a, input_grad), gb(inputs, L.a, target_grad);  // in each input's layout
   const auto items = L.work(n);
   const KernelTable& k = cpu::kernels();
   parallel_over_items(items, [&](int64_t, const WorkItem& it) {
     const size_t l = it.layer;
     const int64_t o = L.offset(it);
-    auto* qa = input_grad ? static_cast<char*>(work_a[l].mutable_data_ptr()) + o : nullptr;
-    auto* qb = target_grad ? static_cast<char*>(work_b[l].mutable_data_ptr()) + o : nullptr;
+    auto* qa = static_cast<char*>(ga.data(l));
+    auto* qb = static_cast<char*>(gb.data(l));
     k.unit_diff_grad(dtype, static_cast<const char*>(L.a[l].const_data_ptr()) + o,
                      static_cast<const char*>(L.b[l].const_data_ptr()) + o, L.w[l].const_data_ptr(), L.channels[l],
                      L.channel_stride[l], it.end - it.begin, L.position_stride[l], eps,
-                     2.0 * L.scale[l] * gp[it.sample * num_layers + it.layer], qa, qb);
+                     2.0 * L.scale[l] * gp[it.sample * num_layers + it.layer], qa ? qa + o : nullptr,
+                     qb ? qb + o : nullptr);
   });
-  for (auto [out, work] : {std::pair{&out_a, &work_a}, std::pair{&out_b, &work_b}}) {
-    for (size_t l = 0; l < out->size(); ++l) {
-      if (!(*work)[l].is_same((*out)[l])) (*out)[l].copy_((*work)[l]);
-    }
-  }
-  return {out_a, out_b};
+  return {ga.finish(), gb.finish()};
 }
 
 // perceptloss::paired_moments (feature_distance.h): per (layer, sample, run of at most kMomentRun positions) the
