@@ -22,6 +22,7 @@ import torch
 
 from ._dtypes import accumulation_dtype
 from ._env import flag
+from ._norms import channel_norm
 
 class FusedOperatorUnavailableWarning(UserWarning):
     """The compiled operator is not available: the losses run on the slower pure-PyTorch path."""
@@ -46,10 +47,15 @@ def _has_kernel_for(op: str, key: str) -> bool:
     return HAS_EXT and torch._C._dispatch_has_kernel_for_dispatch_key(f"perceptloss::{op}", key)
 
 
+def _kernel_devices(op: str) -> frozenset[str]:
+    """The device types ('cpu', 'cuda') ``perceptloss::<op>`` has a kernel for."""
+    return frozenset(t for t, key in (("cpu", "CPU"), ("cuda", "CUDA")) if _has_kernel_for(op, key))
+
+
 # Looked up once: torch.compile cannot trace the dispatcher query.
-_KERNELS = frozenset(t for t, key in (("cpu", "CPU"), ("cuda", "CUDA")) if _has_kernel_for("feature_distance", key))
-_UNIT_KERNELS = frozenset(t for t, key in (("cpu", "CPU"), ("cuda", "CUDA")) if _has_kernel_for("unit_feature_distance", key))
-_MOMENT_KERNELS = frozenset(t for t, key in (("cpu", "CPU"), ("cuda", "CUDA")) if _has_kernel_for("paired_moments", key))
+_KERNELS = _kernel_devices("feature_distance")
+_UNIT_KERNELS = _kernel_devices("unit_feature_distance")
+_MOMENT_KERNELS = _kernel_devices("paired_moments")
 _L2_POOL_KERNEL = _has_kernel_for("l2_pool3x3", "CPU")
 _RELU_KERNELS = all(_has_kernel_for(op, "CPU") for op in ("relu_backward", "max_pool2x2_relu_backward", "max_pool2x2"))
 
@@ -159,9 +165,8 @@ def _backward_of_backward(grad, inputs, targets, weights, p, grads_ga, grads_gb,
 
 def _inverse_norms(f: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, C, *) -> 1 / (|f| + eps) and 1 / |f| (0 where |f| = 0), the L2 norm over C, kept as (N, 1, *)."""
-    squared = f.square().sum(dim=1, keepdim=True)
-    positive = squared > 0
-    norm = torch.where(positive, torch.where(positive, squared, torch.ones_like(squared)).sqrt(), 0.0)
+    norm = channel_norm(f)
+    positive = norm > 0
     return 1.0 / (norm + eps), torch.where(positive, 1.0 / torch.where(positive, norm, torch.ones_like(norm)), 0.0)
 
 

@@ -24,6 +24,7 @@ import torch
 
 from . import _ops
 from ._dtypes import accumulation_dtype, functorch_transform_active
+from ._norms import channel_norm
 from ._validation import check_number
 from .backends import probe
 
@@ -179,10 +180,7 @@ def unit_normalize(features: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     """
     eps = check_number("unit_normalize's eps", eps, minimum=0.0)
     f = features.to(accumulation_dtype(features.dtype))
-    squared = f.square().sum(dim=1, keepdim=True)
-    positive = squared > 0
-    norm = torch.where(positive, torch.where(positive, squared, torch.ones_like(squared)).sqrt(), 0.0)
-    return f / (norm + eps)
+    return f / (channel_norm(f) + eps)
 
 
 def charbonnier_distance(
