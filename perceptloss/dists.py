@@ -238,10 +238,7 @@ class DISTSSimilarity(Criterion):
         for a, b, s, count in zip(alphas, betas, sums, counts):
             acc = a.dtype
             sx, sy, sxx, syy, sxy = s / float(count)
-            mx, my = sx.to(acc), sy.to(acc)
-            vx, vy, cov = (sxx - sx.square()).to(acc), (syy - sy.square()).to(acc), (sxy - sx * sy).to(acc)
-            s1 = (2 * mx * my + C1) / (mx.square() + my.square() + C1)
-            s2 = (2 * cov + C2) / (vx + vy + C2)
+            s1, s2 = similarity_terms(torch.stack([sx, sy, sxx - sx.square(), syy - sy.square(), sxy - sx * sy]).to(acc))
             cols.append((a * s1).sum(dim=1) + (b * s2).sum(dim=1))
         return torch.stack(cols, dim=1)
 
