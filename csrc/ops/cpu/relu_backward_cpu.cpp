@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <optional>
-#include <vector>
 
 namespace perceptloss {
 namespace ops {
@@ -145,11 +144,10 @@ at::Tensor l2_pool3x3_cpu(const at::Tensor& x, at::ArrayRef<double> window) {
   const auto t = x.scalar_type();
   const void* px = xc.const_data_ptr();
   void* po = out.mutable_data_ptr();
-  const std::vector<double> wt(window.begin(), window.end());
   const auto& k = cpu::relu_kernels();
   const int64_t rows = n * ((h + 1) / 2);
   at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / (6 * w * c)), [&](int64_t r0, int64_t r1) {
-    k.l2_pool3x3_channels_last(t, px, po, wt.data(), c, h, w, r0, r1);
+    k.l2_pool3x3_channels_last(t, px, po, window.data(), c, h, w, r0, r1);
   });
   return out;
 }
